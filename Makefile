@@ -1,0 +1,185 @@
+# Bagou: one Makefile for the server, its tools, tests and benchmarks.
+#
+#   make              build build/bagou-server (and bagou-bench)
+#   make deps         install missing Debian packages, build libwebsockets
+#   make run          deps + build + start standalone on :9000
+#   make test         deps + every test (unit, fuzz corpora, integration,
+#                     sanitizer builds of the unit tests)
+#   make bench        the load benchmarks of bench/
+#   make SANITIZER=address|undefined|thread ...   build into build/<san>/
+#   V=1               show the commands
+
+SANITIZER ?=
+BUILD     := build
+LWS_DIR   := $(BUILD)/lws
+LWS_LIB   := $(LWS_DIR)/lib/libwebsockets.a
+LWS_VER   := 4.1.6-3
+
+ifeq ($(SANITIZER),)
+OUT       := $(BUILD)
+SANFLAGS  :=
+OPT       ?= -O2
+else
+OUT       := $(BUILD)/$(SANITIZER)
+SANFLAGS  := -fsanitize=$(SANITIZER) -fno-omit-frame-pointer
+OPT       ?= -O1
+endif
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+CC       ?= cc
+CFLAGS   := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wshadow \
+            -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter \
+            -D_GNU_SOURCE -DCK_USE_CC_BUILTINS=1 -I. -I$(LWS_DIR)/include \
+            -pthread -MMD -MP $(SANFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS  := -pthread $(SANFLAGS)
+LIBS     := $(LWS_LIB) -levent -lssl -lcrypto -lz -lcap -ljansson -linih -lm
+
+# Packages: what building needs, and what the tests add.
+BUILD_PKGS := gcc make pkg-config cmake dpkg-dev ca-certificates \
+              libevent-dev libjansson-dev libck-dev libinih-dev \
+              libssl-dev libcap-dev zlib1g-dev
+TEST_PKGS  := libcmocka-dev python3 python3-websockets python3-pytest curl
+
+LIB_SRC  := $(wildcard common/*.c) $(wildcard amqp/*.c) \
+            $(wildcard handlers/*.c) \
+            $(filter-out server/main.c,$(wildcard server/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(OUT)/obj/%.o) $(OUT)/obj/server/bagou_js.o
+SRV_OBJ  := $(OUT)/obj/server/main.o
+BENCH_OBJ := $(patsubst %.c,$(OUT)/obj/%.o,$(wildcard bench/*.c))
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(OUT)/tests/%)
+FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(OUT)/tests/%)
+
+.PHONY: all deps packages test-packages run test test-unit test-fuzz \
+        test-integration test-sanitizers fuzz bench clean
+
+all: $(OUT)/bagou-server $(OUT)/bagou-bench
+
+# ---------------------------------------------------------------- deps
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# Installs only what is missing; apt-get update runs first, once per call.
+define apt_install
+	$(Q)missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' \
+	    || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "  APT    $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends $$missing >/dev/null; fi
+endef
+
+packages:
+	$(call apt_install,$(BUILD_PKGS))
+
+test-packages: packages
+	$(call apt_install,$(TEST_PKGS))
+
+deps: packages $(LWS_LIB)
+
+# libwebsockets 4.1.6 from Debian's own source package, built with libevent
+# (Debian's binary package has no libevent support). A private sources list
+# under build/ keeps the system's apt configuration untouched.
+$(LWS_LIB):
+	$(Q)$(MAKE) --no-print-directory packages
+	@echo "  LWS    libwebsockets $(LWS_VER) from Debian source (once)"
+	$(Q)set -e; top=$$(pwd); apt=$$top/$(BUILD)/apt; \
+	mkdir -p $$apt/lists/partial $(BUILD)/src $(BUILD)/lws-build; \
+	echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main" > $$apt/sources.list; \
+	A="-o Dir::Etc::SourceList=$$apt/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$$apt/lists"; \
+	apt-get $$A update -qq >$(BUILD)/lws-fetch.log 2>&1; \
+	rm -rf $(BUILD)/src/libwebsockets-4.1.6; \
+	(cd $(BUILD)/src && apt-get $$A source libwebsockets=$(LWS_VER)) >>$(BUILD)/lws-fetch.log 2>&1 \
+	  || { cat $(BUILD)/lws-fetch.log; exit 1; }; \
+	cd $(BUILD)/lws-build && cmake ../src/libwebsockets-4.1.6 \
+	  -DLWS_WITH_LIBEVENT=ON -DLWS_WITH_EVLIB_PLUGINS=OFF \
+	  -DLWS_WITH_SHARED=OFF -DLWS_WITH_STATIC=ON -DLWS_WITHOUT_TESTAPPS=ON \
+	  -DLWS_WITHOUT_EXTENSIONS=OFF -DDISABLE_WERROR=ON \
+	  -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=$$top/$(LWS_DIR) \
+	  >../lws-cmake.log 2>&1 || { cat ../lws-cmake.log; exit 1; }; \
+	$(MAKE) -j2 >../lws-make.log 2>&1 || { tail -50 ../lws-make.log; exit 1; }; \
+	$(MAKE) install >../lws-install.log 2>&1
+
+# ---------------------------------------------------------------- build
+$(OUT)/obj/%.o: %.c | $(LWS_LIB)
+	@mkdir -p $(dir $@)
+	@echo "  CC     $<"
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+# The browser client is compiled into the binary so /bagou.js always
+# matches the server that serves it.
+$(OUT)/obj/server/bagou_js.o: server/bagou_js.S js/bagou.js
+	@mkdir -p $(dir $@)
+	@echo "  AS     $<"
+	$(Q)$(CC) -c -o $@ $<
+
+$(OUT)/bagou-server: $(SRV_OBJ) $(LIB_OBJ) $(LWS_LIB)
+	@echo "  LD     $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(SRV_OBJ) $(LIB_OBJ) $(LIBS)
+
+$(OUT)/bagou-bench: $(BENCH_OBJ)
+	@echo "  LD     $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(BENCH_OBJ) -levent -lm
+
+$(OUT)/tests/test_%: tests/unit/test_%.c $(LIB_OBJ) $(LWS_LIB)
+	@mkdir -p $(dir $@)
+	@echo "  TEST   $@"
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LIBS) -lcmocka
+
+# Fuzz drivers build with a plain main() that replays files, so make test
+# can run the corpora without libFuzzer; `make fuzz` builds them for real.
+$(OUT)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	@echo "  FUZZ   $@"
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< tests/fuzz/replay.c $(LIB_OBJ) $(LIBS)
+
+# ---------------------------------------------------------------- run
+run: deps all
+	@echo "Bagou on http://127.0.0.1:9000 (standalone; Ctrl-C stops it)"
+	$(Q)exec ./$(OUT)/bagou-server --config etc/bagou.ini --amqp-url none
+
+# ---------------------------------------------------------------- tests
+test: test-packages deps all test-unit test-fuzz test-integration \
+      test-sanitizers
+	@echo "make test: all suites passed"
+
+test-unit: $(UNIT_BIN)
+	$(Q)set -e; for t in $(UNIT_BIN); do echo "  RUN    $$t"; ./$$t; done
+
+test-fuzz: $(FUZZ_BIN)
+	$(Q)set -e; for t in $(FUZZ_BIN); do n=$${t##*/fuzz_}; \
+	  echo "  REPLAY tests/fuzz/corpus/$$n"; \
+	  ./$$t tests/fuzz/corpus/$$n; done
+
+test-integration: $(OUT)/bagou-server
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) \
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+
+# The unit tests again under AddressSanitizer (all) and ThreadSanitizer
+# (the modules whose objects cross threads).
+test-sanitizers:
+	$(Q)$(MAKE) --no-print-directory SANITIZER=address test-unit test-fuzz
+	$(Q)$(MAKE) --no-print-directory SANITIZER=thread \
+	  $(BUILD)/thread/tests/test_ring $(BUILD)/thread/tests/test_msg
+	$(Q)./$(BUILD)/thread/tests/test_ring && ./$(BUILD)/thread/tests/test_msg
+
+fuzz:
+	$(Q)$(MAKE) --no-print-directory CC=clang SANITIZER=fuzzer,address \
+	  $(FUZZ_BIN:$(OUT)/%=$(BUILD)/fuzzer,address/%)
+
+bench: deps all
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) \
+	  BAGOU_BENCH=$(abspath $(OUT)/bagou-bench) bench/run.sh
+
+clean:
+	rm -rf $(BUILD)/obj $(BUILD)/tests $(BUILD)/bagou-* \
+	  $(BUILD)/address $(BUILD)/undefined $(BUILD)/thread
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

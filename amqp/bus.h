@@ -1,0 +1,47 @@
+/*
+ * bus.h - the broadcast bus thread. In standalone mode ([amqp] url = none)
+ * it fans every published message out to all workers' broadcast rings; the
+ * AMQP consumer/publisher plugs into the same thread and rings.
+ *
+ * Producers (workers: POST /broadcast, client publish) call bg_bus_publish
+ * from any worker thread; the bus thread alone pushes into worker rings.
+ */
+#ifndef BG_BUS_H
+#define BG_BUS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/msg.h"
+
+struct bg_server;
+
+struct bg_bus;
+
+/* Creates the bus (outbox ring); NULL on failure, logged. Main thread. */
+struct bg_bus *bg_bus_new(struct bg_server *srv);
+
+/* Starts the thread. BG_OK or BG_ERR. Main thread. */
+int bg_bus_start(struct bg_bus *b);
+
+/* Stops and joins the thread, frees the bus; messages still queued are
+ * dropped (the workers are already gone). Main thread. */
+void bg_bus_stop_free(struct bg_bus *b);
+
+/*
+ * Any worker thread: queues m for every node's clients, taking over the
+ * caller's reference. BG_OK, or BG_AGAIN when the outbox is full (the
+ * caller keeps its reference and answers "unavailable").
+ */
+int bg_bus_publish(struct bg_bus *b, struct bg_msg *m);
+
+/* "disabled", "connected" or "disconnected" for /health. Any thread. */
+const char *bg_bus_state(const struct bg_bus *b);
+
+/* Counters for /metrics. Any thread. */
+uint64_t bg_bus_broadcasts(const struct bg_bus *b);
+uint64_t bg_bus_rejected(const struct bg_bus *b);
+uint64_t bg_bus_reconnects(const struct bg_bus *b);
+bool bg_bus_connected(const struct bg_bus *b);
+
+#endif

@@ -1,0 +1,25 @@
+/*
+ * bg.h - what every Bagou module shares: status codes and small helpers.
+ */
+#ifndef BG_BG_H
+#define BG_BG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define BG_OK     0
+#define BG_ERR   -1
+#define BG_AGAIN -2
+
+#define BG_VERSION "0.1.0"
+#define BG_PROTOCOL_VERSION 1
+
+#define BG_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Longest client id, channel name and callbackId (PROTOCOL.md §3, §4). */
+#define BG_ID_MAX        64
+#define BG_CHANNEL_MAX  200
+#define BG_CALLBACK_MAX  64
+
+#endif

@@ -1,0 +1,61 @@
+/*
+ * chan.h - a worker's channel shard: channel name -> its local subscribers.
+ *
+ * Pure and single-threaded: each worker owns one table (and a second one
+ * keyed by client id) and is the only thread that enters it. Subscribe and
+ * unsubscribe are O(1) (hash lookup, swap-remove); a channel disappears
+ * with its last subscriber.
+ */
+#ifndef BG_CHAN_H
+#define BG_CHAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct bg_chan;
+
+/* One subscription: owned by the table, handed to the subscriber. */
+struct bg_chan_sub {
+	struct bg_chan *chan;
+	void *owner;     /* the subscriber (a connection) */
+	uint32_t pos;    /* index in chan->subs */
+};
+
+struct bg_chan {
+	struct bg_chan *next;        /* hash chain */
+	uint32_t hash;
+	uint32_t n_subs, cap_subs;
+	struct bg_chan_sub **subs;
+	size_t name_len;
+	char name[];                 /* NUL-terminated */
+};
+
+struct bg_chan_table {
+	struct bg_chan **buckets;
+	uint32_t n_buckets;          /* power of two */
+	uint32_t n_chans;
+	uint64_t n_subs;             /* subscriptions in the whole table */
+};
+
+/* An empty table; NULL on allocation failure. */
+struct bg_chan_table *bg_chan_table_new(void);
+
+/* Frees the table, its channels and every subscription still in it. */
+void bg_chan_table_free(struct bg_chan_table *t);
+
+/* The channel called name, or NULL when nobody here is subscribed. */
+struct bg_chan *bg_chan_find(const struct bg_chan_table *t, const char *name,
+			     size_t len);
+
+/*
+ * Adds owner to the channel (creating it). Does not check for duplicates:
+ * the caller knows its own subscriptions. NULL on allocation failure.
+ */
+struct bg_chan_sub *bg_chan_subscribe(struct bg_chan_table *t,
+				      const char *name, size_t len,
+				      void *owner);
+
+/* Removes and frees the subscription; drops the channel when empty. */
+void bg_chan_unsubscribe(struct bg_chan_table *t, struct bg_chan_sub *s);
+
+#endif

@@ -1,0 +1,498 @@
+/*
+ * config.c - owns struct bg_config's defaults, the table of every
+ * "[section] key", the strict parsing of each value, and the loading of
+ * an ini file through inih.
+ *
+ * Threads: only the main thread enters, at start-up, before the other
+ * threads exist. No globals are written (inih's own settings are left
+ * alone); everything lives in the caller's struct and a stack context.
+ *
+ * inih 55 gives the handler no line number, so the loader reads the file
+ * through its own line reader: it counts lines, and it rejects up front
+ * what inih would silently accept or misread (unknown or empty [section]s,
+ * lines that are neither a section nor "key = value", over-long lines that
+ * inih would split, and indented lines that inih would glue to the previous
+ * value as a continuation). Parsing stops at the first error.
+ */
+#include "common/config.h"
+
+#include "common/bg.h"
+#include "common/log.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define MSG_MAX 1400
+#define FIELD_SIZE(f) sizeof(((struct bg_config *)0)->f)
+
+struct key;
+
+typedef int (*parse_fn)(const struct key *k, struct bg_config *cfg,
+			const char *v, char *msg, size_t len);
+
+struct key {
+	const char *section;
+	const char *name;
+	parse_fn parse;
+	size_t off;                     /* field in struct bg_config */
+	unsigned long long min, max;    /* numbers: range; strings: length */
+};
+
+/* Indexed by enum bg_publish_policy. */
+static const char *const publish_names[] = { "none", "subscribed", "all" };
+
+static void
+seterr(char *err, size_t len, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err == NULL || len == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, len, fmt, ap);
+	va_end(ap);
+}
+
+void
+bg_config_defaults(struct bg_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	strcpy(cfg->listen_host, "0.0.0.0");
+	cfg->listen_port = 9000;
+	cfg->workers = 0;
+	strcpy(cfg->path, "/websocket");
+	cfg->max_connections = 0;
+	cfg->ping_interval = 30;
+	cfg->max_message_size = 65536;
+	cfg->max_subscriptions = 1000;
+	cfg->max_store_bytes = 4096;
+	cfg->max_queued_bytes = 1048576;
+	cfg->client_publish = BG_PUBLISH_NONE;
+	strcpy(cfg->amqp_url, "amqp://guest:guest@localhost:5672/");
+	cfg->api_key[0] = '\0';
+	cfg->log_level = BG_LOG_INFO;
+}
+
+/*
+ * Strict unsigned decimal: digits only (no sign, space or base prefix), no
+ * overflow. *end gets the first byte after the digits.
+ */
+static bool
+parse_digits(const char *s, unsigned long long *out, const char **end)
+{
+	char *e;
+
+	if (!isdigit((unsigned char)s[0]))
+		return false;
+	errno = 0;
+	*out = strtoull(s, &e, 10);
+	*end = e;
+	return errno == 0;
+}
+
+static int
+parse_int(const struct key *k, struct bg_config *cfg, const char *v,
+	  char *msg, size_t len)
+{
+	unsigned long long n;
+	const char *end;
+
+	if (!parse_digits(v, &n, &end) || *end != '\0' || n < k->min ||
+	    n > k->max) {
+		seterr(msg, len, "expected an integer from %llu to %llu, "
+		       "got '%s'", k->min, k->max, v);
+		return BG_ERR;
+	}
+	*(int *)((char *)cfg + k->off) = (int)n;
+	return BG_OK;
+}
+
+/* Bytes, with an optional k/K or m/M suffix (multiples of 1024). */
+static int
+parse_size(const struct key *k, struct bg_config *cfg, const char *v,
+	   char *msg, size_t len)
+{
+	unsigned long long n, mult = 1;
+	const char *end;
+	bool ok;
+
+	ok = parse_digits(v, &n, &end);
+	if (ok && (*end == 'k' || *end == 'K'))
+		mult = 1024, end++;
+	else if (ok && (*end == 'm' || *end == 'M'))
+		mult = 1024 * 1024, end++;
+	ok = ok && *end == '\0' && n <= k->max / mult;
+	if (!ok || n * mult < k->min) {
+		seterr(msg, len, "expected a size in bytes (%llu to %llu), "
+		       "got '%s'", k->min, k->max, v);
+		return BG_ERR;
+	}
+	*(size_t *)((char *)cfg + k->off) = (size_t)(n * mult);
+	return BG_OK;
+}
+
+static int
+parse_str(const struct key *k, struct bg_config *cfg, const char *v,
+	  char *msg, size_t len)
+{
+	size_t n = strlen(v);
+
+	if (n > k->max) {
+		seterr(msg, len, "expected at most %llu bytes, got %zu",
+		       k->max, n);
+		return BG_ERR;
+	}
+	memcpy((char *)cfg + k->off, v, n + 1);
+	return BG_OK;
+}
+
+static int
+parse_path(const struct key *k, struct bg_config *cfg, const char *v,
+	   char *msg, size_t len)
+{
+	for (const char *p = v; *p; p++) {
+		if (isspace((unsigned char)*p) || iscntrl((unsigned char)*p)) {
+			seterr(msg, len, "must not contain spaces or "
+			       "control characters, got '%s'", v);
+			return BG_ERR;
+		}
+	}
+	if (v[0] != '/') {
+		seterr(msg, len, "must start with '/', got '%s'", v);
+		return BG_ERR;
+	}
+	return parse_str(k, cfg, v, msg, len);
+}
+
+static int
+parse_url(const struct key *k, struct bg_config *cfg, const char *v,
+	  char *msg, size_t len)
+{
+	if (strcasecmp(v, "none") == 0)
+		v = "none";
+	else if (strncmp(v, "amqp://", 7) != 0 &&
+		 strncmp(v, "amqps://", 8) != 0) {
+		seterr(msg, len, "expected 'none' or a URL starting with "
+		       "amqp:// or amqps://, got '%s'", v);
+		return BG_ERR;
+	}
+	return parse_str(k, cfg, v, msg, len);
+}
+
+static int
+parse_publish(const struct key *k, struct bg_config *cfg, const char *v,
+	      char *msg, size_t len)
+{
+	for (size_t i = 0; i < BG_ARRAY_LEN(publish_names); i++) {
+		if (strcasecmp(v, publish_names[i]) == 0) {
+			cfg->client_publish = (int)i;
+			return BG_OK;
+		}
+	}
+	seterr(msg, len, "expected none, subscribed or all, got '%s'", v);
+	return BG_ERR;
+}
+
+static int
+parse_level(const struct key *k, struct bg_config *cfg, const char *v,
+	    char *msg, size_t len)
+{
+	int level = bg_log_parse_level(v);
+
+	if (level < 0) {
+		seterr(msg, len, "expected debug, info, warn or error, "
+		       "got '%s'", v);
+		return BG_ERR;
+	}
+	cfg->log_level = level;
+	return BG_OK;
+}
+
+/* HOST:PORT, HOST being an IPv4 address, localhost, * or [IPv6]. */
+static int
+parse_listen(const struct key *k, struct bg_config *cfg, const char *v,
+	     char *msg, size_t len)
+{
+	char host[FIELD_SIZE(listen_host)];
+	const char *hs = v, *he, *colon, *end;
+	unsigned long long port;
+	unsigned char addr[sizeof(struct in6_addr)];
+	bool v6 = v[0] == '[';
+
+	if (v6) {
+		hs = v + 1;
+		he = strchr(hs, ']');
+		colon = he != NULL && he[1] == ':' ? he + 1 : NULL;
+	} else {
+		he = colon = strrchr(v, ':');
+	}
+	if (colon == NULL) {
+		seterr(msg, len, "expected HOST:PORT (e.g. *:9000, "
+		       "127.0.0.1:9000, [::1]:9000), got '%s'", v);
+		return BG_ERR;
+	}
+	if (!parse_digits(colon + 1, &port, &end) || *end != '\0' ||
+	    port < 1 || port > 65535) {
+		seterr(msg, len, "expected a port from 1 to 65535, got '%s'",
+		       colon + 1);
+		return BG_ERR;
+	}
+	if ((size_t)(he - hs) >= sizeof(host))
+		he = hs + sizeof(host) - 1;
+	memcpy(host, hs, (size_t)(he - hs));
+	host[he - hs] = '\0';
+	if (strcmp(host, "*") == 0 && !v6)
+		strcpy(host, "0.0.0.0");
+	if (v6 ? inet_pton(AF_INET6, host, addr) != 1 :
+	    strcmp(host, "localhost") != 0 &&
+	    inet_pton(AF_INET, host, addr) != 1) {
+		seterr(msg, len, "expected an IPv4 address, localhost, * or "
+		       "[IPv6] before the port, got '%s'%s", host,
+		       strchr(host, ':') ? " (put IPv6 addresses in [])" : "");
+		return BG_ERR;
+	}
+	strcpy(cfg->listen_host, host);
+	cfg->listen_port = (int)port;
+	return BG_OK;
+}
+
+#define OFF(f) offsetof(struct bg_config, f)
+#define STR(f) 0, FIELD_SIZE(f) - 1
+
+static const struct key keys[] = {
+	{ "server", "listen", parse_listen, 0, 0, 0 },
+	{ "server", "workers", parse_int, OFF(workers), 0, 1024 },
+	{ "server", "path", parse_path, OFF(path), STR(path) },
+	{ "server", "max_connections", parse_int, OFF(max_connections),
+	  0, 10000000 },
+	{ "server", "ping_interval", parse_int, OFF(ping_interval), 0, 3600 },
+	{ "limits", "max_message_size", parse_size, OFF(max_message_size),
+	  16, 67108864 },
+	{ "limits", "max_subscriptions", parse_int, OFF(max_subscriptions),
+	  1, 1000000 },
+	{ "limits", "max_store_bytes", parse_size, OFF(max_store_bytes),
+	  2, 16777216 },
+	{ "limits", "max_queued_bytes", parse_size, OFF(max_queued_bytes),
+	  1024, 1073741824 },
+	{ "channels", "client_publish", parse_publish, OFF(client_publish),
+	  0, 0 },
+	{ "amqp", "url", parse_url, OFF(amqp_url), STR(amqp_url) },
+	{ "http", "api_key", parse_str, OFF(api_key), STR(api_key) },
+	{ "log", "level", parse_level, OFF(log_level), 0, 0 },
+};
+
+static const struct key *
+find_key(const char *section, const char *name)
+{
+	for (size_t i = 0; i < BG_ARRAY_LEN(keys); i++)
+		if (strcmp(keys[i].section, section) == 0 &&
+		    strcmp(keys[i].name, name) == 0)
+			return &keys[i];
+	return NULL;
+}
+
+static bool
+known_section(const char *section)
+{
+	for (size_t i = 0; i < BG_ARRAY_LEN(keys); i++)
+		if (strcmp(keys[i].section, section) == 0)
+			return true;
+	return false;
+}
+
+int
+bg_config_set(struct bg_config *cfg, const char *section, const char *key,
+	      const char *value, char *err, size_t errlen)
+{
+	const struct key *k = find_key(section, key);
+	char msg[MSG_MAX];
+
+	if (k == NULL) {
+		if (!known_section(section))
+			seterr(err, errlen, "unknown section [%s]", section);
+		else
+			seterr(err, errlen, "unknown key '%s' in [%s]", key,
+			       section);
+		return BG_ERR;
+	}
+	if (k->parse(k, cfg, value, msg, sizeof(msg)) != BG_OK) {
+		seterr(err, errlen, "[%s] %s: %s", section, key, msg);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+struct load {
+	struct bg_config *cfg;
+	FILE *fp;
+	const char *path;
+	char *err;
+	size_t errlen;
+	int lineno;
+	bool failed;
+	bool after_key;                  /* a key since the last [section] */
+	int seen[BG_ARRAY_LEN(keys)];    /* line each key was set on */
+};
+
+static void
+load_fail(struct load *l, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void
+load_fail(struct load *l, const char *fmt, ...)
+{
+	char msg[MSG_MAX];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	seterr(l->err, l->errlen, "%s:%d: %s", l->path, l->lineno, msg);
+	l->failed = true;
+}
+
+/* Checks one raw line the way inih will read it; false on error. */
+static bool
+check_line(struct load *l, char *line)
+{
+	char *s = line, *e;
+
+	if (l->lineno == 1 && strncmp(s, "\xEF\xBB\xBF", 3) == 0)
+		line = s += 3;          /* UTF-8 BOM, as inih allows */
+	while (*s == ' ' || *s == '\t')
+		s++;
+	if (*s == '\0' || *s == '\n' || *s == '\r' || *s == ';' || *s == '#')
+		return true;
+	if (*s == '[') {
+		e = strchr(s, ']');
+		if (e == NULL) {
+			load_fail(l, "missing ']' in section header");
+			return false;
+		}
+		*e = '\0';
+		if (!known_section(s + 1))
+			load_fail(l, "unknown section [%s]", s + 1);
+		*e = ']';
+		l->after_key = false;
+		return !l->failed;
+	}
+	if (s > line && l->after_key) {
+		load_fail(l, "indented line: continuation lines are not "
+			  "supported");
+		return false;
+	}
+	if (strpbrk(s, "=:") == NULL) {
+		load_fail(l, "expected [section] or key = value");
+		return false;
+	}
+	l->after_key = true;
+	return true;
+}
+
+/* fgets for inih: counts lines, checks them, stops after an error. */
+static char *
+read_line(char *str, int num, void *stream)
+{
+	struct load *l = stream;
+	int c;
+
+	if (l->failed || fgets(str, num, l->fp) == NULL)
+		return NULL;
+	l->lineno++;
+	if (strchr(str, '\n') == NULL && (c = getc(l->fp)) != EOF) {
+		if (c != '\n') {
+			load_fail(l, "line longer than %d bytes", num - 2);
+			return NULL;
+		}
+	}
+	return check_line(l, str) ? str : NULL;
+}
+
+static int
+on_key(void *user, const char *section, const char *name,
+       const char *value)
+{
+	struct load *l = user;
+	const struct key *k;
+	char msg[MSG_MAX];
+
+	if (l->failed || name == NULL)
+		return !l->failed;
+	if (section[0] == '\0') {
+		load_fail(l, "key '%s' before any [section]", name);
+		return 0;
+	}
+	k = find_key(section, name);
+	if (k != NULL && l->seen[k - keys]) {
+		load_fail(l, "duplicate key '%s' in [%s] (first set on line "
+			  "%d)", name, section, l->seen[k - keys]);
+		return 0;
+	}
+	if (bg_config_set(l->cfg, section, name, value, msg, sizeof(msg))
+	    != BG_OK) {
+		load_fail(l, "%s", msg);
+		return 0;
+	}
+	l->seen[k - keys] = l->lineno;
+	return 1;
+}
+
+int
+bg_config_load(struct bg_config *cfg, const char *path, char *err,
+	       size_t errlen)
+{
+	struct load l = { .cfg = cfg, .path = path, .err = err,
+			  .errlen = errlen };
+	int rc, read_errno;
+
+	l.fp = fopen(path, "r");
+	if (l.fp == NULL) {
+		seterr(err, errlen, "%s: cannot open: %s", path,
+		       strerror(errno));
+		return BG_ERR;
+	}
+	rc = ini_parse_stream(read_line, &l, on_key, &l);
+	read_errno = ferror(l.fp) ? errno : 0;
+	fclose(l.fp);
+	if (read_errno != 0) {
+		seterr(err, errlen, "%s: cannot read: %s", path,
+		       strerror(read_errno));
+		return BG_ERR;
+	}
+	/*
+	 * inih keeps reading after a line it rejects (say "key ; = value",
+	 * where the comment hides the '='), so an error of ours may come
+	 * later; report the first.
+	 */
+	if (rc > 0 && (!l.failed || rc < l.lineno)) {
+		l.lineno = rc;
+		load_fail(&l, "expected [section] or key = value");
+	}
+	return l.failed ? BG_ERR : BG_OK;
+}
+
+int
+bg_config_validate(const struct bg_config *cfg, char *err, size_t errlen)
+{
+	if (cfg->max_message_size > cfg->max_queued_bytes) {
+		seterr(err, errlen, "[limits] max_message_size (%zu) must not "
+		       "exceed [limits] max_queued_bytes (%zu): a message "
+		       "must fit in a connection's outbound queue",
+		       cfg->max_message_size, cfg->max_queued_bytes);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+bool
+bg_config_standalone(const struct bg_config *cfg)
+{
+	return strcmp(cfg->amqp_url, "none") == 0;
+}

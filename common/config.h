@@ -1,0 +1,81 @@
+/*
+ * config.h - the server's configuration: defaults, etc/bagou.ini (inih),
+ * command-line overrides, validation.
+ *
+ * Pure: no threads, no sockets. The main thread fills one struct bg_config
+ * at start-up; after the threads start it is immutable and every thread may
+ * read it without a lock.
+ */
+#ifndef BG_CONFIG_H
+#define BG_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define BG_CONFIG_STR 256
+
+enum bg_publish_policy {
+	BG_PUBLISH_NONE,        /* clients may not publish (default) */
+	BG_PUBLISH_SUBSCRIBED,  /* only to channels they are subscribed to */
+	BG_PUBLISH_ALL,         /* to any channel */
+};
+
+struct bg_config {
+	/* [server] */
+	char listen_host[BG_CONFIG_STR]; /* "0.0.0.0" */
+	int listen_port;                 /* 9000 */
+	int workers;                     /* 0 = number of online cores */
+	char path[BG_CONFIG_STR];        /* WebSocket path, "/websocket" */
+	int max_connections;             /* per node; 0 = no limit */
+	int ping_interval;               /* seconds between lws pings, 0=off */
+
+	/* [limits] */
+	size_t max_message_size;         /* 65536 */
+	int max_subscriptions;           /* 1000 per connection */
+	size_t max_store_bytes;          /* 4096 */
+	size_t max_queued_bytes;         /* 1048576 per connection */
+
+	/* [channels] */
+	int client_publish;              /* enum bg_publish_policy, none */
+
+	/* [amqp] */
+	char amqp_url[1024];             /* "amqp://guest:guest@localhost:5672/"
+	                                    or "none" */
+
+	/* [http] */
+	char api_key[BG_CONFIG_STR];     /* "" = POST /broadcast loopback only */
+
+	/* [log] */
+	int log_level;                   /* enum bg_log_level, info */
+};
+
+/* Fills every field with its documented default. */
+void bg_config_defaults(struct bg_config *cfg);
+
+/*
+ * Sets one key. section/key as in the ini file. Returns BG_OK, or BG_ERR
+ * with a message in err ("unknown key 'x' in section [y]", "workers: must
+ * be an integer from 0 to 1024", ...). Used by the ini loader and the CLI.
+ */
+int bg_config_set(struct bg_config *cfg, const char *section,
+		  const char *key, const char *value, char *err, size_t errlen);
+
+/*
+ * Loads an ini file over cfg. Returns BG_OK, or BG_ERR with err set to
+ * "FILE:LINE: message" (or "FILE: cannot open: strerror") ; on error cfg
+ * may be partly changed.
+ */
+int bg_config_load(struct bg_config *cfg, const char *path, char *err,
+		   size_t errlen);
+
+/*
+ * Checks cross-field rules after all sources were applied. BG_OK or BG_ERR
+ * with err set.
+ */
+int bg_config_validate(const struct bg_config *cfg, char *err,
+		       size_t errlen);
+
+/* True when amqp_url is "none" (standalone mode). */
+bool bg_config_standalone(const struct bg_config *cfg);
+
+#endif

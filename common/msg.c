@@ -1,0 +1,96 @@
+/*
+ * msg.c - refcounted broadcast messages. Any thread; the count is the only
+ * mutable field, changed with ck atomics (release before the decrement,
+ * acquire before the free).
+ */
+#include "common/msg.h"
+
+#include "common/bg.h"
+#include "common/frame.h"
+
+#include <ck_pr.h>
+#include <stdlib.h>
+
+struct bg_msg *
+bg_msg_new(enum bg_msg_target target, uint32_t n_names)
+{
+	struct bg_msg *m = calloc(1, sizeof(*m));
+	uint32_t n_frames = target == BG_MSG_CHANNELS ? n_names : 1;
+
+	if (m == NULL)
+		return NULL;
+	m->refs = 1;
+	m->target = target;
+	m->n_names = n_names;
+	m->n_frames = n_frames;
+	m->names = n_names ? calloc(n_names, sizeof(*m->names)) : NULL;
+	m->frames = calloc(n_frames, sizeof(*m->frames));
+	if ((n_names && m->names == NULL) || m->frames == NULL) {
+		bg_msg_unref(m);
+		return NULL;
+	}
+	return m;
+}
+
+int
+bg_msg_set_frame(struct bg_msg *m, uint32_t i, const char *payload,
+		 size_t len)
+{
+	uint8_t *frame;
+	size_t flen;
+
+	if (i >= m->n_frames || len > UINT32_MAX - BG_FRAME_HDR_MAX)
+		return BG_ERR;
+	free(m->frames[i].block);
+	m->frames[i].block = bg_frame_text(payload, len, &frame, &flen);
+	if (m->frames[i].block == NULL)
+		return BG_ERR;
+	m->frames[i].data = frame;
+	m->frames[i].len = (uint32_t)flen;
+	return BG_OK;
+}
+
+void
+bg_msg_ref(struct bg_msg *m)
+{
+	ck_pr_inc_uint(&m->refs);
+}
+
+static void
+msg_free(struct bg_msg *m)
+{
+	for (uint32_t i = 0; m->names && i < m->n_names; i++)
+		free(m->names[i]);
+	for (uint32_t i = 0; m->frames && i < m->n_frames; i++)
+		free(m->frames[i].block);
+	free(m->names);
+	free(m->frames);
+	free(m->exclude);
+	free(m->body);
+	free(m);
+}
+
+void
+bg_msg_unref(struct bg_msg *m)
+{
+	bool zero;
+
+	if (m == NULL)
+		return;
+	ck_pr_fence_release();
+	ck_pr_dec_uint_zero(&m->refs, &zero);
+	if (zero) {
+		ck_pr_fence_acquire();
+		msg_free(m);
+	}
+}
+
+size_t
+bg_msg_size(const struct bg_msg *m)
+{
+	size_t n = sizeof(*m) + m->body_len;
+
+	for (uint32_t i = 0; i < m->n_frames; i++)
+		n += m->frames[i].len;
+	return n;
+}

@@ -1,0 +1,63 @@
+/*
+ * msg.h - a broadcast, parsed and framed once, shared read-only by every
+ * worker through reference counting.
+ *
+ * Built by one thread (the bus, or a worker for POST /broadcast and client
+ * publishes), then immutable. Refcount rules (STYLE.md): the creator holds
+ * one reference; take one per ring push (bg_msg_ref), undo it if the push
+ * fails, and drop the creator's own after the fan-out. Any thread.
+ */
+#ifndef BG_MSG_H
+#define BG_MSG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Most targets (channels or client ids) one broadcast may list. */
+#define BG_MSG_MAX_TARGETS 1024
+
+enum bg_msg_target {
+	BG_MSG_ALL,       /* every connected client */
+	BG_MSG_CHANNELS,  /* subscribers of names[] (first match wins) */
+	BG_MSG_CLIENTS,   /* the connections whose ids are names[] */
+};
+
+struct bg_msg_frame {
+	uint8_t *block;        /* malloc'd; frame lives inside it */
+	const uint8_t *data;   /* a complete WebSocket text frame */
+	uint32_t len;
+};
+
+struct bg_msg {
+	unsigned int refs;           /* atomic */
+	enum bg_msg_target target;
+	uint32_t n_names;
+	char **names;                /* channel names or client ids */
+	char *exclude;               /* client id not to deliver to, or NULL */
+	uint32_t n_frames;           /* CHANNELS: n_names, else 1 */
+	struct bg_msg_frame *frames; /* frames[i] carries "channel": names[i] */
+	char *body;                  /* the broadcast as JSON, to republish */
+	size_t body_len;
+};
+
+/*
+ * A message with room for n_names names and their frames, refs = 1.
+ * Names, frames and body are filled by the creator before publishing.
+ * NULL on allocation failure.
+ */
+struct bg_msg *bg_msg_new(enum bg_msg_target target, uint32_t n_names);
+
+/* Frames payload (UTF-8 JSON text) as frames[i]. BG_OK or BG_ERR (ENOMEM). */
+int bg_msg_set_frame(struct bg_msg *m, uint32_t i, const char *payload,
+		     size_t len);
+
+/* Takes a reference. Any thread. */
+void bg_msg_ref(struct bg_msg *m);
+
+/* Drops a reference; frees on the last. Any thread. NULL is ignored. */
+void bg_msg_unref(struct bg_msg *m);
+
+/* Bytes this message holds (for accounting). */
+size_t bg_msg_size(const struct bg_msg *m);
+
+#endif

@@ -1,0 +1,516 @@
+/*
+ * proto.c - JSON codec for PROTOCOL.md §3-§4. Pure: jansson, no I/O.
+ *
+ * Outgoing payloads are assembled from pre-serialized parts so that a
+ * broadcast to n channels dumps its data once, not n times.
+ */
+#include "common/proto.h"
+
+#include "common/bg.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const code_names[BG_CODE_COUNT] = {
+	[BG_CODE_BAD_MESSAGE] = "bad_message",
+	[BG_CODE_INVALID_CHANNEL] = "invalid_channel",
+	[BG_CODE_TOO_MANY_SUBSCRIPTIONS] = "too_many_subscriptions",
+	[BG_CODE_NOT_ALLOWED] = "not_allowed",
+	[BG_CODE_UNAVAILABLE] = "unavailable",
+	[BG_CODE_FORBIDDEN] = "forbidden",
+	[BG_CODE_CHANNEL_FULL] = "channel_full",
+	[BG_CODE_AUTH_FAILED] = "auth_failed",
+	[BG_CODE_RATE_LIMITED] = "rate_limited",
+	[BG_CODE_UNKNOWN_EVENT] = "unknown_event",
+	[BG_CODE_INTERNAL] = "internal_error",
+};
+
+const char *
+bg_code_name(enum bg_code code)
+{
+	if ((unsigned)code >= BG_CODE_COUNT)
+		return "internal_error";
+	return code_names[code];
+}
+
+static void
+set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err == NULL || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+bool
+bg_proto_channel_valid(const char *name, size_t len)
+{
+	if (len == 0 || len > BG_CHANNEL_MAX)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)name[i];
+		if (ch <= 0x20 || ch >= 0x7f || ch == '*' || ch == '#' ||
+		    ch == '"' || ch == '\\')
+			return false;
+	}
+	return true;
+}
+
+bool
+bg_proto_client_id_valid(const char *id, size_t len)
+{
+	if (len == 0 || len > BG_ID_MAX)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		unsigned char ch = (unsigned char)id[i];
+		if (ch <= 0x20 || ch >= 0x7f || ch == '"' || ch == '\\')
+			return false;
+	}
+	return true;
+}
+
+int
+bg_proto_parse_request(const char *buf, size_t len, struct bg_request *req,
+		       char *err, size_t errlen)
+{
+	json_error_t jerr;
+	json_t *root, *ev, *cb;
+
+	memset(req, 0, sizeof(*req));
+	root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+	if (root == NULL) {
+		set_err(err, errlen, "invalid JSON: %s", jerr.text);
+		return BG_ERR;
+	}
+	req->root = root;
+	if (!json_is_object(root)) {
+		set_err(err, errlen, "a message must be a JSON object");
+		return BG_ERR;
+	}
+	ev = json_object_get(root, "event");
+	cb = json_object_get(root, "callbackId");
+	if (json_is_string(ev))
+		req->event = json_string_value(ev);
+	if (cb != NULL && !json_is_null(cb)) {
+		if (!json_is_string(cb) ||
+		    json_string_length(cb) > BG_CALLBACK_MAX ||
+		    json_string_length(cb) == 0) {
+			set_err(err, errlen, "callbackId must be a string of "
+				"1 to %d bytes", BG_CALLBACK_MAX);
+			return BG_ERR;
+		}
+		req->callback_id = json_string_value(cb);
+	}
+	if (req->event == NULL || req->event[0] == '\0') {
+		set_err(err, errlen, "'event' must be a non-empty string");
+		return BG_ERR;
+	}
+	req->data = json_object_get(root, "data");
+	if (req->data == NULL)
+		req->data = json_null();
+	return BG_OK;
+}
+
+/* ---------------------------------------------------------- replies */
+
+static char *
+dump(json_t *obj, size_t *len)
+{
+	char *s;
+
+	if (obj == NULL)
+		return NULL;
+	s = json_dumps(obj, JSON_COMPACT | JSON_ENCODE_ANY);
+	json_decref(obj);
+	if (s != NULL && len != NULL)
+		*len = strlen(s);
+	return s;
+}
+
+char *
+bg_proto_connect(const char *client_id, size_t *len)
+{
+	return dump(json_pack("{s:s, s:{s:s, s:i}}", "event", "connect",
+			      "data", "id", client_id, "protocol",
+			      BG_PROTOCOL_VERSION), len);
+}
+
+char *
+bg_proto_pong(size_t *len)
+{
+	return dump(json_pack("{s:s}", "event", "pong"), len);
+}
+
+char *
+bg_proto_callback_ok(const char *callback_id, json_t *extra, size_t *len)
+{
+	json_t *data = json_pack("{s:b}", "success", 1);
+
+	if (data == NULL)
+		return NULL;
+	if (extra != NULL && json_object_update(data, extra) != 0) {
+		json_decref(data);
+		return NULL;
+	}
+	return dump(json_pack("{s:s, s:s, s:o}", "event", "callback",
+			      "callbackId", callback_id, "data", data), len);
+}
+
+char *
+bg_proto_failure(const char *callback_id, const char *event,
+		 enum bg_code code, const char *message, size_t *len)
+{
+	json_t *e = json_pack("{s:s, s:s}", "code", bg_code_name(code),
+			      "message", message ? message : "");
+
+	if (e == NULL)
+		return NULL;
+	if (callback_id != NULL)
+		return dump(json_pack("{s:s, s:s, s:{s:b, s:o}}", "event",
+				      "callback", "callbackId", callback_id,
+				      "data", "success", 0, "error", e), len);
+	if (event != NULL &&
+	    json_object_set_new(e, "event", json_string(event)) != 0) {
+		json_decref(e);
+		return NULL;
+	}
+	return dump(json_pack("{s:s, s:o}", "event", "error", "data", e),
+		    len);
+}
+
+/* -------------------------------------------------------- broadcasts */
+
+/* A growable byte buffer for assembling payloads. */
+struct sbuf {
+	char *p;
+	size_t len, cap;
+	bool oom;
+};
+
+static void
+sb_add(struct sbuf *b, const char *s, size_t n)
+{
+	if (b->oom)
+		return;
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		char *p;
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		p = realloc(b->p, cap);
+		if (p == NULL) {
+			b->oom = true;
+			return;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+static void
+sb_str(struct sbuf *b, const char *s)
+{
+	sb_add(b, s, strlen(s));
+}
+
+/* The pieces every payload of one broadcast shares, each already JSON. */
+struct parts {
+	char *event, *data, *callback_id, *from;
+};
+
+static void
+parts_free(struct parts *p)
+{
+	free(p->event);
+	free(p->data);
+	free(p->callback_id);
+	free(p->from);
+}
+
+static char *
+json_text(json_t *v)
+{
+	return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+}
+
+static char *
+quoted(const char *s)
+{
+	json_t *v = json_string(s);
+	char *out = v ? json_text(v) : NULL;
+
+	json_decref(v);
+	return out;
+}
+
+static int
+add_payload(struct bg_msg *m, uint32_t i, const struct parts *p,
+	    const char *channel_json)
+{
+	struct sbuf b = { 0 };
+	int rc;
+
+	sb_str(&b, "{\"event\":");
+	sb_str(&b, p->event);
+	if (channel_json != NULL) {
+		sb_str(&b, ",\"channel\":");
+		sb_str(&b, channel_json);
+	}
+	sb_str(&b, ",\"data\":");
+	sb_str(&b, p->data);
+	if (p->callback_id != NULL) {
+		sb_str(&b, ",\"callbackId\":");
+		sb_str(&b, p->callback_id);
+	}
+	if (p->from != NULL) {
+		sb_str(&b, ",\"from\":");
+		sb_str(&b, p->from);
+	}
+	sb_str(&b, "}");
+	rc = b.oom ? BG_ERR : bg_msg_set_frame(m, i, b.p, b.len);
+	free(b.p);
+	return rc;
+}
+
+/*
+ * Reads a string-or-list-of-strings field into a fresh, de-duplicated
+ * array. Returns the count (0 for absent/null/[]), or -1 with err set.
+ */
+static int
+read_targets(json_t *v, const char *field, bool channel, char ***out,
+	     enum bg_code *code, char *err, size_t errlen)
+{
+	size_t n = 0, k = 0;
+	char **names;
+
+	*out = NULL;
+	if (v == NULL || json_is_null(v))
+		return 0;
+	if (json_is_string(v))
+		n = 1;
+	else if (json_is_array(v))
+		n = json_array_size(v);
+	else
+		goto bad_type;
+	if (n == 0)
+		return 0;
+	if (n > BG_MSG_MAX_TARGETS) {
+		*code = BG_CODE_BAD_MESSAGE;
+		set_err(err, errlen, "'%s' lists more than %d names", field,
+			BG_MSG_MAX_TARGETS);
+		return -1;
+	}
+	names = calloc(n, sizeof(*names));
+	if (names == NULL) {
+		*code = BG_CODE_INTERNAL;
+		set_err(err, errlen, "out of memory");
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		json_t *e = json_is_string(v) ? v : json_array_get(v, i);
+		const char *s;
+		size_t len;
+		bool dup = false;
+
+		if (!json_is_string(e)) {
+			for (size_t j = 0; j < k; j++)
+				free(names[j]);
+			free(names);
+			goto bad_type;
+		}
+		s = json_string_value(e);
+		len = json_string_length(e);
+		if (channel ? !bg_proto_channel_valid(s, len)
+			    : !bg_proto_client_id_valid(s, len)) {
+			*code = channel ? BG_CODE_INVALID_CHANNEL
+					: BG_CODE_BAD_MESSAGE;
+			set_err(err, errlen, "invalid %s name in '%s'",
+				channel ? "channel" : "client id", field);
+			for (size_t j = 0; j < k; j++)
+				free(names[j]);
+			free(names);
+			return -1;
+		}
+		/* Listing a name twice must not deliver twice. */
+		for (size_t j = 0; j < k && !dup; j++)
+			dup = strcmp(names[j], s) == 0;
+		if (!dup)
+			names[k++] = strdup(s);
+		if (!dup && names[k - 1] == NULL) {
+			for (size_t j = 0; j < k; j++)
+				free(names[j]);
+			free(names);
+			*code = BG_CODE_INTERNAL;
+			set_err(err, errlen, "out of memory");
+			return -1;
+		}
+	}
+	*out = names;
+	return (int)k;
+bad_type:
+	*code = BG_CODE_BAD_MESSAGE;
+	set_err(err, errlen, "'%s' must be a string or a list of strings",
+		field);
+	return -1;
+}
+
+static void
+free_names(char **names, int n)
+{
+	for (int i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+}
+
+struct bg_msg *
+bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
+		   char *err, size_t errlen)
+{
+	json_t *ev, *data, *cb, *excl, *from_v, *body;
+	char **chans = NULL, **clients = NULL, **names;
+	int n_chans = 0, n_clients = 0, n;
+	struct parts p = { 0 };
+	struct bg_msg *m = NULL;
+	enum bg_msg_target target;
+
+	*code = BG_CODE_BAD_MESSAGE;
+	if (!json_is_object(root)) {
+		set_err(err, errlen, "a broadcast must be a JSON object");
+		return NULL;
+	}
+	ev = json_object_get(root, "event");
+	if (!json_is_string(ev) || json_string_length(ev) == 0) {
+		set_err(err, errlen, "'event' must be a non-empty string");
+		return NULL;
+	}
+	cb = json_object_get(root, "callbackId");
+	if (cb != NULL && !json_is_null(cb) &&
+	    (!json_is_string(cb) || json_string_length(cb) > BG_CALLBACK_MAX)) {
+		set_err(err, errlen, "'callbackId' must be a string of at "
+			"most %d bytes", BG_CALLBACK_MAX);
+		return NULL;
+	}
+	excl = json_object_get(root, "exclude");
+	if (excl != NULL && !json_is_null(excl) &&
+	    (!json_is_string(excl) ||
+	     !bg_proto_client_id_valid(json_string_value(excl),
+				       json_string_length(excl)))) {
+		set_err(err, errlen, "'exclude' must be a client id");
+		return NULL;
+	}
+	from_v = json_object_get(root, "from");
+	if (from == NULL && from_v != NULL && !json_is_null(from_v)) {
+		if (!json_is_string(from_v) ||
+		    !bg_proto_client_id_valid(json_string_value(from_v),
+					      json_string_length(from_v))) {
+			set_err(err, errlen, "'from' must be a client id");
+			return NULL;
+		}
+		from = json_string_value(from_v);
+	}
+	n_chans = read_targets(json_object_get(root, "channel"), "channel",
+			       true, &chans, code, err, errlen);
+	if (n_chans < 0)
+		return NULL;
+	n_clients = read_targets(json_object_get(root, "client"), "client",
+				 false, &clients, code, err, errlen);
+	if (n_clients < 0)
+		goto out;
+
+	/* An explicit client list routes; channels then only label. */
+	if (n_clients > 0) {
+		target = BG_MSG_CLIENTS;
+		names = clients;
+		n = n_clients;
+	} else if (n_chans > 0) {
+		target = BG_MSG_CHANNELS;
+		names = chans;
+		n = n_chans;
+	} else {
+		target = BG_MSG_ALL;
+		names = NULL;
+		n = 0;
+	}
+	*code = BG_CODE_INTERNAL;
+	m = bg_msg_new(target, (uint32_t)n);
+	if (m == NULL) {
+		set_err(err, errlen, "out of memory");
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		m->names[i] = names[i];
+		names[i] = NULL;
+	}
+	data = json_object_get(root, "data");
+	p.event = json_text(ev);
+	p.data = data ? json_text(data) : strdup("{}");
+	p.callback_id = cb && json_is_string(cb) ? json_text(cb) : NULL;
+	p.from = from ? quoted(from) : NULL;
+	if (p.event == NULL || p.data == NULL ||
+	    (cb && json_is_string(cb) && p.callback_id == NULL) ||
+	    (from && p.from == NULL))
+		goto oom;
+	if (excl != NULL && json_is_string(excl) &&
+	    (m->exclude = strdup(json_string_value(excl))) == NULL)
+		goto oom;
+	if (target == BG_MSG_CHANNELS) {
+		for (uint32_t i = 0; i < m->n_names; i++) {
+			char *c = quoted(m->names[i]);
+			int rc = c ? add_payload(m, i, &p, c) : BG_ERR;
+			free(c);
+			if (rc != BG_OK)
+				goto oom;
+		}
+	} else if (add_payload(m, 0, &p, NULL) != BG_OK) {
+		goto oom;
+	}
+	/* The body republished onward keeps "from" for the other nodes. */
+	body = json_copy(root);
+	if (body == NULL || (from && json_object_set_new(body, "from",
+					json_string(from)) != 0)) {
+		json_decref(body);
+		goto oom;
+	}
+	m->body = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	if (m->body == NULL)
+		goto oom;
+	m->body_len = strlen(m->body);
+	*code = BG_CODE_BAD_MESSAGE;
+	goto out;
+oom:
+	set_err(err, errlen, "out of memory");
+	bg_msg_unref(m);
+	m = NULL;
+out:
+	parts_free(&p);
+	free_names(chans, n_chans);
+	free_names(clients, n_clients);
+	return m;
+}
+
+struct bg_msg *
+bg_proto_broadcast_text(const char *buf, size_t len, const char *from,
+			enum bg_code *code, char *err, size_t errlen)
+{
+	json_error_t jerr;
+	json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+	struct bg_msg *m;
+
+	if (root == NULL) {
+		*code = BG_CODE_BAD_MESSAGE;
+		set_err(err, errlen, "invalid JSON: %s", jerr.text);
+		return NULL;
+	}
+	m = bg_proto_broadcast(root, from, code, err, errlen);
+	json_decref(root);
+	return m;
+}

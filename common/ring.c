@@ -1,0 +1,117 @@
+/*
+ * ring.c - ck_ring plus a Dekker-style sleeping flag: the producer pushes,
+ * then (full fence) checks the flag; the consumer sets the flag, then (full
+ * fence) checks the ring. One of them always sees the other, so no wake-up
+ * is lost and none is sent while the consumer is busy.
+ */
+#include "common/ring.h"
+
+#include <ck_pr.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+struct bg_ring *
+bg_ring_new(unsigned int capacity, bool multi_producer)
+{
+	struct bg_ring *r;
+	unsigned int size = 4;
+
+	while (size < capacity && size < (1u << 30))
+		size <<= 1;
+	r = calloc(1, sizeof(*r));
+	if (r == NULL)
+		return NULL;
+	r->slots = calloc(size, sizeof(*r->slots));
+	r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (r->slots == NULL || r->efd < 0) {
+		int e = errno;
+		free(r->slots);
+		if (r->efd >= 0)
+			close(r->efd);
+		free(r);
+		errno = e;
+		return NULL;
+	}
+	ck_ring_init(&r->ring, size);
+	r->multi_producer = multi_producer;
+	r->sleeping = 1;
+	return r;
+}
+
+void
+bg_ring_free(struct bg_ring *r)
+{
+	if (r == NULL)
+		return;
+	close(r->efd);
+	free(r->slots);
+	free(r);
+}
+
+bool
+bg_ring_push(struct bg_ring *r, void *p)
+{
+	bool ok;
+
+	if (r->multi_producer)
+		ok = ck_ring_enqueue_mpsc(&r->ring, r->slots, p);
+	else
+		ok = ck_ring_enqueue_spsc(&r->ring, r->slots, p);
+	if (!ok)
+		return false;
+	ck_pr_fence_memory();
+	if (ck_pr_load_uint(&r->sleeping) &&
+	    ck_pr_cas_uint(&r->sleeping, 1, 0)) {
+		uint64_t one = 1;
+		/* EAGAIN means the counter is already non-zero: fine. */
+		if (write(r->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+			return true;
+	}
+	return true;
+}
+
+void *
+bg_ring_pop(struct bg_ring *r)
+{
+	void *p;
+
+	/* One consumer: the single-consumer dequeue fits both kinds. */
+	if (r->multi_producer) {
+		if (!ck_ring_dequeue_mpsc(&r->ring, r->slots, &p))
+			return NULL;
+	} else if (!ck_ring_dequeue_spsc(&r->ring, r->slots, &p)) {
+		return NULL;
+	}
+	return p;
+}
+
+void
+bg_ring_clear(struct bg_ring *r)
+{
+	uint64_t n;
+
+	if (read(r->efd, &n, sizeof(n)) < 0)
+		return;
+}
+
+bool
+bg_ring_sleep(struct bg_ring *r)
+{
+	ck_pr_store_uint(&r->sleeping, 1);
+	ck_pr_fence_memory();
+	if (ck_ring_size(&r->ring) == 0)
+		return true;
+	/* Items arrived; if a producer already claimed the flag, the
+	 * eventfd fires once more, which costs one empty drain. */
+	ck_pr_store_uint(&r->sleeping, 0);
+	return false;
+}
+
+unsigned int
+bg_ring_count(const struct bg_ring *r)
+{
+	return ck_ring_size(&r->ring);
+}

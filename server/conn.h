@@ -1,0 +1,126 @@
+/*
+ * conn.h - one WebSocket connection: identity, subscriptions, store, and
+ * its bounded outbound queue of pre-framed messages.
+ *
+ * A struct bg_conn is libwebsockets' per-session data of the connection, so
+ * it lives exactly as long as the wsi. Worker thread only: every function
+ * here runs on the worker that owns the connection.
+ */
+#ifndef BG_CONN_H
+#define BG_CONN_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/bg.h"
+#include "common/chan.h"
+#include "common/msg.h"
+#include "common/proto.h"
+
+struct lws;
+struct bg_worker;
+
+/* A worker-local holder of pre-framed bytes shared by many queues: either
+ * one reference to a broadcast, or bytes of its own (a reply). */
+struct bg_wframe {
+	uint32_t refs;               /* queue entries pointing here */
+	struct bg_msg *msg;          /* one reference, or NULL */
+	uint8_t *block;              /* own bytes (replies), or NULL */
+};
+
+struct bg_out {
+	struct bg_wframe *f;
+	const uint8_t *data;
+	uint32_t len;
+};
+
+struct bg_conn {
+	struct lws *wsi;
+	struct bg_worker *w;
+	struct bg_conn *prev, *next;   /* worker's list */
+	struct bg_conn *dirty_next;    /* worker's flush list */
+	bool established;              /* connect sent, in lists */
+	bool closing;                  /* close_code will be sent */
+	bool in_dirty;
+	bool want_write;               /* lws_callback_on_writable pending */
+	uint16_t close_code;
+
+	char id[BG_ID_MAX + 1];
+	struct bg_chan_sub *id_sub;    /* entry in the worker's id table */
+	struct bg_chan_sub **subs;     /* this connection's subscriptions */
+	uint32_t n_subs, cap_subs;
+	json_t *store;                 /* object, or NULL while empty */
+	uint64_t last_seq;             /* last broadcast delivered */
+
+	/* Incoming message being reassembled across fragments. */
+	char *rx;
+	size_t rx_len, rx_cap;
+
+	/* Outbound queue: a ring of entries, bounded in bytes. */
+	struct bg_out *q;
+	uint32_t q_head, q_count, q_cap;
+	uint32_t q_off;                /* bytes of the head already sent */
+	size_t q_bytes;
+
+	/* HTTP request state (connections that never upgrade). */
+	char *body;
+	size_t body_len, body_cap;
+	bool is_broadcast;
+};
+
+/* Sets up a just-upgraded connection: id, lists, the connect event.
+ * BG_OK or BG_ERR (then the caller closes with 1011). */
+int bg_conn_open(struct bg_conn *c, struct bg_worker *w, struct lws *wsi);
+
+/* Releases everything the connection holds. Safe on a conn that never
+ * opened (zeroed). */
+void bg_conn_close(struct bg_conn *c);
+
+/* Handles one complete text message from the client. */
+void bg_conn_receive(struct bg_conn *c, const char *buf, size_t len);
+
+/*
+ * Queues a frame shared through f (takes one f->refs). When direct is
+ * true the worker may write it without waiting for a WRITEABLE callback
+ * (only from the worker's own event callbacks, never inside lws's).
+ * Returns false when the queue limit was hit and the connection is being
+ * closed with 4001.
+ */
+bool bg_conn_push(struct bg_conn *c, struct bg_wframe *f,
+		  const uint8_t *data, uint32_t len, bool direct);
+
+/* Queues a reply (JSON text, malloc'd, ownership taken). */
+void bg_conn_send_json(struct bg_conn *c, char *json, size_t len);
+
+/* Writes what is queued: called from WRITEABLE or the worker's flush.
+ * Returns -1 when lws should close the connection. */
+int bg_conn_write(struct bg_conn *c);
+
+/* Starts closing with code: flushes what is queued, then closes. */
+void bg_conn_begin_close(struct bg_conn *c, uint16_t code);
+
+/* Replies: success (extra members borrowed, may be NULL) answered only
+ * when the request has a callbackId; failure as callback or error event;
+ * both count by code for /metrics. */
+void bg_conn_reply_ok(struct bg_conn *c, const struct bg_request *req,
+		      json_t *extra);
+void bg_conn_reply_error(struct bg_conn *c, const struct bg_request *req,
+			 enum bg_code code, const char *message);
+
+/* Subscription operations used by the handlers. */
+bool bg_conn_is_subscribed(const struct bg_conn *c, const char *channel,
+			   size_t len);
+enum bg_code bg_conn_subscribe(struct bg_conn *c, const char *channel,
+			       size_t len, bool *added);
+void bg_conn_unsubscribe(struct bg_conn *c, const char *channel,
+			 size_t len);
+
+/* Merges obj into the store unless the result exceeds max_store_bytes.
+ * BG_OK, or BG_ERR with the store unchanged. */
+int bg_conn_store(struct bg_conn *c, json_t *obj);
+
+/* Drops a worker-frame reference (frees on the last). */
+void bg_wframe_unref(struct bg_wframe *f);
+
+#endif

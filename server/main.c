@@ -1,0 +1,253 @@
+/*
+ * main.c - bagou-server: parse the command line, load the configuration,
+ * start the bus, workers and acceptor, wait for a signal, stop in order.
+ * Main thread only; every other thread starts with signals blocked, so
+ * SIGTERM/SIGINT arrive here through sigwait.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <libwebsockets.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "amqp/bus.h"
+#include "common/bg.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "server/acceptor.h"
+#include "server/server.h"
+#include "server/worker.h"
+
+#define DEFAULT_CONFIG "etc/bagou.ini"
+#define EXIT_USAGE 2
+
+static void
+usage(FILE *out)
+{
+	fprintf(out,
+"usage: bagou-server [options]\n"
+"  -w, --workers N        worker threads (default: number of cores)\n"
+"  -c, --config FILE      configuration file (default: " DEFAULT_CONFIG
+" if present)\n"
+"  -l, --listen HOST:PORT address to listen on (default 0.0.0.0:9000)\n"
+"  -a, --amqp-url URL     amqp://user:pass@host:5672/vhost, or none\n"
+"  -L, --log-level LEVEL  debug, info, warn or error\n"
+"      --check-config     validate the configuration and exit\n"
+"  -V, --version          print the version and exit\n"
+"  -h, --help             this help\n"
+"Command-line options override the configuration file.\n");
+}
+
+struct cli_override {
+	const char *section, *key, *value;
+};
+
+static void
+lws_log(int level, const char *line)
+{
+	size_t n = strlen(line);
+
+	/* lws lines end with a newline; ours add their own. */
+	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+		n--;
+	bg_log_write(level == LLL_ERR ? BG_LOG_ERROR : BG_LOG_WARN,
+		     "libwebsockets: %.*s", (int)n, line);
+}
+
+static void
+make_node_id(char out[17])
+{
+	uint8_t r[8];
+	struct timespec ts;
+
+	if (getrandom(r, sizeof(r), 0) != (ssize_t)sizeof(r)) {
+		/* Unique enough for ids even without the entropy pool. */
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t v = (uint64_t)ts.tv_nsec ^
+			     ((uint64_t)ts.tv_sec << 20) ^
+			     ((uint64_t)getpid() << 40);
+		memcpy(r, &v, sizeof(r));
+	}
+	for (int i = 0; i < 8; i++)
+		snprintf(out + 2 * i, 3, "%02x", r[i]);
+}
+
+/* Loads the file and the overrides into cfg; exits on error. */
+static void
+load_config(struct bg_config *cfg, const char *path, bool path_given,
+	    const struct cli_override *ov, int n_ov)
+{
+	char err[512];
+
+	bg_config_defaults(cfg);
+	if (path_given || access(path, F_OK) == 0) {
+		if (bg_config_load(cfg, path, err, sizeof(err)) != BG_OK) {
+			fprintf(stderr, "bagou-server: %s\n", err);
+			exit(EXIT_USAGE);
+		}
+	}
+	for (int i = 0; i < n_ov; i++) {
+		if (bg_config_set(cfg, ov[i].section, ov[i].key, ov[i].value,
+				  err, sizeof(err)) != BG_OK) {
+			fprintf(stderr, "bagou-server: --%s: %s\n",
+				ov[i].key, err);
+			exit(EXIT_USAGE);
+		}
+	}
+	if (bg_config_validate(cfg, err, sizeof(err)) != BG_OK) {
+		fprintf(stderr, "bagou-server: %s\n", err);
+		exit(EXIT_USAGE);
+	}
+}
+
+static void
+raise_fd_limit(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "workers", required_argument, NULL, 'w' },
+		{ "config", required_argument, NULL, 'c' },
+		{ "listen", required_argument, NULL, 'l' },
+		{ "amqp-url", required_argument, NULL, 'a' },
+		{ "log-level", required_argument, NULL, 'L' },
+		{ "check-config", no_argument, NULL, 'C' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	static struct bg_config cfg;
+	struct cli_override ov[8];
+	struct bg_server srv;
+	const char *path = DEFAULT_CONFIG;
+	bool path_given = false, check_only = false;
+	int n_ov = 0, opt, sig, rc = EXIT_SUCCESS;
+	sigset_t sigs;
+	char err[512];
+
+	while ((opt = getopt_long(argc, argv, "w:c:l:a:L:Vh", opts, NULL)) !=
+	       -1) {
+		switch (opt) {
+		case 'w':
+			ov[n_ov++] = (struct cli_override){ "server",
+				"workers", optarg };
+			break;
+		case 'c':
+			path = optarg;
+			path_given = true;
+			break;
+		case 'l':
+			ov[n_ov++] = (struct cli_override){ "server",
+				"listen", optarg };
+			break;
+		case 'a':
+			ov[n_ov++] = (struct cli_override){ "amqp", "url",
+				optarg };
+			break;
+		case 'L':
+			ov[n_ov++] = (struct cli_override){ "log", "level",
+				optarg };
+			break;
+		case 'C':
+			check_only = true;
+			break;
+		case 'V':
+			printf("bagou-server %s\n", BG_VERSION);
+			return EXIT_SUCCESS;
+		case 'h':
+			usage(stdout);
+			return EXIT_SUCCESS;
+		default:
+			usage(stderr);
+			return EXIT_USAGE;
+		}
+		if (n_ov == (int)BG_ARRAY_LEN(ov)) {
+			fprintf(stderr, "bagou-server: too many options\n");
+			return EXIT_USAGE;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "bagou-server: unexpected argument '%s'\n",
+			argv[optind]);
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	load_config(&cfg, path, path_given, ov, n_ov);
+	if (check_only) {
+		printf("%s: ok\n", path_given || access(path, F_OK) == 0 ?
+		       path : "(built-in defaults)");
+		return EXIT_SUCCESS;
+	}
+	bg_log_set_level((enum bg_log_level)cfg.log_level);
+	lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
+	if (cfg.workers == 0) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+		cfg.workers = n > 0 ? (int)n : 1;
+	}
+	raise_fd_limit();
+
+	/* Threads inherit this mask: signals come to sigwait below. */
+	sigemptyset(&sigs);
+	sigaddset(&sigs, SIGINT);
+	sigaddset(&sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	memset(&srv, 0, sizeof(srv));
+	srv.cfg = &cfg;
+	srv.n_workers = cfg.workers;
+	make_node_id(srv.node_id);
+	srv.workers = calloc((size_t)cfg.workers, sizeof(*srv.workers));
+	srv.acceptor = bg_acceptor_new(&srv, err, sizeof(err));
+	if (srv.acceptor == NULL) {
+		bg_log_error("%s", err);
+		return EXIT_FAILURE;
+	}
+	srv.bus = bg_bus_new(&srv);
+	if (srv.workers == NULL || srv.bus == NULL)
+		return EXIT_FAILURE;
+	for (int i = 0; i < cfg.workers; i++) {
+		srv.workers[i] = bg_worker_new(&srv, i);
+		if (srv.workers[i] == NULL ||
+		    bg_worker_start(srv.workers[i]) != BG_OK) {
+			bg_log_error("cannot start worker %d", i);
+			return EXIT_FAILURE;
+		}
+	}
+	if (bg_bus_start(srv.bus) != BG_OK ||
+	    bg_acceptor_start(srv.acceptor) != BG_OK)
+		return EXIT_FAILURE;
+	bg_log_info("bagou-server %s listening on %s:%d (%d workers, node "
+		    "%s, %s)", BG_VERSION, cfg.listen_host, cfg.listen_port,
+		    cfg.workers, srv.node_id, bg_config_standalone(&cfg) ?
+		    "standalone" : cfg.amqp_url);
+
+	while (sigwait(&sigs, &sig) != 0)
+		;
+	bg_log_info("%s: closing connections and stopping",
+		    sig == SIGTERM ? "SIGTERM" : "SIGINT");
+	bg_acceptor_stop_free(srv.acceptor);
+	bg_bus_stop_free(srv.bus);
+	for (int i = 0; i < cfg.workers; i++)
+		bg_worker_stop(srv.workers[i]);
+	for (int i = 0; i < cfg.workers; i++)
+		bg_worker_join_free(srv.workers[i]);
+	free(srv.workers);
+	bg_log_info("stopped");
+	return rc;
+}

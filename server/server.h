@@ -1,0 +1,61 @@
+/*
+ * server.h - the node: its immutable configuration, its workers, its bus,
+ * and the counters /metrics and /health read.
+ *
+ * Built by the main thread before any other thread starts; afterwards the
+ * fields are immutable except those marked atomic.
+ */
+#ifndef BG_SERVER_H
+#define BG_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/config.h"
+#include "common/proto.h"
+
+struct bg_worker;
+struct bg_bus;
+struct bg_acceptor;
+
+/*
+ * Per-worker counters: written only by their worker (ck_pr_store_64 of the
+ * owner's own value), read by any worker serving /metrics (ck_pr_load_64).
+ */
+struct bg_stats {
+	uint64_t connections;           /* gauge */
+	uint64_t connections_total;
+	uint64_t messages_received;
+	uint64_t messages_sent;
+	uint64_t slow_consumer_closes;
+	uint64_t subscriptions;         /* gauge */
+	uint64_t broadcasts_rejected;   /* POST /broadcast answered 400 */
+	uint64_t http_requests;
+	uint64_t client_errors[BG_CODE_COUNT];
+};
+
+struct bg_server {
+	const struct bg_config *cfg;
+	char node_id[17];               /* random hex, unique per start */
+	int n_workers;
+	struct bg_worker **workers;
+	struct bg_bus *bus;
+	struct bg_acceptor *acceptor;
+	uint64_t started_ms;            /* CLOCK_REALTIME at start */
+};
+
+/* Adds n to an owner-written counter. Owner thread only. */
+static inline void
+bg_stat_add(uint64_t *counter, uint64_t n)
+{
+	__atomic_store_n(counter, *counter + n, __ATOMIC_RELAXED);
+}
+
+/* Reads a counter from any thread. */
+static inline uint64_t
+bg_stat_get(const uint64_t *counter)
+{
+	return __atomic_load_n(counter, __ATOMIC_RELAXED);
+}
+
+#endif

@@ -1,0 +1,485 @@
+/*
+ * worker.c - a worker thread: one event_base, one libwebsockets context on
+ * it, the connections adopted from the acceptor, and the broadcast fan-out.
+ *
+ * Threads: bg_worker_new/start/join_free run on main; bg_worker_adopt on
+ * the acceptor; bg_worker_deliver on the bus; bg_worker_stop anywhere. All
+ * else runs on the worker's own thread. Rings in: inbox (fds) and bcast
+ * (messages); both wake the loop through their eventfds.
+ */
+#include "server/worker.h"
+
+#include <event2/event.h>
+#include <libwebsockets.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "common/frame.h"
+#include "common/log.h"
+#include "server/conn.h"
+#include "server/http.h"
+
+_Static_assert(LWS_PRE <= BG_FRAME_PRE, "frames need LWS_PRE headroom");
+
+/* Messages handled before the loop looks at sockets again. */
+#define DRAIN_BATCH 256
+#define STOP_TICK_MS 50
+#define STOP_MAX_TICKS 60       /* 3 s to say goodbye */
+
+/* lws context and vhost creation is not thread-safe. */
+static pthread_mutex_t lws_create_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason,
+		    void *user, void *in, size_t len);
+
+static const struct lws_protocols protocols[] = {
+	{
+		.name = "bagou",
+		.callback = callback,
+		.per_session_data_size = sizeof(struct bg_conn),
+		/* Small rx buffer: idle connections stay cheap; larger
+		 * messages arrive in pieces and are reassembled. */
+		.rx_buffer_size = 512,
+		.tx_packet_size = BG_WRITE_MAX,
+	},
+	{ NULL, NULL, 0, 0, 0, NULL, 0 }
+};
+
+static int
+close_with(struct lws *wsi, uint16_t code, const char *why)
+{
+	lws_close_reason(wsi, (enum lws_close_status)code,
+			 (unsigned char *)why, strlen(why));
+	return -1;
+}
+
+static int
+on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
+{
+	size_t max = c->w->srv->cfg->max_message_size;
+	size_t remaining = lws_remaining_packet_payload(wsi);
+	bool complete = lws_is_final_fragment(wsi) && remaining == 0;
+
+	if (!c->established || c->closing)
+		return 0;
+	if (lws_frame_is_binary(wsi))
+		return close_with(wsi, 1003, "binary frames are not "
+				  "supported");
+	if (c->rx_len + len + remaining > max)
+		return close_with(wsi, 1009, "message too big");
+	if (complete && c->rx_len == 0) {
+		bg_conn_receive(c, in, len); /* the common case: no copy */
+		return 0;
+	}
+	if (c->rx_len + len > c->rx_cap) {
+		size_t cap = c->rx_len + len + remaining;
+		char *rx;
+		if (cap < 1024)
+			cap = 1024;
+		if (cap > max)
+			cap = max;
+		rx = realloc(c->rx, cap);
+		if (rx == NULL)
+			return close_with(wsi, 1011, "out of memory");
+		c->rx = rx;
+		c->rx_cap = cap;
+	}
+	memcpy(c->rx + c->rx_len, in, len);
+	c->rx_len += len;
+	if (!complete)
+		return 0;
+	bg_conn_receive(c, c->rx, c->rx_len);
+	c->rx_len = 0;
+	if (c->rx_cap > 4096) {
+		/* Idle connections should not keep a big buffer. */
+		free(c->rx);
+		c->rx = NULL;
+		c->rx_cap = 0;
+	}
+	return 0;
+}
+
+static int
+callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
+	 void *in, size_t len)
+{
+	struct lws_context *ctx = lws_get_context(wsi);
+	struct bg_worker *w = ctx ? lws_context_user(ctx) : NULL;
+	struct bg_conn *c = user;
+
+	switch (reason) {
+	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+		return bg_http_confirm_upgrade(w, wsi);
+	case LWS_CALLBACK_ESTABLISHED:
+		if (w->stopping)
+			return close_with(wsi, 1001, "server shutting down");
+		if (bg_conn_open(c, w, wsi) != BG_OK)
+			return close_with(wsi, 1011, "out of memory");
+		return 0;
+	case LWS_CALLBACK_RECEIVE:
+		return on_receive(c, wsi, in, len);
+	case LWS_CALLBACK_SERVER_WRITEABLE:
+		return bg_conn_write(c);
+	case LWS_CALLBACK_CLOSED:
+		bg_conn_close(c);
+		return 0;
+	case LWS_CALLBACK_HTTP:
+	case LWS_CALLBACK_HTTP_BODY:
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+	case LWS_CALLBACK_CLOSED_HTTP:
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		return bg_http_callback(w, wsi, (int)reason, c, in, len);
+	default:
+		break;
+	}
+	return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+/* ------------------------------------------------------------ fan-out */
+
+static struct bg_conn *
+conn_by_id(struct bg_worker *w, const char *id)
+{
+	struct bg_chan *ch = bg_chan_find(w->ids, id, strlen(id));
+
+	return ch != NULL ? ch->subs[0]->owner : NULL;
+}
+
+/* Queues m for every local recipient, each once. Takes over the ring's
+ * reference to m. */
+static void
+deliver(struct bg_worker *w, struct bg_msg *m)
+{
+	struct bg_wframe *f = calloc(1, sizeof(*f));
+	struct bg_conn *c, *excl;
+	uint64_t seq = ++w->seq;
+
+	if (f == NULL) {
+		bg_log_error("worker %d: broadcast lost: out of memory",
+			     w->index);
+		bg_msg_unref(m);
+		return;
+	}
+	f->refs = 1; /* ours, for the duration of the fan-out */
+	f->msg = m;
+	excl = m->exclude ? conn_by_id(w, m->exclude) : NULL;
+	switch (m->target) {
+	case BG_MSG_ALL:
+		for (c = w->conns; c != NULL; c = c->next)
+			if (c != excl)
+				bg_conn_push(c, f, m->frames[0].data,
+					     m->frames[0].len, true);
+		break;
+	case BG_MSG_CHANNELS:
+		for (uint32_t i = 0; i < m->n_names; i++) {
+			struct bg_chan *ch = bg_chan_find(w->chans,
+					m->names[i], strlen(m->names[i]));
+			for (uint32_t j = 0; ch != NULL && j < ch->n_subs;
+			     j++) {
+				c = ch->subs[j]->owner;
+				/* First listed channel wins; once only. */
+				if (c->last_seq == seq)
+					continue;
+				c->last_seq = seq;
+				if (c != excl)
+					bg_conn_push(c, f, m->frames[i].data,
+						     m->frames[i].len, true);
+			}
+		}
+		break;
+	case BG_MSG_CLIENTS:
+		for (uint32_t i = 0; i < m->n_names; i++) {
+			c = conn_by_id(w, m->names[i]);
+			if (c == NULL || c == excl || c->last_seq == seq)
+				continue;
+			c->last_seq = seq;
+			bg_conn_push(c, f, m->frames[0].data,
+				     m->frames[0].len, true);
+		}
+		break;
+	}
+	bg_wframe_unref(f);
+}
+
+/* Writes what the fan-out queued: one send per connection per batch,
+ * without a round trip through the poller when the socket has room. */
+static void
+flush_dirty(struct bg_worker *w)
+{
+	struct bg_conn *c;
+
+	while ((c = w->dirty) != NULL) {
+		w->dirty = c->dirty_next;
+		c->dirty_next = NULL;
+		c->in_dirty = false;
+		if (c->want_write || c->closing || c->q_count == 0)
+			continue;
+		if (lws_send_pipe_choked(c->wsi)) {
+			c->want_write = true;
+			lws_callback_on_writable(c->wsi);
+		} else if (bg_conn_write(c) < 0) {
+			c->closing = true;
+			lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK,
+					LWS_TO_KILL_ASYNC);
+		}
+	}
+}
+
+static void
+on_bcast(evutil_socket_t fd, short what, void *arg)
+{
+	struct bg_worker *w = arg;
+	struct bg_msg *m;
+	int n;
+
+	bg_ring_clear(w->bcast);
+	for (;;) {
+		for (n = 0; n < DRAIN_BATCH &&
+		     (m = bg_ring_pop(w->bcast)) != NULL; n++)
+			deliver(w, m);
+		flush_dirty(w);
+		if (n == DRAIN_BATCH) {
+			/* Let sockets be served, then come back. */
+			event_active(w->bcast_ev, EV_READ, 0);
+			return;
+		}
+		if (bg_ring_sleep(w->bcast))
+			return;
+	}
+}
+
+static void
+on_inbox(evutil_socket_t fd, short what, void *arg)
+{
+	struct bg_worker *w = arg;
+	void *p;
+
+	bg_ring_clear(w->inbox);
+	do {
+		while ((p = bg_ring_pop(w->inbox)) != NULL) {
+			int s = (int)((intptr_t)p - 1);
+			if (w->stopping) {
+				close(s);
+				continue;
+			}
+			/* On failure lws has closed the socket. */
+			if (lws_adopt_socket_vhost(w->vhost, s) == NULL)
+				bg_log_warn("worker %d: could not adopt a "
+					    "connection", w->index);
+		}
+	} while (!bg_ring_sleep(w->inbox));
+}
+
+static void
+on_stop_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct bg_worker *w = arg;
+
+	if (w->conns == NULL || ++w->stop_ticks >= STOP_MAX_TICKS)
+		event_base_loopbreak(w->base);
+}
+
+static void
+on_stop(evutil_socket_t fd, short what, void *arg)
+{
+	struct bg_worker *w = arg;
+	struct timeval tick = { 0, STOP_TICK_MS * 1000 };
+	uint64_t n;
+
+	if (read(w->stop_efd, &n, sizeof(n)) < 0 || w->stopping)
+		return;
+	w->stopping = true;
+	for (struct bg_conn *c = w->conns; c != NULL; c = c->next)
+		bg_conn_begin_close(c, 1001);
+	w->stop_timer = event_new(w->base, -1, EV_PERSIST, on_stop_tick, w);
+	if (w->stop_timer == NULL || event_add(w->stop_timer, &tick) != 0)
+		event_base_loopbreak(w->base);
+}
+
+/* ------------------------------------------------------------- thread */
+
+static int
+setup(struct bg_worker *w)
+{
+	const struct bg_config *cfg = w->srv->cfg;
+	struct lws_context_creation_info info;
+	void *loops[1];
+	lws_retry_bo_t *policy;
+
+	w->base = event_base_new();
+	w->chans = bg_chan_table_new();
+	w->ids = bg_chan_table_new();
+	w->scratch = malloc(LWS_PRE + BG_WRITE_MAX);
+	if (w->base == NULL || w->chans == NULL || w->ids == NULL ||
+	    w->scratch == NULL) {
+		bg_log_error("worker %d: out of memory", w->index);
+		return BG_ERR;
+	}
+	loops[0] = w->base;
+	memset(&info, 0, sizeof(info));
+	info.options = LWS_SERVER_OPTION_LIBEVENT |
+		       LWS_SERVER_OPTION_VALIDATE_UTF8 |
+		       LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+	info.foreign_loops = loops;
+	info.count_threads = 1;
+	info.user = w;
+	info.port = CONTEXT_PORT_NO_LISTEN;
+	info.protocols = protocols;
+	info.vhost_name = "bagou";
+	info.timeout_secs = 10;
+	info.max_http_header_data = 4096;
+	if (cfg->ping_interval > 0) {
+		policy = calloc(1, sizeof(*policy));
+		if (policy == NULL)
+			return BG_ERR;
+		policy->secs_since_valid_ping = (uint16_t)cfg->ping_interval;
+		policy->secs_since_valid_hangup =
+			(uint16_t)(cfg->ping_interval * 2 + 10);
+		w->ping_policy = policy;
+		info.retry_and_idle_policy = policy;
+	}
+	pthread_mutex_lock(&lws_create_lock);
+	w->lws = lws_create_context(&info);
+	if (w->lws != NULL)
+		w->vhost = lws_create_vhost(w->lws, &info);
+	pthread_mutex_unlock(&lws_create_lock);
+	if (w->lws == NULL || w->vhost == NULL) {
+		bg_log_error("worker %d: cannot create the libwebsockets "
+			     "context", w->index);
+		return BG_ERR;
+	}
+	w->inbox_ev = event_new(w->base, bg_ring_fd(w->inbox),
+				EV_READ | EV_PERSIST, on_inbox, w);
+	w->bcast_ev = event_new(w->base, bg_ring_fd(w->bcast),
+				EV_READ | EV_PERSIST, on_bcast, w);
+	w->stop_ev = event_new(w->base, w->stop_efd, EV_READ | EV_PERSIST,
+			       on_stop, w);
+	if (w->inbox_ev == NULL || w->bcast_ev == NULL ||
+	    w->stop_ev == NULL || event_add(w->inbox_ev, NULL) != 0 ||
+	    event_add(w->bcast_ev, NULL) != 0 ||
+	    event_add(w->stop_ev, NULL) != 0) {
+		bg_log_error("worker %d: cannot register events", w->index);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+static void
+teardown(struct bg_worker *w)
+{
+	/* lws closes what is left (CLOSED callbacks use our tables), and
+	 * frees its own events, so it goes before the base. */
+	if (w->lws != NULL)
+		lws_context_destroy(w->lws);
+	w->lws = NULL;
+	if (w->inbox_ev)
+		event_free(w->inbox_ev);
+	if (w->bcast_ev)
+		event_free(w->bcast_ev);
+	if (w->stop_ev)
+		event_free(w->stop_ev);
+	if (w->stop_timer)
+		event_free(w->stop_timer);
+	if (w->base)
+		event_base_free(w->base);
+	bg_chan_table_free(w->chans);
+	bg_chan_table_free(w->ids);
+	free(w->scratch);
+	free(w->ping_policy);
+	w->base = NULL;
+}
+
+static void *
+worker_main(void *arg)
+{
+	struct bg_worker *w = arg;
+	int rc = setup(w);
+
+	w->ready_rc = rc;
+	sem_post(&w->ready);
+	if (rc == BG_OK && event_base_dispatch(w->base) < 0)
+		bg_log_error("worker %d: event loop failed", w->index);
+	teardown(w);
+	return NULL;
+}
+
+struct bg_worker *
+bg_worker_new(struct bg_server *srv, int index)
+{
+	struct bg_worker *w = calloc(1, sizeof(*w));
+
+	if (w == NULL)
+		return NULL;
+	w->srv = srv;
+	w->index = index;
+	w->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	w->inbox = bg_ring_new(4096, false);
+	w->bcast = bg_ring_new(16384, false);
+	if (w->stop_efd < 0 || w->inbox == NULL || w->bcast == NULL ||
+	    sem_init(&w->ready, 0, 0) != 0) {
+		bg_log_errno("worker: eventfd()/ring");
+		bg_ring_free(w->inbox);
+		bg_ring_free(w->bcast);
+		if (w->stop_efd >= 0)
+			close(w->stop_efd);
+		free(w);
+		return NULL;
+	}
+	return w;
+}
+
+int
+bg_worker_start(struct bg_worker *w)
+{
+	int rc = pthread_create(&w->thread, NULL, worker_main, w);
+
+	if (rc != 0) {
+		errno = rc;
+		bg_log_errno("pthread_create()");
+		return BG_ERR;
+	}
+	while (sem_wait(&w->ready) != 0 && errno == EINTR)
+		;
+	return w->ready_rc;
+}
+
+void
+bg_worker_stop(struct bg_worker *w)
+{
+	uint64_t one = 1;
+
+	if (write(w->stop_efd, &one, sizeof(one)) < 0)
+		bg_log_errno("write(stop eventfd)");
+}
+
+void
+bg_worker_join_free(struct bg_worker *w)
+{
+	void *p;
+
+	pthread_join(w->thread, NULL);
+	while ((p = bg_ring_pop(w->bcast)) != NULL)
+		bg_msg_unref(p);
+	while ((p = bg_ring_pop(w->inbox)) != NULL)
+		close((int)((intptr_t)p - 1));
+	bg_ring_free(w->inbox);
+	bg_ring_free(w->bcast);
+	close(w->stop_efd);
+	sem_destroy(&w->ready);
+	free(w);
+}
+
+bool
+bg_worker_adopt(struct bg_worker *w, int fd)
+{
+	return bg_ring_push(w->inbox, (void *)(intptr_t)(fd + 1));
+}
+
+bool
+bg_worker_deliver(struct bg_worker *w, struct bg_msg *m)
+{
+	return bg_ring_push(w->bcast, m);
+}

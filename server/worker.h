@@ -1,0 +1,83 @@
+/*
+ * worker.h - one libevent worker thread: its event_base, its libwebsockets
+ * context, its connections and channel shard, its rings.
+ *
+ * Only the worker's own thread touches its connections, tables and lws
+ * context. Other threads reach it only through bg_worker_adopt (acceptor),
+ * bg_worker_deliver (bus), bg_worker_stop (main) and its counters.
+ */
+#ifndef BG_WORKER_H
+#define BG_WORKER_H
+
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/chan.h"
+#include "common/msg.h"
+#include "common/ring.h"
+#include "server/server.h"
+
+/* Largest single write: lws tx_packet_size and the gather buffer. */
+#define BG_WRITE_MAX (128 * 1024)
+
+struct bg_conn;
+struct event_base;
+struct event;
+struct lws_context;
+struct lws_vhost;
+
+struct bg_worker {
+	int index;                     /* immutable */
+	struct bg_server *srv;         /* immutable */
+	pthread_t thread;              /* main */
+	sem_t ready;                   /* worker posts once set up */
+	int ready_rc;                  /* worker writes before posting */
+	struct bg_ring *inbox;         /* acceptor -> worker: fd + 1 */
+	struct bg_ring *bcast;         /* bus -> worker: struct bg_msg * */
+	int stop_efd;                  /* main -> worker: eventfd */
+	unsigned int conns_gauge;      /* atomic: worker writes, acceptor
+	                                  reads to balance */
+	struct bg_stats stats;         /* worker writes, any reads */
+
+	/* Everything below: worker thread only. */
+	struct event_base *base;
+	struct lws_context *lws;
+	struct lws_vhost *vhost;
+	struct event *inbox_ev, *bcast_ev, *stop_ev, *stop_timer;
+	struct bg_chan_table *chans;   /* channel -> subscribed conns */
+	struct bg_chan_table *ids;     /* client id -> its conn */
+	struct bg_conn *conns;         /* every WebSocket connection */
+	struct bg_conn *dirty;         /* conns with new output this turn */
+	uint64_t seq;                  /* broadcast number, for once-only */
+	uint64_t next_client;          /* client id counter */
+	uint8_t *scratch;              /* gather buffer for writes */
+	bool stopping;
+	int stop_ticks;
+	void *ping_policy;             /* lws_retry_bo_t, or NULL */
+};
+
+/* Creates the worker (rings, eventfds); the thread starts in
+ * bg_worker_start. Main thread. NULL on failure, logged. */
+struct bg_worker *bg_worker_new(struct bg_server *srv, int index);
+
+/* Starts the thread; BG_OK or BG_ERR (logged). Main thread. */
+int bg_worker_start(struct bg_worker *w);
+
+/* Asks the worker to close its clients with 1001 and leave its loop
+ * within a few seconds. Any thread. */
+void bg_worker_stop(struct bg_worker *w);
+
+/* Waits for the thread and frees the worker. Main thread. */
+void bg_worker_join_free(struct bg_worker *w);
+
+/* Acceptor: hands a connected socket over; false when the inbox is
+ * full (the caller still owns fd). */
+bool bg_worker_adopt(struct bg_worker *w, int fd);
+
+/* Bus: takes over one reference to m; false when the ring is full (the
+ * reference stays with the caller). */
+bool bg_worker_deliver(struct bg_worker *w, struct bg_msg *m);
+
+#endif

@@ -1,0 +1,605 @@
+/*
+ * test_config.c - unit tests of common/config.c: defaults, the shipped
+ * etc/bagou.ini, every key, and the exact text of every kind of error.
+ * Runs from the repository root; writes its ini files with mkstemp.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "common/bg.h"
+#include "common/config.h"
+#include "common/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char tmp_path[64];
+
+/* Writes text to a fresh temp file, loads it over cfg, removes the file. */
+static int
+load_text(struct bg_config *cfg, const char *text, char *err, size_t len)
+{
+	FILE *fp;
+	int fd, rc;
+
+	strcpy(tmp_path, "/tmp/bagou-test-config-XXXXXX");
+	fd = mkstemp(tmp_path);
+	assert_true(fd >= 0);
+	fp = fdopen(fd, "w");
+	assert_non_null(fp);
+	assert_int_equal(fputs(text, fp) >= 0, 1);
+	assert_int_equal(fclose(fp), 0);
+	rc = bg_config_load(cfg, tmp_path, err, len);
+	unlink(tmp_path);
+	return rc;
+}
+
+/* Loads text over the defaults; expects error "TMP:LINE: msg". */
+static void
+expect_load_error(const char *text, int line, const char *msg)
+{
+	struct bg_config cfg;
+	char err[512], want[512];
+
+	bg_config_defaults(&cfg);
+	err[0] = '\0';
+	assert_int_equal(load_text(&cfg, text, err, sizeof(err)), BG_ERR);
+	snprintf(want, sizeof(want), "%s:%d: %s", tmp_path, line, msg);
+	assert_string_equal(err, want);
+}
+
+static void
+expect_set_error(const char *section, const char *key, const char *value,
+		 const char *msg)
+{
+	struct bg_config cfg, before;
+	char err[512];
+
+	bg_config_defaults(&cfg);
+	before = cfg;
+	assert_int_equal(bg_config_set(&cfg, section, key, value, err,
+				       sizeof(err)), BG_ERR);
+	assert_string_equal(err, msg);
+	/* A rejected value leaves the config untouched. */
+	assert_memory_equal(&cfg, &before, sizeof(cfg));
+}
+
+static void
+assert_config_equal(const struct bg_config *a, const struct bg_config *b)
+{
+	assert_string_equal(a->listen_host, b->listen_host);
+	assert_int_equal(a->listen_port, b->listen_port);
+	assert_int_equal(a->workers, b->workers);
+	assert_string_equal(a->path, b->path);
+	assert_int_equal(a->max_connections, b->max_connections);
+	assert_int_equal(a->ping_interval, b->ping_interval);
+	assert_int_equal(a->max_message_size, b->max_message_size);
+	assert_int_equal(a->max_subscriptions, b->max_subscriptions);
+	assert_int_equal(a->max_store_bytes, b->max_store_bytes);
+	assert_int_equal(a->max_queued_bytes, b->max_queued_bytes);
+	assert_int_equal(a->client_publish, b->client_publish);
+	assert_string_equal(a->amqp_url, b->amqp_url);
+	assert_string_equal(a->api_key, b->api_key);
+	assert_int_equal(a->log_level, b->log_level);
+}
+
+static void
+test_defaults(void **state)
+{
+	struct bg_config cfg;
+	char err[256];
+
+	bg_config_defaults(&cfg);
+	assert_string_equal(cfg.listen_host, "0.0.0.0");
+	assert_int_equal(cfg.listen_port, 9000);
+	assert_int_equal(cfg.workers, 0);
+	assert_string_equal(cfg.path, "/websocket");
+	assert_int_equal(cfg.max_connections, 0);
+	assert_int_equal(cfg.ping_interval, 30);
+	assert_int_equal(cfg.max_message_size, 65536);
+	assert_int_equal(cfg.max_subscriptions, 1000);
+	assert_int_equal(cfg.max_store_bytes, 4096);
+	assert_int_equal(cfg.max_queued_bytes, 1048576);
+	assert_int_equal(cfg.client_publish, BG_PUBLISH_NONE);
+	assert_string_equal(cfg.amqp_url,
+			    "amqp://guest:guest@localhost:5672/");
+	assert_string_equal(cfg.api_key, "");
+	assert_int_equal(cfg.log_level, BG_LOG_INFO);
+	assert_false(bg_config_standalone(&cfg));
+	assert_int_equal(bg_config_validate(&cfg, err, sizeof(err)), BG_OK);
+}
+
+static void
+test_shipped_ini(void **state)
+{
+	struct bg_config cfg, def;
+	char err[512] = "";
+
+	bg_config_defaults(&def);
+	/* Start from other values so every key must be read from the file. */
+	memset(&cfg, 0x5a, sizeof(cfg));
+	cfg.listen_host[0] = cfg.path[0] = cfg.amqp_url[0] = '\0';
+	cfg.api_key[0] = 'x';
+	cfg.api_key[1] = '\0';
+	assert_int_equal(bg_config_load(&cfg, "etc/bagou.ini", err,
+					sizeof(err)), BG_OK);
+	assert_string_equal(err, "");
+	assert_config_equal(&cfg, &def);
+	assert_int_equal(bg_config_validate(&cfg, err, sizeof(err)), BG_OK);
+}
+
+static void
+test_every_key(void **state)
+{
+	struct bg_config cfg;
+	char err[512] = "";
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg,
+		"; a comment\n"
+		"# another\n"
+		"\n"
+		"[server]\n"
+		"listen = 127.0.0.1:8080\n"
+		"workers = 4\n"
+		"path = /ws\n"
+		"max_connections = 10000000\n"
+		"ping_interval = 0\n"
+		"[limits]\n"
+		"max_message_size = 1m ; inline comment\n"
+		"max_subscriptions = 1\n"
+		"max_store_bytes = 2\n"
+		"max_queued_bytes = 1073741824\n"
+		"[channels]\n"
+		"client_publish = subscribed\n"
+		"[amqp]\n"
+		"url = amqps://u:p@rabbit:5671/vh\n"
+		"[http]\n"
+		"api_key = s3cr=t:key\n"
+		"[log]\n"
+		"level = debug", err, sizeof(err)), BG_OK);
+	assert_string_equal(err, "");
+	assert_string_equal(cfg.listen_host, "127.0.0.1");
+	assert_int_equal(cfg.listen_port, 8080);
+	assert_int_equal(cfg.workers, 4);
+	assert_string_equal(cfg.path, "/ws");
+	assert_int_equal(cfg.max_connections, 10000000);
+	assert_int_equal(cfg.ping_interval, 0);
+	assert_int_equal(cfg.max_message_size, 1048576);
+	assert_int_equal(cfg.max_subscriptions, 1);
+	assert_int_equal(cfg.max_store_bytes, 2);
+	assert_int_equal(cfg.max_queued_bytes, 1073741824);
+	assert_int_equal(cfg.client_publish, BG_PUBLISH_SUBSCRIBED);
+	assert_string_equal(cfg.amqp_url, "amqps://u:p@rabbit:5671/vh");
+	assert_string_equal(cfg.api_key, "s3cr=t:key");
+	assert_int_equal(cfg.log_level, BG_LOG_DEBUG);
+	assert_false(bg_config_standalone(&cfg));
+}
+
+static void
+test_set_values(void **state)
+{
+	struct bg_config cfg;
+	char err[256];
+
+	bg_config_defaults(&cfg);
+#define SET(s, k, v) \
+	assert_int_equal(bg_config_set(&cfg, s, k, v, err, sizeof(err)), \
+			 BG_OK)
+	SET("server", "workers", "1024");
+	assert_int_equal(cfg.workers, 1024);
+	SET("server", "ping_interval", "3600");
+	assert_int_equal(cfg.ping_interval, 3600);
+	SET("channels", "client_publish", "all");
+	assert_int_equal(cfg.client_publish, BG_PUBLISH_ALL);
+	SET("channels", "client_publish", "none");
+	assert_int_equal(cfg.client_publish, BG_PUBLISH_NONE);
+	SET("log", "level", "warn");
+	assert_int_equal(cfg.log_level, BG_LOG_WARN);
+	SET("log", "level", "error");
+	assert_int_equal(cfg.log_level, BG_LOG_ERROR);
+	SET("amqp", "url", "none");
+	assert_true(bg_config_standalone(&cfg));
+	SET("amqp", "url", "amqp://localhost/");
+	assert_false(bg_config_standalone(&cfg));
+	SET("http", "api_key", "");
+	assert_string_equal(cfg.api_key, "");
+	SET("server", "max_connections", "0");
+	assert_int_equal(cfg.max_connections, 0);
+	SET("limits", "max_subscriptions", "1000000");
+	assert_int_equal(cfg.max_subscriptions, 1000000);
+#undef SET
+}
+
+static void
+test_sizes(void **state)
+{
+	static const struct {
+		const char *key, *value;
+		size_t want;
+	} ok[] = {
+		{ "max_message_size", "16", 16 },
+		{ "max_message_size", "64k", 65536 },
+		{ "max_message_size", "64K", 65536 },
+		{ "max_message_size", "64m", 67108864 },
+		{ "max_message_size", "2M", 2097152 },
+		{ "max_store_bytes", "16m", 16777216 },
+		{ "max_queued_bytes", "1k", 1024 },
+		{ "max_queued_bytes", "1024m", 1073741824 },
+	};
+	struct bg_config cfg;
+	char err[256];
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(ok); i++) {
+		bg_config_defaults(&cfg);
+		assert_int_equal(bg_config_set(&cfg, "limits", ok[i].key,
+					       ok[i].value, err, sizeof(err)),
+				 BG_OK);
+		if (strcmp(ok[i].key, "max_message_size") == 0)
+			assert_int_equal(cfg.max_message_size, ok[i].want);
+		else if (strcmp(ok[i].key, "max_store_bytes") == 0)
+			assert_int_equal(cfg.max_store_bytes, ok[i].want);
+		else
+			assert_int_equal(cfg.max_queued_bytes, ok[i].want);
+	}
+}
+
+static void
+test_bad_sizes(void **state)
+{
+	static const char *const bad[] = {
+		"abc", "", "15", "64M1", "65m", "-1", "+16", " 16", "16 k",
+		"16kb", "1g", "0x10", "18446744073709551616",
+		"18446744073709551615k", "99999999999999999999999m",
+	};
+	char msg[256];
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(bad); i++) {
+		snprintf(msg, sizeof(msg), "[limits] max_message_size: "
+			 "expected a size in bytes (16 to 67108864), got '%s'",
+			 bad[i]);
+		expect_set_error("limits", "max_message_size", bad[i], msg);
+	}
+	expect_set_error("limits", "max_store_bytes", "1",
+			 "[limits] max_store_bytes: expected a size in bytes "
+			 "(2 to 16777216), got '1'");
+	expect_set_error("limits", "max_queued_bytes", "1023",
+			 "[limits] max_queued_bytes: expected a size in bytes "
+			 "(1024 to 1073741824), got '1023'");
+	expect_set_error("limits", "max_queued_bytes", "1048577k",
+			 "[limits] max_queued_bytes: expected a size in bytes "
+			 "(1024 to 1073741824), got '1048577k'");
+}
+
+static void
+test_bad_ints(void **state)
+{
+	expect_set_error("server", "workers", "1025",
+			 "[server] workers: expected an integer from 0 to "
+			 "1024, got '1025'");
+	expect_set_error("server", "workers", "-1",
+			 "[server] workers: expected an integer from 0 to "
+			 "1024, got '-1'");
+	expect_set_error("server", "workers", "4x",
+			 "[server] workers: expected an integer from 0 to "
+			 "1024, got '4x'");
+	expect_set_error("server", "workers", "4k",
+			 "[server] workers: expected an integer from 0 to "
+			 "1024, got '4k'");
+	expect_set_error("server", "workers", "",
+			 "[server] workers: expected an integer from 0 to "
+			 "1024, got ''");
+	expect_set_error("server", "workers", "99999999999999999999999",
+			 "[server] workers: expected an integer from 0 to "
+			 "1024, got '99999999999999999999999'");
+	expect_set_error("server", "workers", "4294967297",
+			 "[server] workers: expected an integer from 0 to "
+			 "1024, got '4294967297'");
+	expect_set_error("server", "max_connections", "10000001",
+			 "[server] max_connections: expected an integer from "
+			 "0 to 10000000, got '10000001'");
+	expect_set_error("server", "ping_interval", "3601",
+			 "[server] ping_interval: expected an integer from 0 "
+			 "to 3600, got '3601'");
+	expect_set_error("limits", "max_subscriptions", "0",
+			 "[limits] max_subscriptions: expected an integer "
+			 "from 1 to 1000000, got '0'");
+}
+
+static void
+test_bad_strings(void **state)
+{
+	char long_path[300];
+
+	expect_set_error("server", "path", "ws",
+			 "[server] path: must start with '/', got 'ws'");
+	expect_set_error("server", "path", "",
+			 "[server] path: must start with '/', got ''");
+	expect_set_error("server", "path", "/web socket",
+			 "[server] path: must not contain spaces or control "
+			 "characters, got '/web socket'");
+	long_path[0] = '/';
+	memset(long_path + 1, 'a', 255);
+	long_path[256] = '\0';
+	expect_set_error("server", "path", long_path,
+			 "[server] path: expected at most 255 bytes, got 256");
+	long_path[255] = '\0';
+	{
+		struct bg_config cfg;
+		char err[256];
+
+		bg_config_defaults(&cfg);
+		assert_int_equal(bg_config_set(&cfg, "server", "path",
+					       long_path, err, sizeof(err)),
+				 BG_OK);
+		assert_string_equal(cfg.path, long_path);
+	}
+	expect_set_error("amqp", "url", "http://x/",
+			 "[amqp] url: expected 'none' or a URL starting with "
+			 "amqp:// or amqps://, got 'http://x/'");
+	expect_set_error("amqp", "url", "",
+			 "[amqp] url: expected 'none' or a URL starting with "
+			 "amqp:// or amqps://, got ''");
+	expect_set_error("channels", "client_publish", "some",
+			 "[channels] client_publish: expected none, "
+			 "subscribed or all, got 'some'");
+	expect_set_error("log", "level", "loud",
+			 "[log] level: expected debug, info, warn or error, "
+			 "got 'loud'");
+}
+
+static void
+test_listen_forms(void **state)
+{
+	static const struct {
+		const char *value, *host;
+		int port;
+	} ok[] = {
+		{ "0.0.0.0:9000", "0.0.0.0", 9000 },
+		{ "*:9000", "0.0.0.0", 9000 },
+		{ "localhost:1", "localhost", 1 },
+		{ "10.1.2.3:65535", "10.1.2.3", 65535 },
+		{ "[::1]:80", "::1", 80 },
+		{ "[::]:9000", "::", 9000 },
+		{ "[fe80::1:2]:443", "fe80::1:2", 443 },
+	};
+	struct bg_config cfg;
+	char err[256];
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(ok); i++) {
+		bg_config_defaults(&cfg);
+		assert_int_equal(bg_config_set(&cfg, "server", "listen",
+					       ok[i].value, err, sizeof(err)),
+				 BG_OK);
+		assert_string_equal(cfg.listen_host, ok[i].host);
+		assert_int_equal(cfg.listen_port, ok[i].port);
+	}
+}
+
+static void
+test_listen_errors(void **state)
+{
+	const char *form = "[server] listen: expected HOST:PORT (e.g. "
+			   "*:9000, 127.0.0.1:9000, [::1]:9000), got ";
+	const char *host = "[server] listen: expected an IPv4 address, "
+			   "localhost, * or [IPv6] before the port, got ";
+	const char *port = "[server] listen: expected a port from 1 to "
+			   "65535, got ";
+	static const struct {
+		const char *value, *kind, *got;
+	} bad[] = {
+		{ "localhost", "form", "'localhost'" },
+		{ "", "form", "''" },
+		{ "[::1]", "form", "'[::1]'" },
+		{ "[::1:80", "form", "'[::1:80'" },
+		{ "[::1]80", "form", "'[::1]80'" },
+		{ "0.0.0.0:0", "port", "'0'" },
+		{ "0.0.0.0:70000", "port", "'70000'" },
+		{ "0.0.0.0:", "port", "''" },
+		{ "0.0.0.0:-1", "port", "'-1'" },
+		{ "0.0.0.0:80x", "port", "'80x'" },
+		{ "[::1]:0", "port", "'0'" },
+		{ ":9000", "host", "''" },
+		{ "example.com:9000", "host", "'example.com'" },
+		{ "1.2.3:9000", "host", "'1.2.3'" },
+		{ "256.1.1.1:9000", "host", "'256.1.1.1'" },
+		{ "[1.2.3.4]:9000", "host", "'1.2.3.4'" },
+		{ "[*]:9000", "host", "'*'" },
+		{ "::1:80", "host", "'::1' (put IPv6 addresses in [])" },
+	};
+	char msg[256];
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(bad); i++) {
+		const char *pre = strcmp(bad[i].kind, "form") == 0 ? form :
+				  strcmp(bad[i].kind, "port") == 0 ? port :
+				  host;
+
+		snprintf(msg, sizeof(msg), "%s%s", pre, bad[i].got);
+		expect_set_error("server", "listen", bad[i].value, msg);
+	}
+}
+
+static void
+test_set_unknown(void **state)
+{
+	expect_set_error("server", "foo", "1",
+			 "unknown key 'foo' in [server]");
+	expect_set_error("limits", "listen", "1",
+			 "unknown key 'listen' in [limits]");
+	expect_set_error("bogus", "listen", "1", "unknown section [bogus]");
+	expect_set_error("", "listen", "1", "unknown section []");
+}
+
+static void
+test_load_value_errors(void **state)
+{
+	expect_load_error("[server]\nworkers = 2\n\n; c\n\n[limits]\n"
+			  "max_message_size = abc\n", 7,
+			  "[limits] max_message_size: expected a size in "
+			  "bytes (16 to 67108864), got 'abc'");
+	expect_load_error("[server]\nlisten = *:70000\n", 2,
+			  "[server] listen: expected a port from 1 to 65535, "
+			  "got '70000'");
+	expect_load_error("[log]\nlevel = verbose ; comment\n", 2,
+			  "[log] level: expected debug, info, warn or error, "
+			  "got 'verbose'");
+	/* '#' only starts a comment at the beginning of a line. */
+	expect_load_error("[server]\nworkers = 4 # four\n", 2,
+			  "[server] workers: expected an integer from 0 to "
+			  "1024, got '4 # four'");
+}
+
+static void
+test_load_unknown(void **state)
+{
+	expect_load_error("[server]\nworkers = 1\nfoo = 2\n", 3,
+			  "unknown key 'foo' in [server]");
+	expect_load_error("[server]\nworkers = 1\n\n[foo]\nbar = 1\n", 4,
+			  "unknown section [foo]");
+	/* Caught at the header even with no key in it. */
+	expect_load_error("[foo]\n", 1, "unknown section [foo]");
+	expect_load_error("workers = 1\n", 1,
+			  "key 'workers' before any [section]");
+}
+
+static void
+test_load_duplicate(void **state)
+{
+	expect_load_error("[server]\nworkers = 1\nlisten = *:1\n"
+			  "workers = 2\n", 4,
+			  "duplicate key 'workers' in [server] (first set on "
+			  "line 2)");
+	/* Reopening a section does not make a key settable again. */
+	expect_load_error("[log]\nlevel = info\n[server]\nworkers = 1\n"
+			  "[log]\nlevel = debug\n", 6,
+			  "duplicate key 'level' in [log] (first set on line "
+			  "2)");
+}
+
+static void
+test_load_syntax(void **state)
+{
+	char text[400];
+
+	expect_load_error("[server]\nworkers\n", 2,
+			  "expected [section] or key = value");
+	expect_load_error("[server\nworkers = 1\n", 1,
+			  "missing ']' in section header");
+	expect_load_error("[server]\nlisten = *:1\n  workers = 1\n", 3,
+			  "indented line: continuation lines are not "
+			  "supported");
+	/* inih's own rejection: the comment hides the '='. */
+	expect_load_error("[server]\nworkers ; = 1\n", 2,
+			  "expected [section] or key = value");
+	expect_load_error("[server]\nworkers ; = 1\nfoo = 1\n", 2,
+			  "expected [section] or key = value");
+	memset(text, 0, sizeof(text));
+	strcpy(text, "[http]\napi_key = ");
+	memset(text + strlen(text), 'k', 250);
+	strcat(text, "\n");
+	expect_load_error(text, 2, "line longer than 198 bytes");
+}
+
+static void
+test_load_ok_forms(void **state)
+{
+	struct bg_config cfg;
+	char err[256] = "";
+
+	bg_config_defaults(&cfg);
+	/* BOM, CRLF, indented keys after a header, name: value, no final \n */
+	assert_int_equal(load_text(&cfg,
+		"\xEF\xBB\xBF[server]\r\n"
+		"  workers = 3\r\n"
+		"path: /a\r\n"
+		"  ; indented comment\r\n"
+		"\r\n"
+		"[amqp]\r\n"
+		"url = NONE", err, sizeof(err)), BG_OK);
+	assert_string_equal(err, "");
+	assert_int_equal(cfg.workers, 3);
+	assert_string_equal(cfg.path, "/a");
+	assert_string_equal(cfg.amqp_url, "none");
+	assert_true(bg_config_standalone(&cfg));
+	/* An empty file changes nothing. */
+	assert_int_equal(load_text(&cfg, "", err, sizeof(err)), BG_OK);
+	assert_int_equal(cfg.workers, 3);
+}
+
+static void
+test_load_missing(void **state)
+{
+	struct bg_config cfg;
+	char err[256];
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(bg_config_load(&cfg, "etc/no-such-file.ini", err,
+					sizeof(err)), BG_ERR);
+	assert_string_equal(err, "etc/no-such-file.ini: cannot open: "
+			    "No such file or directory");
+}
+
+static void
+test_validate(void **state)
+{
+	struct bg_config cfg;
+	char err[256];
+
+	bg_config_defaults(&cfg);
+	cfg.max_message_size = 4096;
+	cfg.max_queued_bytes = 4096;
+	assert_int_equal(bg_config_validate(&cfg, err, sizeof(err)), BG_OK);
+	cfg.max_message_size = 4097;
+	assert_int_equal(bg_config_validate(&cfg, err, sizeof(err)), BG_ERR);
+	assert_string_equal(err, "[limits] max_message_size (4097) must not "
+			    "exceed [limits] max_queued_bytes (4096): a "
+			    "message must fit in a connection's outbound "
+			    "queue");
+}
+
+static void
+test_small_err_buffer(void **state)
+{
+	struct bg_config cfg;
+	char err[8];
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(bg_config_set(&cfg, "server", "workers", "x", err,
+				       sizeof(err)), BG_ERR);
+	assert_string_equal(err, "[server");
+	assert_int_equal(bg_config_set(&cfg, "server", "workers", "x", NULL,
+				       0), BG_ERR);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_shipped_ini),
+		cmocka_unit_test(test_every_key),
+		cmocka_unit_test(test_set_values),
+		cmocka_unit_test(test_sizes),
+		cmocka_unit_test(test_bad_sizes),
+		cmocka_unit_test(test_bad_ints),
+		cmocka_unit_test(test_bad_strings),
+		cmocka_unit_test(test_listen_forms),
+		cmocka_unit_test(test_listen_errors),
+		cmocka_unit_test(test_set_unknown),
+		cmocka_unit_test(test_load_value_errors),
+		cmocka_unit_test(test_load_unknown),
+		cmocka_unit_test(test_load_duplicate),
+		cmocka_unit_test(test_load_syntax),
+		cmocka_unit_test(test_load_ok_forms),
+		cmocka_unit_test(test_load_missing),
+		cmocka_unit_test(test_validate),
+		cmocka_unit_test(test_small_err_buffer),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
