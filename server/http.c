@@ -276,15 +276,26 @@ check_auth(struct bg_worker *w, struct lws *wsi)
 	return 0;
 }
 
+/* Takes c->body; answers the POST. After respond() c is gone: lws
+ * reallocates per-session data when a keep-alive transaction completes. */
 static int
 finish_broadcast(struct bg_worker *w, struct lws *wsi, struct bg_conn *c)
 {
 	static const char ok[] = "{\"status\":\"accepted\"}";
 	unsigned int denied = check_auth(w, wsi);
-	struct bg_msg *m;
-	enum bg_code code;
+	char *body = c->body;
+	size_t len = c->body_len;
+	struct bg_msg *m = NULL;
+	enum bg_code code = BG_CODE_BAD_MESSAGE;
 	char err[200];
 
+	c->body = NULL;
+	c->body_len = c->body_cap = 0;
+	c->is_broadcast = false;
+	if (!denied)
+		m = bg_proto_broadcast_text(body ? body : "", len, NULL, &code,
+					    err, sizeof(err));
+	free(body);
 	if (denied == 401)
 		return respond_error(wsi, 401, "unauthorized", "this "
 				     "endpoint needs Authorization: Bearer "
@@ -292,8 +303,6 @@ finish_broadcast(struct bg_worker *w, struct lws *wsi, struct bg_conn *c)
 	if (denied)
 		return respond_error(wsi, 403, "forbidden", "not allowed to "
 				     "broadcast", false);
-	m = bg_proto_broadcast_text(c->body ? c->body : "", c->body_len,
-				    NULL, &code, err, sizeof(err));
 	if (m == NULL) {
 		bg_stat_add(&w->stats.broadcasts_rejected, 1);
 		return respond_error(wsi, code == BG_CODE_INTERNAL ? 500 : 400,
@@ -343,7 +352,6 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 		 struct bg_conn *c, void *in, size_t len)
 {
 	const char *uri = in;
-	int rc;
 
 	switch (reason) {
 	case LWS_CALLBACK_HTTP:
@@ -379,11 +387,7 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
 		if (!c->is_broadcast)
 			return -1;
-		c->is_broadcast = false;
-		rc = finish_broadcast(w, wsi, c);
-		free(c->body);
-		c->body = NULL;
-		return rc;
+		return finish_broadcast(w, wsi, c);
 	case LWS_CALLBACK_CLOSED_HTTP:
 	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
 		free(c->body);
