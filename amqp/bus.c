@@ -130,18 +130,26 @@ bg_bus_start(struct bg_bus *b)
 }
 
 void
-bg_bus_stop_free(struct bg_bus *b)
+bg_bus_stop(struct bg_bus *b)
 {
 	uint64_t one = 1;
-	struct bg_msg *m;
 
-	if (b == NULL)
-		return;
 	__atomic_store_n(&b->stopping, 1, __ATOMIC_RELAXED);
 	if (write(b->stop_efd, &one, sizeof(one)) < 0)
 		bg_log_errno("bus: write(eventfd)");
 	if (b->started)
 		pthread_join(b->thread, NULL);
+	b->started = false;
+}
+
+void
+bg_bus_free(struct bg_bus *b)
+{
+	struct bg_msg *m;
+
+	if (b == NULL)
+		return;
+	/* The workers are joined: nothing pushes any more. */
 	while ((m = bg_ring_pop(b->outbox)) != NULL)
 		bg_msg_unref(m);
 	bg_ring_free(b->outbox);

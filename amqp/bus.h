@@ -24,9 +24,12 @@ struct bg_bus *bg_bus_new(struct bg_server *srv);
 /* Starts the thread. BG_OK or BG_ERR. Main thread. */
 int bg_bus_start(struct bg_bus *b);
 
-/* Stops and joins the thread, frees the bus; messages still queued are
- * dropped (the workers are already gone). Main thread. */
-void bg_bus_stop_free(struct bg_bus *b);
+/* Stops and joins the thread; later publishes get BG_AGAIN. Messages
+ * still queued are dropped. Main thread. */
+void bg_bus_stop(struct bg_bus *b);
+
+/* Frees the bus once no worker can reach it any more. Main thread. */
+void bg_bus_free(struct bg_bus *b);
 
 /*
  * Any worker thread: queues m for every node's clients, taking over the

@@ -241,12 +241,17 @@ main(int argc, char **argv)
 		;
 	bg_log_info("%s: closing connections and stopping",
 		    sig == SIGTERM ? "SIGTERM" : "SIGINT");
+	/* Stop every thread first, free afterwards: a worker may read the
+	 * bus's and the other workers' counters until it is joined. */
 	bg_acceptor_stop_free(srv.acceptor);
-	bg_bus_stop_free(srv.bus);
+	bg_bus_stop(srv.bus);
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_stop(srv.workers[i]);
 	for (int i = 0; i < cfg.workers; i++)
-		bg_worker_join_free(srv.workers[i]);
+		bg_worker_join(srv.workers[i]);
+	for (int i = 0; i < cfg.workers; i++)
+		bg_worker_free(srv.workers[i]);
+	bg_bus_free(srv.bus);
 	free(srv.workers);
 	bg_log_info("stopped");
 	return rc;

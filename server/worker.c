@@ -456,11 +456,16 @@ bg_worker_stop(struct bg_worker *w)
 }
 
 void
-bg_worker_join_free(struct bg_worker *w)
+bg_worker_join(struct bg_worker *w)
+{
+	pthread_join(w->thread, NULL);
+}
+
+void
+bg_worker_free(struct bg_worker *w)
 {
 	void *p;
 
-	pthread_join(w->thread, NULL);
 	while ((p = bg_ring_pop(w->bcast)) != NULL)
 		bg_msg_unref(p);
 	while ((p = bg_ring_pop(w->inbox)) != NULL)

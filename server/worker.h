@@ -69,8 +69,12 @@ int bg_worker_start(struct bg_worker *w);
  * within a few seconds. Any thread. */
 void bg_worker_stop(struct bg_worker *w);
 
-/* Waits for the thread and frees the worker. Main thread. */
-void bg_worker_join_free(struct bg_worker *w);
+/* Waits for the thread. Main thread. */
+void bg_worker_join(struct bg_worker *w);
+
+/* Frees a joined worker, once no other worker can read its counters.
+ * Main thread. */
+void bg_worker_free(struct bg_worker *w);
 
 /* Acceptor: hands a connected socket over; false when the inbox is
  * full (the caller still owns fd). */
