@@ -159,7 +159,8 @@ test-fuzz: $(FUZZ_BIN)
 	  ./$$t tests/fuzz/corpus/$$n; done
 
 test-integration: $(OUT)/bagou-server
-	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) \
+	$(Q)TSAN_OPTIONS="halt_on_error=1 suppressions=$(abspath tests/tsan.supp)" \
+	  BAGOU_BIN=$(abspath $(OUT)/bagou-server) \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
 # The unit tests again under AddressSanitizer (all) and ThreadSanitizer
@@ -168,7 +169,8 @@ test-sanitizers:
 	$(Q)$(MAKE) --no-print-directory SANITIZER=address test-unit test-fuzz
 	$(Q)$(MAKE) --no-print-directory SANITIZER=thread \
 	  $(BUILD)/thread/tests/test_ring $(BUILD)/thread/tests/test_msg
-	$(Q)./$(BUILD)/thread/tests/test_ring && ./$(BUILD)/thread/tests/test_msg
+	$(Q)export TSAN_OPTIONS="halt_on_error=1 suppressions=$(abspath tests/tsan.supp)"; \
+	  ./$(BUILD)/thread/tests/test_ring && ./$(BUILD)/thread/tests/test_msg
 
 fuzz:
 	$(Q)$(MAKE) --no-print-directory CC=clang SANITIZER=fuzzer,address \
