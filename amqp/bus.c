@@ -93,6 +93,7 @@ bus_main(void *arg)
 	};
 	struct bg_msg *m;
 
+	pthread_setname_np(pthread_self(), "bg-bus");
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 		if (poll(fds, 2, -1) < 0) {
 			if (errno != EINTR)

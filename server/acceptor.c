@@ -150,6 +150,7 @@ acceptor_main(void *arg)
 	};
 	int one = 1, pause_ms = -1;
 
+	pthread_setname_np(pthread_self(), "bg-acceptor");
 	for (;;) {
 		fds[0].events = pause_ms < 0 ? POLLIN : 0;
 		if (poll(fds, 2, pause_ms) < 0) {

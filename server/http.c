@@ -37,6 +37,10 @@ respond(struct lws *wsi, unsigned int status, const char *ctype,
 	    lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL,
 					 (const uint8_t *)"no-store", 8, &p,
 					 end) ||
+	    (close_after &&
+	     lws_add_http_header_by_token(wsi, WSI_TOKEN_CONNECTION,
+					  (const uint8_t *)"close", 5, &p,
+					  end)) ||
 	    lws_finalize_write_http_header(wsi, start, &p, end))
 		return -1;
 	if (len > 0) {
@@ -276,8 +280,13 @@ check_auth(struct bg_worker *w, struct lws *wsi)
 	return 0;
 }
 
-/* Takes c->body; answers the POST. After respond() c is gone: lws
- * reallocates per-session data when a keep-alive transaction completes. */
+/*
+ * Takes c->body and answers the POST, then closes the connection
+ * ("Connection: close"). libwebsockets 4.1 mis-frames HTTP/1.1 requests
+ * pipelined behind a POST body (the next request's head is delivered as the
+ * following body and the worker spins), so a POST never shares its
+ * connection; clients open a new one, as RFC 7230 §6.3.2 has them do.
+ */
 static int
 finish_broadcast(struct bg_worker *w, struct lws *wsi, struct bg_conn *c)
 {
@@ -299,21 +308,21 @@ finish_broadcast(struct bg_worker *w, struct lws *wsi, struct bg_conn *c)
 	if (denied == 401)
 		return respond_error(wsi, 401, "unauthorized", "this "
 				     "endpoint needs Authorization: Bearer "
-				     "<api_key>", false);
+				     "<api_key>", true);
 	if (denied)
 		return respond_error(wsi, 403, "forbidden", "not allowed to "
-				     "broadcast", false);
+				     "broadcast", true);
 	if (m == NULL) {
 		bg_stat_add(&w->stats.broadcasts_rejected, 1);
 		return respond_error(wsi, code == BG_CODE_INTERNAL ? 500 : 400,
-				     bg_code_name(code), err, false);
+				     bg_code_name(code), err, true);
 	}
 	if (bg_bus_publish(w->srv->bus, m) != BG_OK) {
 		bg_msg_unref(m);
 		return respond_error(wsi, 503, "unavailable", "the broadcast "
-				     "bus is busy; retry", false);
+				     "bus is busy; retry", true);
 	}
-	return respond(wsi, 202, JSON_TYPE, ok, sizeof(ok) - 1, false);
+	return respond(wsi, 202, JSON_TYPE, ok, sizeof(ok) - 1, true);
 }
 
 static int

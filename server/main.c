@@ -137,6 +137,7 @@ main(int argc, char **argv)
 	const char *path = DEFAULT_CONFIG;
 	bool path_given = false, check_only = false;
 	int n_ov = 0, opt, sig, rc = EXIT_SUCCESS;
+	struct timespec deadline;
 	sigset_t sigs;
 	char err[512];
 
@@ -247,8 +248,17 @@ main(int argc, char **argv)
 	bg_bus_stop(srv.bus);
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_stop(srv.workers[i]);
-	for (int i = 0; i < cfg.workers; i++)
-		bg_worker_join(srv.workers[i]);
+	/* SIGTERM must end the process within 5 s even if a worker were
+	 * stuck; a late worker makes the exit status say so. */
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += 4;
+	for (int i = 0; i < cfg.workers; i++) {
+		if (bg_worker_join(srv.workers[i], &deadline) != BG_OK) {
+			bg_log_error("worker %d did not stop within 4 s; "
+				     "exiting anyway", i);
+			_exit(EXIT_FAILURE);
+		}
+	}
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_free(srv.workers[i]);
 	bg_bus_free(srv.bus);

@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <libwebsockets.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -396,7 +397,12 @@ static void *
 worker_main(void *arg)
 {
 	struct bg_worker *w = arg;
-	int rc = setup(w);
+	char name[16];
+	int rc;
+
+	snprintf(name, sizeof(name), "bg-worker-%d", w->index);
+	pthread_setname_np(pthread_self(), name);
+	rc = setup(w);
 
 	w->ready_rc = rc;
 	sem_post(&w->ready);
@@ -455,10 +461,11 @@ bg_worker_stop(struct bg_worker *w)
 		bg_log_errno("write(stop eventfd)");
 }
 
-void
-bg_worker_join(struct bg_worker *w)
+int
+bg_worker_join(struct bg_worker *w, const struct timespec *deadline)
 {
-	pthread_join(w->thread, NULL);
+	return pthread_timedjoin_np(w->thread, NULL, deadline) == 0 ?
+	       BG_OK : BG_AGAIN;
 }
 
 void

@@ -11,6 +11,7 @@
 
 #include <pthread.h>
 #include <semaphore.h>
+#include <time.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -69,8 +70,9 @@ int bg_worker_start(struct bg_worker *w);
  * within a few seconds. Any thread. */
 void bg_worker_stop(struct bg_worker *w);
 
-/* Waits for the thread. Main thread. */
-void bg_worker_join(struct bg_worker *w);
+/* Waits for the thread until deadline (CLOCK_REALTIME). BG_OK, or
+ * BG_AGAIN when the worker is still running then. Main thread. */
+int bg_worker_join(struct bg_worker *w, const struct timespec *deadline);
 
 /* Frees a joined worker, once no other worker can read its counters.
  * Main thread. */
