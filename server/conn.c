@@ -91,6 +91,9 @@ kill_async(struct bg_conn *c, uint16_t code, const char *why)
 	lws_close_reason(c->wsi, (enum lws_close_status)code,
 			 (unsigned char *)why, strlen(why));
 	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+	/* lws runs its timers only after one of its own events: the worker
+	 * wakes it once its current batch is done (bg_worker_kick). */
+	c->w->kick = true;
 }
 
 bool
@@ -101,7 +104,19 @@ bg_conn_push(struct bg_conn *c, struct bg_wframe *f, const uint8_t *data,
 
 	if (c->closing)
 		return false;
-	if (c->q_bytes + len > w->srv->cfg->max_queued_bytes) {
+	if (c->q_bytes + len > w->srv->cfg->max_queued_bytes && c->in_dirty &&
+	    !c->want_write && !lws_send_pipe_choked(c->wsi)) {
+		/* Queued this batch but never offered to the socket yet: the
+		 * limit is about what the client leaves unread, so write
+		 * first. */
+		if (bg_conn_write(c) < 0) {
+			kill_async(c, 1011, "write failed");
+			return false;
+		}
+	}
+	/* One message always fits: the limit bounds a backlog. */
+	if (c->q_count > 0 &&
+	    c->q_bytes + len > w->srv->cfg->max_queued_bytes) {
 		/* A slow consumer must not hold memory or delay others. */
 		bg_stat_add(&w->stats.slow_consumer_closes, 1);
 		bg_log_info("client %s: %zu bytes queued, closing (4001)",

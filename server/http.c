@@ -362,6 +362,10 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 {
 	const char *uri = in;
 
+	/* A client that leaves before a whole request has no session data
+	 * yet: lws still reports the close. */
+	if (c == NULL)
+		return reason == LWS_CALLBACK_HTTP ? -1 : 0;
 	switch (reason) {
 	case LWS_CALLBACK_HTTP:
 		bg_stat_add(&w->stats.http_requests, 1);

@@ -45,7 +45,7 @@ usage(FILE *out)
 }
 
 struct cli_override {
-	const char *section, *key, *value;
+	const char *flag, *section, *key, *value;
 };
 
 static void
@@ -96,12 +96,16 @@ load_config(struct bg_config *cfg, const char *path, bool path_given,
 		if (bg_config_set(cfg, ov[i].section, ov[i].key, ov[i].value,
 				  err, sizeof(err)) != BG_OK) {
 			fprintf(stderr, "bagou-server: --%s: %s\n",
-				ov[i].key, err);
+				ov[i].flag, err);
 			exit(EXIT_USAGE);
 		}
 	}
 	if (bg_config_validate(cfg, err, sizeof(err)) != BG_OK) {
-		fprintf(stderr, "bagou-server: %s\n", err);
+		/* A rule across keys has no single line: name the file. */
+		if (path_given || access(path, F_OK) == 0)
+			fprintf(stderr, "bagou-server: %s: %s\n", path, err);
+		else
+			fprintf(stderr, "bagou-server: %s\n", err);
 		exit(EXIT_USAGE);
 	}
 }
@@ -145,24 +149,24 @@ main(int argc, char **argv)
 	       -1) {
 		switch (opt) {
 		case 'w':
-			ov[n_ov++] = (struct cli_override){ "server",
-				"workers", optarg };
+			ov[n_ov++] = (struct cli_override){ "workers",
+				"server", "workers", optarg };
 			break;
 		case 'c':
 			path = optarg;
 			path_given = true;
 			break;
 		case 'l':
-			ov[n_ov++] = (struct cli_override){ "server",
-				"listen", optarg };
+			ov[n_ov++] = (struct cli_override){ "listen",
+				"server", "listen", optarg };
 			break;
 		case 'a':
-			ov[n_ov++] = (struct cli_override){ "amqp", "url",
-				optarg };
+			ov[n_ov++] = (struct cli_override){ "amqp-url",
+				"amqp", "url", optarg };
 			break;
 		case 'L':
-			ov[n_ov++] = (struct cli_override){ "log", "level",
-				optarg };
+			ov[n_ov++] = (struct cli_override){ "log-level",
+				"log", "level", optarg };
 			break;
 		case 'C':
 			check_only = true;

@@ -225,7 +225,14 @@ flush_dirty(struct bg_worker *w)
 			c->closing = true;
 			lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK,
 					LWS_TO_KILL_ASYNC);
+			w->kick = true;
 		}
+	}
+	if (w->kick) {
+		/* Kills scheduled from our own callbacks run only once lws
+		 * services this thread again; its wake-up pipe does that. */
+		w->kick = false;
+		lws_cancel_service(w->lws);
 	}
 }
 

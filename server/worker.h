@@ -55,6 +55,7 @@ struct bg_worker {
 	uint64_t next_client;          /* client id counter */
 	uint8_t *scratch;              /* gather buffer for writes */
 	bool stopping;
+	bool kick;                     /* async kills wait for lws service */
 	int stop_ticks;
 	void *ping_policy;             /* lws_retry_bo_t, or NULL */
 };

@@ -1,0 +1,48 @@
+"""Fixtures: a factory that starts real bagou-server processes and always
+stops them, and a hook that appends their logs to a failing test's report.
+
+Run: BAGOU_BIN=build/bagou-server /usr/bin/python3 -m pytest tests/integration
+"""
+
+import pytest
+
+from support import Server
+
+
+@pytest.fixture
+def server(request, tmp_path):
+    """Factory: server(config=None, workers=2, extra_args=()) → a started
+    Server. config is {section: {key: value}} or ini text. Every server
+    started is stopped (SIGTERM, SIGKILL after 5 s) when the test ends."""
+    started = []
+    request.node.bagou_servers = started
+
+    def start(config=None, workers=2, extra_args=()):
+        srv = Server(str(tmp_path), config=config, workers=workers,
+                     extra_args=extra_args, name="bagou%d" % len(started))
+        started.append(srv)
+        srv.start()
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    for i, srv in enumerate(getattr(item, "bagou_servers", [])):
+        text = srv.log()
+        if len(text) > 20000:
+            text = "[... %d bytes cut ...]\n" % (len(text) - 20000) \
+                + text[-20000:]
+        state = ("running" if srv.alive()
+                 else "exit status %s" % srv.proc.returncode
+                 if srv.proc is not None else "not started")
+        report.sections.append(
+            ("bagou-server %d log (%s, port %s)" % (i, state, srv.port),
+             text or "(empty)"))
