@@ -37,15 +37,18 @@ CFLAGS   := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wshadow \
             -D_GNU_SOURCE -DCK_USE_CC_BUILTINS=1 -I. -I$(LWS_DIR)/include \
             -pthread -MMD -MP $(SANFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := -pthread $(SANFLAGS)
-LIBS     := $(LWS_LIB) -levent -lssl -lcrypto -lz -lcap -ljansson -linih -lm
+LIBS     := $(LWS_LIB) -levent -lrabbitmq -lssl -lcrypto -lz -lcap \
+            -ljansson -linih -lm
 
 # Packages: what building needs, and what the tests add.
 BUILD_PKGS := gcc make pkg-config cmake dpkg-dev ca-certificates \
               libevent-dev libjansson-dev libck-dev libinih-dev \
-              libssl-dev libcap-dev zlib1g-dev
-TEST_PKGS  := libcmocka-dev python3 python3-websockets python3-pytest curl
+              libssl-dev libcap-dev zlib1g-dev librabbitmq-dev
+TEST_PKGS  := libcmocka-dev python3 python3-websockets python3-pytest curl \
+              rabbitmq-server python3-pika python3-kombu
 
-LIB_SRC  := $(wildcard common/*.c) $(wildcard amqp/*.c) \
+LIB_SRC  := $(wildcard common/*.c) \
+            $(filter-out amqp/bagou_broadcast.c,$(wildcard amqp/*.c)) \
             $(wildcard handlers/*.c) \
             $(filter-out server/main.c,$(wildcard server/*.c))
 LIB_OBJ  := $(LIB_SRC:%.c=$(OUT)/obj/%.o) $(OUT)/obj/server/bagou_js.o
@@ -59,7 +62,7 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(OUT)/tests/%)
 .PHONY: all deps packages test-packages run test test-unit test-fuzz \
         test-integration test-sanitizers fuzz bench clean
 
-all: $(OUT)/bagou-server $(OUT)/bagou-bench
+all: $(OUT)/bagou-server $(OUT)/bagou-broadcast $(OUT)/bagou-bench
 
 # ---------------------------------------------------------------- deps
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -123,6 +126,11 @@ $(OUT)/obj/server/bagou_js.o: server/bagou_js.S js/bagou.js
 $(OUT)/bagou-server: $(SRV_OBJ) $(LIB_OBJ) $(LWS_LIB)
 	@echo "  LD     $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(SRV_OBJ) $(LIB_OBJ) $(LIBS)
+
+$(OUT)/bagou-broadcast: $(OUT)/obj/amqp/bagou_broadcast.o $(LIB_OBJ) \
+                        $(LWS_LIB)
+	@echo "  LD     $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(LIB_OBJ) $(LIBS)
 
 $(OUT)/bagou-bench: $(BENCH_OBJ)
 	@echo "  LD     $@"

@@ -76,6 +76,10 @@ bg_config_defaults(struct bg_config *cfg)
 	cfg->max_queued_bytes = 1048576;
 	cfg->client_publish = BG_PUBLISH_NONE;
 	strcpy(cfg->amqp_url, "amqp://guest:guest@localhost:5672/");
+	strcpy(cfg->amqp_exchange, "bagou");
+	cfg->amqp_queue[0] = '\0';
+	cfg->amqp_prefetch = 1000;
+	cfg->amqp_heartbeat = 30;
 	cfg->api_key[0] = '\0';
 	cfg->log_level = BG_LOG_INFO;
 }
@@ -186,6 +190,28 @@ parse_url(const struct key *k, struct bg_config *cfg, const char *v,
 	return parse_str(k, cfg, v, msg, len);
 }
 
+/* AMQP exchange and queue names: letters, digits, '-', '_', '.', ':'
+ * (what RabbitMQ accepts everywhere); the queue may be empty. */
+static int
+parse_amqp_name(const struct key *k, struct bg_config *cfg, const char *v,
+		char *msg, size_t len)
+{
+	bool may_be_empty = k->off == offsetof(struct bg_config, amqp_queue);
+
+	if (v[0] == '\0' && !may_be_empty) {
+		seterr(msg, len, "must not be empty");
+		return BG_ERR;
+	}
+	for (const char *p = v; *p; p++) {
+		if (!isalnum((unsigned char)*p) && !strchr("-_.:", *p)) {
+			seterr(msg, len, "expected letters, digits, '-', '_', "
+			       "'.' or ':', got '%s'", v);
+			return BG_ERR;
+		}
+	}
+	return parse_str(k, cfg, v, msg, len);
+}
+
 static int
 parse_publish(const struct key *k, struct bg_config *cfg, const char *v,
 	      char *msg, size_t len)
@@ -284,6 +310,11 @@ static const struct key keys[] = {
 	{ "channels", "client_publish", parse_publish, OFF(client_publish),
 	  0, 0 },
 	{ "amqp", "url", parse_url, OFF(amqp_url), STR(amqp_url) },
+	{ "amqp", "exchange", parse_amqp_name, OFF(amqp_exchange),
+	  STR(amqp_exchange) },
+	{ "amqp", "queue", parse_amqp_name, OFF(amqp_queue), STR(amqp_queue) },
+	{ "amqp", "prefetch", parse_int, OFF(amqp_prefetch), 1, 65535 },
+	{ "amqp", "heartbeat", parse_int, OFF(amqp_heartbeat), 0, 600 },
 	{ "http", "api_key", parse_str, OFF(api_key), STR(api_key) },
 	{ "log", "level", parse_level, OFF(log_level), 0, 0 },
 };

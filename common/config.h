@@ -41,6 +41,10 @@ struct bg_config {
 	/* [amqp] */
 	char amqp_url[1024];             /* "amqp://guest:guest@localhost:5672/"
 	                                    or "none" */
+	char amqp_exchange[BG_CONFIG_STR]; /* topic exchange, "bagou" */
+	char amqp_queue[BG_CONFIG_STR];  /* legacy durable queue, "" = off */
+	int amqp_prefetch;               /* unacked deliveries, 1000 */
+	int amqp_heartbeat;              /* seconds, 30; 0 = off */
 
 	/* [http] */
 	char api_key[BG_CONFIG_STR];     /* "" = POST /broadcast loopback only */
