@@ -62,7 +62,9 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(OUT)/tests/%)
 .PHONY: all deps packages test-packages run test test-unit test-fuzz \
         test-integration test-sanitizers fuzz bench clean
 
-all: $(OUT)/bagou-server $(OUT)/bagou-broadcast $(OUT)/bagou-bench
+BROADCAST_BIN := $(if $(wildcard amqp/bagou_broadcast.c),$(OUT)/bagou-broadcast)
+
+all: $(OUT)/bagou-server $(BROADCAST_BIN) $(OUT)/bagou-bench
 
 # ---------------------------------------------------------------- deps
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
