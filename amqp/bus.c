@@ -1,10 +1,17 @@
 /*
- * bus.c - the bus thread in standalone mode: drains the outbox (MPSC, from
- * every worker) and fans each message out to every worker's broadcast ring.
+ * bus.c - the bus thread. It drains the outbox (MPSC, from every worker)
+ * and feeds every worker's broadcast ring, in one of two modes:
  *
- * Threads: bg_bus_publish runs on workers; the loop on the bus thread; the
- * rest on main. A full worker ring makes the bus wait and retry: nothing
- * is dropped while the node runs.
+ * - standalone ([amqp] url = none): outbox messages fan out locally;
+ * - AMQP: outbox messages are published to RabbitMQ, and what the node's
+ *   queue delivers (from any node or publisher) is validated, framed once
+ *   and fanned out, then acked. While the broker is down the link is
+ *   rebuilt with jittered exponential backoff (100 ms to 10 s) and workers
+ *   answer "unavailable".
+ *
+ * Threads: bg_bus_publish and the getters run on workers; the loop on the
+ * bus thread; the rest on main. A full worker ring makes the bus wait and
+ * retry: nothing is dropped while the node runs.
  */
 #include "amqp/bus.h"
 
@@ -17,13 +24,19 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "amqp/link.h"
 #include "common/bg.h"
 #include "common/log.h"
+#include "common/proto.h"
 #include "common/ring.h"
 #include "server/server.h"
 #include "server/worker.h"
 
 #define OUTBOX_SIZE 65536
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 10000
+
+enum { STATE_DISABLED, STATE_DISCONNECTED, STATE_CONNECTED };
 
 struct bg_bus {
 	struct bg_server *srv;      /* immutable */
@@ -34,6 +47,17 @@ struct bg_bus {
 	bool started;
 	uint64_t broadcasts;        /* bus writes, any reads */
 	uint64_t rejected;          /* bus writes, any reads */
+	uint64_t reconnects;        /* bus writes, any reads */
+	unsigned int state;         /* atomic: STATE_* */
+
+	/* AMQP mode, bus thread only. */
+	struct bg_link *link;       /* NULL in standalone mode */
+	struct bg_msg *held;        /* publish failed: sent first on return */
+	unsigned int attempt;       /* failed connects in a row */
+	uint64_t next_try_ms;
+	bool ever_connected;
+	time_t last_reject_log;
+	unsigned int seed;
 };
 
 struct bg_bus *
@@ -44,10 +68,23 @@ bg_bus_new(struct bg_server *srv)
 	if (b == NULL)
 		return NULL;
 	b->srv = srv;
+	b->state = STATE_DISABLED;
+	if (!bg_config_standalone(srv->cfg)) {
+		char err[512];
+		b->link = bg_link_new(srv->cfg, err, sizeof(err));
+		if (b->link == NULL) {
+			bg_log_error("%s", err);
+			free(b);
+			return NULL;
+		}
+		b->state = STATE_DISCONNECTED;
+	}
+	b->seed = (unsigned int)time(NULL) ^ (unsigned int)getpid();
 	b->outbox = bg_ring_new(OUTBOX_SIZE, true);
 	b->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (b->outbox == NULL || b->stop_efd < 0) {
 		bg_log_errno("bus: eventfd()/ring");
+		bg_link_free(b->link);
 		bg_ring_free(b->outbox);
 		if (b->stop_efd >= 0)
 			close(b->stop_efd);
@@ -83,6 +120,154 @@ done:
 	bg_msg_unref(m);
 }
 
+static uint64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* A delivery from RabbitMQ: validated and framed once, then fanned out. */
+static void
+on_delivery(void *arg, const void *body, size_t len)
+{
+	struct bg_bus *b = arg;
+	enum bg_code code;
+	struct bg_msg *m;
+	char err[200];
+	time_t now;
+
+	m = bg_proto_broadcast_text(body, len, NULL, &code, err, sizeof(err));
+	if (m != NULL) {
+		fan_out(b, m);
+		return;
+	}
+	bg_stat_add(&b->rejected, 1);
+	now = time(NULL);
+	if (now != b->last_reject_log) {
+		b->last_reject_log = now;
+		bg_log_warn("amqp: broadcast of %zu bytes rejected (%s): %s "
+			    "(%llu rejected so far)", len, bg_code_name(code),
+			    err, (unsigned long long)bg_stat_get(&b->rejected));
+	}
+}
+
+static void
+set_state(struct bg_bus *b, unsigned int state)
+{
+	__atomic_store_n(&b->state, state, __ATOMIC_RELEASE);
+}
+
+/* Plans the next connection attempt: exponential, with jitter so that a
+ * fleet of nodes does not reconnect in step. */
+static void
+schedule_retry(struct bg_bus *b)
+{
+	uint64_t delay = BACKOFF_MIN_MS;
+
+	for (unsigned int i = 0; i < b->attempt && delay < BACKOFF_MAX_MS; i++)
+		delay *= 2;
+	if (delay > BACKOFF_MAX_MS)
+		delay = BACKOFF_MAX_MS;
+	b->attempt++;
+	delay = delay / 2 + (uint64_t)rand_r(&b->seed) % (delay / 2 + 1);
+	b->next_try_ms = now_ms() + delay;
+}
+
+static void
+link_lost(struct bg_bus *b)
+{
+	set_state(b, STATE_DISCONNECTED);
+	bg_log_warn("amqp: disconnected; POST /broadcast and publish answer "
+		    "'unavailable' until the broker is back");
+	b->attempt = 0;
+	schedule_retry(b);
+}
+
+/* Publishes what workers queued; keeps a message whose publish failed. */
+static void
+drain_outbox(struct bg_bus *b)
+{
+	struct bg_msg *m;
+
+	bg_ring_clear(b->outbox);
+	do {
+		if (b->held != NULL) {
+			if (bg_link_publish(b->link, b->held) != BG_OK) {
+				link_lost(b);
+				return;
+			}
+			bg_msg_unref(b->held);
+			b->held = NULL;
+		}
+		while ((m = bg_ring_pop(b->outbox)) != NULL) {
+			if (bg_link_publish(b->link, m) != BG_OK) {
+				b->held = m;
+				link_lost(b);
+				return;
+			}
+			bg_msg_unref(m);
+		}
+	} while (!bg_ring_sleep(b->outbox));
+}
+
+static void
+amqp_loop(struct bg_bus *b)
+{
+	struct pollfd fds[3];
+	uint64_t now;
+	int timeout, n;
+
+	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
+		now = now_ms();
+		if (!bg_link_up(b->link) && now >= b->next_try_ms) {
+			if (bg_link_connect(b->link) == BG_OK) {
+				if (b->ever_connected)
+					bg_stat_add(&b->reconnects, 1);
+				b->ever_connected = true;
+				b->attempt = 0;
+				set_state(b, STATE_CONNECTED);
+				drain_outbox(b);
+			} else {
+				schedule_retry(b);
+			}
+			now = now_ms();
+		}
+		/* Up: wake at least once a second for heartbeats. Down:
+		 * leave the outbox alone until the next attempt. */
+		n = 0;
+		fds[n++] = (struct pollfd){ .fd = b->stop_efd,
+					    .events = POLLIN };
+		if (bg_link_up(b->link)) {
+			fds[n++] = (struct pollfd){
+				.fd = bg_ring_fd(b->outbox), .events = POLLIN };
+			fds[n++] = (struct pollfd){
+				.fd = bg_link_fd(b->link), .events = POLLIN };
+			timeout = 1000;
+		} else {
+			timeout = b->next_try_ms > now ?
+				  (int)(b->next_try_ms - now) : 0;
+			if (timeout > 1000)
+				timeout = 1000;
+		}
+		if (poll(fds, (nfds_t)n, timeout) < 0 && errno != EINTR) {
+			bg_log_errno("bus: poll()");
+			continue;
+		}
+		if (fds[0].revents)
+			break;
+		if (!bg_link_up(b->link))
+			continue;
+		if (bg_link_service(b->link, on_delivery, b) != BG_OK) {
+			link_lost(b);
+			continue;
+		}
+		drain_outbox(b);
+	}
+}
+
 static void *
 bus_main(void *arg)
 {
@@ -94,6 +279,10 @@ bus_main(void *arg)
 	struct bg_msg *m;
 
 	pthread_setname_np(pthread_self(), "bg-bus");
+	if (b->link != NULL) {
+		amqp_loop(b);
+		return NULL;
+	}
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 		if (poll(fds, 2, -1) < 0) {
 			if (errno != EINTR)
@@ -116,10 +305,6 @@ bg_bus_start(struct bg_bus *b)
 {
 	int rc;
 
-	if (!bg_config_standalone(b->srv->cfg))
-		bg_log_warn("[amqp] url is set, but this build has no AMQP "
-			    "client yet: running standalone, broadcasts stay "
-			    "on this node");
 	rc = pthread_create(&b->thread, NULL, bus_main, b);
 	if (rc != 0) {
 		errno = rc;
@@ -153,6 +338,8 @@ bg_bus_free(struct bg_bus *b)
 	/* The workers are joined: nothing pushes any more. */
 	while ((m = bg_ring_pop(b->outbox)) != NULL)
 		bg_msg_unref(m);
+	bg_msg_unref(b->held);
+	bg_link_free(b->link);
 	bg_ring_free(b->outbox);
 	close(b->stop_efd);
 	free(b);
@@ -161,7 +348,9 @@ bg_bus_free(struct bg_bus *b)
 int
 bg_bus_publish(struct bg_bus *b, struct bg_msg *m)
 {
-	if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED))
+	if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED) ||
+	    __atomic_load_n(&b->state, __ATOMIC_ACQUIRE) ==
+	    STATE_DISCONNECTED)
 		return BG_AGAIN;
 	return bg_ring_push(b->outbox, m) ? BG_OK : BG_AGAIN;
 }
@@ -169,8 +358,14 @@ bg_bus_publish(struct bg_bus *b, struct bg_msg *m)
 const char *
 bg_bus_state(const struct bg_bus *b)
 {
-	(void)b;
-	return "disabled";
+	switch (__atomic_load_n(&b->state, __ATOMIC_ACQUIRE)) {
+	case STATE_CONNECTED:
+		return "connected";
+	case STATE_DISCONNECTED:
+		return "disconnected";
+	default:
+		return "disabled";
+	}
 }
 
 uint64_t
@@ -188,13 +383,12 @@ bg_bus_rejected(const struct bg_bus *b)
 uint64_t
 bg_bus_reconnects(const struct bg_bus *b)
 {
-	(void)b;
-	return 0;
+	return bg_stat_get(&b->reconnects);
 }
 
 bool
 bg_bus_connected(const struct bg_bus *b)
 {
-	(void)b;
-	return false;
+	return __atomic_load_n(&b->state, __ATOMIC_ACQUIRE) ==
+	       STATE_CONNECTED;
 }

@@ -22,6 +22,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <amqp.h>
 #include <ini.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -179,6 +180,9 @@ static int
 parse_url(const struct key *k, struct bg_config *cfg, const char *v,
 	  char *msg, size_t len)
 {
+	struct amqp_connection_info ci;
+	char copy[sizeof(cfg->amqp_url)];
+
 	if (strcasecmp(v, "none") == 0)
 		v = "none";
 	else if (strncmp(v, "amqp://", 7) != 0 &&
@@ -186,6 +190,15 @@ parse_url(const struct key *k, struct bg_config *cfg, const char *v,
 		seterr(msg, len, "expected 'none' or a URL starting with "
 		       "amqp:// or amqps://, got '%s'", v);
 		return BG_ERR;
+	} else if (strlen(v) < sizeof(copy)) {
+		/* rabbitmq-c's own parser: what it rejects, the server
+		 * could never connect with. */
+		strcpy(copy, v);
+		if (amqp_parse_url(copy, &ci) != AMQP_STATUS_OK) {
+			seterr(msg, len, "not a valid AMQP URL: '%s' (expected "
+			       "amqp://USER:PASSWORD@HOST:PORT/VHOST)", v);
+			return BG_ERR;
+		}
 	}
 	return parse_str(k, cfg, v, msg, len);
 }

@@ -240,7 +240,7 @@ main(int argc, char **argv)
 	bg_log_info("bagou-server %s listening on %s:%d (%d workers, node "
 		    "%s, %s)", BG_VERSION, cfg.listen_host, cfg.listen_port,
 		    cfg.workers, srv.node_id, bg_config_standalone(&cfg) ?
-		    "standalone" : cfg.amqp_url);
+		    "standalone" : "RabbitMQ exchange");
 
 	while (sigwait(&sigs, &sig) != 0)
 		;

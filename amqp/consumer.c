@@ -1,0 +1,365 @@
+/*
+ * consumer.c - the AMQP link: connect, log in, declare the topology,
+ * consume with manual acks, keep heartbeats. Bus thread only.
+ *
+ * rabbitmq-c is used synchronously with short timeouts: connecting blocks
+ * the bus thread for at most a few seconds, during which workers answer
+ * "unavailable" (the link is not up). Once up, bg_link_service reads only
+ * what is already there.
+ */
+#include "amqp/link.h"
+#include "amqp/link_internal.h"
+
+#include <amqp.h>
+#include <amqp_ssl_socket.h>
+#include <amqp_tcp_socket.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "common/bg.h"
+#include "common/log.h"
+
+#define CHANNEL 1
+#define CONNECT_TIMEOUT_S 5
+#define RPC_TIMEOUT_S 5
+#define MAX_PER_SERVICE 1024
+#define CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
+
+struct bg_link {
+	const struct bg_config *cfg;
+	char *url;                       /* amqp_parse_url writes into it */
+	struct amqp_connection_info ci;
+	amqp_connection_state_t conn;    /* NULL while down */
+	bool up;
+	char queue[256];                 /* the server-named node queue */
+};
+
+struct bg_link *
+bg_link_new(const struct bg_config *cfg, char *err, size_t errlen)
+{
+	struct bg_link *l = calloc(1, sizeof(*l));
+	int rc;
+
+	if (l == NULL || (l->url = strdup(cfg->amqp_url)) == NULL) {
+		free(l);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	l->cfg = cfg;
+	amqp_default_connection_info(&l->ci);
+	rc = amqp_parse_url(l->url, &l->ci);
+	if (rc != AMQP_STATUS_OK) {
+		snprintf(err, errlen, "[amqp] url: cannot parse '%s': %s",
+			 cfg->amqp_url, amqp_error_string2(rc));
+		free(l->url);
+		free(l);
+		return NULL;
+	}
+	/* "amqp://host/" is the empty vhost to rabbitmq-c, but "/" to pika,
+	 * kombu and most users: the empty vhost is never what they mean. */
+	if (l->ci.vhost == NULL || l->ci.vhost[0] == '\0')
+		l->ci.vhost = "/";
+	return l;
+}
+
+void
+bg_link_reset(struct bg_link *l)
+{
+	if (l->conn != NULL)
+		amqp_destroy_connection(l->conn);
+	l->conn = NULL;
+	l->up = false;
+}
+
+void
+bg_link_free(struct bg_link *l)
+{
+	if (l == NULL)
+		return;
+	if (l->up) {
+		amqp_channel_close(l->conn, CHANNEL, AMQP_REPLY_SUCCESS);
+		amqp_connection_close(l->conn, AMQP_REPLY_SUCCESS);
+	}
+	bg_link_reset(l);
+	free(l->url);
+	free(l);
+}
+
+bool
+bg_link_up(const struct bg_link *l)
+{
+	return l->up;
+}
+
+int
+bg_link_fd(const struct bg_link *l)
+{
+	return l->up ? amqp_get_sockfd(l->conn) : -1;
+}
+
+/* Describes an RPC failure; false when the reply is not normal. */
+static bool
+rpc_ok(struct bg_link *l, const char *what)
+{
+	amqp_rpc_reply_t r = amqp_get_rpc_reply(l->conn);
+
+	switch (r.reply_type) {
+	case AMQP_RESPONSE_NORMAL:
+		return true;
+	case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+		bg_log_warn("amqp: %s: %s", what,
+			    amqp_error_string2(r.library_error));
+		break;
+	case AMQP_RESPONSE_SERVER_EXCEPTION:
+		if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+			amqp_connection_close_t *m = r.reply.decoded;
+			bg_log_warn("amqp: %s: broker closed the connection: "
+				    "%u %.*s", what, m->reply_code,
+				    (int)m->reply_text.len,
+				    (char *)m->reply_text.bytes);
+		} else if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+			amqp_channel_close_t *m = r.reply.decoded;
+			bg_log_warn("amqp: %s: broker closed the channel: "
+				    "%u %.*s", what, m->reply_code,
+				    (int)m->reply_text.len,
+				    (char *)m->reply_text.bytes);
+		} else {
+			bg_log_warn("amqp: %s: broker error (method 0x%08x)",
+				    what, r.reply.id);
+		}
+		break;
+	default:
+		bg_log_warn("amqp: %s: no reply", what);
+		break;
+	}
+	return false;
+}
+
+static int
+open_socket(struct bg_link *l)
+{
+	struct timeval tv = { CONNECT_TIMEOUT_S, 0 };
+	amqp_socket_t *s;
+	int rc;
+
+	if (l->ci.ssl) {
+		s = amqp_ssl_socket_new(l->conn);
+		if (s != NULL) {
+			amqp_ssl_socket_set_verify_peer(s, 1);
+			amqp_ssl_socket_set_verify_hostname(s, 1);
+			if (amqp_ssl_socket_set_cacert(s, CA_BUNDLE) !=
+			    AMQP_STATUS_OK)
+				bg_log_warn("amqp: cannot load %s", CA_BUNDLE);
+		}
+	} else {
+		s = amqp_tcp_socket_new(l->conn);
+	}
+	if (s == NULL) {
+		bg_log_error("amqp: cannot create a socket");
+		return BG_ERR;
+	}
+	rc = amqp_socket_open_noblock(s, l->ci.host, l->ci.port, &tv);
+	if (rc != AMQP_STATUS_OK) {
+		bg_log_warn("amqp: cannot connect to %s:%d: %s", l->ci.host,
+			    l->ci.port, amqp_error_string2(rc));
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+static int
+declare(struct bg_link *l)
+{
+	const struct bg_config *cfg = l->cfg;
+	amqp_bytes_t ex = amqp_cstring_bytes(cfg->amqp_exchange);
+	amqp_queue_declare_ok_t *q;
+
+	amqp_channel_open(l->conn, CHANNEL);
+	if (!rpc_ok(l, "channel.open"))
+		return BG_ERR;
+	amqp_exchange_declare(l->conn, CHANNEL, ex,
+			      amqp_cstring_bytes("topic"), 0, 1, 0, 0,
+			      amqp_empty_table);
+	if (!rpc_ok(l, "exchange.declare"))
+		return BG_ERR;
+	q = amqp_queue_declare(l->conn, CHANNEL, amqp_empty_bytes, 0, 0, 1,
+			       1, amqp_empty_table);
+	if (!rpc_ok(l, "queue.declare") || q == NULL)
+		return BG_ERR;
+	snprintf(l->queue, sizeof(l->queue), "%.*s", (int)q->queue.len,
+		 (char *)q->queue.bytes);
+	amqp_queue_bind(l->conn, CHANNEL, amqp_cstring_bytes(l->queue), ex,
+			amqp_cstring_bytes("#"), amqp_empty_table);
+	if (!rpc_ok(l, "queue.bind"))
+		return BG_ERR;
+	if (cfg->amqp_queue[0] != '\0') {
+		amqp_queue_declare(l->conn, CHANNEL,
+				   amqp_cstring_bytes(cfg->amqp_queue), 0, 1,
+				   0, 0, amqp_empty_table);
+		if (!rpc_ok(l, "queue.declare (legacy [amqp] queue)"))
+			return BG_ERR;
+	}
+	amqp_basic_qos(l->conn, CHANNEL, 0, (uint16_t)cfg->amqp_prefetch, 0);
+	if (!rpc_ok(l, "basic.qos"))
+		return BG_ERR;
+	amqp_basic_consume(l->conn, CHANNEL, amqp_cstring_bytes(l->queue),
+			   amqp_empty_bytes, 0, 0, 1, amqp_empty_table);
+	if (!rpc_ok(l, "basic.consume"))
+		return BG_ERR;
+	if (cfg->amqp_queue[0] != '\0') {
+		amqp_basic_consume(l->conn, CHANNEL,
+				   amqp_cstring_bytes(cfg->amqp_queue),
+				   amqp_empty_bytes, 0, 0, 0,
+				   amqp_empty_table);
+		if (!rpc_ok(l, "basic.consume (legacy [amqp] queue)"))
+			return BG_ERR;
+	}
+	return BG_OK;
+}
+
+int
+bg_link_connect(struct bg_link *l)
+{
+	struct timeval rpc = { RPC_TIMEOUT_S, 0 };
+	amqp_rpc_reply_t r;
+
+	bg_link_reset(l);
+	l->conn = amqp_new_connection();
+	if (l->conn == NULL) {
+		bg_log_error("amqp: out of memory");
+		return BG_ERR;
+	}
+	if (open_socket(l) != BG_OK)
+		goto fail;
+	amqp_set_handshake_timeout(l->conn, &rpc);
+	amqp_set_rpc_timeout(l->conn, &rpc);
+	r = amqp_login(l->conn, l->ci.vhost, 0, 131072,
+		       l->cfg->amqp_heartbeat, AMQP_SASL_METHOD_PLAIN,
+		       l->ci.user, l->ci.password);
+	if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+		if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
+			bg_log_warn("amqp: login to %s:%d as '%s' failed: %s",
+				    l->ci.host, l->ci.port, l->ci.user,
+				    amqp_error_string2(r.library_error));
+		else
+			bg_log_warn("amqp: login to %s:%d as '%s' refused",
+				    l->ci.host, l->ci.port, l->ci.user);
+		goto fail;
+	}
+	if (declare(l) != BG_OK)
+		goto fail;
+	l->up = true;
+	bg_log_info("amqp: connected to %s:%d, consuming from exchange '%s' "
+		    "(queue %s%s%s)", l->ci.host, l->ci.port,
+		    l->cfg->amqp_exchange, l->queue,
+		    l->cfg->amqp_queue[0] ? ", legacy queue " : "",
+		    l->cfg->amqp_queue);
+	return BG_OK;
+fail:
+	bg_link_reset(l);
+	return BG_ERR;
+}
+
+/* A frame that is not a delivery: the broker closing something, or
+ * a stray method. BG_ERR when the link is no longer usable. */
+static int
+other_frame(struct bg_link *l)
+{
+	struct timeval zero = { 0, 0 };
+	amqp_frame_t f;
+	int rc = amqp_simple_wait_frame_noblock(l->conn, &f, &zero);
+
+	if (rc == AMQP_STATUS_TIMEOUT)
+		return BG_OK;
+	if (rc != AMQP_STATUS_OK) {
+		bg_log_warn("amqp: connection lost: %s",
+			    amqp_error_string2(rc));
+		return BG_ERR;
+	}
+	if (f.frame_type != AMQP_FRAME_METHOD)
+		return BG_OK;
+	switch (f.payload.method.id) {
+	case AMQP_CONNECTION_CLOSE_METHOD: {
+		amqp_connection_close_t *m = f.payload.method.decoded;
+		bg_log_warn("amqp: broker closed the connection: %u %.*s",
+			    m->reply_code, (int)m->reply_text.len,
+			    (char *)m->reply_text.bytes);
+		return BG_ERR;
+	}
+	case AMQP_CHANNEL_CLOSE_METHOD: {
+		amqp_channel_close_t *m = f.payload.method.decoded;
+		bg_log_warn("amqp: broker closed the channel: %u %.*s",
+			    m->reply_code, (int)m->reply_text.len,
+			    (char *)m->reply_text.bytes);
+		return BG_ERR;
+	}
+	default:
+		return BG_OK;
+	}
+}
+
+int
+bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg)
+{
+	struct timeval zero = { 0, 0 };
+	uint64_t last_tag = 0;
+	int rc = BG_OK;
+
+	if (!l->up)
+		return BG_ERR;
+	for (int n = 0; n < MAX_PER_SERVICE; n++) {
+		amqp_envelope_t env;
+		amqp_rpc_reply_t r;
+
+		amqp_maybe_release_buffers(l->conn);
+		r = amqp_consume_message(l->conn, &env, &zero, 0);
+		if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+			fn(arg, env.message.body.bytes, env.message.body.len);
+			last_tag = env.delivery_tag;
+			amqp_destroy_envelope(&env);
+			continue;
+		}
+		if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+		    r.library_error == AMQP_STATUS_TIMEOUT)
+			break;
+		if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+		    r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
+			if (other_frame(l) != BG_OK) {
+				rc = BG_ERR;
+				break;
+			}
+			continue;
+		}
+		if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
+			bg_log_warn("amqp: connection lost: %s",
+				    amqp_error_string2(r.library_error));
+		else
+			bg_log_warn("amqp: connection lost");
+		rc = BG_ERR;
+		break;
+	}
+	/* One ack covers every delivery handed to the workers so far. */
+	if (rc == BG_OK && last_tag != 0 &&
+	    amqp_basic_ack(l->conn, CHANNEL, last_tag, 1) != AMQP_STATUS_OK) {
+		bg_log_warn("amqp: basic.ack failed: connection lost");
+		rc = BG_ERR;
+	}
+	if (rc != BG_OK)
+		bg_link_reset(l);
+	return rc;
+}
+
+/* For publisher.c (link_internal.h). */
+amqp_connection_state_t
+bg_link_conn(struct bg_link *l)
+{
+	return l->conn;
+}
+
+const char *
+bg_link_exchange(const struct bg_link *l)
+{
+	return l->cfg->amqp_exchange;
+}
