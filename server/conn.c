@@ -105,7 +105,7 @@ bg_conn_push(struct bg_conn *c, struct bg_wframe *f, const uint8_t *data,
 	if (c->closing)
 		return false;
 	if (c->q_bytes + len > w->srv->cfg->max_queued_bytes && c->in_dirty &&
-	    !c->want_write && !lws_send_pipe_choked(c->wsi)) {
+	    !c->want_write && !lws_partial_buffered(c->wsi)) {
 		/* Queued this batch but never offered to the socket yet: the
 		 * limit is about what the client leaves unread, so write
 		 * first. */

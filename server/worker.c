@@ -218,7 +218,11 @@ flush_dirty(struct bg_worker *w)
 		c->in_dirty = false;
 		if (c->want_write || c->closing || c->q_count == 0)
 			continue;
-		if (lws_send_pipe_choked(c->wsi)) {
+		/* lws_partial_buffered is a flag test; send_pipe_choked
+		 * would cost a poll() per connection per batch. A socket
+		 * that is full after all makes lws keep the rest and say so
+		 * here next time. */
+		if (lws_partial_buffered(c->wsi)) {
 			c->want_write = true;
 			lws_callback_on_writable(c->wsi);
 		} else if (bg_conn_write(c) < 0) {
