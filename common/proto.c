@@ -45,6 +45,12 @@ set_err(char *err, size_t errlen, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(err, errlen, fmt, ap);
 	va_end(ap);
+	/* Error texts quote input (jansson shows the bytes near a syntax
+	 * error) and may be cut anywhere: keep them printable ASCII, so
+	 * the JSON error built from them can always be sent. */
+	for (char *p = err; *p; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+			*p = '?';
 }
 
 bool
