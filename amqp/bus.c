@@ -12,6 +12,13 @@
  * Threads: bg_bus_publish and the getters run on workers; the loop on the
  * bus thread; the rest on main. A full worker ring makes the bus wait and
  * retry: nothing is dropped while the node runs.
+ *
+ * The outbox is one MPSC ring on purpose: its push order is the order in
+ * which POSTs were answered, so one publisher's broadcasts keep their
+ * order even when its requests land on different workers (they do: each
+ * POST has its own connection). Per-worker SPSC outboxes lose that. The
+ * price is ck's MPSC enqueue, which spins while an earlier producer sits
+ * between its reservation and its commit (a few instructions).
  */
 #include "amqp/bus.h"
 
