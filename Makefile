@@ -192,6 +192,7 @@ bench: deps all
 
 clean:
 	rm -rf $(BUILD)/obj $(BUILD)/tests $(BUILD)/bagou-* \
-	  $(BUILD)/address $(BUILD)/undefined $(BUILD)/thread
+	  $(BUILD)/address $(BUILD)/undefined $(BUILD)/thread \
+	  "$(BUILD)/fuzzer,address"
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -16,6 +16,10 @@
 /* Most targets (channels or client ids) one broadcast may list. */
 #define BG_MSG_MAX_TARGETS 1024
 
+/* Most bytes of frames one broadcast may build: a payload is framed once
+ * per listed channel, so a big payload times many channels is capped. */
+#define BG_MSG_MAX_FRAMED (16u << 20)
+
 enum bg_msg_target {
 	BG_MSG_ALL,       /* every connected client */
 	BG_MSG_CHANNELS,  /* subscribers of names[] (first match wins) */

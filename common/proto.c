@@ -468,12 +468,23 @@ bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
 	    (m->exclude = strdup(json_string_value(excl))) == NULL)
 		goto oom;
 	if (target == BG_MSG_CHANNELS) {
+		size_t framed = 0;
 		for (uint32_t i = 0; i < m->n_names; i++) {
 			char *c = quoted(m->names[i]);
 			int rc = c ? add_payload(m, i, &p, c) : BG_ERR;
 			free(c);
 			if (rc != BG_OK)
 				goto oom;
+			framed += m->frames[i].len;
+			if (framed > BG_MSG_MAX_FRAMED) {
+				*code = BG_CODE_BAD_MESSAGE;
+				set_err(err, errlen, "too large: %u channels "
+					"times this payload exceed %u bytes",
+					m->n_names, BG_MSG_MAX_FRAMED);
+				bg_msg_unref(m);
+				m = NULL;
+				goto out;
+			}
 		}
 	} else if (add_payload(m, 0, &p, NULL) != BG_OK) {
 		goto oom;

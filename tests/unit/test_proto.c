@@ -1034,6 +1034,40 @@ test_broadcast_max_targets(void **state)
 	free(s);
 }
 
+/* A payload framed once per listed channel: the total is capped. */
+static void
+test_broadcast_framed_cap(void **state)
+{
+	size_t pad = BG_MSG_MAX_FRAMED / BG_MSG_MAX_TARGETS + 64;
+	json_t *chans = json_array(), *root;
+	struct bg_msg *m;
+	enum bg_code code;
+	char e[200];
+	char *data = malloc(pad + 1);
+
+	assert_non_null(data);
+	memset(data, 'x', pad);
+	data[pad] = '\0';
+	for (int i = 0; i < BG_MSG_MAX_TARGETS; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "c%d", i);
+		json_array_append_new(chans, json_string(name));
+	}
+	root = json_pack("{s:s, s:o, s:s}", "event", "e", "channel", chans,
+			 "data", data);
+	m = bg_proto_broadcast(root, NULL, &code, e, sizeof(e));
+	assert_null(m);
+	assert_int_equal(code, BG_CODE_BAD_MESSAGE);
+	assert_non_null(strstr(e, "too large"));
+	/* The same payload to one channel is fine. */
+	json_object_set_new(root, "channel", json_string("one"));
+	m = bg_proto_broadcast(root, NULL, &code, e, sizeof(e));
+	assert_non_null(m);
+	bg_msg_unref(m);
+	json_decref(root);
+	free(data);
+}
+
 static void
 test_broadcast_rejects(void **state)
 {
@@ -1240,6 +1274,7 @@ main(void)
 		cmocka_unit_test(test_parse_hostile),
 		cmocka_unit_test(test_parse_small_err_buffer),
 		cmocka_unit_test(test_error_text_is_utf8),
+		cmocka_unit_test(test_broadcast_framed_cap),
 		cmocka_unit_test(test_broadcast_error_text_is_utf8),
 		cmocka_unit_test(test_channel_valid),
 		cmocka_unit_test(test_client_id_valid),
