@@ -37,13 +37,13 @@ CFLAGS   := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wshadow \
             -D_GNU_SOURCE -DCK_USE_CC_BUILTINS=1 -I. -I$(LWS_DIR)/include \
             -pthread -MMD -MP $(SANFLAGS) $(EXTRA_CFLAGS)
 LDFLAGS  := -pthread $(SANFLAGS)
-LIBS     := $(LWS_LIB) -levent -lrabbitmq -lssl -lcrypto -lz -lcap \
+LIBS     := $(LWS_LIB) -levent -lrabbitmq -ljwt -lssl -lcrypto -lz -lcap \
             -ljansson -linih -lm
 
 # Packages: what building needs, and what the tests add.
 BUILD_PKGS := gcc make pkg-config cmake dpkg-dev ca-certificates \
               libevent-dev libjansson-dev libck-dev libinih-dev \
-              libssl-dev libcap-dev zlib1g-dev librabbitmq-dev
+              libssl-dev libcap-dev zlib1g-dev librabbitmq-dev libjwt-dev
 TEST_PKGS  := libcmocka-dev python3 python3-websockets python3-pytest curl \
               rabbitmq-server python3-pika python3-kombu
 
