@@ -83,6 +83,9 @@ bg_config_defaults(struct bg_config *cfg)
 	cfg->amqp_heartbeat = 30;
 	cfg->api_key[0] = '\0';
 	cfg->log_level = BG_LOG_INFO;
+	cfg->rate = 100;
+	cfg->burst = 200;
+	strcpy(cfg->private_prefix, "private-");
 }
 
 /*
@@ -209,7 +212,9 @@ static int
 parse_amqp_name(const struct key *k, struct bg_config *cfg, const char *v,
 		char *msg, size_t len)
 {
-	bool may_be_empty = k->off == offsetof(struct bg_config, amqp_queue);
+	bool may_be_empty = k->off == offsetof(struct bg_config, amqp_queue) ||
+			    k->off == offsetof(struct bg_config,
+					       forward_exchange);
 
 	if (v[0] == '\0' && !may_be_empty) {
 		seterr(msg, len, "must not be empty");
@@ -223,6 +228,59 @@ parse_amqp_name(const struct key *k, struct bg_config *cfg, const char *v,
 		}
 	}
 	return parse_str(k, cfg, v, msg, len);
+}
+
+/* A comma-separated list of http(s) origins (no spaces inside one). */
+static int
+parse_origins(const struct key *k, struct bg_config *cfg, const char *v,
+	      char *msg, size_t len)
+{
+	for (const char *p = v; *p; p++) {
+		if (iscntrl((unsigned char)*p) || *p == '"' || *p == '\\') {
+			seterr(msg, len, "expected origins such as "
+			       "https://example.com, comma-separated");
+			return BG_ERR;
+		}
+	}
+	return parse_str(k, cfg, v, msg, len);
+}
+
+static const char *const lifecycle_names[] = {
+	"open", "close", "subscribe", "unsubscribe"
+};
+
+static int
+parse_lifecycle(const struct key *k, struct bg_config *cfg, const char *v,
+		char *msg, size_t len)
+{
+	unsigned int bits = 0;
+	const char *p = v;
+
+	while (*p) {
+		size_t n;
+		bool found = false;
+
+		while (*p == ' ' || *p == ',')
+			p++;
+		n = strcspn(p, ", ");
+		if (n == 0)
+			break;
+		for (size_t i = 0; i < BG_ARRAY_LEN(lifecycle_names); i++) {
+			if (strlen(lifecycle_names[i]) == n &&
+			    strncmp(p, lifecycle_names[i], n) == 0) {
+				bits |= 1u << i;
+				found = true;
+			}
+		}
+		if (!found) {
+			seterr(msg, len, "expected a list of open, close, "
+			       "subscribe, unsubscribe; got '%.*s'", (int)n, p);
+			return BG_ERR;
+		}
+		p += n;
+	}
+	cfg->forward_lifecycle = bits;
+	return BG_OK;
 }
 
 static int
@@ -328,6 +386,15 @@ static const struct key keys[] = {
 	{ "amqp", "queue", parse_amqp_name, OFF(amqp_queue), STR(amqp_queue) },
 	{ "amqp", "prefetch", parse_int, OFF(amqp_prefetch), 1, 65535 },
 	{ "amqp", "heartbeat", parse_int, OFF(amqp_heartbeat), 0, 600 },
+	{ "server", "origins", parse_origins, OFF(origins), STR(origins) },
+	{ "limits", "rate", parse_int, OFF(rate), 0, 1000000 },
+	{ "limits", "burst", parse_int, OFF(burst), 1, 1000000 },
+	{ "auth", "secret", parse_str, OFF(auth_secret), STR(auth_secret) },
+	{ "auth", "private_prefix", parse_str, OFF(private_prefix),
+	  STR(private_prefix) },
+	{ "forward", "exchange", parse_amqp_name, OFF(forward_exchange),
+	  STR(forward_exchange) },
+	{ "forward", "lifecycle", parse_lifecycle, 0, 0, 0 },
 	{ "http", "api_key", parse_str, OFF(api_key), STR(api_key) },
 	{ "log", "level", parse_level, OFF(log_level), 0, 0 },
 };
@@ -530,6 +597,17 @@ bg_config_validate(const struct bg_config *cfg, char *err, size_t errlen)
 		       "exceed [limits] max_queued_bytes (%zu): a message "
 		       "must fit in a connection's outbound queue",
 		       cfg->max_message_size, cfg->max_queued_bytes);
+		return BG_ERR;
+	}
+	if (cfg->forward_exchange[0] != '\0' &&
+	    strcmp(cfg->amqp_url, "none") == 0) {
+		seterr(err, errlen, "[forward] exchange needs RabbitMQ: set "
+		       "[amqp] url (events are forwarded through it)");
+		return BG_ERR;
+	}
+	if (cfg->forward_lifecycle != 0 && cfg->forward_exchange[0] == '\0') {
+		seterr(err, errlen, "[forward] lifecycle needs [forward] "
+		       "exchange");
 		return BG_ERR;
 	}
 	return BG_OK;

@@ -20,6 +20,12 @@ enum bg_publish_policy {
 	BG_PUBLISH_ALL,         /* to any channel */
 };
 
+/* [forward] lifecycle: which events are forwarded after they happen. */
+#define BG_FORWARD_OPEN        (1u << 0)
+#define BG_FORWARD_CLOSE       (1u << 1)
+#define BG_FORWARD_SUBSCRIBE   (1u << 2)
+#define BG_FORWARD_UNSUBSCRIBE (1u << 3)
+
 struct bg_config {
 	/* [server] */
 	char listen_host[BG_CONFIG_STR]; /* "0.0.0.0" */
@@ -28,12 +34,16 @@ struct bg_config {
 	char path[BG_CONFIG_STR];        /* WebSocket path, "/websocket" */
 	int max_connections;             /* per node; 0 = no limit */
 	int ping_interval;               /* seconds between lws pings, 0=off */
+	char origins[1024];              /* allowed Origins, comma-separated;
+	                                    "" = any */
 
 	/* [limits] */
 	size_t max_message_size;         /* 65536 */
 	int max_subscriptions;           /* 1000 per connection */
 	size_t max_store_bytes;          /* 4096 */
 	size_t max_queued_bytes;         /* 1048576 per connection */
+	int rate;                        /* client messages/s, 0 = no limit */
+	int burst;                       /* messages allowed at once */
 
 	/* [channels] */
 	int client_publish;              /* enum bg_publish_policy, none */
@@ -45,6 +55,14 @@ struct bg_config {
 	char amqp_queue[BG_CONFIG_STR];  /* legacy durable queue, "" = off */
 	int amqp_prefetch;               /* unacked deliveries, 1000 */
 	int amqp_heartbeat;              /* seconds, 30; 0 = off */
+
+	/* [auth] */
+	char auth_secret[BG_CONFIG_STR]; /* HS256 secret; "" = no tokens */
+	char private_prefix[BG_CONFIG_STR]; /* "private-" */
+
+	/* [forward] */
+	char forward_exchange[BG_CONFIG_STR]; /* "" = no forwarding */
+	unsigned int forward_lifecycle;  /* BG_FORWARD_* bits */
 
 	/* [http] */
 	char api_key[BG_CONFIG_STR];     /* "" = POST /broadcast loopback only */
