@@ -45,7 +45,8 @@ BUILD_PKGS := gcc make pkg-config cmake dpkg-dev ca-certificates \
               libevent-dev libjansson-dev libck-dev libinih-dev \
               libssl-dev libcap-dev zlib1g-dev librabbitmq-dev libjwt-dev
 TEST_PKGS  := libcmocka-dev python3 python3-websockets python3-pytest curl \
-              rabbitmq-server python3-pika python3-kombu
+              rabbitmq-server python3-pika python3-kombu python3-celery \
+              python3-jwt
 
 LIB_SRC  := $(wildcard common/*.c) \
             $(filter-out amqp/bagou_broadcast.c,$(wildcard amqp/*.c)) \
@@ -168,7 +169,7 @@ test-fuzz: $(FUZZ_BIN)
 	  echo "  REPLAY tests/fuzz/corpus/$$n"; \
 	  ./$$t tests/fuzz/corpus/$$n; done
 
-test-integration: $(OUT)/bagou-server
+test-integration: $(OUT)/bagou-server $(BROADCAST_BIN)
 	$(Q)TSAN_OPTIONS="halt_on_error=1 suppressions=$(abspath tests/tsan.supp)" \
 	  BAGOU_BIN=$(abspath $(OUT)/bagou-server) \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration

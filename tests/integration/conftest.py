@@ -46,3 +46,23 @@ def pytest_runtest_makereport(item, call):
         report.sections.append(
             ("bagou-server %d log (%s, port %s)" % (i, state, srv.port),
              text or "(empty)"))
+
+
+@pytest.fixture(scope="session")
+def rabbitmq():
+    """A private RabbitMQ broker for the whole session (rabbitmq.py): on
+    127.0.0.1, free AMQP and distribution ports, its own node name, data
+    and logs in a temporary directory. Exposes .url, .port, .node,
+    .stop_app(), .start_app(), .rabbitmqctl(*args), .log(). Always
+    stopped at the end of the session."""
+    from rabbitmq import RabbitMQ
+    broker = RabbitMQ()
+    try:
+        broker.start()
+    except Exception as e:
+        broker.stop()
+        pytest.fail("RabbitMQ did not start: %s" % e, pytrace=False)
+    try:
+        yield broker
+    finally:
+        broker.stop()
