@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -146,7 +147,17 @@ on_delivery(void *arg, const void *body, size_t len)
 	char err[200];
 	time_t now;
 
-	m = bg_proto_broadcast_text(body, len, NULL, &code, err, sizeof(err));
+	if (len > b->srv->cfg->max_message_size) {
+		/* The same limit as POST /broadcast: one node's clients must
+		 * not receive what another node's publishers cannot send. */
+		code = BG_CODE_BAD_MESSAGE;
+		snprintf(err, sizeof(err), "larger than max_message_size "
+			 "(%zu bytes)", b->srv->cfg->max_message_size);
+		m = NULL;
+	} else {
+		m = bg_proto_broadcast_text(body, len, NULL, &code, err,
+					    sizeof(err));
+	}
 	if (m != NULL) {
 		fan_out(b, m);
 		return;
