@@ -363,3 +363,9 @@ bg_link_exchange(const struct bg_link *l)
 {
 	return l->cfg->amqp_exchange;
 }
+
+const char *
+bg_link_forward_exchange(const struct bg_link *l)
+{
+	return l->cfg->forward_exchange;
+}

@@ -50,7 +50,9 @@ int bg_link_fd(const struct bg_link *l);
 int bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg);
 
 /* Publishes m->body to the exchange (routing key: the channel when m
- * names exactly one, else ""). BG_OK, or BG_ERR when the link failed. */
+ * names exactly one, else ""), or, for a forwarded client event, to
+ * [forward] exchange with its routing key. BG_OK, or BG_ERR when the link
+ * failed. */
 int bg_link_publish(struct bg_link *l, const struct bg_msg *m);
 
 #endif

@@ -69,6 +69,8 @@ msg_free(struct bg_msg *m)
 	free(m->frames);
 	free(m->exclude);
 	free(m->body);
+	free(m->auth);
+	free(m->forward_key);
 	free(m);
 }
 

@@ -42,6 +42,11 @@ struct bg_msg {
 	struct bg_msg_frame *frames; /* frames[i] carries "channel": names[i] */
 	char *body;                  /* the broadcast as JSON, to republish */
 	size_t body_len;
+	char *auth;                  /* "auth" of a reply to clients, as JSON
+	                                text: authenticates them; or NULL */
+	char *forward_key;           /* not a broadcast: a client event for
+	                                [forward] exchange with this routing
+	                                key (body is the event); or NULL */
 };
 
 /*

@@ -489,6 +489,12 @@ bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
 	} else if (add_payload(m, 0, &p, NULL) != BG_OK) {
 		goto oom;
 	}
+	/* A reply that authenticates its clients (PROTOCOL.md §5). */
+	if (target == BG_MSG_CLIENTS &&
+	    json_is_object(json_object_get(root, "auth")) &&
+	    (m->auth = json_dumps(json_object_get(root, "auth"),
+				  JSON_COMPACT)) == NULL)
+		goto oom;
 	/* The body republished onward keeps "from" for the other nodes. */
 	body = json_copy(root);
 	if (body == NULL || (from && json_object_set_new(body, "from",

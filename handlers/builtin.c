@@ -1,15 +1,21 @@
 /*
- * builtin.c - subscribe, unsubscribe, store, ping and publish. Each runs on
- * the worker that owns the connection and answers through the conn reply
- * funnel.
+ * builtin.c - the built-in events of PROTOCOL.md §3 (subscribe,
+ * unsubscribe, store, ping, publish, authenticate), registered through the
+ * same table as compiled-in handlers. Worker threads.
  */
-#include "handlers/builtin.h"
-
 #include <stdio.h>
+#include <string.h>
+#include <time.h>
 
 #include "amqp/bus.h"
+#include "handlers/auth.h"
+#include "handlers/forward.h"
+#include "handlers/handlers.h"
+#include "handlers/modules.h"
 #include "server/conn.h"
 #include "server/worker.h"
+
+#define GO_ON BG_CODE_COUNT
 
 /* The channel named by data.channel, validated; NULL after replying. */
 static const char *
@@ -39,74 +45,126 @@ reply_channel(struct bg_conn *c, const struct bg_request *req,
 	json_decref(extra);
 }
 
-void
-bg_handler_subscribe(struct bg_conn *c, const struct bg_request *req)
+static bool
+is_private(const struct bg_conn *c, const char *channel)
 {
+	const char *prefix = c->w->srv->cfg->private_prefix;
+
+	return prefix[0] != '\0' &&
+	       strncmp(channel, prefix, strlen(prefix)) == 0;
+}
+
+static enum bg_code
+on_subscribe(const struct bg_hook_args *a)
+{
+	struct bg_conn *c = a->c;
+	const struct bg_request *req = a->req;
+	struct bg_hook_args hook = { .c = c, .req = req };
 	const char *name;
 	enum bg_code code;
 	size_t len;
 	bool added;
 
 	if ((name = channel_arg(c, req, &len)) == NULL)
-		return;
+		return GO_ON;
+	if (bg_conn_is_subscribed(c, name, len)) {
+		reply_channel(c, req, name); /* idempotent */
+		return GO_ON;
+	}
+	if (is_private(c, name) &&
+	    (c->ident.user == NULL ||
+	     !bg_auth_channel_allowed(&c->ident, name))) {
+		bg_conn_reply_error(c, req, BG_CODE_FORBIDDEN,
+				    c->ident.user == NULL ?
+				    "private channel: authenticate first" :
+				    "private channel: not in your token's "
+				    "channels");
+		return GO_ON;
+	}
+	hook.channel = name;
+	code = bg_handlers_run(BG_ON_SUBSCRIBE, &hook);
+	if (code != GO_ON) {
+		bg_conn_reply_error(c, req, code, "subscription refused");
+		return GO_ON;
+	}
 	code = bg_conn_subscribe(c, name, len, &added);
-	if (code == BG_CODE_TOO_MANY_SUBSCRIPTIONS)
+	if (code == BG_CODE_TOO_MANY_SUBSCRIPTIONS) {
 		bg_conn_reply_error(c, req, code, "too many subscriptions "
 				    "on this connection");
-	else if (code != BG_CODE_COUNT)
+		return GO_ON;
+	}
+	if (code != GO_ON) {
 		bg_conn_reply_error(c, req, code, "subscribe failed");
-	else
-		reply_channel(c, req, name);
+		return GO_ON;
+	}
+	reply_channel(c, req, name);
+	bg_forward_lifecycle(c, BG_FORWARD_SUBSCRIBE, "subscribe", name);
+	return GO_ON;
 }
 
-void
-bg_handler_unsubscribe(struct bg_conn *c, const struct bg_request *req)
+static enum bg_code
+on_unsubscribe(const struct bg_hook_args *a)
 {
+	struct bg_conn *c = a->c;
+	struct bg_hook_args hook = { .c = c, .req = a->req };
 	const char *name;
 	size_t len;
 
-	if ((name = channel_arg(c, req, &len)) == NULL)
-		return;
-	bg_conn_unsubscribe(c, name, len);
-	reply_channel(c, req, name);
+	if ((name = channel_arg(c, a->req, &len)) == NULL)
+		return GO_ON;
+	if (bg_conn_is_subscribed(c, name, len)) {
+		bg_conn_unsubscribe(c, name, len);
+		hook.channel = name;
+		bg_handlers_run(BG_ON_UNSUBSCRIBE, &hook);
+		bg_forward_lifecycle(c, BG_FORWARD_UNSUBSCRIBE, "unsubscribe",
+				     name);
+	}
+	reply_channel(c, a->req, name);
+	return GO_ON;
 }
 
-void
-bg_handler_store(struct bg_conn *c, const struct bg_request *req)
+static enum bg_code
+on_store(const struct bg_hook_args *a)
 {
+	struct bg_conn *c = a->c;
 	char msg[96];
 
-	if (!json_is_object(req->data)) {
-		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE,
+	if (!json_is_object(a->req->data)) {
+		bg_conn_reply_error(c, a->req, BG_CODE_BAD_MESSAGE,
 				    "store data must be an object");
-		return;
+		return GO_ON;
 	}
-	if (bg_conn_store(c, req->data) != BG_OK) {
+	if (bg_conn_store(c, a->req->data) != BG_OK) {
 		snprintf(msg, sizeof(msg), "the store would exceed %zu bytes",
 			 c->w->srv->cfg->max_store_bytes);
-		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE, msg);
-		return;
+		bg_conn_reply_error(c, a->req, BG_CODE_BAD_MESSAGE, msg);
+		return GO_ON;
 	}
-	bg_conn_reply_ok(c, req, NULL);
+	bg_conn_reply_ok(c, a->req, NULL);
+	bg_handlers_run(BG_ON_STORE, a);
+	return GO_ON;
 }
 
-void
-bg_handler_ping(struct bg_conn *c, const struct bg_request *req)
+static enum bg_code
+on_ping(const struct bg_hook_args *a)
 {
 	size_t len = 0;
 	char *s;
 
-	if (req->callback_id != NULL) {
-		bg_conn_reply_ok(c, req, NULL);
-		return;
+	if (a->req->callback_id != NULL) {
+		bg_conn_reply_ok(a->c, a->req, NULL);
+		return GO_ON;
 	}
 	s = bg_proto_pong(&len);
-	bg_conn_send_json(c, s, len);
+	bg_conn_send_json(a->c, s, len);
+	return GO_ON;
 }
 
-void
-bg_handler_publish(struct bg_conn *c, const struct bg_request *req)
+static enum bg_code
+on_publish(const struct bg_hook_args *a)
 {
+	struct bg_conn *c = a->c;
+	const struct bg_request *req = a->req;
 	const struct bg_config *cfg = c->w->srv->cfg;
 	json_t *ev = json_object_get(req->data, "event");
 	json_t *b, *data, *empty;
@@ -119,17 +177,19 @@ bg_handler_publish(struct bg_conn *c, const struct bg_request *req)
 	if (!json_is_object(req->data)) {
 		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE,
 				    "publish data must be an object");
-		return;
+		return GO_ON;
 	}
 	if ((name = channel_arg(c, req, &len)) == NULL)
-		return;
+		return GO_ON;
 	if (cfg->client_publish == BG_PUBLISH_NONE ||
 	    (cfg->client_publish == BG_PUBLISH_SUBSCRIBED &&
-	     !bg_conn_is_subscribed(c, name, len))) {
+	     !bg_conn_is_subscribed(c, name, len)) ||
+	    (is_private(c, name) && (c->ident.user == NULL ||
+	     !bg_auth_channel_allowed(&c->ident, name)))) {
 		bg_conn_reply_error(c, req, BG_CODE_NOT_ALLOWED,
 				    "publishing to this channel is not "
 				    "allowed");
-		return;
+		return GO_ON;
 	}
 	/* Only channel, event and data: a client cannot target others. */
 	data = json_object_get(req->data, "data");
@@ -142,13 +202,72 @@ bg_handler_publish(struct bg_conn *c, const struct bg_request *req)
 	if (m == NULL) {
 		bg_conn_reply_error(c, req, b ? code : BG_CODE_INTERNAL,
 				    b ? err : "out of memory");
-		return;
+		return GO_ON;
 	}
 	if (bg_bus_publish(c->w->srv->bus, m) != BG_OK) {
 		bg_msg_unref(m);
 		bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
-				    "the broadcast bus is busy");
-		return;
+				    "broadcasting is unavailable (RabbitMQ "
+				    "down or the bus is busy)");
+		return GO_ON;
 	}
 	bg_conn_reply_ok(c, req, NULL);
+	return GO_ON;
+}
+
+static enum bg_code
+on_authenticate(const struct bg_hook_args *a)
+{
+	struct bg_conn *c = a->c;
+	const struct bg_request *req = a->req;
+	const struct bg_config *cfg = c->w->srv->cfg;
+	json_t *tok = json_object_get(req->data, "token");
+	struct bg_identity id = { 0 };
+	char err[160];
+
+	if (cfg->auth_secret[0] == '\0') {
+		/* No tokens here: the application decides, e.g. from the
+		 * Django session cookie, and answers the callback. */
+		if (cfg->forward_exchange[0] == '\0')
+			bg_conn_reply_error(c, req, BG_CODE_AUTH_FAILED,
+					    "authentication is not "
+					    "configured on this server");
+		else if (bg_forward_event(c, "authenticate", req->data,
+					  req->callback_id, true) != BG_OK)
+			bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
+					    "the application cannot be "
+					    "reached (RabbitMQ is down)");
+		return GO_ON;
+	}
+	if (!json_is_string(tok)) {
+		bg_conn_reply_error(c, req, BG_CODE_AUTH_FAILED,
+				    "data.token must be a string");
+		return GO_ON;
+	}
+	if (bg_auth_verify_jwt(cfg->auth_secret, json_string_value(tok),
+			       (int64_t)time(NULL), &id, err,
+			       sizeof(err)) != BG_OK) {
+		bg_conn_reply_error(c, req, BG_CODE_AUTH_FAILED, err);
+		return GO_ON;
+	}
+	bg_conn_authenticated(c, &id, req);
+	return GO_ON;
+}
+
+int
+bg_builtin_register(char *err, size_t errlen)
+{
+	static const struct bg_handler builtins[] = {
+		{ BG_ON_EVENT, "subscribe", NULL, on_subscribe },
+		{ BG_ON_EVENT, "unsubscribe", NULL, on_unsubscribe },
+		{ BG_ON_EVENT, "store", NULL, on_store },
+		{ BG_ON_EVENT, "ping", NULL, on_ping },
+		{ BG_ON_EVENT, "publish", NULL, on_publish },
+		{ BG_ON_EVENT, "authenticate", NULL, on_authenticate },
+	};
+
+	for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++)
+		if (bg_handlers_register(&builtins[i], err, errlen) != BG_OK)
+			return BG_ERR;
+	return BG_OK;
 }

@@ -1,39 +1,150 @@
 /*
- * registry.c - the event table and dispatch order of PROTOCOL.md §3:
- * a registered handler, else the automatic ack (with a callbackId), else
- * nothing. The table is a constant; worker threads read it.
+ * registry.c - the handler table and the dispatch order of PROTOCOL.md §3.
+ * Filled on the main thread at start-up, read-only afterwards (regexec on
+ * a shared compiled regex is thread-safe in glibc).
  */
 #include "handlers/handlers.h"
 
+#include <regex.h>
+#include <stdio.h>
 #include <string.h>
 
-#include "handlers/builtin.h"
+#include "common/bg.h"
+#include "handlers/forward.h"
+#include "handlers/modules.h"
 #include "server/conn.h"
+#include "server/worker.h"
 
-static const struct bg_handler table[] = {
-	{ "subscribe", bg_handler_subscribe },
-	{ "unsubscribe", bg_handler_unsubscribe },
-	{ "store", bg_handler_store },
-	{ "ping", bg_handler_ping },
-	{ "publish", bg_handler_publish },
+#define MAX_HANDLERS 256
+
+struct entry {
+	struct bg_handler h;
+	bool has_re;
+	regex_t re;
 };
 
-const struct bg_handler *
-bg_handlers_find(const char *event)
+static struct entry table[MAX_HANDLERS];
+static int n_entries;
+
+/* Compiled-in modules, in registration order (built-ins first). */
+static int (*const modules[])(char *, size_t) = {
+	bg_builtin_register,
+	bg_example_register,
+};
+
+int
+bg_handlers_register(const struct bg_handler *h, char *err, size_t errlen)
 {
-	for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
-		if (strcmp(table[i].event, event) == 0)
-			return &table[i];
-	return NULL;
+	struct entry *e;
+	int rc;
+
+	if (n_entries == MAX_HANDLERS) {
+		snprintf(err, errlen, "more than %d handlers", MAX_HANDLERS);
+		return BG_ERR;
+	}
+	if (h->fn == NULL || (h->hook == BG_ON_EVENT && h->event == NULL)) {
+		snprintf(err, errlen, "handler without a function or event");
+		return BG_ERR;
+	}
+	e = &table[n_entries];
+	memset(e, 0, sizeof(*e));
+	e->h = *h;
+	if (h->channel != NULL) {
+		rc = regcomp(&e->re, h->channel, REG_EXTENDED | REG_NOSUB);
+		if (rc != 0) {
+			char msg[128];
+			regerror(rc, &e->re, msg, sizeof(msg));
+			snprintf(err, errlen, "handler channel pattern '%s': %s",
+				 h->channel, msg);
+			return BG_ERR;
+		}
+		e->has_re = true;
+	}
+	n_entries++;
+	return BG_OK;
+}
+
+int
+bg_handlers_init(char *err, size_t errlen)
+{
+	for (size_t i = 0; i < BG_ARRAY_LEN(modules); i++)
+		if (modules[i](err, errlen) != BG_OK)
+			return BG_ERR;
+	return BG_OK;
+}
+
+void
+bg_handlers_free(void)
+{
+	for (int i = 0; i < n_entries; i++)
+		if (table[i].has_re)
+			regfree(&table[i].re);
+	n_entries = 0;
+}
+
+/* The filter: the channel being (un)subscribed, or any of the client's
+ * channels (as the original Bagou matched). */
+static bool
+matches(const struct entry *e, const struct bg_hook_args *a)
+{
+	if (!e->has_re)
+		return true;
+	if (a->channel != NULL)
+		return regexec(&e->re, a->channel, 0, NULL, 0) == 0;
+	for (uint32_t i = 0; i < a->c->n_subs; i++)
+		if (regexec(&e->re, a->c->subs[i]->chan->name, 0, NULL, 0) ==
+		    0)
+			return true;
+	return false;
+}
+
+bool
+bg_handlers_has_event(const char *event)
+{
+	for (int i = 0; i < n_entries; i++)
+		if (table[i].h.hook == BG_ON_EVENT &&
+		    strcmp(table[i].h.event, event) == 0)
+			return true;
+	return false;
 }
 
 void
 bg_handlers_dispatch(struct bg_conn *c, const struct bg_request *req)
 {
-	const struct bg_handler *h = bg_handlers_find(req->event);
+	struct bg_hook_args a = { .c = c, .req = req };
 
-	if (h != NULL)
-		h->fn(c, req);
-	else
-		bg_conn_reply_ok(c, req, NULL); /* the original Bagou ack */
+	for (int i = 0; i < n_entries; i++) {
+		const struct entry *e = &table[i];
+		if (e->h.hook == BG_ON_EVENT &&
+		    strcmp(e->h.event, req->event) == 0 && matches(e, &a)) {
+			e->h.fn(&a);
+			return;
+		}
+	}
+	if (c->w->srv->cfg->forward_exchange[0] != '\0') {
+		/* The application owes the callback now. */
+		if (bg_forward_event(c, req->event, req->data,
+				     req->callback_id, false) != BG_OK)
+			bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
+					    "the application cannot be "
+					    "reached (RabbitMQ is down)");
+		return;
+	}
+	bg_conn_reply_ok(c, req, NULL); /* the original Bagou ack */
+}
+
+enum bg_code
+bg_handlers_run(enum bg_hook hook, const struct bg_hook_args *a)
+{
+	for (int i = 0; i < n_entries; i++) {
+		const struct entry *e = &table[i];
+		enum bg_code code;
+
+		if (e->h.hook != hook || !matches(e, a))
+			continue;
+		code = e->h.fn(a);
+		if (hook == BG_ON_SUBSCRIBE && code != BG_CODE_COUNT)
+			return code;
+	}
+	return BG_CODE_COUNT;
 }

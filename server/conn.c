@@ -14,11 +14,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "amqp/bus.h"
 #include "common/frame.h"
 #include "common/log.h"
+#include "handlers/forward.h"
 #include "handlers/handlers.h"
 #include "server/worker.h"
+
+#define ABUSE_CLOSE_MS 10000   /* rate-limited this long: close 1008 */
+#define STREAK_GAP_MS 1000     /* no drop for this long ends a streak */
+
+static uint64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
 
 void
 bg_wframe_unref(struct bg_wframe *f)
@@ -379,6 +394,8 @@ bg_conn_open(struct bg_conn *c, struct bg_worker *w, struct lws *wsi)
 		w->conns->prev = c;
 	w->conns = c;
 	c->established = true;
+	c->tokens = w->srv->cfg->burst;
+	c->tokens_ms = now_ms();
 	bg_stat_add(&w->stats.connections, 1);
 	bg_stat_add(&w->stats.connections_total, 1);
 	__atomic_add_fetch(&w->conns_gauge, 1, __ATOMIC_RELAXED);
@@ -393,6 +410,11 @@ bg_conn_close(struct bg_conn *c)
 	struct bg_worker *w = c->w;
 
 	if (c->established) {
+		struct bg_hook_args a = { .c = c };
+
+		/* Hooks and the application still see its channels. */
+		bg_handlers_run(BG_ON_CLOSE, &a);
+		bg_forward_lifecycle(c, BG_FORWARD_CLOSE, "close", NULL);
 		if (c->prev != NULL)
 			c->prev->next = c->next;
 		else
@@ -417,6 +439,9 @@ bg_conn_close(struct bg_conn *c)
 	free(c->rx);
 	free(c->body);
 	json_decref(c->store);
+	bg_identity_clear(&c->ident);
+	free(c->cookie);
+	c->cookie = NULL;
 	c->subs = NULL;
 	c->rx = NULL;
 	c->body = NULL;
@@ -428,13 +453,138 @@ void
 bg_conn_receive(struct bg_conn *c, const char *buf, size_t len)
 {
 	struct bg_request req;
+	bool close_now = false;
 	char err[160];
 
 	bg_stat_add(&c->w->stats.messages_received, 1);
 	if (bg_proto_parse_request(buf, len, &req, err, sizeof(err)) !=
-	    BG_OK)
-		bg_conn_reply_error(c, &req, BG_CODE_BAD_MESSAGE, err);
-	else
+	    BG_OK) {
+		if (bg_conn_rate_ok(c, &req, &close_now))
+			bg_conn_reply_error(c, &req, BG_CODE_BAD_MESSAGE,
+					    err);
+	} else if (bg_conn_rate_ok(c, &req, &close_now)) {
 		bg_handlers_dispatch(c, &req);
+	}
 	json_decref(req.root);
+	if (close_now)
+		bg_conn_begin_close(c, 1008);
+}
+
+bool
+bg_conn_rate_ok(struct bg_conn *c, const struct bg_request *req,
+		bool *close_now)
+{
+	const struct bg_config *cfg = c->w->srv->cfg;
+	uint64_t now;
+
+	if (cfg->rate <= 0)
+		return true;
+	now = now_ms();
+	c->tokens += (double)(now - c->tokens_ms) * cfg->rate / 1000.0;
+	if (c->tokens > cfg->burst)
+		c->tokens = cfg->burst;
+	c->tokens_ms = now;
+	if (c->tokens >= 1.0) {
+		c->tokens -= 1.0;
+		if (now - c->last_drop_ms > STREAK_GAP_MS)
+			c->limited_since_ms = 0;
+		return true;
+	}
+	/* Over the limit: drop it, say so, and close on sustained abuse
+	 * (a client that keeps sending past the limit for 10 s). */
+	if (c->limited_since_ms == 0)
+		c->limited_since_ms = now;
+	c->last_drop_ms = now;
+	bg_conn_reply_error(c, req, BG_CODE_RATE_LIMITED, "too many "
+			    "messages: slow down");
+	if (now - c->limited_since_ms >= ABUSE_CLOSE_MS) {
+		bg_log_info("client %s: rate-limited for 10 s, closing "
+			    "(1008)", c->id);
+		*close_now = true;
+	}
+	return false;
+}
+
+void
+bg_conn_send_event(struct bg_conn *c, const char *event, json_t *data)
+{
+	json_t *o = json_pack("{s:s, s:O}", "event", event,
+			      "data", data ? data : json_null());
+	char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+
+	json_decref(o);
+	bg_conn_send_json(c, s, s ? strlen(s) : 0);
+}
+
+int
+bg_conn_broadcast(struct bg_conn *c, struct bg_msg *m)
+{
+	return bg_bus_publish(c->w->srv->bus, m) == BG_OK ? BG_OK : BG_AGAIN;
+}
+
+void
+bg_conn_authenticated(struct bg_conn *c, struct bg_identity *id,
+		      const struct bg_request *req)
+{
+	struct bg_hook_args a = { .c = c, .req = req };
+	json_t *user, *extra;
+
+	bg_identity_move(&c->ident, id);
+	if (c->ident.exp > 0) {
+		int64_t left = c->ident.exp - (int64_t)time(NULL);
+		lws_set_timer_usecs(c->wsi, (lws_usec_t)(left > 0 ? left : 0) *
+				    LWS_US_PER_SEC);
+	} else {
+		lws_set_timer_usecs(c->wsi, LWS_SET_TIMER_USEC_CANCEL);
+	}
+	if (req != NULL) {
+		user = json_pack("{s:s}", "id", c->ident.user);
+		if (user != NULL && c->ident.info != NULL)
+			json_object_set_new(user, "info",
+					    json_loads(c->ident.info, 0, NULL));
+		extra = json_pack("{s:o}", "user", user ? user : json_null());
+		bg_conn_reply_ok(c, req, extra);
+		json_decref(extra);
+	}
+	bg_handlers_run(BG_ON_AUTHENTICATE, &a);
+}
+
+void
+bg_conn_apply_auth(struct bg_conn *c, const char *auth_json)
+{
+	json_t *auth = json_loads(auth_json, 0, NULL);
+	struct bg_identity id = { 0 };
+	char err[160];
+
+	if (bg_auth_from_json(auth, &id, err, sizeof(err)) == BG_OK)
+		bg_conn_authenticated(c, &id, NULL);
+	else
+		bg_log_warn("client %s: ignoring the application's auth "
+			    "reply: %s", c->id, err);
+	json_decref(auth);
+}
+
+void
+bg_conn_token_at_connect(struct bg_conn *c, const char *token)
+{
+	const char *secret = c->w->srv->cfg->auth_secret;
+	struct bg_identity id = { 0 };
+	char err[160];
+	size_t len = 0;
+	char *s;
+
+	if (bg_auth_verify_jwt(secret, token, (int64_t)time(NULL), &id, err,
+			       sizeof(err)) == BG_OK) {
+		bg_conn_authenticated(c, &id, NULL);
+		return;
+	}
+	bg_stat_add(&c->w->stats.client_errors[BG_CODE_AUTH_FAILED], 1);
+	s = bg_proto_failure(NULL, "connect", BG_CODE_AUTH_FAILED, err, &len);
+	bg_conn_send_json(c, s, len);
+}
+
+bool
+bg_conn_expired(struct bg_conn *c)
+{
+	return c->ident.exp > 0 && (int64_t)time(NULL) >= c->ident.exp;
 }

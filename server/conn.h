@@ -17,6 +17,7 @@
 #include "common/chan.h"
 #include "common/msg.h"
 #include "common/proto.h"
+#include "handlers/auth.h"
 
 struct lws;
 struct bg_worker;
@@ -51,6 +52,15 @@ struct bg_conn {
 	struct bg_chan_sub **subs;     /* this connection's subscriptions */
 	uint32_t n_subs, cap_subs;
 	json_t *store;                 /* object, or NULL while empty */
+	struct bg_identity ident;      /* who it is; user NULL = anonymous */
+	char *cookie;                  /* Cookie header, kept only for a
+	                                  forwarded authenticate */
+
+	/* Rate limit: a token bucket of [limits] rate/burst. */
+	double tokens;
+	uint64_t tokens_ms;            /* when tokens was last refilled */
+	uint64_t limited_since_ms;     /* first drop of the current streak */
+	uint64_t last_drop_ms;
 	uint64_t last_seq;             /* last broadcast delivered */
 
 	/* Incoming message being reassembled across fragments. */
@@ -107,6 +117,37 @@ void bg_conn_reply_ok(struct bg_conn *c, const struct bg_request *req,
 		      json_t *extra);
 void bg_conn_reply_error(struct bg_conn *c, const struct bg_request *req,
 			 enum bg_code code, const char *message);
+
+/* Sends {"event":event,"data":data} (data borrowed, may be NULL). */
+void bg_conn_send_event(struct bg_conn *c, const char *event, json_t *data);
+
+/* Any handler: publishes m (reference taken over) to every node's
+ * clients, like POST /broadcast. BG_OK or BG_AGAIN ("unavailable"). */
+int bg_conn_broadcast(struct bg_conn *c, struct bg_msg *m);
+
+/*
+ * The connection is now id (moved in): its expiry is watched (close 4002),
+ * the authenticate hooks run, and req (when not NULL) is answered with
+ * {"success":true,"user":{"id":..,"info":{..}}}.
+ */
+void bg_conn_authenticated(struct bg_conn *c, struct bg_identity *id,
+			   const struct bg_request *req);
+
+/* Applies the "auth" of a forwarded reply (JSON text). */
+void bg_conn_apply_auth(struct bg_conn *c, const char *auth_json);
+
+/* Authenticates from ?token= at connect; failures are sent as an error
+ * event (code auth_failed) and leave the connection anonymous. */
+void bg_conn_token_at_connect(struct bg_conn *c, const char *token);
+
+/* LWS_CALLBACK_TIMER: true when the identity expired and the connection
+ * must close with 4002. */
+bool bg_conn_expired(struct bg_conn *c);
+
+/* Rate limit for one incoming message: true to handle it. False: it was
+ * answered rate_limited; *close_now is set after 10 s of abuse. */
+bool bg_conn_rate_ok(struct bg_conn *c, const struct bg_request *req,
+		     bool *close_now);
 
 /* Subscription operations used by the handlers. */
 bool bg_conn_is_subscribed(const struct bg_conn *c, const char *channel,

@@ -75,24 +75,56 @@ respond_error(struct lws *wsi, unsigned int status, const char *code,
 	return rc;
 }
 
+/* Refuses an upgrade with a plain HTTP/1.1 status: lws_return_http_status
+ * would answer HTTP/1.0 here, which WebSocket clients reject. */
+static int
+refuse_upgrade(struct lws *wsi, const char *status)
+{
+	char resp[160];
+	uint8_t buf[LWS_PRE + sizeof(resp)];
+	int n;
+
+	n = snprintf(resp, sizeof(resp), "HTTP/1.1 %s\r\nContent-Length: 0"
+		     "\r\nConnection: close\r\n\r\n", status);
+	memcpy(buf + LWS_PRE, resp, (size_t)n);
+	lws_write(wsi, buf + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_HEADERS);
+	return -1;
+}
+
+/* True when origin is one of the comma-separated list (case-insensitive,
+ * whole entries). */
+static bool
+origin_listed(const char *list, const char *origin)
+{
+	size_t len = strlen(origin);
+	const char *p = list;
+
+	while (*p) {
+		size_t n;
+		while (*p == ',' || *p == ' ')
+			p++;
+		n = strcspn(p, ", ");
+		if (n == len && n > 0 && strncasecmp(p, origin, n) == 0)
+			return true;
+		p += n;
+	}
+	return false;
+}
+
 int
 bg_http_confirm_upgrade(struct bg_worker *w, struct lws *wsi)
 {
-	static const char resp[] = "HTTP/1.1 404 Not Found\r\n"
-				   "Content-Length: 0\r\n"
-				   "Connection: close\r\n\r\n";
-	uint8_t buf[LWS_PRE + sizeof(resp)];
-	char uri[256];
+	const struct bg_config *cfg = w->srv->cfg;
+	char uri[256], origin[512];
 
-	if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) > 0 &&
-	    strcmp(uri, w->srv->cfg->path) == 0)
-		return 0;
-	/* lws_return_http_status would answer HTTP/1.0 here, which
-	 * WebSocket clients reject; write the response ourselves. */
-	memcpy(buf + LWS_PRE, resp, sizeof(resp) - 1);
-	lws_write(wsi, buf + LWS_PRE, sizeof(resp) - 1,
-		  LWS_WRITE_HTTP_HEADERS);
-	return -1;
+	if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0 ||
+	    strcmp(uri, cfg->path) != 0)
+		return refuse_upgrade(wsi, "404 Not Found");
+	if (cfg->origins[0] != '\0' &&
+	    (lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN) <= 0
+	     || !origin_listed(cfg->origins, origin)))
+		return refuse_upgrade(wsi, "403 Forbidden");
+	return 0;
 }
 
 /* --------------------------------------------------------- /metrics */

@@ -20,6 +20,7 @@
 #include "common/bg.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "handlers/handlers.h"
 #include "server/acceptor.h"
 #include "server/server.h"
 #include "server/worker.h"
@@ -218,6 +219,10 @@ main(int argc, char **argv)
 	srv.n_workers = cfg.workers;
 	make_node_id(srv.node_id);
 	srv.workers = calloc((size_t)cfg.workers, sizeof(*srv.workers));
+	if (bg_handlers_init(err, sizeof(err)) != BG_OK) {
+		bg_log_error("handlers: %s", err);
+		return EXIT_FAILURE;
+	}
 	srv.acceptor = bg_acceptor_new(&srv, err, sizeof(err));
 	if (srv.acceptor == NULL) {
 		bg_log_error("%s", err);
@@ -266,6 +271,7 @@ main(int argc, char **argv)
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_free(srv.workers[i]);
 	bg_bus_free(srv.bus);
+	bg_handlers_free();
 	free(srv.workers);
 	bg_log_info("stopped");
 	return rc;

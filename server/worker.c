@@ -20,6 +20,8 @@
 
 #include "common/frame.h"
 #include "common/log.h"
+#include "handlers/forward.h"
+#include "handlers/handlers.h"
 #include "server/conn.h"
 #include "server/http.h"
 
@@ -103,6 +105,29 @@ on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 	return 0;
 }
 
+/* After the connect event: ?token=, the Cookie a forwarded authenticate
+ * needs, then the open hooks. */
+static void
+on_established(struct bg_conn *c, struct lws *wsi)
+{
+	const struct bg_config *cfg = c->w->srv->cfg;
+	struct bg_hook_args a = { .c = c };
+	char buf[4200];
+	const char *token;
+	int n;
+
+	token = lws_get_urlarg_by_name(wsi, "token=", buf, sizeof(buf));
+	if (token != NULL && token[0] != '\0')
+		bg_conn_token_at_connect(c, token);
+	if (cfg->auth_secret[0] == '\0' && cfg->forward_exchange[0] != '\0') {
+		n = lws_hdr_copy(wsi, buf, sizeof(buf), WSI_TOKEN_HTTP_COOKIE);
+		if (n > 0)
+			c->cookie = strndup(buf, (size_t)n);
+	}
+	bg_handlers_run(BG_ON_OPEN, &a);
+	bg_forward_lifecycle(c, BG_FORWARD_OPEN, "open", NULL);
+}
+
 static int
 callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 	 void *in, size_t len)
@@ -119,6 +144,11 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 			return close_with(wsi, 1001, "server shutting down");
 		if (bg_conn_open(c, w, wsi) != BG_OK)
 			return close_with(wsi, 1011, "out of memory");
+		on_established(c, wsi);
+		return 0;
+	case LWS_CALLBACK_TIMER:
+		if (c->established && bg_conn_expired(c))
+			return close_with(wsi, 4002, "token expired");
 		return 0;
 	case LWS_CALLBACK_RECEIVE:
 		return on_receive(c, wsi, in, len);
@@ -197,6 +227,10 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 			if (c == NULL || c == excl || c->last_seq == seq)
 				continue;
 			c->last_seq = seq;
+			/* The application's answer to a forwarded
+			 * authenticate: the connection is now that user. */
+			if (m->auth != NULL && !c->closing)
+				bg_conn_apply_auth(c, m->auth);
 			bg_conn_push(c, f, m->frames[0].data,
 				     m->frames[0].len, true);
 		}

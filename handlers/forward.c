@@ -1,0 +1,84 @@
+/*
+ * forward.c - builds forwarded events: the client's id, node, user,
+ * channels and store travel with each one, so the application can answer
+ * without asking back. Worker threads.
+ */
+#include "handlers/forward.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "amqp/bus.h"
+#include "common/log.h"
+#include "server/conn.h"
+#include "server/worker.h"
+
+static json_t *
+client_object(struct bg_conn *c)
+{
+	json_t *chans = json_array(), *o, *info = NULL;
+
+	for (uint32_t i = 0; chans != NULL && i < c->n_subs; i++)
+		json_array_append_new(chans,
+				      json_string(c->subs[i]->chan->name));
+	if (c->ident.info != NULL)
+		info = json_loads(c->ident.info, 0, NULL);
+	o = json_pack("{s:s, s:s, s:o, s:o?, s:o, s:o}", "id", c->id,
+		      "node", c->w->srv->node_id, "user",
+		      c->ident.user ? json_string(c->ident.user) : json_null(),
+		      "info", info, "channels", chans ? chans : json_array(),
+		      "store", c->store ? json_incref(c->store) :
+		      json_object());
+	return o;
+}
+
+int
+bg_forward_event(struct bg_conn *c, const char *event, json_t *data,
+		 const char *callback_id, bool with_cookie)
+{
+	struct bg_msg *m;
+	json_t *body;
+	char *text;
+
+	body = json_pack("{s:s, s:O, s:o}", "event", event,
+			 "data", data ? data : json_null(),
+			 "client", client_object(c));
+	if (body == NULL)
+		return BG_AGAIN;
+	if (callback_id != NULL)
+		json_object_set_new(body, "callbackId",
+				    json_string(callback_id));
+	if (with_cookie && c->cookie != NULL)
+		json_object_set_new(body, "cookie", json_string(c->cookie));
+	text = json_dumps(body, JSON_COMPACT);
+	json_decref(body);
+	m = text ? bg_msg_new(BG_MSG_ALL, 0) : NULL;
+	if (m == NULL || (m->forward_key = strdup(event)) == NULL) {
+		free(text);
+		bg_msg_unref(m);
+		return BG_AGAIN;
+	}
+	m->body = text;
+	m->body_len = strlen(text);
+	if (bg_bus_publish(c->w->srv->bus, m) != BG_OK) {
+		bg_msg_unref(m);
+		return BG_AGAIN;
+	}
+	return BG_OK;
+}
+
+void
+bg_forward_lifecycle(struct bg_conn *c, unsigned int bit, const char *event,
+		     const char *channel)
+{
+	json_t *data;
+
+	if (!(c->w->srv->cfg->forward_lifecycle & bit))
+		return;
+	data = channel ? json_pack("{s:s}", "channel", channel) :
+			 json_object();
+	if (bg_forward_event(c, event, data, NULL, false) != BG_OK)
+		bg_log_warn("client %s: '%s' not forwarded: RabbitMQ is "
+			    "unreachable", c->id, event);
+	json_decref(data);
+}
