@@ -7,6 +7,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "amqp/bus.h"
 #include "common/log.h"
@@ -77,8 +78,20 @@ bg_forward_lifecycle(struct bg_conn *c, unsigned int bit, const char *event,
 		return;
 	data = channel ? json_pack("{s:s}", "channel", channel) :
 			 json_object();
-	if (bg_forward_event(c, event, data, NULL, false) != BG_OK)
-		bg_log_warn("client %s: '%s' not forwarded: RabbitMQ is "
-			    "unreachable", c->id, event);
+	if (bg_forward_event(c, event, data, NULL, false) != BG_OK) {
+		/* Per thread, at most once a second: a node stopping with
+		 * many clients would otherwise log one line each. */
+		static __thread time_t last;
+		static __thread unsigned long missed;
+		time_t now = time(NULL);
+
+		missed++;
+		if (now != last) {
+			bg_log_warn("'%s' of client %s not forwarded: "
+				    "RabbitMQ is unreachable (%lu such events "
+				    "on this worker)", event, c->id, missed);
+			last = now;
+		}
+	}
 	json_decref(data);
 }
