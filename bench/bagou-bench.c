@@ -4,6 +4,8 @@
  *
  *   bagou-bench fanout --url ws://127.0.0.1:9000/websocket --clients N
  *                      [--rate R] [--duration S] [--size BYTES] ...
+ *   bagou-bench fanout --url ... --clients N --publish external
+ *                      --ready-file PATH --done-file PATH [--duration S]
  *   bagou-bench idle   --url ws://127.0.0.1:9000/websocket --clients N
  *                      [--hold S] ...
  *
@@ -13,8 +15,13 @@
  * or --conn-timeout), then starts the publisher slots (--publish ws: waits
  * until their WebSocket connections got their connect events); fanout
  * then RUNs the publishers for --duration and DRAINs for at most --drain
- * seconds; idle HOLDs the connections for --hold seconds.  Every phase is
- * bounded in time.  Only loopback addresses are accepted as targets.
+ * seconds; idle HOLDs the connections for --hold seconds.  With --publish
+ * external the bench starts no publisher: another process publishes (for
+ * example bench/amqp_pub.py, through RabbitMQ) once --ready-file exists,
+ * and writes --done-file ("COUNT [START_NS END_NS]") when it is done; the
+ * bench RUNs until that file appears (at most --duration seconds), then
+ * DRAINs as usual.  Every phase is bounded in time.  Only loopback
+ * addresses are accepted as targets.
  *
  * Output: progress and warnings on stderr; one summary line and one JSON
  * line on stdout.  Exit status: 0 ok, 1 usage or setup error, 2 more
@@ -55,8 +62,10 @@ static const char usage_text[] =
 "  --rate R             broadcasts/s; 0 = as fast as delivered (0)\n"
 "  --duration S         publishing time (10)\n"
 "  --size BYTES         approximate broadcast body size (100)\n"
-"  --publish http|ws    POST /broadcast, one connection per POST, or\n"
-"                       client publishes on WebSocket connections (http)\n"
+"  --publish MODE       http: POST /broadcast, one connection per POST;\n"
+"                       ws: client publishes on WebSocket connections;\n"
+"                       external: no publishers, another process\n"
+"                       publishes (needs --done-file) (http)\n"
 "  --http HOST:PORT     where to POST /broadcast (the URL's host:port)\n"
 "  --publishers N       publisher slots, 1..16 (4); alias --http-conns\n"
 "  --depth D            ws: publishes in flight per slot, 1..64 (1);\n"
@@ -65,6 +74,10 @@ static const char usage_text[] =
 "                       subscriber; 0 = unbounded (64 at rate 0, else 0)\n"
 "  --drain S            wait for late deliveries at most (5)\n"
 "  --event NAME         event name of the broadcasts (tick)\n"
+"  --ready-file PATH    written once every subscriber is subscribed\n"
+"  --done-file PATH     external: the publisher writes \"COUNT [START_NS\n"
+"                       END_NS]\" here when done (CLOCK_MONOTONIC ns);\n"
+"                       --duration bounds the wait for it\n"
 "idle:\n"
 "  --hold S             hold the connections this long (10)\n"
 "  --ready-file PATH    written once every connection is subscribed\n";
@@ -74,7 +87,8 @@ enum {
 	OPT_SIZE, OPT_HTTP, OPT_CONNECT_RATE, OPT_MAX_PENDING,
 	OPT_CONN_TIMEOUT, OPT_PUBLISHERS, OPT_PIPELINE, OPT_WINDOW, OPT_DRAIN,
 	OPT_PUBLISH, OPT_DEPTH,
-	OPT_HOLD, OPT_READY_FILE, OPT_MAX_FAIL, OPT_EVENT, OPT_QUIET,
+	OPT_HOLD, OPT_READY_FILE, OPT_DONE_FILE, OPT_MAX_FAIL, OPT_EVENT,
+	OPT_QUIET,
 	OPT_HELP,
 };
 
@@ -98,6 +112,7 @@ static const struct option long_opts[] = {
 	{ "drain", required_argument, NULL, OPT_DRAIN },
 	{ "hold", required_argument, NULL, OPT_HOLD },
 	{ "ready-file", required_argument, NULL, OPT_READY_FILE },
+	{ "done-file", required_argument, NULL, OPT_DONE_FILE },
 	{ "max-fail-pct", required_argument, NULL, OPT_MAX_FAIL },
 	{ "event", required_argument, NULL, OPT_EVENT },
 	{ "quiet", no_argument, NULL, OPT_QUIET },
@@ -109,6 +124,8 @@ static struct bg_bench bench;
 static struct event *pace_ev;
 static int64_t next_progress, drain_end, hold_end, last_expire;
 static unsigned pub_warned;
+
+static void external_tick(struct bg_bench *b, int64_t now);
 
 static double secs(int64_t ns)
 {
@@ -187,6 +204,8 @@ void bg_bench_on_tick(struct bg_ws *c, const char *p, size_t len,
 		}
 	}
 	b->deliveries++;
+	if (!b->t_first_delivery)
+		b->t_first_delivery = now;
 	b->t_last_delivery = now;
 	bg_hist_add(&b->lat, now > t ? (uint64_t)(now - t) : 0);
 	last = &c->last_ps[pub];
@@ -259,6 +278,17 @@ static void print_close_codes(const struct bg_bench *b)
 			"with code %u\n", b->close_count[i], b->close_code[i]);
 }
 
+static const char *publish_name(const struct bg_bench *b)
+{
+	switch (b->publish) {
+	case BG_PUB_WS:
+		return "ws";
+	case BG_PUB_EXTERNAL:
+		return "external";
+	}
+	return "http";
+}
+
 static void report_fanout(struct bg_bench *b)
 {
 	double run_s = secs(b->t_run_end - b->t_run);
@@ -298,8 +328,7 @@ static void report_fanout(struct bg_bench *b)
 	       "%llu deliveries (%.0f msgs/s) "
 	       "of %llu expected, %llu lost, %llu out of order; latency ms "
 	       "p50 %.3f p99 %.3f max %.3f\n",
-	       b->subscribed, b->clients,
-	       b->publish == BG_PUB_WS ? "ws" : "http",
+	       b->subscribed, b->clients, publish_name(b),
 	       (unsigned long long)b->next_seq,
 	       run_s, (unsigned long long)b->accepted, bps,
 	       (unsigned long long)b->reconnects,
@@ -324,7 +353,8 @@ static void report_fanout(struct bg_bench *b)
 	       "\"connect_failures\":%llu,"
 	       "\"disconnects\":%llu,\"window_timeouts\":%llu,"
 	       "\"server_errors\":%llu,\"exit\":%d}\n",
-	       b->publish == BG_PUB_WS ? "ws" : "http", b->publishers,
+	       publish_name(b),
+	       b->publish == BG_PUB_EXTERNAL ? 1 : b->publishers,
 	       b->publish == BG_PUB_WS ? b->depth : 1,
 	       b->clients, b->subscribed, run_s, b->size, b->rate,
 	       (unsigned long long)b->next_seq,
@@ -386,6 +416,11 @@ static void finish(struct bg_bench *b)
 		b->t_run_end = b->t_end;
 	if (b->interrupted)
 		b->exit_code = 130;
+	if (b->span_deliveries && b->t_last_delivery > b->t_first_delivery) {
+		/* External publisher without times: the deliveries' span. */
+		b->t_run = b->t_first_delivery;
+		b->t_run_end = b->t_last_delivery;
+	}
 	if (b->mode == BG_BENCH_FANOUT)
 		report_fanout(b);
 	else
@@ -441,6 +476,11 @@ static void setup_done(struct bg_bench *b, int64_t now)
 	}
 	b->phase = BG_BENCH_RUN;
 	b->t_run = now;
+	if (b->publish == BG_PUB_EXTERNAL) {
+		/* The publisher starts when it sees this file. */
+		write_ready_file(b);
+		return;
+	}
 	bg_pub_pump(b);
 	if (b->rate > 0) {
 		pace_ev = event_new(b->base, -1, EV_PERSIST, pace_cb, b);
@@ -466,7 +506,8 @@ static void setup_tick(struct bg_bench *b, int64_t now)
 	}
 	if (b->started < b->clients || b->pending)
 		return;
-	if (b->mode == BG_BENCH_IDLE || too_many_failures(b)) {
+	if (b->mode == BG_BENCH_IDLE || b->publish == BG_PUB_EXTERNAL ||
+	    too_many_failures(b)) {
 		setup_done(b, now);
 		return;
 	}
@@ -552,6 +593,10 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 		setup_tick(b, now);
 		break;
 	case BG_BENCH_RUN:
+		if (b->publish == BG_PUB_EXTERNAL) {
+			external_tick(b, now);
+			break;
+		}
 		bg_pub_check(b, now);
 		if (now - b->t_run >= (int64_t)(b->duration * BG_BENCH_NS)) {
 			b->phase = BG_BENCH_DRAIN;
@@ -574,6 +619,67 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
 	if (b->phase != BG_BENCH_DONE && now >= next_progress) {
 		progress(b, now);
 		next_progress = now + BG_BENCH_NS;
+	}
+}
+
+/*
+ * --publish external, RUN: has the publisher written --done-file?  It
+ * holds "COUNT [START_NS END_NS]": the broadcasts published, and when
+ * publishing started and ended (CLOCK_MONOTONIC, as "t"; 0 or absent:
+ * unknown, then the rates are over the first to the last delivery, as
+ * for a backlog that was queued before the subscribers came).  The publisher
+ * writes it atomically (rename), so a file that exists is complete.
+ */
+static bool read_done_file(struct bg_bench *b, int64_t now)
+{
+	unsigned long long count;
+	long long t0 = 0, t1 = 0;
+	FILE *f = fopen(b->done_file, "r");
+	int n;
+
+	if (!f)
+		return false;
+	n = fscanf(f, "%llu %lld %lld", &count, &t0, &t1);
+	fclose(f);
+	if (n < 1) {
+		bg_bench_warn(b, "%s: no count in it", b->done_file);
+		b->exit_code = 1;
+		return true;
+	}
+	b->accepted = b->next_seq = count;
+	if (n == 3 && t0 > 0 && t1 >= t0) {
+		b->t_run = t0;
+		b->t_run_end = t1;
+	} else {
+		/* Set again from the deliveries in report_fanout(). */
+		b->span_deliveries = true;
+		b->t_run = b->t_first_delivery ? b->t_first_delivery :
+			   b->t_ready;
+		b->t_run_end = now;
+	}
+	return true;
+}
+
+static void external_tick(struct bg_bench *b, int64_t now)
+{
+	if (read_done_file(b, now)) {
+		if (b->exit_code) {
+			finish(b);
+			return;
+		}
+		fprintf(stderr, "bagou-bench: the publisher published %llu "
+			"broadcasts; draining\n",
+			(unsigned long long)b->accepted);
+		b->phase = BG_BENCH_DRAIN;
+		drain_end = now + (int64_t)(b->drain * BG_BENCH_NS);
+		return;
+	}
+	if (now - b->t_ready >= (int64_t)(b->duration * BG_BENCH_NS)) {
+		bg_bench_warn(b, "no %s within %g s (--duration): the "
+			      "publisher did not finish", b->done_file,
+			      b->duration);
+		b->t_run_end = now;
+		finish(b);
 	}
 }
 
@@ -711,6 +817,9 @@ static const char *set_opt(struct bg_bench *b, int opt, const char *arg,
 	case OPT_READY_FILE:
 		b->ready_file = arg;
 		return NULL;
+	case OPT_DONE_FILE:
+		b->done_file = arg;
+		return NULL;
 	case OPT_QUIET:
 		b->quiet = true;
 		return NULL;
@@ -719,8 +828,10 @@ static const char *set_opt(struct bg_bench *b, int opt, const char *arg,
 			b->publish = BG_PUB_HTTP;
 		else if (!strcmp(arg, "ws"))
 			b->publish = BG_PUB_WS;
+		else if (!strcmp(arg, "external"))
+			b->publish = BG_PUB_EXTERNAL;
 		else
-			return "--publish is http or ws";
+			return "--publish is http, ws or external";
 		return NULL;
 	case OPT_PIPELINE:
 		/* Every POST /broadcast answer closes its connection. */
@@ -836,6 +947,12 @@ static int parse_args(struct bg_bench *b, int argc, char **argv)
 		       sizeof(b->http_hostport));
 	}
 	b->window = window >= 0 ? (unsigned)window : b->rate > 0 ? 0 : 64;
+	if (b->mode == BG_BENCH_FANOUT && b->publish == BG_PUB_EXTERNAL) {
+		if (!b->done_file)
+			return usage("--publish external needs --done-file");
+		b->window = 0;	/* nothing to pace: not ours */
+		b->rate = 0;
+	}
 	/* Never load anything but this machine. */
 	if (!loopback(&b->ws_addr.sin_addr) ||
 	    !loopback(&b->http_addr.sin_addr))

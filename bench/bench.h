@@ -52,6 +52,9 @@ enum bg_bench_mode {
 enum bg_pub_kind {
 	BG_PUB_HTTP,		/* POST /broadcast, one connection per POST */
 	BG_PUB_WS,		/* "publish" events on WebSocket connections */
+	BG_PUB_EXTERNAL,	/* another process publishes (e.g. over AMQP,
+				 * bench/amqp_pub.py); the bench only
+				 * subscribes and measures */
 };
 
 enum bg_bench_phase {
@@ -180,6 +183,9 @@ struct bg_bench {
 	double hold;
 	double max_fail_pct;
 	const char *ready_file;
+	const char *done_file;		/* --publish external: the count */
+	bool span_deliveries;		/* external without times: rates over
+					 * first to last delivery */
 	bool quiet;
 
 	int phase;			/* enum bg_bench_phase */
@@ -198,7 +204,7 @@ struct bg_bench {
 
 	/* deliveries */
 	uint64_t deliveries, unique, out_of_order, gaps;
-	int64_t t_last_delivery;
+	int64_t t_first_delivery, t_last_delivery;
 	struct bg_hist lat;			/* nanoseconds */
 
 	/* publishers */
