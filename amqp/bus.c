@@ -274,8 +274,12 @@ amqp_loop(struct bg_bus *b)
 			bg_log_errno("bus: poll()");
 			continue;
 		}
-		if (fds[0].revents)
+		if (fds[0].revents) {
+			/* The workers are joined: publish what they left. */
+			if (bg_link_up(b->link))
+				drain_outbox(b);
 			break;
+		}
 		if (!bg_link_up(b->link))
 			continue;
 		if (bg_link_service(b->link, on_delivery, b) != BG_OK) {

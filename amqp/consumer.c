@@ -184,6 +184,16 @@ declare(struct bg_link *l)
 			      amqp_empty_table);
 	if (!rpc_ok(l, "exchange.declare"))
 		return BG_ERR;
+	if (cfg->forward_exchange[0] != '\0') {
+		/* Publishing to a missing exchange would close the channel
+		 * (and with it the node's consumer): declare it first. */
+		amqp_exchange_declare(l->conn, CHANNEL,
+				      amqp_cstring_bytes(cfg->forward_exchange),
+				      amqp_cstring_bytes("topic"), 0, 1, 0, 0,
+				      amqp_empty_table);
+		if (!rpc_ok(l, "exchange.declare ([forward] exchange)"))
+			return BG_ERR;
+	}
 	q = amqp_queue_declare(l->conn, CHANNEL, amqp_empty_bytes, 0, 0, 1,
 			       1, amqp_empty_table);
 	if (!rpc_ok(l, "queue.declare") || q == NULL)

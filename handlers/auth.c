@@ -220,25 +220,30 @@ bg_auth_verify_jwt(const char *secret, const char *token, int64_t now,
 	}
 	exp = json_object_get(claims, "exp");
 	nbf = json_object_get(claims, "nbf");
-	if (exp != NULL && !json_is_integer(exp)) {
+	/* NumericDate (RFC 7519): seconds, possibly fractional (PyJWT
+	 * writes time.time() + N as is). */
+	if (exp != NULL && !json_is_number(exp)) {
 		set_err(err, errlen, "'exp' must be a number of seconds");
 		goto out;
 	}
-	if (nbf != NULL && !json_is_integer(nbf)) {
+	if (nbf != NULL && !json_is_number(nbf)) {
 		set_err(err, errlen, "'nbf' must be a number of seconds");
 		goto out;
 	}
-	if (exp != NULL && json_integer_value(exp) <= now) {
+	if (exp != NULL && json_number_value(exp) <= (double)now) {
 		set_err(err, errlen, "token expired");
 		goto out;
 	}
-	if (nbf != NULL && json_integer_value(nbf) > now) {
+	if (nbf != NULL && json_number_value(nbf) > (double)now) {
 		set_err(err, errlen, "token not yet valid");
 		goto out;
 	}
 	if (read_claims(claims, "sub", id, err, errlen) != BG_OK)
 		goto out;
-	id->exp = exp ? json_integer_value(exp) : 0;
+	/* Rounded up: the connection never outlives its token. */
+	id->exp = exp ? (int64_t)json_number_value(exp) +
+			(json_number_value(exp) >
+			 (double)(int64_t)json_number_value(exp)) : 0;
 	rc = BG_OK;
 out:
 	json_decref(claims);

@@ -122,6 +122,15 @@ bg_handlers_dispatch(struct bg_conn *c, const struct bg_request *req)
 		}
 	}
 	if (c->w->srv->cfg->forward_exchange[0] != '\0') {
+		/* Lifecycle names are the server's to send: a client must
+		 * not fake its own open or close to the application. */
+		if (strcmp(req->event, "open") == 0 ||
+		    strcmp(req->event, "close") == 0) {
+			bg_conn_reply_error(c, req, BG_CODE_UNKNOWN_EVENT,
+					    "'open' and 'close' are reserved "
+					    "for the server");
+			return;
+		}
 		/* The application owes the callback now. */
 		if (bg_forward_event(c, req->event, req->data,
 				     req->callback_id, false) != BG_OK)

@@ -522,6 +522,22 @@ bg_conn_broadcast(struct bg_conn *c, struct bg_msg *m)
 	return bg_bus_publish(c->w->srv->bus, m) == BG_OK ? BG_OK : BG_AGAIN;
 }
 
+static void
+drop_forbidden_private(struct bg_conn *c)
+{
+	const char *prefix = c->w->srv->cfg->private_prefix;
+	size_t plen = strlen(prefix);
+
+	if (plen == 0)
+		return;
+	for (uint32_t i = c->n_subs; i-- > 0;) {
+		const char *name = c->subs[i]->chan->name;
+		if (strncmp(name, prefix, plen) == 0 &&
+		    !bg_auth_channel_allowed(&c->ident, name))
+			drop_sub(c, &c->subs[i]);
+	}
+}
+
 void
 bg_conn_authenticated(struct bg_conn *c, struct bg_identity *id,
 		      const struct bg_request *req)
@@ -530,6 +546,8 @@ bg_conn_authenticated(struct bg_conn *c, struct bg_identity *id,
 	json_t *user, *extra;
 
 	bg_identity_move(&c->ident, id);
+	/* Another identity: private channels it may not read are left. */
+	drop_forbidden_private(c);
 	if (c->ident.exp > 0) {
 		int64_t left = c->ident.exp - (int64_t)time(NULL);
 		lws_set_timer_usecs(c->wsi, (lws_usec_t)(left > 0 ? left : 0) *

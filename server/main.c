@@ -252,9 +252,10 @@ main(int argc, char **argv)
 	bg_log_info("%s: closing connections and stopping",
 		    sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	/* Stop every thread first, free afterwards: a worker may read the
-	 * bus's and the other workers' counters until it is joined. */
+	 * bus's and the other workers' counters until it is joined. The bus
+	 * stops last, so what closing clients send on their way out (their
+	 * forwarded 'close') still reaches RabbitMQ. */
 	bg_acceptor_stop_free(srv.acceptor);
-	bg_bus_stop(srv.bus);
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_stop(srv.workers[i]);
 	/* SIGTERM must end the process within 5 s even if a worker were
@@ -268,6 +269,7 @@ main(int argc, char **argv)
 			_exit(EXIT_FAILURE);
 		}
 	}
+	bg_bus_stop(srv.bus);
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_free(srv.workers[i]);
 	bg_bus_free(srv.bus);

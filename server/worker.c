@@ -20,6 +20,7 @@
 
 #include "common/frame.h"
 #include "common/log.h"
+#include "handlers/auth.h"
 #include "handlers/forward.h"
 #include "handlers/handlers.h"
 #include "server/conn.h"
@@ -112,17 +113,25 @@ on_established(struct bg_conn *c, struct lws *wsi)
 {
 	const struct bg_config *cfg = c->w->srv->cfg;
 	struct bg_hook_args a = { .c = c };
-	char buf[4200];
+	/* As large as lws's header space: a token too long for us is then
+	 * refused as too long, not silently ignored. */
+	size_t size = BG_AUTH_TOKEN_MAX + 4096 + 64;
+	char *buf = malloc(size);
 	const char *token;
 	int n;
 
-	token = lws_get_urlarg_by_name(wsi, "token=", buf, sizeof(buf));
-	if (token != NULL && token[0] != '\0')
-		bg_conn_token_at_connect(c, token);
-	if (cfg->auth_secret[0] == '\0' && cfg->forward_exchange[0] != '\0') {
-		n = lws_hdr_copy(wsi, buf, sizeof(buf), WSI_TOKEN_HTTP_COOKIE);
-		if (n > 0)
-			c->cookie = strndup(buf, (size_t)n);
+	if (buf != NULL) {
+		token = lws_get_urlarg_by_name(wsi, "token=", buf, (int)size);
+		if (token != NULL && token[0] != '\0')
+			bg_conn_token_at_connect(c, token);
+		if (cfg->auth_secret[0] == '\0' &&
+		    cfg->forward_exchange[0] != '\0') {
+			n = lws_hdr_copy(wsi, buf, (int)size,
+					 WSI_TOKEN_HTTP_COOKIE);
+			if (n > 0)
+				c->cookie = strndup(buf, (size_t)n);
+		}
+		free(buf);
 	}
 	bg_handlers_run(BG_ON_OPEN, &a);
 	bg_forward_lifecycle(c, BG_FORWARD_OPEN, "open", NULL);
@@ -376,7 +385,9 @@ setup(struct bg_worker *w)
 	info.protocols = protocols;
 	info.vhost_name = "bagou";
 	info.timeout_secs = 10;
-	info.max_http_header_data = 4096;
+	/* Room for an 8 KiB ?token= plus the usual headers; the header
+	 * buffer is lent only while a request is parsed. */
+	info.max_http_header_data = BG_AUTH_TOKEN_MAX + 4096;
 	if (cfg->ping_interval > 0) {
 		policy = calloc(1, sizeof(*policy));
 		if (policy == NULL)
