@@ -61,7 +61,8 @@ FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(OUT)/tests/%)
 
 .PHONY: all deps packages test-packages run test test-unit test-fuzz \
-        test-integration test-sanitizers fuzz bench clean
+        test-integration test-js js-packages test-sanitizers fuzz bench \
+        clean
 
 BROADCAST_BIN := $(if $(wildcard amqp/bagou_broadcast.c),$(OUT)/bagou-broadcast)
 
@@ -158,7 +159,7 @@ run: deps all
 
 # ---------------------------------------------------------------- tests
 test: test-packages deps all test-unit test-fuzz test-integration \
-      test-sanitizers
+      test-js test-sanitizers
 	@echo "make test: all suites passed"
 
 test-unit: $(UNIT_BIN)
@@ -173,6 +174,19 @@ test-integration: $(OUT)/bagou-server $(BROADCAST_BIN)
 	$(Q)TSAN_OPTIONS="halt_on_error=1 suppressions=$(abspath tests/tsan.supp)" \
 	  BAGOU_BIN=$(abspath $(OUT)/bagou-server) \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+
+# The browser client: node's test runner against the real server. npm ci
+# installs the pinned dev dependencies (ws, typescript) once.
+test-js: $(OUT)/bagou-server
+	$(Q)command -v node >/dev/null && command -v npm >/dev/null || \
+	  $(MAKE) --no-print-directory js-packages
+	$(Q)cd js && { [ -d node_modules ] && \
+	  [ node_modules/.package-lock.json -nt package-lock.json ] || \
+	  npm ci --no-audit --no-fund --loglevel=error; }
+	$(Q)cd js && BAGOU_BIN=$(abspath $(OUT)/bagou-server) npm test --silent
+
+js-packages:
+	$(call apt_install,nodejs npm)
 
 # The unit tests again under AddressSanitizer (all) and ThreadSanitizer
 # (the modules whose objects cross threads).

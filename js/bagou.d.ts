@@ -1,0 +1,241 @@
+// Type definitions for bagou.js, the Bagou client (protocol 1).
+// Reference: docs/client.md.
+
+declare namespace BagouWebSocket {
+  /** Connection states; `ws.state`. */
+  type State = "connecting" | "open" | "reconnecting" | "closed";
+
+  /** Error codes: the client's own, then the server's (PROTOCOL.md §3). */
+  type ErrorCode =
+    | "timeout" | "queue_full" | "disconnected" | "closed"
+    | "connect_failed"
+    | "invalid_channel" | "forbidden" | "channel_full"
+    | "too_many_subscriptions" | "not_allowed" | "unavailable"
+    | "auth_failed" | "bad_message" | "rate_limited" | "unknown_event"
+    | (string & {});
+
+  interface ErrorInfo {
+    code: ErrorCode;
+    message: string;
+    /** The event that failed, when known. */
+    event?: string;
+    /** The channel, for a re-subscription that failed. */
+    channel?: string;
+  }
+
+  /** What a callback receives: the data of the server's callback event,
+   *  or a local failure in the same shape. */
+  interface Answer {
+    success: boolean;
+    error?: ErrorInfo;
+    [key: string]: any;
+  }
+
+  /** The Error a Promise rejects with. */
+  interface BagouError extends Error {
+    code: ErrorCode;
+    /** The event of the failed call ("subscribe", "chat", ...). */
+    event: string;
+    channel?: string;
+    /** The whole answer: {success: false, error: {code, message}}. */
+    data: Answer;
+  }
+
+  /** A message from the server, e.g. a broadcast. */
+  interface Message<D = any> {
+    event: string;
+    channel?: string;
+    data?: D;
+    /** The sender's client id, for client publishes. */
+    from?: string;
+    callbackId?: string;
+  }
+
+  type Callback = (this: BagouWebSocket, answer: Answer) => void;
+  type Handler<D = any> =
+    (this: BagouWebSocket, data: D, msg: Message<D>) => void;
+
+  interface CloseInfo {
+    code: number;
+    reason: string;
+    wasClean: boolean;
+  }
+
+  interface ConnectData {
+    id: string;
+    protocol: number;
+  }
+
+  /** The part of the WebSocket API the client uses. */
+  interface WebSocketLike {
+    readonly readyState: number;
+    onopen: ((ev: any) => void) | null;
+    onclose: ((ev: any) => void) | null;
+    onmessage: ((ev: {data: any}) => void) | null;
+    onerror: ((ev: any) => void) | null;
+    send(data: string): void;
+    close(code?: number, reason?: string): void;
+    terminate?(): void;
+  }
+
+  type WebSocketConstructor =
+    new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+  interface Options {
+    /** The original callbacks. */
+    open?: (this: BagouWebSocket, ev: any) => void;
+    close?: (this: BagouWebSocket, ev: CloseInfo) => void;
+    /** Every message from the server except answered callbacks. */
+    message?: (this: BagouWebSocket, msg: Message) => void;
+    /** Handlers by event name, as with on(); also the state events. */
+    events?: {[event: string]: (this: BagouWebSocket, ...args: any[]) => void};
+    /** WebSocket implementation (node: require("ws")). */
+    WebSocket?: WebSocketConstructor | (new (...args: any[]) => any);
+    /** ms before a callback/Promise fails with "timeout"; 0 = never.
+     *  Default 10000. */
+    timeout?: number;
+    /** Reconnect after a lost connection. Default true. */
+    reconnect?: boolean;
+    /** Base of the backoff, ms. Default 500. */
+    reconnectDelay?: number;
+    /** Cap of the backoff, ms. Default 10000. */
+    reconnectDelayMax?: number;
+    /** Failed attempts in a row before giving up. Default Infinity. */
+    reconnectAttempts?: number;
+    /** Messages kept while disconnected. Default 100. */
+    queueSize?: number;
+    /** ms between application pings; 0 = off. Default 25000. */
+    heartbeat?: number;
+    /** ms to wait for a ping's answer before reconnecting. Default 10000. */
+    heartbeatTimeout?: number;
+    /** ms for one connection attempt; 0 = no limit. Default 10000. */
+    connectTimeout?: number;
+    /** JWT to authenticate with on every connection, or a function
+     *  called before each connection attempt. */
+    token?: string | ((this: BagouWebSocket) => string | Promise<string>);
+  }
+
+  interface SubscribeOptions {
+    /** Channel handler, removed by unsubscribe() or a failed subscribe. */
+    onMessage?: Handler;
+    callback?: Callback;
+  }
+
+  interface ConnectingInfo { attempt: number; }
+  interface ReconnectingInfo { attempt: number; delay: number; }
+}
+
+declare class BagouWebSocket {
+  constructor(url: string, options?: BagouWebSocket.Options,
+              protocols?: string | string[]);
+
+  /** The same class, for `const {BagouWebSocket} = require("bagou")`. */
+  static BagouWebSocket: typeof BagouWebSocket;
+  static readonly DEFAULTS: Readonly<Required<Omit<BagouWebSocket.Options,
+    "open" | "close" | "message" | "events" | "WebSocket" | "token">> & {
+      token: null;
+    }>;
+
+  readonly url: string;
+  readonly protocols: string | string[] | undefined;
+  readonly options: BagouWebSocket.Options;
+  /** Client id from the server's connect event (null before the first). */
+  readonly id: string | null;
+  readonly state: BagouWebSocket.State;
+  /** The current WebSocket, or null between connections. */
+  readonly socket: BagouWebSocket.WebSocketLike | null;
+  /** Channels the server confirmed, re-subscribed after a reconnect. */
+  readonly channels: string[];
+  /** The store the server confirmed, re-sent after a reconnect. */
+  readonly storeData: {[key: string]: any};
+
+  on(event: "connecting",
+     fn: (this: BagouWebSocket, info: BagouWebSocket.ConnectingInfo) => void):
+    this;
+  on(event: "reconnecting",
+     fn: (this: BagouWebSocket, info: BagouWebSocket.ReconnectingInfo) =>
+       void): this;
+  on(event: "open", fn: (this: BagouWebSocket, ev: any) => void): this;
+  on(event: "close",
+     fn: (this: BagouWebSocket, ev: BagouWebSocket.CloseInfo) => void): this;
+  on(event: "error", fn: BagouWebSocket.Handler<BagouWebSocket.ErrorInfo>):
+    this;
+  on(event: "connect",
+     fn: BagouWebSocket.Handler<BagouWebSocket.ConnectData>): this;
+  on<D = any>(event: string, fn: BagouWebSocket.Handler<D>): this;
+
+  once(event: "connecting",
+       fn: (this: BagouWebSocket, info: BagouWebSocket.ConnectingInfo) =>
+         void): this;
+  once(event: "reconnecting",
+       fn: (this: BagouWebSocket, info: BagouWebSocket.ReconnectingInfo) =>
+         void): this;
+  once(event: "open", fn: (this: BagouWebSocket, ev: any) => void): this;
+  once(event: "close",
+       fn: (this: BagouWebSocket, ev: BagouWebSocket.CloseInfo) => void):
+    this;
+  once(event: "error", fn: BagouWebSocket.Handler<BagouWebSocket.ErrorInfo>):
+    this;
+  once<D = any>(event: string, fn: BagouWebSocket.Handler<D>): this;
+  /** Without a handler: a Promise of the next event's first argument. */
+  once(event: "close"): Promise<BagouWebSocket.CloseInfo>;
+  once(event: "reconnecting"): Promise<BagouWebSocket.ReconnectingInfo>;
+  once(event: "connecting"): Promise<BagouWebSocket.ConnectingInfo>;
+  once(event: "error"): Promise<BagouWebSocket.ErrorInfo>;
+  once(event: "connect"): Promise<BagouWebSocket.ConnectData>;
+  once<D = any>(event: string): Promise<D>;
+
+  /** off(event, fn), off(event) for all its handlers, off() for all. */
+  off(event?: string, fn?: (...args: any[]) => void): this;
+
+  /** fn(data, msg) for every message on channel, whatever its event. */
+  onChannel<D = any>(channel: string, fn: BagouWebSocket.Handler<D>): this;
+  offChannel(channel: string, fn?: (...args: any[]) => void): this;
+
+  emit(event: string, data: any, callback: BagouWebSocket.Callback): this;
+  emit(event: string, callback: BagouWebSocket.Callback): this;
+  emit(event: string, data?: any): Promise<BagouWebSocket.Answer>;
+
+  /** Fire and forget: no callbackId, failures come as "error" events. */
+  send(event: string, data?: any): this;
+
+  subscribe(channel: string, callback: BagouWebSocket.Callback): this;
+  subscribe(channel: string, options: BagouWebSocket.SubscribeOptions & {
+    callback: BagouWebSocket.Callback;
+  }): this;
+  subscribe(channel: string, options?: {onMessage?: BagouWebSocket.Handler}):
+    Promise<BagouWebSocket.Answer>;
+
+  unsubscribe(channel: string, callback: BagouWebSocket.Callback): this;
+  unsubscribe(channel: string): Promise<BagouWebSocket.Answer>;
+
+  store(key: string, value: any, callback: BagouWebSocket.Callback): this;
+  store(values: {[key: string]: any}, callback: BagouWebSocket.Callback):
+    this;
+  store(key: string, value: any): Promise<BagouWebSocket.Answer>;
+  store(values: {[key: string]: any}): Promise<BagouWebSocket.Answer>;
+
+  authenticate(token: string, callback: BagouWebSocket.Callback): this;
+  authenticate(token: string): Promise<BagouWebSocket.Answer>;
+
+  /** Authenticate without a token (session cookie, checked by the app). */
+  auth(callback: BagouWebSocket.Callback): this;
+  auth(): Promise<BagouWebSocket.Answer>;
+
+  publish(channel: string, event: string, data: any,
+          callback: BagouWebSocket.Callback): this;
+  publish(channel: string, event: string, callback: BagouWebSocket.Callback):
+    this;
+  publish(channel: string, event: string, data?: any):
+    Promise<BagouWebSocket.Answer>;
+
+  ping(callback: BagouWebSocket.Callback): this;
+  ping(): Promise<BagouWebSocket.Answer>;
+
+  /** Opens again after close(); channels, store and auth are kept. */
+  connect(): this;
+  /** Closes for good (until connect()); stops reconnecting. */
+  close(code?: number, reason?: string): this;
+}
+
+export = BagouWebSocket;

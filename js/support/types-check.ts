@@ -1,0 +1,65 @@
+// Compiled (not run) by test/types.test.js: the declarations in bagou.d.ts
+// must accept the documented uses and reject misuses (@ts-expect-error).
+import BagouWebSocket = require("bagou");
+declare const WS: BagouWebSocket.WebSocketConstructor;
+
+const ws = new BagouWebSocket("ws://localhost:9000/websocket", {
+  WebSocket: WS,
+  open() { this.subscribe("news", (res) => console.log(res.success)); },
+  close(ev) { console.log(ev.code); },
+  message(msg) { console.log(msg.event, msg.channel, msg.data); },
+  events: {chat(data: unknown) { console.log(data); }},
+  timeout: 5000,
+  reconnect: true,
+  reconnectDelay: 500,
+  reconnectDelayMax: 10000,
+  queueSize: 100,
+  heartbeat: 25000,
+  heartbeatTimeout: 10000,
+  token: async () => "jwt",
+}, ["bagou"]);
+
+async function demo(): Promise<void> {
+  const state: BagouWebSocket.State = ws.state;
+  const id: string | null = ws.id;
+  const res: BagouWebSocket.Answer = await ws.subscribe("news");
+  await ws.subscribe("room", {onMessage: (data, msg) => console.log(msg.from)});
+  ws.subscribe("room", {onMessage() {}, callback(r) { console.log(r); }});
+  ws.emit("chat", {text: "hi"}, (r) => console.log(r.error?.code));
+  ws.emit("chat", (r) => console.log(r));
+  await ws.emit("chat", {text: "hi"});
+  await ws.store("name", "Ada");
+  await ws.store({a: 1});
+  ws.store("name", "Ada", () => {});
+  await ws.authenticate("token");
+  await ws.auth();
+  await ws.publish("news", "chat", {x: 1});
+  await ws.ping();
+  ws.send("typing", {});
+  ws.on("reconnecting", ({attempt, delay}) => console.log(attempt + delay))
+    .on("close", (ev) => console.log(ev.reason))
+    .on("error", (err) => console.log(err.code, err.message))
+    .once("open", () => {})
+    .off("open")
+    .onChannel("news", (data: {text: string}) => console.log(data.text))
+    .offChannel("news");
+  const info = await ws.once("close");
+  console.log(info.wasClean, state, id, res, ws.channels, ws.storeData);
+  try {
+    await ws.unsubscribe("news");
+  } catch (e) {
+    const err = e as BagouWebSocket.BagouError;
+    if (err.code === "timeout" || err.code === "invalid_channel") return;
+  }
+  ws.close();
+  ws.connect();
+  // @ts-expect-error: a token is a string
+  ws.authenticate(42);
+  // @ts-expect-error: the channel handler is a function
+  ws.onChannel("news", "nope");
+  // @ts-expect-error: unknown state
+  const bad: BagouWebSocket.State = "broken";
+  console.log(bad, BagouWebSocket.DEFAULTS.timeout,
+              BagouWebSocket.BagouWebSocket);
+}
+demo();
