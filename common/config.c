@@ -396,6 +396,7 @@ static const struct key keys[] = {
 	  STR(forward_exchange) },
 	{ "forward", "lifecycle", parse_lifecycle, 0, 0, 0 },
 	{ "http", "api_key", parse_str, OFF(api_key), STR(api_key) },
+	{ "http", "static_dir", parse_str, OFF(static_dir), STR(static_dir) },
 	{ "log", "level", parse_level, OFF(log_level), 0, 0 },
 };
 

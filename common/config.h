@@ -66,6 +66,7 @@ struct bg_config {
 
 	/* [http] */
 	char api_key[BG_CONFIG_STR];     /* "" = POST /broadcast loopback only */
+	char static_dir[1024];           /* files served at /static/; "" = off */
 
 	/* [log] */
 	int log_level;                   /* enum bg_log_level, info */

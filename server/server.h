@@ -42,6 +42,7 @@ struct bg_server {
 	struct bg_bus *bus;
 	struct bg_acceptor *acceptor;
 	uint64_t started_ms;            /* CLOCK_REALTIME at start */
+	char static_root[4096];         /* realpath of [http] static_dir */
 };
 
 /* Adds n to an owner-written counter. Owner thread only. */

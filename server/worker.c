@@ -398,6 +398,20 @@ setup(struct bg_worker *w)
 		w->ping_policy = policy;
 		info.retry_and_idle_policy = policy;
 	}
+	if (cfg->static_dir[0] != '\0') {
+		struct lws_http_mount *m = calloc(1, sizeof(*m));
+		if (m == NULL)
+			return BG_ERR;
+		/* lws serves these files itself (mime types, ranges, 304s)
+		 * and refuses paths that climb out of the directory. */
+		m->mountpoint = "/static";
+		m->mountpoint_len = 7;
+		m->origin = w->srv->static_root;
+		m->def = "index.html";
+		m->origin_protocol = LWSMPRO_FILE;
+		w->mount = m;
+		info.mounts = m;
+	}
 	pthread_mutex_lock(&lws_create_lock);
 	w->lws = lws_create_context(&info);
 	if (w->lws != NULL)
@@ -446,6 +460,7 @@ teardown(struct bg_worker *w)
 	bg_chan_table_free(w->ids);
 	free(w->scratch);
 	free(w->ping_policy);
+	free(w->mount);
 	w->base = NULL;
 }
 

@@ -58,6 +58,8 @@ struct bg_worker {
 	bool kick;                     /* async kills wait for lws service */
 	int stop_ticks;
 	void *ping_policy;             /* lws_retry_bo_t, or NULL */
+	void *mount;                   /* lws_http_mount for /static/, or
+	                                  NULL; lws keeps a pointer to it */
 };
 
 /* Creates the worker (rings, eventfds); the thread starts in

@@ -168,3 +168,11 @@ def test_listen_port_in_use_fails_fast(tmp_path):
                     "--workers", "1", "--amqp-url", "none", timeout=10)
     assert p.returncode != 0
     assert p.stderr.strip(), "no error message"
+
+
+def test_missing_static_dir_exits_2(tmp_path):
+    path = write(tmp_path, "[http]\nstatic_dir = %s\n" % (tmp_path / "nope"))
+    p = run_bin("--config", path, "--listen", "%s:%d" % (HOST, free_port()),
+                "--workers", "1", "--amqp-url", "none")
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "static_dir" in p.stderr and "No such file" in p.stderr

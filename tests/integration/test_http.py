@@ -418,3 +418,35 @@ def test_keep_alive_connection_serves_many_requests(server):
         assert status == 200
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------- static
+
+def test_static_dir_served_under_static(server, tmp_path):
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "index.html").write_text("<h1>chat</h1>")
+    (root / "app.js").write_text("var x = 1;")
+    (tmp_path / "secret.txt").write_text("no")
+    srv = server({"http": {"static_dir": str(root)}})
+    status, headers, body = srv.get("/static/index.html")
+    assert status == 200 and body == b"<h1>chat</h1>"
+    assert headers["content-type"].startswith("text/html")
+    status, headers, body = srv.get("/static/app.js")
+    assert status == 200 and body == b"var x = 1;"
+    assert "javascript" in headers["content-type"]
+    status, _, body = srv.get("/static/")
+    assert status == 200 and body == b"<h1>chat</h1>"
+    assert srv.get("/static/missing.html")[0] == 404
+    # Nothing outside the directory, however the path is spelled.
+    for path in ("/static/../secret.txt", "/static/%2e%2e/secret.txt",
+                 "/static/..%2fsecret.txt"):
+        status, _, body = srv.get(path)
+        assert status == 404 and b"no" != body, path
+    # The API endpoints are unaffected.
+    assert srv.get("/health")[0] == 200
+
+
+def test_static_dir_off_by_default(server):
+    srv = server()
+    assert srv.get("/static/index.html")[0] == 404
