@@ -53,31 +53,30 @@ set_err(char *err, size_t errlen, const char *fmt, ...)
 			*p = '?';
 }
 
-bool
-bg_proto_channel_valid(const char *name, size_t len)
+/* 1 to max bytes of printable ASCII, none of them space or in `bad`. */
+static bool
+printable_name(const char *name, size_t len, size_t max, const char *bad)
 {
-	if (len == 0 || len > BG_CHANNEL_MAX)
+	if (len == 0 || len > max)
 		return false;
 	for (size_t i = 0; i < len; i++) {
 		unsigned char ch = (unsigned char)name[i];
-		if (ch <= 0x20 || ch >= 0x7f || ch == '*' || ch == '#' ||
-		    ch == '"' || ch == '\\')
+		if (ch <= 0x20 || ch >= 0x7f || strchr(bad, ch) != NULL)
 			return false;
 	}
 	return true;
 }
 
 bool
+bg_proto_channel_valid(const char *name, size_t len)
+{
+	return printable_name(name, len, BG_CHANNEL_MAX, "*#\"\\");
+}
+
+bool
 bg_proto_client_id_valid(const char *id, size_t len)
 {
-	if (len == 0 || len > BG_ID_MAX)
-		return false;
-	for (size_t i = 0; i < len; i++) {
-		unsigned char ch = (unsigned char)id[i];
-		if (ch <= 0x20 || ch >= 0x7f || ch == '"' || ch == '\\')
-			return false;
-	}
-	return true;
+	return printable_name(id, len, BG_ID_MAX, "\"\\");
 }
 
 int
