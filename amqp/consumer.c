@@ -25,7 +25,6 @@
 #define CONNECT_TIMEOUT_S 5
 #define RPC_TIMEOUT_S 5
 #define MAX_PER_SERVICE 1024
-#define CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
 
 struct bg_link {
 	const struct bg_config *cfg;
@@ -149,9 +148,13 @@ open_socket(struct bg_link *l)
 		if (s != NULL) {
 			amqp_ssl_socket_set_verify_peer(s, 1);
 			amqp_ssl_socket_set_verify_hostname(s, 1);
-			if (amqp_ssl_socket_set_cacert(s, CA_BUNDLE) !=
-			    AMQP_STATUS_OK)
-				bg_log_warn("amqp: cannot load %s", CA_BUNDLE);
+			if (amqp_ssl_socket_set_cacert(s,
+					l->cfg->amqp_ca_file) !=
+			    AMQP_STATUS_OK) {
+				bg_log_warn("amqp: cannot load CA file %s",
+					    l->cfg->amqp_ca_file);
+				return BG_ERR;
+			}
 		}
 	} else {
 		s = amqp_tcp_socket_new(l->conn);

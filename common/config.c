@@ -81,6 +81,7 @@ bg_config_defaults(struct bg_config *cfg)
 	cfg->amqp_queue[0] = '\0';
 	cfg->amqp_prefetch = 1000;
 	cfg->amqp_heartbeat = 30;
+	strcpy(cfg->amqp_ca_file, "/etc/ssl/certs/ca-certificates.crt");
 	cfg->api_key[0] = '\0';
 	cfg->log_level = BG_LOG_INFO;
 	cfg->rate = 100;
@@ -386,6 +387,7 @@ static const struct key keys[] = {
 	{ "amqp", "queue", parse_amqp_name, OFF(amqp_queue), STR(amqp_queue) },
 	{ "amqp", "prefetch", parse_int, OFF(amqp_prefetch), 1, 65535 },
 	{ "amqp", "heartbeat", parse_int, OFF(amqp_heartbeat), 0, 600 },
+	{ "amqp", "ca_file", parse_str, OFF(amqp_ca_file), STR(amqp_ca_file) },
 	{ "server", "origins", parse_origins, OFF(origins), STR(origins) },
 	{ "limits", "rate", parse_int, OFF(rate), 0, 1000000 },
 	{ "limits", "burst", parse_int, OFF(burst), 1, 1000000 },

@@ -55,6 +55,7 @@ struct bg_config {
 	char amqp_queue[BG_CONFIG_STR];  /* legacy durable queue, "" = off */
 	int amqp_prefetch;               /* unacked deliveries, 1000 */
 	int amqp_heartbeat;              /* seconds, 30; 0 = off */
+	char amqp_ca_file[1024];         /* CA bundle for amqps:// */
 
 	/* [auth] */
 	char auth_secret[BG_CONFIG_STR]; /* HS256 secret; "" = no tokens */
