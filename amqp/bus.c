@@ -51,6 +51,7 @@ struct bg_bus {
 	struct bg_ring *outbox;     /* workers -> bus */
 	int stop_efd;               /* immutable */
 	unsigned int stopping;      /* atomic */
+	unsigned int quiet;         /* atomic: no new connection attempts */
 	pthread_t thread;
 	bool started;
 	uint64_t broadcasts;        /* bus writes, any reads */
@@ -240,7 +241,8 @@ amqp_loop(struct bg_bus *b)
 
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 		now = now_ms();
-		if (!bg_link_up(b->link) && now >= b->next_try_ms) {
+		if (!bg_link_up(b->link) && now >= b->next_try_ms &&
+		    !__atomic_load_n(&b->quiet, __ATOMIC_RELAXED)) {
 			if (bg_link_connect(b->link) == BG_OK) {
 				if (b->ever_connected)
 					bg_stat_add(&b->reconnects, 1);
@@ -338,16 +340,25 @@ bg_bus_start(struct bg_bus *b)
 }
 
 void
-bg_bus_stop(struct bg_bus *b)
+bg_bus_quiesce(struct bg_bus *b)
+{
+	__atomic_store_n(&b->quiet, 1, __ATOMIC_RELAXED);
+}
+
+int
+bg_bus_stop(struct bg_bus *b, const struct timespec *deadline)
 {
 	uint64_t one = 1;
 
+	__atomic_store_n(&b->quiet, 1, __ATOMIC_RELAXED);
 	__atomic_store_n(&b->stopping, 1, __ATOMIC_RELAXED);
 	if (write(b->stop_efd, &one, sizeof(one)) < 0)
 		bg_log_errno("bus: write(eventfd)");
-	if (b->started)
-		pthread_join(b->thread, NULL);
+	if (b->started &&
+	    pthread_timedjoin_np(b->thread, NULL, deadline) != 0)
+		return BG_AGAIN;
 	b->started = false;
+	return BG_OK;
 }
 
 void

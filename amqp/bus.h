@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "common/msg.h"
 
@@ -24,9 +25,15 @@ struct bg_bus *bg_bus_new(struct bg_server *srv);
 /* Starts the thread. BG_OK or BG_ERR. Main thread. */
 int bg_bus_start(struct bg_bus *b);
 
-/* Stops and joins the thread; later publishes get BG_AGAIN. Messages
- * still queued are dropped. Main thread. */
-void bg_bus_stop(struct bg_bus *b);
+/* Shutdown has begun: no new connection attempts (a broker that does not
+ * answer would hold the thread for seconds). Any thread. */
+void bg_bus_quiesce(struct bg_bus *b);
+
+/* Stops and joins the thread until deadline (CLOCK_REALTIME); later
+ * publishes get BG_AGAIN. What workers left is published first when the
+ * link is up. BG_OK, or BG_AGAIN when the thread is still busy at the
+ * deadline (then nothing may be freed). Main thread. */
+int bg_bus_stop(struct bg_bus *b, const struct timespec *deadline);
 
 /* Frees the bus once no worker can reach it any more. Main thread. */
 void bg_bus_free(struct bg_bus *b);

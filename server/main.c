@@ -262,6 +262,7 @@ main(int argc, char **argv)
 	 * stops last, so what closing clients send on their way out (their
 	 * forwarded 'close') still reaches RabbitMQ. */
 	bg_acceptor_stop_free(srv.acceptor);
+	bg_bus_quiesce(srv.bus);
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_stop(srv.workers[i]);
 	/* SIGTERM must end the process within 5 s even if a worker were
@@ -275,7 +276,18 @@ main(int argc, char **argv)
 			_exit(EXIT_FAILURE);
 		}
 	}
-	bg_bus_stop(srv.bus);
+	/* The clients are closed; a bus stuck on an unresponsive broker
+	 * must not hold the exit past the 5 s SIGTERM promise. */
+	deadline.tv_nsec += 500000000L;
+	if (deadline.tv_nsec >= 1000000000L) {
+		deadline.tv_sec++;
+		deadline.tv_nsec -= 1000000000L;
+	}
+	if (bg_bus_stop(srv.bus, &deadline) != BG_OK) {
+		bg_log_warn("the RabbitMQ link did not stop in time; exiting "
+			    "without waiting for it");
+		_exit(EXIT_SUCCESS);
+	}
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_free(srv.workers[i]);
 	bg_bus_free(srv.bus);

@@ -45,6 +45,12 @@ boots an Erlang VM, so under CPU load these grow several-fold.
 
 Set BAGOU_KEEP_RABBITMQ=1 to keep the temporary directory (logs, mnesia)
 after the session.
+
+RabbitMQ(tls={"cacertfile": ..., "certfile": ..., "keyfile": ...}) also
+opens a TLS listener on 127.0.0.1:.tls_port (.tls_port is set at start;
+ssl_options.verify = verify_none, no client certificate asked for). The
+plain listener, .url and readiness are unchanged. Used by test_amqps.py,
+which starts such a broker of its own next to the session one.
 """
 
 import atexit
@@ -104,8 +110,10 @@ def _port_pair():
 class RabbitMQ:
     """One private broker. url/port/node are set once started."""
 
-    def __init__(self, base_dir=None):
+    def __init__(self, base_dir=None, tls=None):
         self.base_dir = base_dir
+        self.tls = dict(tls) if tls else None
+        self.tls_port = None
         self.dir = None
         self.port = None
         self.dist_port = None
@@ -169,7 +177,21 @@ class RabbitMQ:
                 "disk_free_limit.absolute = 1MB",
                 "vm_memory_high_watermark.relative = 0.8",
                 "",
-            ]))
+            ] + self._tls_conf()))
+
+    def _tls_conf(self):
+        """rabbitmq.conf lines of the TLS listener (none without tls)."""
+        if not self.tls:
+            return []
+        return [
+            "listeners.ssl.1 = %s:%d" % (HOST, self.tls_port),
+            "ssl_options.cacertfile = %s" % self.tls["cacertfile"],
+            "ssl_options.certfile = %s" % self.tls["certfile"],
+            "ssl_options.keyfile = %s" % self.tls["keyfile"],
+            "ssl_options.verify = verify_none",
+            "ssl_options.fail_if_no_peer_cert = false",
+            "",
+        ]
 
     def start(self, timeout=START_TIMEOUT):
         server = os.path.join(RABBIT_BIN, "rabbitmq-server")
@@ -181,6 +203,13 @@ class RabbitMQ:
         self.dir = tempfile.mkdtemp(prefix="bagou-rabbitmq-",
                                     dir=self.base_dir)
         self.port, self.dist_port = _port_pair()
+        if self.tls:
+            for _ in range(20):
+                self.tls_port = free_port()
+                if self.tls_port not in (self.port, self.dist_port):
+                    break
+            else:
+                raise BrokerError("no free port for the TLS listener")
         self.node = "bagou-test-%d@localhost" % self.port
         self.url = "amqp://guest:guest@%s:%d/" % (HOST, self.port)
         self._write_files()

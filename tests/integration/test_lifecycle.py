@@ -3,6 +3,7 @@
 import asyncio
 import json
 import signal
+import socket
 import time
 
 from rawws import OP_PING, OP_TEXT, RawWS
@@ -181,3 +182,26 @@ def test_sigterm_with_stuck_client_exits_in_time(server):
     finally:
         stuck.close()
         normal.close()
+
+
+def test_sigterm_exits_in_time_while_broker_hangs(server):
+    """A broker that accepts TCP and never answers keeps the AMQP thread in
+    its handshake; SIGTERM must still end the process, status 0, within
+    5 s."""
+    silent = socket.socket()
+    silent.bind((HOST, 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    try:
+        srv = server(workers=1, extra_args=(
+            "--amqp-url", "amqp://guest:guest@127.0.0.1:%d/" % port))
+        time.sleep(0.5)        # the first attempt is now waiting
+        assert srv.health()["amqp"] == "disconnected"
+        t0 = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        rc = srv.wait_exit(6)
+        elapsed = time.monotonic() - t0
+        assert rc == 0, (rc, srv.log())
+        assert elapsed < 5.0, elapsed
+    finally:
+        silent.close()
