@@ -218,13 +218,13 @@ main(int argc, char **argv)
 	srv.cfg = &cfg;
 	srv.n_workers = cfg.workers;
 	make_node_id(srv.node_id);
-	srv.workers = calloc((size_t)cfg.workers, sizeof(*srv.workers));
 	if (cfg.static_dir[0] != '\0' &&
 	    realpath(cfg.static_dir, srv.static_root) == NULL) {
 		fprintf(stderr, "bagou-server: [http] static_dir '%s': %s\n",
 			cfg.static_dir, strerror(errno));
 		return EXIT_USAGE;
 	}
+	srv.workers = calloc((size_t)cfg.workers, sizeof(*srv.workers));
 	if (bg_handlers_init(err, sizeof(err)) != BG_OK) {
 		bg_log_error("handlers: %s", err);
 		return EXIT_FAILURE;
