@@ -1,0 +1,352 @@
+"use strict";
+/*
+ * End-to-end test in a real browser: headless Chromium (Debian's
+ * /usr/bin/chromium, driven by playwright-core) loads pages that
+ * bagou-server itself serves ([http] static_dir = examples/chat, under
+ * /static/, and the client at /bagou.js), with a private RabbitMQ and the
+ * example application (examples/app/app.py) answering forwarded events.
+ *
+ *   cd js && npm run e2e
+ *
+ * (a) a page subscribes to a channel, receives a broadcast published
+ *     through RabbitMQ, survives a restart of the server (SIGTERM, then a
+ *     new process on the same port) and receives a later broadcast;
+ * (b) the chat example: two people join the same room, see each other's
+ *     join notices, talk both ways, one leaves and the other sees it.
+ *     Screenshot: build/e2e/chat.png.
+ *
+ * Needs /usr/bin/chromium, build/bagou-server, rabbitmq-server and
+ * python3-pika. Missing any of them fails the test, unless
+ * BAGOU_E2E_OPTIONAL=1: then it is skipped with the reason.
+ */
+const {describe, it, before, after} = require("node:test");
+const assert = require("node:assert/strict");
+const fs = require("node:fs");
+const path = require("node:path");
+const S = require("./support.js");
+
+const WAIT = 15000;          // one expected thing in the page
+const RESTART_WAIT = 30000;  // the page's client back after the restart
+const WATCHDOG = 420000;     // the whole file
+
+const CONFIG = [
+  "[amqp]",
+  "exchange = bagou",
+  "[forward]",
+  "exchange = bagou.events",
+  "lifecycle = subscribe,unsubscribe,close",
+  "[http]",
+  "static_dir = examples/chat",
+  "",
+].join("\n");
+
+const missing = S.missing();
+if (missing.length) {
+  const why = "browser e2e test: " + missing.join("; ");
+  describe("browser end-to-end", function () {
+    if (process.env.BAGOU_E2E_OPTIONAL === "1") {
+      it("runs in Chromium", {skip: why + " (BAGOU_E2E_OPTIONAL=1)"},
+         function () {});
+    } else {
+      // Fail loudly: the test is meant to run by default.
+      it("has its prerequisites", function () {
+        assert.fail(why + " (set BAGOU_E2E_OPTIONAL=1 to skip instead)");
+      });
+    }
+  });
+  return;
+}
+
+const env = {broker: null, app: null, server: null, browser: null};
+const pageErrors = [];       // uncaught exceptions in any page
+const consoleLines = [];     // console output of every page (diagnostics)
+let stopping = null;
+
+async function stopAll() {
+  if (stopping) return stopping;
+  stopping = (async function () {
+    await S.closeBrowser(env.browser).catch(function () {});
+    if (env.server) {
+      await env.server.stop().catch(function () {});
+      env.server.cleanup();
+    }
+    if (env.app) await env.app.stop().catch(function () {});
+    if (env.broker) await env.broker.stop().catch(function () {});
+  })();
+  return stopping;
+}
+
+// A hung step must not hang the run: past the watchdog everything is
+// stopped and the process fails.
+const watchdog = setTimeout(function () {
+  console.error("browser e2e test: still running after " + WATCHDOG +
+                " ms, giving up");
+  stopAll().finally(function () { process.exit(1); });
+}, WATCHDOG);
+watchdog.unref();
+for (const sig of ["SIGINT", "SIGTERM"]) {
+  process.once(sig, function () {
+    stopAll().finally(function () { process.exit(130); });
+  });
+}
+
+function diagnostics() {
+  return [
+    "---- bagou-server (last lines)", S.tail(env.server && env.server.log()),
+    "---- examples/app/app.py (last lines)", S.tail(env.app && env.app.log()),
+    "---- page console (last lines)", S.tail(consoleLines.join("\n")),
+    "---- page errors", pageErrors.join("\n") || "(none)",
+  ].join("\n");
+}
+
+/** Runs body(); on failure saves screenshots of the given pages and adds
+ *  the processes' logs to the error. */
+async function withDiagnostics(name, pages, body) {
+  try {
+    await body();
+  } catch (err) {
+    fs.mkdirSync(S.OUT_DIR, {recursive: true});
+    for (const [label, page] of Object.entries(pages)) {
+      if (!page || page.isClosed()) continue;
+      const file = path.join(S.OUT_DIR, "failed-" + name + "-" + label +
+                             ".png");
+      await page.screenshot({path: file, timeout: 5000}).catch(function () {});
+      err.message += "\nscreenshot: " + file;
+    }
+    err.message += "\n" + diagnostics();
+    throw err;
+  }
+}
+
+/** A new page (its own browser context: its own cookies, like another
+ *  person) on the chat example, served by bagou-server under /static/. */
+async function openChat(label) {
+  const context = await env.browser.newContext({
+    viewport: {width: 860, height: 640},
+  });
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT);
+  page.on("pageerror", function (err) {
+    pageErrors.push(label + ": " + err.message);
+  });
+  page.on("console", function (msg) {
+    consoleLines.push(label + " " + msg.type() + ": " + msg.text());
+  });
+  const loaded = {};
+  page.on("response", function (res) {
+    loaded[new URL(res.url()).pathname] = {
+      status: res.status(), type: res.headers()["content-type"] || "",
+    };
+  });
+  const res = await page.goto(env.server.origin + "/static/index.html",
+                              {waitUntil: "load", timeout: WAIT});
+  assert.equal(res.status(), 200, "GET /static/index.html");
+  // The page, its script and stylesheet from /static/, the client from
+  // /bagou.js, each with its content type.
+  const want = {
+    "/static/index.html": "text/html",
+    "/static/chat.js": "javascript",
+    "/static/style.css": "text/css",
+    "/bagou.js": "javascript",
+  };
+  for (const [p, type] of Object.entries(want)) {
+    assert.ok(loaded[p], p + " was not loaded");
+    assert.equal(loaded[p].status, 200, p);
+    assert.match(loaded[p].type, new RegExp(type), p + " content type");
+  }
+  // The stylesheet applied, the client connected.
+  const bg = await page.$eval("header", function (h) {
+    return getComputedStyle(h).backgroundColor;
+  });
+  assert.equal(bg, "rgb(47, 75, 124)", "style.css applied");
+  await page.locator('#status[data-state="online"]').waitFor({timeout: WAIT});
+  return page;
+}
+
+/** Waits until the page's log shows a line of kind with text. */
+function sees(page, kind, text, ms) {
+  return page.locator("#log li." + kind, {hasText: text}).first()
+    .waitFor({state: "visible", timeout: ms || WAIT});
+}
+
+async function join(page, name, room) {
+  await page.fill("#name", name);
+  await page.fill("#room", room);
+  await page.click("#join");
+  await sees(page, "join", "You joined #" + room);
+  assert.equal(await page.textContent("#room-title"), "#" + room);
+}
+
+async function say(page, text) {
+  await page.fill("#text", text);
+  await page.press("#text", "Enter");
+}
+
+function logLines(page) {
+  return page.$$eval("#log li", function (lis) {
+    return lis.map(function (li) {
+      return li.dataset.kind + ": " + li.textContent;
+    });
+  });
+}
+
+describe("browser end-to-end", function () {
+  before(async function () {
+    fs.mkdirSync(S.OUT_DIR, {recursive: true});
+    for (const f of fs.readdirSync(S.OUT_DIR)) {
+      if (/^failed-.*\.png$/.test(f) || f === "chat.png") {
+        fs.rmSync(path.join(S.OUT_DIR, f), {force: true});
+      }
+    }
+    // Each one is in env before it starts, so that after() stops it
+    // whatever happens.
+    env.broker = new S.Broker();
+    await env.broker.start();
+    // The app first: it declares the bagou.events exchange the server
+    // forwards to.
+    env.app = new S.App(env.broker.url);
+    await env.app.start();
+    env.server = new S.BagouServer(env.broker.url, CONFIG);
+    await env.server.start();
+    env.browser = await S.launchBrowser();
+  }, {timeout: 240000});
+
+  after(async function () {
+    await stopAll();
+    clearTimeout(watchdog);
+  }, {timeout: 120000});
+
+  it("a page served from /static/ receives RabbitMQ broadcasts, before " +
+     "and after a server restart", {timeout: 120000}, async function () {
+    const pages = {};
+    await withDiagnostics("restart", pages, async function () {
+      const page = pages.probe = await openChat("probe");
+      // A client of the page's own, from the /bagou.js it loaded.
+      await page.evaluate(async function () {
+        window.got = [];
+        const ws = new BagouWebSocket("ws://" + location.host + "/websocket");
+        window.probe = ws;
+        ws.onChannel("e2e-news", function (data, msg) {
+          window.got.push({event: msg.event, channel: msg.channel,
+                           data: data});
+        });
+        await ws.subscribe("e2e-news");
+      });
+
+      await S.publish(env.broker.url, "e2e-news", "headline", {n: 1});
+      await page.waitForFunction(function () { return window.got.length >= 1; },
+                                 null, {timeout: WAIT});
+      assert.deepEqual(await page.evaluate(function () { return window.got; }),
+                       [{event: "headline", channel: "e2e-news",
+                         data: {n: 1}}]);
+      const firstId = await page.evaluate(function () {
+        return window.probe.id;
+      });
+
+      // SIGTERM: the server closes the connections (1001) and exits 0.
+      const how = await env.server.stop();
+      assert.deepEqual(how, {code: 0, signal: null}, "exit after SIGTERM");
+      await page.waitForFunction(function () {
+        return window.probe.state !== "open";
+      }, null, {timeout: WAIT});
+      await page.locator('#status[data-state="reconnecting"]')
+        .waitFor({timeout: WAIT});
+      await sees(page, "info", "Connection lost, reconnecting");
+
+      // A new process on the same port; the clients come back by
+      // themselves and re-subscribe.
+      await env.server.start();
+      await page.waitForFunction(function () {
+        return window.probe.state === "open";
+      }, null, {timeout: RESTART_WAIT});
+      // Answered after the re-sync's subscribe, which went first.
+      await page.evaluate(function () { return window.probe.ping(); });
+      const again = await page.evaluate(function () {
+        return {id: window.probe.id, channels: window.probe.channels};
+      });
+      assert.notEqual(again.id, firstId, "a new connection");
+      assert.deepEqual(again.channels, ["e2e-news"]);
+
+      await S.publish(env.broker.url, "e2e-news", "headline", {n: 2});
+      await page.waitForFunction(function () { return window.got.length >= 2; },
+                                 null, {timeout: WAIT});
+      assert.deepEqual(await page.evaluate(function () { return window.got; }),
+                       [{event: "headline", channel: "e2e-news", data: {n: 1}},
+                        {event: "headline", channel: "e2e-news", data: {n: 2}}]);
+
+      // The chat page's own client is back too.
+      await page.locator('#status[data-state="online"]')
+        .waitFor({timeout: RESTART_WAIT});
+      await sees(page, "info", "Reconnected.");
+      await page.evaluate(function () { window.probe.close(); });
+      assert.deepEqual(pageErrors, []);
+    });
+    await pages.probe.context().close();
+  });
+
+  it("the chat example: join notices, messages both ways, leave notice",
+     {timeout: 120000}, async function () {
+    const pages = {};
+    await withDiagnostics("chat", pages, async function () {
+      const alice = pages.alice = await openChat("alice");
+      const bob = pages.bob = await openChat("bob");
+      await join(alice, "Alice", "lobby");
+      await join(bob, "Bob", "lobby");
+      await sees(alice, "join", "Bob joined");
+
+      // Join notices go to whoever is in the room when they are sent, so
+      // Bob, who came second, sees Alice's when she switches rooms and
+      // comes back (which is also the room switch: unsubscribe the old
+      // room, subscribe the new one).
+      await join(alice, "Alice", "kitchen");
+      await sees(bob, "leave", "Alice left");
+      await join(alice, "Alice", "lobby");
+      await sees(bob, "join", "Alice joined");
+
+      await say(alice, "Hello Bob, can you hear me?");
+      await sees(bob, "chat", "Hello Bob, can you hear me?");
+      await sees(alice, "chat.mine", "Hello Bob, can you hear me?");
+      await say(bob, "Loud and clear, Alice!");
+      await sees(alice, "chat", "Loud and clear, Alice!");
+      await sees(bob, "chat.mine", "Loud and clear, Alice!");
+      // The relays carry the names from the store.
+      assert.equal(await bob.textContent("#log li.chat:not(.mine) .who"),
+                   "Alice");
+      assert.equal(await alice.textContent("#log li.chat:not(.mine) .who"),
+                   "Bob");
+
+      await bob.click("#leave");
+      await sees(alice, "leave", "Bob left");
+      await sees(bob, "info", "You left #lobby");
+      assert.equal(await bob.textContent("#room-title"), "Not in a room");
+      assert.ok(await bob.isDisabled("#send"), "Bob can no longer send");
+
+      assert.deepEqual(await logLines(alice), [
+        "info: You are Alice.",
+        "join: You joined #lobby",
+        "join: Bob joined",
+        "info: You left #lobby.",
+        "join: You joined #kitchen",
+        "info: You left #kitchen.",
+        "join: You joined #lobby",
+        "chat mine: Alice Hello Bob, can you hear me?",
+        "chat: Bob Loud and clear, Alice!",
+        "leave: Bob left",
+      ]);
+      assert.deepEqual(await logLines(bob), [
+        "info: You are Bob.",
+        "join: You joined #lobby",
+        "leave: Alice left",
+        "join: Alice joined",
+        "chat: Alice Hello Bob, can you hear me?",
+        "chat mine: Bob Loud and clear, Alice!",
+        "info: You left #lobby.",
+      ]);
+      assert.deepEqual(pageErrors, []);
+
+      await alice.screenshot({path: path.join(S.OUT_DIR, "chat.png")});
+    });
+    await pages.alice.context().close();
+    await pages.bob.context().close();
+  });
+});
