@@ -46,7 +46,7 @@ BUILD_PKGS := gcc make pkg-config cmake dpkg-dev ca-certificates \
               libssl-dev libcap-dev zlib1g-dev librabbitmq-dev libjwt-dev
 TEST_PKGS  := libcmocka-dev python3 python3-websockets python3-pytest curl \
               rabbitmq-server python3-pika python3-kombu python3-celery \
-              python3-jwt
+              python3-jwt chromium
 
 LIB_SRC  := $(wildcard common/*.c) \
             $(filter-out amqp/bagou_broadcast.c,$(wildcard amqp/*.c)) \
@@ -175,8 +175,9 @@ test-integration: $(OUT)/bagou-server $(BROADCAST_BIN)
 	  BAGOU_BIN=$(abspath $(OUT)/bagou-server) \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
 
-# The browser client: node's test runner against the real server. npm ci
-# installs the pinned dev dependencies (ws, typescript) once.
+# The browser client: node's test runner against the real server, then
+# the end-to-end test in Debian's headless chromium (playwright-core, no
+# browser download). npm ci installs the pinned dev dependencies once.
 test-js: $(OUT)/bagou-server
 	$(Q)command -v node >/dev/null && command -v npm >/dev/null || \
 	  $(MAKE) --no-print-directory js-packages
@@ -184,6 +185,8 @@ test-js: $(OUT)/bagou-server
 	  [ node_modules/.package-lock.json -nt package-lock.json ] || \
 	  npm ci --no-audit --no-fund --loglevel=error; }
 	$(Q)cd js && BAGOU_BIN=$(abspath $(OUT)/bagou-server) npm test --silent
+	$(Q)cd js && BAGOU_BIN=$(abspath $(OUT)/bagou-server) \
+	  npm run e2e --silent
 
 js-packages:
 	$(call apt_install,nodejs npm)
