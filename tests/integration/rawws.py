@@ -8,6 +8,7 @@ enough to follow thousands of messages (the scale test).
 """
 
 import base64
+import json
 import os
 import socket
 import struct
@@ -238,3 +239,44 @@ class RawWS:
             self.sock.close()
         except OSError:
             pass
+
+
+class SeqReceiver:
+    """One non-blocking raw connection, fed by a poller, that expects the
+    messages want(0), want(1), ... in that order; answers pings, and
+    records (at most max_errors) what went wrong."""
+
+    def __init__(self, ws, want, max_errors=5):
+        self.ws = ws
+        self.want = want
+        self.max_errors = max_errors
+        self.next = 0
+        self.errors = []
+
+    def _error(self, text):
+        if len(self.errors) < self.max_errors:
+            self.errors.append(text)
+
+    def feed(self, data):
+        self.ws.buf += data
+        frames, used = parse_frames(self.ws.buf)
+        del self.ws.buf[:used]
+        for fin, op, payload in frames:
+            if op == OP_PING:
+                self.ws.sock.setblocking(True)
+                self.ws.sock.sendall(build_frame(OP_PONG, payload))
+                self.ws.sock.setblocking(False)
+                continue
+            if op == OP_PONG:
+                continue
+            if op == OP_CLOSE:
+                self._error("closed by server: %r" % payload)
+                continue
+            if op != OP_TEXT or not fin:
+                self._error("unexpected frame op=%d fin=%s" % (op, fin))
+                continue
+            msg = json.loads(payload)
+            if msg != self.want(self.next):
+                self._error("got %r, expected %r"
+                            % (msg, self.want(self.next)))
+            self.next += 1

@@ -16,8 +16,7 @@ import websockets.exceptions
 
 from rabbitmq import (Publisher, amqp_server, publisher,  # noqa: F401
                       unique_exchange)
-from rawws import OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWS, build_frame, \
-    parse_frames
+from rawws import OP_TEXT, RawWS, SeqReceiver
 from support import (HOST, error_code, expect_silence, metric_sum, recv_json,
                      request, run, send_json, subscribe, wait_for,
                      ws_connect)
@@ -256,39 +255,9 @@ N_ORDER = 10000
 ORDER_TIMEOUT = 90.0
 
 
-class OrderReceiver:
-    """One raw connection expecting data 0, 1, 2, ... on channel "order"."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.next = 0
-        self.errors = []
-
-    def feed(self, data):
-        self.ws.buf += data
-        frames, used = parse_frames(self.ws.buf)
-        del self.ws.buf[:used]
-        for fin, op, payload in frames:
-            if op == OP_PING:
-                self.ws.sock.setblocking(True)
-                self.ws.sock.sendall(build_frame(OP_PONG, payload))
-                self.ws.sock.setblocking(False)
-                continue
-            if op == OP_PONG:
-                continue
-            if op == OP_CLOSE:
-                self.errors.append("closed by server: %r" % payload)
-                continue
-            if op != OP_TEXT or not fin:
-                self.errors.append("unexpected frame op=%d fin=%s"
-                                   % (op, fin))
-                continue
-            msg = json.loads(payload)
-            if msg != {"event": "n", "channel": "order", "data": self.next}:
-                if len(self.errors) < 5:
-                    self.errors.append("got %r, expected data %d"
-                                       % (msg, self.next))
-            self.next += 1
+def OrderReceiver(ws):
+    """Expects the broadcasts of this test, in order."""
+    return SeqReceiver(ws, lambda n: {"event": "n", "channel": "order", "data": n})
 
 
 def read_message(ws, timeout=10):

@@ -11,8 +11,7 @@ import selectors
 import threading
 import time
 
-from rawws import (OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawWS, build_frame,
-                   parse_frames)
+from rawws import OP_TEXT, RawWS, SeqReceiver
 from support import HOST
 
 N_CONN = 1000
@@ -34,40 +33,9 @@ def read_one_message(ws, timeout=10):
     return json.loads(payload)
 
 
-class Receiver:
-    """Per-connection check: messages arrive as seq 0, 1, 2, ..."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.next = 0
-        self.errors = []
-
-    def feed(self, data):
-        self.ws.buf += data
-        frames, used = parse_frames(self.ws.buf)
-        del self.ws.buf[:used]
-        for fin, op, payload in frames:
-            if op == OP_PING:
-                self.ws.sock.setblocking(True)
-                self.ws.sock.sendall(build_frame(OP_PONG, payload))
-                self.ws.sock.setblocking(False)
-                continue
-            if op == OP_PONG:
-                continue
-            if op == OP_CLOSE:
-                self.errors.append("closed by server: %r" % payload)
-                continue
-            if op != OP_TEXT or not fin:
-                self.errors.append("unexpected frame op=%d fin=%s"
-                                   % (op, fin))
-                continue
-            msg = json.loads(payload)
-            want = {"event": "tick", "channel": "scale",
-                    "data": {"seq": self.next}}
-            if msg != want:
-                self.errors.append("got %r, expected seq %d"
-                                   % (msg, self.next))
-            self.next += 1
+def Receiver(ws):
+    """Expects the broadcasts of this test, in order."""
+    return SeqReceiver(ws, lambda n: {"event": "tick", "channel": "scale", "data": {"seq": n}})
 
 
 def test_1000_connections_1000_broadcasts(server):
