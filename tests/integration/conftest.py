@@ -4,6 +4,8 @@ stops them, and a hook that appends their logs to a failing test's report.
 Run: BAGOU_BIN=build/bagou-server /usr/bin/python3 -m pytest tests/integration
 """
 
+import os
+
 import pytest
 
 from support import Server
@@ -52,11 +54,14 @@ def pytest_runtest_makereport(item, call):
 def rabbitmq():
     """A private RabbitMQ broker for the whole session (rabbitmq.py): on
     127.0.0.1, free AMQP and distribution ports, its own node name, data
-    and logs in a temporary directory. Exposes .url, .port, .node,
+    and logs in a fresh directory under build/rabbitmq/ (removed at the
+    end). Exposes .url, .port, .node,
     .stop_app(), .start_app(), .rabbitmqctl(*args), .log(). Always
     stopped at the end of the session."""
     from rabbitmq import RabbitMQ
-    broker = RabbitMQ()
+    broker = RabbitMQ(base_dir=os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "..", "build",
+        "rabbitmq"))
     try:
         broker.start()
     except Exception as e:

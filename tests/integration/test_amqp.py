@@ -87,6 +87,27 @@ def test_default_exchange_name(amqp_server, publisher):
     run(scenario())
 
 
+def test_heartbeats_keep_an_idle_link(amqp_server, publisher):
+    """[amqp] heartbeat = 1: the broker drops a peer that misses two, so
+    an idle node must keep sending them; after 5 quiet seconds it is still
+    on its first connection and broadcasts still flow."""
+    exchange = unique_exchange()
+    srv = amqp_server(config={"amqp": {"heartbeat": 1}}, exchange=exchange)
+    pub = publisher(exchange)
+    time.sleep(5)
+    assert srv.health()["amqp"] == "connected"
+    assert metric_sum(srv.metrics(), "bagou_amqp_reconnects_total") == 0
+
+    async def scenario():
+        (ws, _), = await clients(srv, [["beat"]])
+        pub.publish({"event": "alive", "channel": "beat", "data": 1})
+        assert await recv_json(ws) == {"event": "alive", "channel": "beat",
+                                       "data": 1}
+        await ws.close()
+
+    run(scenario())
+
+
 def test_any_routing_key(amqp_server, publisher):
     """The node's queue is bound with "#": the routing key does not
     route, the body does."""
