@@ -280,3 +280,35 @@ class SeqReceiver:
                 self._error("got %r, expected %r"
                             % (msg, self.want(self.next)))
             self.next += 1
+
+
+def pump(sel, expected, deadline, stop):
+    """Feeds the SeqReceivers registered in selector sel (as key.data)
+    until each has seen `expected` messages (then 0.5 s more, so extras and
+    duplicates show up), stop() is true, or the deadline passes. Connection
+    ends and errors are recorded on the receiver."""
+    pending = len(sel.get_map())
+    settle_until = None
+    while time.monotonic() < deadline and not stop():
+        if pending == 0 and settle_until is None:
+            settle_until = time.monotonic() + 0.5
+        if settle_until is not None and time.monotonic() > settle_until:
+            break
+        for key, _ in sel.select(timeout=0.2):
+            r = key.data
+            try:
+                data = key.fileobj.recv(1 << 20)
+            except BlockingIOError:
+                continue
+            except ConnectionError as e:
+                data = b""
+                r.errors.append("connection error %r" % e)
+            if not data:
+                r.errors.append("connection ended after %d messages"
+                                % r.next)
+                sel.unregister(key.fileobj)
+                continue
+            before = r.next
+            r.feed(data)
+            if before < expected <= r.next:
+                pending -= 1

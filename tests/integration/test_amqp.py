@@ -16,7 +16,7 @@ import websockets.exceptions
 
 from rabbitmq import (Publisher, amqp_server, publisher,  # noqa: F401
                       unique_exchange)
-from rawws import OP_TEXT, RawWS, SeqReceiver
+from rawws import OP_TEXT, RawWS, SeqReceiver, pump
 from support import (HOST, error_code, expect_silence, metric_sum, recv_json,
                      request, run, send_json, subscribe, wait_for,
                      ws_connect)
@@ -331,33 +331,7 @@ def test_per_publisher_order_10000_to_100(amqp_server, rabbitmq):
         t0 = time.monotonic()
         publisher_thread.start()
         deadline = t0 + ORDER_TIMEOUT
-        pending = N_SUBS
-        settle_until = None
-        while time.monotonic() < deadline:
-            if publish_error:
-                break
-            if pending == 0 and settle_until is None:
-                settle_until = time.monotonic() + 0.5   # extras show up
-            if settle_until is not None and time.monotonic() > settle_until:
-                break
-            for key, _ in sel.select(timeout=0.2):
-                r = key.data
-                try:
-                    data = key.fileobj.recv(1 << 20)
-                except BlockingIOError:
-                    continue
-                except ConnectionError as e:
-                    data = b""
-                    r.errors.append("connection error %r" % e)
-                if not data:
-                    r.errors.append("connection ended after %d messages"
-                                    % r.next)
-                    sel.unregister(key.fileobj)
-                    continue
-                before = r.next
-                r.feed(data)
-                if before < N_ORDER <= r.next:
-                    pending -= 1
+        pump(sel, N_ORDER, deadline, lambda: bool(publish_error))
         elapsed = time.monotonic() - t0
         publisher_thread.join(timeout=10)
         sel.close()

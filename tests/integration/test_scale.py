@@ -11,7 +11,7 @@ import selectors
 import threading
 import time
 
-from rawws import OP_TEXT, RawWS, SeqReceiver
+from rawws import OP_TEXT, RawWS, SeqReceiver, pump
 from support import HOST
 
 N_CONN = 1000
@@ -95,35 +95,7 @@ def test_1000_connections_1000_broadcasts(server):
         t0 = time.monotonic()
         publisher.start()
         deadline = t0 + DELIVERY_TIMEOUT
-        pending = N_CONN
-        settle_until = None
-        while time.monotonic() < deadline:
-            if publish_error:
-                break
-            if pending == 0 and settle_until is None:
-                # Everything expected arrived; watch a little longer for
-                # duplicates or extras.
-                settle_until = time.monotonic() + 0.5
-            if settle_until is not None and time.monotonic() > settle_until:
-                break
-            for key, _ in sel.select(timeout=0.2):
-                r = key.data
-                try:
-                    data = key.fileobj.recv(1 << 20)
-                except BlockingIOError:
-                    continue
-                except ConnectionError as e:
-                    data = b""
-                    r.errors.append("connection error %r" % e)
-                if not data:
-                    r.errors.append("connection ended after %d messages"
-                                    % r.next)
-                    sel.unregister(key.fileobj)
-                    continue
-                before = r.next
-                r.feed(data)
-                if before < N_MSG <= r.next:
-                    pending -= 1
+        pump(sel, N_MSG, deadline, lambda: bool(publish_error))
         elapsed = time.monotonic() - t0
         publisher.join(timeout=10)
         sel.close()
