@@ -170,11 +170,17 @@ function sees(page, kind, text, ms) {
 }
 
 async function join(page, name, room) {
+  const joined = page.locator("#log li.join",
+                              {hasText: "You joined #" + room});
+  // Rejoining a room: the log already has an earlier line like this one.
+  const before = await joined.count();
   await page.fill("#name", name);
   await page.fill("#room", room);
   await page.click("#join");
-  await sees(page, "join", "You joined #" + room);
-  assert.equal(await page.textContent("#room-title"), "#" + room);
+  await joined.nth(before).waitFor({state: "visible", timeout: WAIT});
+  await page.waitForFunction(function (title) {
+    return document.getElementById("room-title").textContent === title;
+  }, "#" + room, {timeout: WAIT});
 }
 
 async function say(page, text) {
