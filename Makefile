@@ -93,13 +93,20 @@ deps: packages $(LWS_LIB)
 
 # libwebsockets 4.1.6 from Debian's own source package, built with libevent
 # (Debian's binary package has no libevent support). A private sources list
-# under build/ keeps the system's apt configuration untouched.
+# under build/, pointing at the mirror the system already uses, keeps the
+# system's apt configuration untouched.
 $(LWS_LIB):
 	$(Q)$(MAKE) --no-print-directory packages
 	@echo "  LWS    libwebsockets $(LWS_VER) from Debian source (once)"
 	$(Q)set -e; top=$$(pwd); apt=$$top/$(BUILD)/apt; \
 	mkdir -p $$apt/lists/partial $(BUILD)/src $(BUILD)/lws-build; \
-	echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main" > $$apt/sources.list; \
+	uri=$$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources \
+	  2>/dev/null | head -n1 | cut -d' ' -f1); \
+	[ -n "$$uri" ] || uri=$$(awk '$$1 == "deb" {print ($$2 ~ /^\[/ ? $$3 : $$2); exit}' \
+	  /etc/apt/sources.list 2>/dev/null); \
+	suite=$$(. /etc/os-release && echo $$VERSION_CODENAME); \
+	[ -n "$$uri" ] && [ -n "$$suite" ] || { echo "cannot find the Debian mirror in /etc/apt"; exit 1; }; \
+	echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $$uri $$suite main" > $$apt/sources.list; \
 	A="-o Dir::Etc::SourceList=$$apt/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$$apt/lists"; \
 	apt-get $$A update -qq >$(BUILD)/lws-fetch.log 2>&1; \
 	rm -rf $(BUILD)/src/libwebsockets-4.1.6; \
