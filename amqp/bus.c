@@ -205,7 +205,26 @@ link_lost(struct bg_bus *b)
 	schedule_retry(b);
 }
 
-/* Publishes what workers queued; keeps a message whose publish failed. */
+/* Hands one outbox message on: fanned out here (standalone) or
+ * published (AMQP). false when the link failed; it is then held and sent
+ * first once the link is back. */
+static bool
+hand_on(struct bg_bus *b, struct bg_msg *m)
+{
+	if (b->link == NULL) {
+		fan_out(b, m);
+		return true;
+	}
+	if (bg_link_publish(b->link, m) != BG_OK) {
+		b->held = m;
+		link_lost(b);
+		return false;
+	}
+	bg_msg_unref(m);
+	return true;
+}
+
+/* Drains what workers queued, in push order, in either mode. */
 static void
 drain_outbox(struct bg_bus *b)
 {
@@ -213,22 +232,14 @@ drain_outbox(struct bg_bus *b)
 
 	bg_ring_clear(b->outbox);
 	do {
-		if (b->held != NULL) {
-			if (bg_link_publish(b->link, b->held) != BG_OK) {
-				link_lost(b);
-				return;
-			}
-			bg_msg_unref(b->held);
+		if ((m = b->held) != NULL) {
 			b->held = NULL;
-		}
-		while ((m = bg_ring_pop(b->outbox)) != NULL) {
-			if (bg_link_publish(b->link, m) != BG_OK) {
-				b->held = m;
-				link_lost(b);
+			if (!hand_on(b, m))
 				return;
-			}
-			bg_msg_unref(m);
 		}
+		while ((m = bg_ring_pop(b->outbox)) != NULL)
+			if (!hand_on(b, m))
+				return;
 	} while (!bg_ring_sleep(b->outbox));
 }
 
@@ -300,7 +311,6 @@ bus_main(void *arg)
 		{ .fd = bg_ring_fd(b->outbox), .events = POLLIN },
 		{ .fd = b->stop_efd, .events = POLLIN },
 	};
-	struct bg_msg *m;
 
 	pthread_setname_np(pthread_self(), "bg-bus");
 	if (b->link != NULL) {
@@ -315,11 +325,7 @@ bus_main(void *arg)
 		}
 		if (fds[1].revents)
 			break;
-		bg_ring_clear(b->outbox);
-		do {
-			while ((m = bg_ring_pop(b->outbox)) != NULL)
-				fan_out(b, m);
-		} while (!bg_ring_sleep(b->outbox));
+		drain_outbox(b);
 	}
 	return NULL;
 }
