@@ -237,6 +237,11 @@ uint64_t bg_hist_quantile(const struct bg_hist *h, double q);
 void bg_sha1(const void *data, size_t len, uint8_t out[20]);
 /* Writes 4 * ceil(len / 3) characters and a NUL to out. */
 void bg_base64(const uint8_t *in, size_t len, char *out);
+
+/* Sends as much of buf[0, *len) as the non-blocking socket takes and
+ * moves the rest to the front. 0 (done or EAGAIN: *len says what is
+ * left), or -1 with errno set on a real error. */
+int bg_send_pending(int fd, char *buf, size_t *len);
 /*
  * Scanners for the flat messages the bench exchanges: find "key" (qkey
  * includes the quotes) followed by a colon and read an integer, a

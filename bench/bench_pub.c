@@ -203,20 +203,9 @@ static void http_recycle(struct bg_pub *p)
 
 static void http_flush(struct bg_pub *p)
 {
-	ssize_t n;
-
-	while (p->outlen) {
-		n = send(p->fd, p->out, p->outlen, MSG_NOSIGNAL);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN)
-				break;
-			http_broken(p, strerror(errno));
-			return;
-		}
-		memmove(p->out, p->out + n, p->outlen - (size_t)n);
-		p->outlen -= (size_t)n;
+	if (bg_send_pending(p->fd, p->out, &p->outlen) < 0) {
+		http_broken(p, strerror(errno));
+		return;
 	}
 	if (p->outlen)
 		event_add(&p->wev, NULL);

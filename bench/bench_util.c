@@ -5,6 +5,8 @@
  * fields of the flat JSON messages the bench exchanges.  No I/O; called
  * from the bench's single thread.
  */
+#include <sys/socket.h>
+#include <errno.h>
 #include "bench.h"
 
 #include <string.h>
@@ -264,4 +266,23 @@ bool bg_json_true(const char *p, size_t len, const char *qkey)
 	const char *v = json_value(p, len, qkey);
 
 	return v && (size_t)(p + len - v) >= 4 && !memcmp(v, "true", 4);
+}
+
+int bg_send_pending(int fd, char *buf, size_t *len)
+{
+	ssize_t n;
+
+	while (*len) {
+		n = send(fd, buf, *len, MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == EAGAIN)
+				return 0;
+			return -1;
+		}
+		memmove(buf, buf + n, *len - (size_t)n);
+		*len -= (size_t)n;
+	}
+	return 0;
 }

@@ -214,7 +214,6 @@ static void ws_send_upgrade(struct bg_ws *c)
 static void ws_write_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct bg_ws *c = arg;
-	ssize_t n;
 
 	if (c->state == BG_WS_CONNECTING) {
 		int err = 0;
@@ -233,18 +232,9 @@ static void ws_write_cb(evutil_socket_t fd, short what, void *arg)
 		ws_send_upgrade(c);
 		return;
 	}
-	while (c->wlen) {
-		n = send(fd, c->wbuf, c->wlen, MSG_NOSIGNAL);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			if (errno == EAGAIN)
-				break;
-			ws_end(c, strerror(errno));
-			return;
-		}
-		memmove(c->wbuf, c->wbuf + n, c->wlen - (size_t)n);
-		c->wlen -= (size_t)n;
+	if (bg_send_pending(fd, c->wbuf, &c->wlen) < 0) {
+		ws_end(c, strerror(errno));
+		return;
 	}
 	if (c->wlen)
 		event_add(&c->wev, NULL);
