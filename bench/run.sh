@@ -121,9 +121,11 @@ for f in "$BAGOU_BIN" "$BAGOU_BENCH"; do
 done
 mkdir -p "$LOGDIR" "$(dirname "$BENCH_OUT")"
 
-# Client publishes (the ws publishers) are off by default in the server.
+# Client publishes (the ws publishers) are off by default in the server,
+# and each connection is rate-limited (100 messages/s): a benchmark
+# publisher must be neither.
 CONFIG=$(mktemp "${TMPDIR:-/tmp}/bagou-bench.XXXXXX.ini")
-printf '; written by bench/run.sh\n[channels]\nclient_publish = all\n' \
+printf '; written by bench/run.sh\n[channels]\nclient_publish = all\n[limits]\nrate = 0\n' \
 	>"$CONFIG"
 
 # The server needs a descriptor per connection, and more.
@@ -712,7 +714,8 @@ fi
 	echo "Bagou benchmarks, $(date -u '+%Y-%m-%d %H:%M:%S UTC')," \
 		"$(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "server $BAGOU_BIN, $BENCH_WORKERS workers, --amqp-url none," \
-		"[channels] client_publish = all (f, g: --amqp-url to a" \
+		"[channels] client_publish = all, [limits] rate = 0" \
+		"(f, g: --amqp-url to a" \
 		"private RabbitMQ $(dpkg-query -W -f '${Version}' \
 			rabbitmq-server 2>/dev/null || echo '?'));"
 	echo "fanout: rate $BENCH_RATE, ${BENCH_DURATION} s, ${BENCH_SIZE} B," \
