@@ -68,7 +68,7 @@ import time
 
 import pytest
 
-from support import HOST, Server, free_port, wait_for
+from support import HOST, Server, free_port, stop_servers, wait_for
 
 RABBIT_BIN = "/usr/lib/rabbitmq/bin"
 START_TIMEOUT = 60.0          # seconds until the broker accepts logins
@@ -548,8 +548,7 @@ def amqp_server(request, tmp_path, rabbitmq):
         return srv
 
     yield start
-    for srv in started:
-        srv.stop()
+    stop_servers(started)
 
 
 @pytest.fixture

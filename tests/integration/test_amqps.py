@@ -27,8 +27,8 @@ import time
 import pytest
 
 from rabbitmq import AmqpServer, BrokerError, Publisher, RabbitMQ, _pika
-from support import (HOST, expect_silence, recv_json, run, subscribe,
-                     ws_connect)
+from support import (HOST, expect_silence, recv_json, run, stop_servers,
+                     subscribe, ws_connect)
 
 BROKER_START_TIMEOUT = 45.0    # to the first AMQP login
 TLS_READY_TIMEOUT = 15.0       # then to the first TLS handshake
@@ -181,8 +181,7 @@ def tls_server(request, tmp_path, tls_broker):
         return srv
 
     yield start
-    for srv in started:
-        srv.stop()
+    stop_servers(started)
 
 
 @pytest.fixture
