@@ -380,6 +380,29 @@ async def expect_silence(ws, timeout=SILENCE):
     raise AssertionError("unexpected message: %r" % (raw,))
 
 
+SENTINEL = {"event": "sentinel", "data": {}}
+
+
+async def expect_only_sentinel(srv, wss):
+    """Nothing else reached these connections: a broadcast to everyone
+    (POST /broadcast), published after what they must not get, is the
+    next thing each of them receives. A closed connection fails too.
+    Every other connection of srv gets the sentinel as well."""
+    await asyncio.to_thread(srv.broadcast, {"event": "sentinel"})
+    for ws in wss:
+        assert await recv_json(ws) == SENTINEL
+
+
+async def expect_nothing_pending(ws):
+    """Nothing was sent to ws that it has not read: a ping sent now is
+    answered next (the server answers one connection's messages in order,
+    so a late reply or error to an earlier message would come first)."""
+    await send_json(ws, {"event": "ping", "callbackId": "nothing-pending"})
+    assert await recv_json(ws) == {
+        "event": "callback", "callbackId": "nothing-pending",
+        "data": {"success": True}}
+
+
 async def send_json(ws, obj):
     await ws.send(json.dumps(obj))
 

@@ -6,24 +6,12 @@ import json
 
 import pytest
 
-from support import (HOST, recv_json, run, subscribe,
+from support import (HOST, expect_only_sentinel, recv_json, run, subscribe,
                      ws_connect)
 
 
 async def post(srv, msg):
     await asyncio.to_thread(srv.broadcast, msg)
-
-
-SENTINEL = {"event": "sentinel", "data": {}}
-
-
-async def expect_only_sentinel(srv, wss):
-    """Nothing else reached these connections: a broadcast to everyone,
-    published after what they must not get, is the next thing each of
-    them receives."""
-    await post(srv, {"event": "sentinel"})
-    for ws in wss:
-        assert await recv_json(ws) == SENTINEL
 
 
 async def clients(srv, channel_sets):

@@ -11,23 +11,11 @@ import jwt
 import pytest
 import websockets
 
-from support import (error_code, recv_json, request, run,
-                     send_json, subscribe, wait_closed, ws_connect)
+from support import (error_code, expect_only_sentinel, recv_json, request,
+                     run, send_json, subscribe, wait_closed, ws_connect)
 
 SECRET = "policy-secret"
 
-
-
-SENTINEL = {"event": "sentinel", "data": {}}
-
-
-async def expect_only_sentinel(srv, wss):
-    """Nothing else reached these connections: a broadcast to everyone,
-    published after what they must not get, is the next thing each of
-    them receives (a closed connection fails the check)."""
-    await asyncio.to_thread(srv.broadcast, {"event": "sentinel"})
-    for ws in wss:
-        assert await recv_json(ws) == SENTINEL
 
 def token(sub="alice", channels=None, ttl=3600, **claims):
     payload = {"sub": sub, "exp": int(time.time()) + ttl}
