@@ -6,7 +6,7 @@ reaches the clients of every node."""
 import asyncio
 
 from rabbitmq import amqp_server, publisher, unique_exchange  # noqa: F401
-from support import expect_silence, recv_json, request, run, subscribe, \
+from support import expect_only_sentinel, recv_json, request, run, subscribe, \
     ws_connect
 
 N_NODES = 3
@@ -62,8 +62,9 @@ def test_pika_broadcast_reaches_every_node(amqp_server, publisher):
         for i, (ws, _) in enumerate(others):
             assert await recv_json(ws) == {"event": "everyone", "data": 3}, \
                 "node %d" % i
+        await expect_only_sentinel(nodes[0],
+                                   [ws for ws, _ in subs + others])
         for ws, _ in subs + others:
-            await expect_silence(ws, 0.1)
             await ws.close()
 
     run(scenario())
@@ -81,8 +82,8 @@ def test_post_broadcast_on_one_node_reaches_all(amqp_server):
                 assert await recv_json(ws) == {
                     "event": "from-node", "channel": "news", "data": i}, \
                     "POST on node %d, subscriber on node %d" % (i, j)
+        await expect_only_sentinel(nodes[0], [ws for ws, _ in subs])
         for ws, _ in subs:
-            await expect_silence(ws, 0.1)
             await ws.close()
 
     run(scenario())
@@ -108,8 +109,7 @@ def test_client_publish_on_a_reaches_c(amqp_server):
                 "from": aid}
         assert await recv_json(c) == want
         assert await recv_json(b) == want
-        await expect_silence(c_off)
-        await expect_silence(a, 0.05)
+        await expect_only_sentinel(a_node, [c_off, a, b, c])
         for ws in (a, b, c, c_off):
             await ws.close()
 
@@ -139,8 +139,6 @@ def test_client_targeted_broadcast_across_nodes(amqp_server):
         for name, (ws, _) in conns.items():
             assert await recv_json(ws) == {"event": "sentinel",
                                            "data": {}}, name
-        for ws, _ in conns.values():
-            await expect_silence(ws, 0.1)
             await ws.close()
 
     run(scenario())
