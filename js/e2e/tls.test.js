@@ -31,6 +31,8 @@ const T = require("../support/testing.js");
 const WAIT = 15000;           // one expected thing in the page
 const START_MS = 10000;       // the server's /health over https
 const WATCHDOG = 180000;      // the whole file
+// With an api_key, POST /broadcast on the public listener needs the bearer.
+const API_KEY = "tls-e2e-key";
 
 function missing() {
   const out = [];
@@ -124,7 +126,8 @@ function request(port, ca, method, urlPath, body) {
     const req = https.request({
       host: T.HOST, port: port, method: method, path: urlPath, ca: ca,
       headers: data ? {"Content-Type": "application/json",
-                       "Content-Length": data.length} : {},
+                       "Content-Length": data.length,
+                       "Authorization": "Bearer " + API_KEY} : {},
       timeout: 5000,
     }, function (res) {
       const chunks = [];
@@ -148,6 +151,7 @@ async function startServer(dir, port, ca) {
     "tls_cert = server.pem",   // relative to the ini's folder
     "tls_key = server.key",
     "[http]",
+    "api_key = " + API_KEY,
     "static_dir = " + path.join(dir, "static"),
     "",
   ].join("\n"));

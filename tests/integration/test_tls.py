@@ -132,9 +132,13 @@ def replace(dst, src):
     os.replace(dst + ".new", dst)
 
 
+API_KEY = "tls-test-key"
+# With an api_key, POST /broadcast on the public listener needs the bearer
+# (and stays there once an API listener exists: PROTOCOL.md section 8).
 TLS_INI = {"server": {"tls_cert": "certs/server.pem",
                       "tls_key": "certs/server.key",
-                      "tls_ca": "certs/chain.pem"}}
+                      "tls_ca": "certs/chain.pem"},
+           "http": {"api_key": API_KEY}}
 
 
 def client_ctx(pki, lo=None, hi=None, ciphers=None):
@@ -237,7 +241,8 @@ def peer(ws):
 async def broadcast(srv, channel, data):
     status, _, body = await asyncio.to_thread(
         srv.post, "/broadcast",
-        {"event": "news", "channel": channel, "data": data})
+        {"event": "news", "channel": channel, "data": data},
+        headers={"Authorization": "Bearer " + API_KEY})
     assert status == 202, (status, body)
 
 
@@ -425,7 +430,8 @@ def test_chain_comes_from_tls_ca(tls_server, tmp_path, pki):
     only the root cannot verify (tls_ca is what completes the chain)."""
     install(pki, tmp_path)
     no_chain = {"server": {"tls_cert": "certs/server.pem",
-                           "tls_key": "certs/server.key"}}
+                           "tls_key": "certs/server.key"},
+                "http": {"api_key": API_KEY}}
     ctx = client_ctx(pki)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
