@@ -49,6 +49,8 @@ struct certset {
 
 struct bg_tls {
 	const struct bg_config *cfg;    /* immutable */
+	SSL_CTX *client_ctx;            /* immutable; never used: see
+	                                   bg_tls_lws_info */
 	pthread_mutex_t lock;
 	struct certset cur;             /* under lock: main swaps, workers
 	                                   copy references out */
@@ -234,7 +236,15 @@ bg_tls_new(const struct bg_config *cfg, char *err, size_t errlen)
 		return NULL;
 	}
 	t->cfg = cfg;
+	t->client_ctx = SSL_CTX_new(TLS_client_method());
+	if (t->client_ctx == NULL) {
+		seterr(err, errlen, "cannot create a TLS context: %s",
+		       ssl_reason());
+		free(t);
+		return NULL;
+	}
 	if (certset_load(&t->cur, cfg, err, errlen) != BG_OK) {
+		SSL_CTX_free(t->client_ctx);
 		free(t);
 		return NULL;
 	}
@@ -297,6 +307,7 @@ bg_tls_free(struct bg_tls *t)
 	if (t == NULL)
 		return;
 	certset_clear(&t->cur);
+	SSL_CTX_free(t->client_ctx);
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 }
@@ -314,6 +325,11 @@ bg_tls_lws_info(const struct bg_tls *t,
 	info->ssl_options_set = TLS_OPTIONS;
 	/* The WebSocket upgrade is HTTP/1.1: never negotiate h2. */
 	info->alpn = "http/1.1";
+	/* Otherwise lws makes each vhost a client context of its own and
+	 * loads the system CA bundle into it (~350 KiB a worker), for
+	 * client connections the server never makes. lws does not free a
+	 * context it was given. */
+	info->provided_client_ssl_ctx = t->client_ctx;
 }
 
 /* Every handshake serves the current set, whatever the SSL_CTX held when
