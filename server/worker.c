@@ -325,8 +325,16 @@ on_inbox(evutil_socket_t fd, short what, void *arg)
 				close(s);
 				continue;
 			}
-			/* On failure lws has closed the socket. */
-			if (lws_adopt_socket_vhost(w->vhost, s) == NULL)
+			/* On failure lws has closed the socket. With TLS
+			 * that includes a client whose first bytes were
+			 * already there and were no usable ClientHello:
+			 * anyone can cause that, so no warning each time. */
+			if (lws_adopt_socket_vhost(w->vhost, s) != NULL)
+				continue;
+			if (w->srv->tls != NULL)
+				bg_log_debug("worker %d: a connection failed "
+					     "its TLS handshake", w->index);
+			else
 				bg_log_warn("worker %d: could not adopt a "
 					    "connection", w->index);
 		}
