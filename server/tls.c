@@ -188,6 +188,33 @@ certset_clear(struct certset *s)
 	memset(s, 0, sizeof(*s));
 }
 
+/* What every handshake will do with s, done once now: OpenSSL's security
+ * level refuses weak keys and signatures (an RSA key under 2048 bits, a
+ * SHA-1 signature) there, and would otherwise fail every handshake. */
+static int
+certset_try(const struct certset *s, const struct bg_config *cfg,
+	    char *err, size_t errlen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+	int ok;
+
+	ok = ctx != NULL && SSL_CTX_use_certificate(ctx, s->leaf) == 1 &&
+	     SSL_CTX_use_PrivateKey(ctx, s->key) == 1;
+	if (!ok)
+		seterr(err, errlen, "[server] tls_cert '%s': OpenSSL will not "
+		       "serve this certificate: %s", cfg->tls_cert,
+		       ssl_reason());
+	else if (SSL_CTX_set1_chain(ctx, s->chain) != 1) {
+		seterr(err, errlen, "[server] %s '%s': OpenSSL will not send "
+		       "this chain: %s", cfg->tls_ca[0] ? "tls_ca" :
+		       "tls_cert", cfg->tls_ca[0] ? cfg->tls_ca : cfg->tls_cert,
+		       ssl_reason());
+		ok = 0;
+	}
+	SSL_CTX_free(ctx);
+	return ok ? BG_OK : BG_ERR;
+}
+
 /* Reads and checks cfg's files into s (empty on failure). */
 static int
 certset_load(struct certset *s, const struct bg_config *cfg, char *err,
@@ -219,6 +246,8 @@ certset_load(struct certset *s, const struct bg_config *cfg, char *err,
 		       cfg->tls_cert);
 		goto fail;
 	}
+	if (certset_try(s, cfg, err, errlen) != BG_OK)
+		goto fail;
 	return BG_OK;
 fail:
 	sk_X509_pop_free(certs, X509_free);

@@ -59,6 +59,8 @@ make_cert(const char *name, long serial, const char *type, long from_days,
 	char path[96];
 	EVP_PKEY *k = strcmp(type, "EC") == 0 ?
 		EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256") :
+		strcmp(type, "RSA1024") == 0 ?
+		EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)1024) :
 		EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
 	X509 *x = X509_new();
 	X509_NAME *n;
@@ -118,6 +120,7 @@ setup(void **state)
 	make_cert("one", 0x0a, "EC", 0, 2);
 	make_cert("two", 0x0b, "RSA", 0, 2);
 	make_cert("old", 0x0c, "EC", -3, -1);
+	make_cert("weak", 0x0d, "RSA1024", 0, 2);
 	write_text("empty.pem", "nothing here\n");
 	write_text("broken.pem", "-----BEGIN CERTIFICATE-----\nnot base64"
 		   "!\n-----END CERTIFICATE-----\n");
@@ -147,6 +150,8 @@ expect_error(const char *msg)
 static void
 test_errors(void **state)
 {
+	SSL_CTX *ctx;
+
 	use("missing.pem", "one.key", NULL);
 	expect_error("[server] tls_cert '%s/missing.pem': cannot open: No "
 		     "such file or directory");
@@ -171,6 +176,15 @@ test_errors(void **state)
 	use("one.pem", "one.key", "missing.pem");
 	expect_error("[server] tls_ca '%s/missing.pem': cannot open: No such "
 		     "file or directory");
+	/* Loads, but would fail every handshake at security level 2 (what
+	 * Debian's OpenSSL defaults to). */
+	ctx = SSL_CTX_new(TLS_server_method());
+	assert_non_null(ctx);
+	use("weak.pem", "weak.key", NULL);
+	if (SSL_CTX_get_security_level(ctx) >= 2)
+		expect_error("[server] tls_cert '%s/weak.pem': OpenSSL will "
+			     "not serve this certificate: ee key too small");
+	SSL_CTX_free(ctx);
 	/* Nothing left in OpenSSL's error queue for the next caller. */
 	assert_int_equal(ERR_peek_error(), 0);
 }
