@@ -9,7 +9,8 @@ handshake also proves that tls_ca is sent as the chain. The ini names the
 files relative to its own folder while the server runs elsewhere.
 
 * wss:// and https:// (/health, /bagou.js, POST /broadcast) work with a
-  verifying client; a subscribed client receives a broadcast;
+  verifying client; a subscribed client receives a broadcast, and large
+  back-to-back broadcasts arrive intact;
 * TLS 1.0 and 1.1 are refused by the server, 1.2 and 1.3 work; TLS 1.2
   without ECDHE+AEAD is refused; renegotiation is refused;
 * a plain ws:// or HTTP client on the TLS port fails cleanly and a canary
@@ -266,6 +267,26 @@ def test_wss_and_https(tls_server, tmp_path, pki):
         await broadcast(srv, "news", {"n": 1})
         assert await recv_json(ws) == {"event": "news", "channel": "news",
                                        "data": {"n": 1}}
+        await ws.close()
+    run(go())
+
+
+def test_large_messages_over_tls(tls_server, tmp_path, pki):
+    """Frames larger than a TLS record, back to back: partial SSL writes
+    are resumed in order, nothing is lost or mixed."""
+    install(pki, tmp_path)
+    srv = tls_server({**TLS_INI, "limits": {"max_message_size": "256k",
+                                            "max_queued_bytes": "4m"}})
+
+    async def go():
+        ws, _ = await wss_connect(srv, max_size=2**20)
+        await subscribe(ws, "big")
+        sent = ["%d:" % i + chr(ord("a") + i) * (40000 + 7919 * i)
+                for i in range(20)]
+        for text in sent:
+            await broadcast(srv, "big", text)
+        for text in sent:
+            assert (await recv_json(ws))["data"] == text
         await ws.close()
     run(go())
 
