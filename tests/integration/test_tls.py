@@ -39,7 +39,7 @@ import websockets.exceptions
 
 from support import (HOST, Server, ServerError, expect_silence, free_port,
                      http_request, recv_json, run, server_binary, subscribe,
-                     wait_for)
+                     wait_closed, wait_for)
 
 OPENSSL_TIMEOUT = 30.0
 SERIAL_EC = "B1"
@@ -267,8 +267,11 @@ def test_wss_and_https(tls_server, tmp_path, pki):
         await broadcast(srv, "news", {"n": 1})
         assert await recv_json(ws) == {"event": "news", "channel": "news",
                                        "data": {"n": 1}}
-        await ws.close()
+        # SIGTERM: the close handshake runs over TLS too.
+        srv.signal(signal.SIGTERM)
+        assert await wait_closed(ws) == 1001
     run(go())
+    assert srv.wait_exit(5) == 0
 
 
 def test_large_messages_over_tls(tls_server, tmp_path, pki):
