@@ -14,6 +14,7 @@
 #include <libwebsockets.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <pthread.h>
@@ -49,6 +50,8 @@ struct certset {
 
 struct bg_tls {
 	const struct bg_config *cfg;    /* immutable */
+	unsigned char ticket_keys[80];  /* immutable: session tickets of
+	                                   every worker */
 	SSL_CTX *client_ctx;            /* immutable; never used: see
 	                                   bg_tls_lws_info */
 	pthread_mutex_t lock;
@@ -266,9 +269,11 @@ bg_tls_new(const struct bg_config *cfg, char *err, size_t errlen)
 	}
 	t->cfg = cfg;
 	t->client_ctx = SSL_CTX_new(TLS_client_method());
-	if (t->client_ctx == NULL) {
+	if (t->client_ctx == NULL ||
+	    RAND_bytes(t->ticket_keys, sizeof(t->ticket_keys)) != 1) {
 		seterr(err, errlen, "cannot create a TLS context: %s",
 		       ssl_reason());
+		SSL_CTX_free(t->client_ctx);
 		free(t);
 		return NULL;
 	}
@@ -337,6 +342,7 @@ bg_tls_free(struct bg_tls *t)
 		return;
 	certset_clear(&t->cur);
 	SSL_CTX_free(t->client_ctx);
+	OPENSSL_cleanse(t->ticket_keys, sizeof(t->ticket_keys));
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 }
@@ -397,6 +403,15 @@ bg_tls_vhost_setup(struct bg_tls *t, void *ssl_ctx)
 	pthread_mutex_unlock(&t->lock);
 	if (!ok) {
 		bg_log_error("tls: cannot set up the worker's TLS context: %s",
+			     ssl_reason());
+		return BG_ERR;
+	}
+	/* One set of ticket keys for every worker: a client resumes its
+	 * session whichever worker the acceptor hands it to. They last as
+	 * long as the process. */
+	if (SSL_CTX_set_tlsext_ticket_keys(ctx, t->ticket_keys,
+					   sizeof(t->ticket_keys)) != 1) {
+		bg_log_error("tls: cannot set the session ticket keys: %s",
 			     ssl_reason());
 		return BG_ERR;
 	}

@@ -12,7 +12,8 @@ files relative to its own folder while the server runs elsewhere.
   verifying client; a subscribed client receives a broadcast, and large
   back-to-back broadcasts arrive intact;
 * TLS 1.0 and 1.1 are refused by the server, 1.2 and 1.3 work; TLS 1.2
-  without ECDHE+AEAD is refused; renegotiation is refused;
+  without ECDHE+AEAD is refused; renegotiation is refused; sessions
+  resume whichever worker a connection lands on;
 * a plain ws:// or HTTP client on the TLS port fails cleanly and a canary
   connection keeps working;
 * SIGHUP reloads the certificate: new connections see the new serial
@@ -335,6 +336,38 @@ def test_versions_and_ciphers(tls_server, tmp_path, pki):
     # Refused handshakes are the client's business: no warning each.
     assert " warn " not in srv.log() and " error " not in srv.log(), \
         srv.log()
+
+
+def test_sessions_resume_on_any_worker(tls_server, tmp_path, pki):
+    """Session tickets are valid on every worker: successive connections
+    go to different workers (two, both idle) and each resumes."""
+    install(pki, tmp_path)
+    srv = tls_server(workers=2)
+    V = ssl.TLSVersion
+
+    def get_health(ctx, session=None):
+        with socket.create_connection((HOST, srv.port), timeout=5) as s:
+            with ctx.wrap_socket(s, server_hostname=HOST,
+                                 session=session) as t:
+                t.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                          b"Connection: close\r\n\r\n")
+                data = b""
+                while True:
+                    chunk = t.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                assert data.startswith(b"HTTP/1.1 200"), data
+                # TLS 1.3 tickets come after the handshake: read first.
+                return t.session, t.session_reused
+
+    for v in (V.TLSv1_2, V.TLSv1_3):
+        ctx = client_ctx(pki, v, v)
+        session, reused = get_health(ctx)
+        assert not reused
+        for i in range(4):
+            session, reused = get_health(ctx, session)
+            assert reused, (v, i)
 
 
 def test_renegotiation_refused(tls_server, tmp_path, pki):
