@@ -246,6 +246,22 @@ parse_origins(const struct key *k, struct bg_config *cfg, const char *v,
 	return parse_str(k, cfg, v, msg, len);
 }
 
+/* A file path ([server] tls_*): no control characters; "" = unset. The
+ * loader makes a relative one relative to the ini file's folder. */
+static int
+parse_file(const struct key *k, struct bg_config *cfg, const char *v,
+	   char *msg, size_t len)
+{
+	for (const char *p = v; *p; p++) {
+		if (iscntrl((unsigned char)*p)) {
+			seterr(msg, len, "must not contain control "
+			       "characters");
+			return BG_ERR;
+		}
+	}
+	return parse_str(k, cfg, v, msg, len);
+}
+
 static const char *const lifecycle_names[] = {
 	"open", "close", "subscribe", "unsubscribe"
 };
@@ -389,6 +405,9 @@ static const struct key keys[] = {
 	{ "amqp", "heartbeat", parse_int, OFF(amqp_heartbeat), 0, 600 },
 	{ "amqp", "ca_file", parse_str, OFF(amqp_ca_file), STR(amqp_ca_file) },
 	{ "server", "origins", parse_origins, OFF(origins), STR(origins) },
+	{ "server", "tls_cert", parse_file, OFF(tls_cert), STR(tls_cert) },
+	{ "server", "tls_key", parse_file, OFF(tls_key), STR(tls_key) },
+	{ "server", "tls_ca", parse_file, OFF(tls_ca), STR(tls_ca) },
 	{ "limits", "rate", parse_int, OFF(rate), 0, 1000000 },
 	{ "limits", "burst", parse_int, OFF(burst), 1, 1000000 },
 	{ "auth", "secret", parse_str, OFF(auth_secret), STR(auth_secret) },
@@ -558,6 +577,33 @@ on_key(void *user, const char *section, const char *name,
 	return 1;
 }
 
+/* The file paths set by the file at l (parse_file keys) that are
+ * relative: prefixed with the file's folder. */
+static void
+resolve_paths(struct load *l)
+{
+	const char *slash = strrchr(l->path, '/');
+	int dir_len = slash != NULL ? (int)(slash - l->path) + 1 : 0;
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(keys) && !l->failed; i++) {
+		char *v = (char *)l->cfg + keys[i].off;
+		char buf[1024];
+
+		if (keys[i].parse != parse_file || !l->seen[i] ||
+		    v[0] == '\0' || v[0] == '/' || dir_len == 0)
+			continue;
+		if (snprintf(buf, sizeof(buf), "%.*s%s", dir_len, l->path, v)
+		    > (int)keys[i].max) {
+			l->lineno = l->seen[i];
+			load_fail(l, "[%s] %s: the path relative to this "
+				  "file's folder is too long", keys[i].section,
+				  keys[i].name);
+			return;
+		}
+		strcpy(v, buf);
+	}
+}
+
 int
 bg_config_load(struct bg_config *cfg, const char *path, char *err,
 	       size_t errlen)
@@ -589,6 +635,7 @@ bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		l.lineno = rc;
 		load_fail(&l, "expected [section] or key = value");
 	}
+	resolve_paths(&l);
 	return l.failed ? BG_ERR : BG_OK;
 }
 
@@ -606,6 +653,16 @@ bg_config_validate(const struct bg_config *cfg, char *err, size_t errlen)
 	    strcmp(cfg->amqp_url, "none") == 0) {
 		seterr(err, errlen, "[forward] exchange needs RabbitMQ: set "
 		       "[amqp] url (events are forwarded through it)");
+		return BG_ERR;
+	}
+	if ((cfg->tls_cert[0] == '\0') != (cfg->tls_key[0] == '\0')) {
+		seterr(err, errlen, "[server] tls_cert and [server] tls_key "
+		       "go together: set both for TLS, or neither");
+		return BG_ERR;
+	}
+	if (cfg->tls_ca[0] != '\0' && cfg->tls_cert[0] == '\0') {
+		seterr(err, errlen, "[server] tls_ca needs [server] tls_cert "
+		       "and tls_key");
 		return BG_ERR;
 	}
 	if (cfg->forward_lifecycle != 0 && cfg->forward_exchange[0] == '\0') {

@@ -36,6 +36,11 @@ struct bg_config {
 	int ping_interval;               /* seconds between lws pings, 0=off */
 	char origins[1024];              /* allowed Origins, comma-separated;
 	                                    "" = any */
+	char tls_cert[1024];             /* PEM certificate (+ chain) of the
+	                                    public listener; "" = plain */
+	char tls_key[1024];              /* PEM private key of tls_cert */
+	char tls_ca[1024];               /* PEM intermediates sent after
+	                                    tls_cert; "" = none */
 
 	/* [limits] */
 	size_t max_message_size;         /* 65536 */
@@ -87,7 +92,8 @@ int bg_config_set(struct bg_config *cfg, const char *section,
 /*
  * Loads an ini file over cfg. Returns BG_OK, or BG_ERR with err set to
  * "FILE:LINE: message" (or "FILE: cannot open: strerror") ; on error cfg
- * may be partly changed.
+ * may be partly changed. Relative [server] tls_* paths set in the file are
+ * made relative to the file's folder.
  */
 int bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		   size_t errlen);

@@ -2,7 +2,8 @@
  * main.c - bagou-server: parse the command line, load the configuration,
  * start the bus, workers and acceptor, wait for a signal, stop in order.
  * Main thread only; every other thread starts with signals blocked, so
- * SIGTERM/SIGINT arrive here through sigwait.
+ * SIGTERM/SIGINT (stop) and SIGHUP (reload the TLS certificate) arrive
+ * here through sigwait.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -23,6 +24,7 @@
 #include "handlers/handlers.h"
 #include "server/acceptor.h"
 #include "server/server.h"
+#include "server/tls.h"
 #include "server/worker.h"
 
 #define DEFAULT_CONFIG "etc/bagou.ini"
@@ -111,6 +113,30 @@ load_config(struct bg_config *cfg, const char *path, bool path_given,
 	}
 }
 
+/* SIGHUP: the TLS certificate files are read again; new connections get
+ * the new certificate, established ones keep theirs. */
+static void
+reload(struct bg_server *srv)
+{
+	char err[512], desc[512];
+
+	if (srv->tls == NULL) {
+		bg_log_info("reload: nothing to reload (no [server] "
+			    "tls_cert)");
+		return;
+	}
+	if (bg_tls_reload(srv->tls, err, sizeof(err)) != BG_OK) {
+		bg_log_error("reload: tls certificate not reloaded, the old "
+			     "one stays in use: %s", err);
+		return;
+	}
+	if (bg_tls_describe(srv->tls, desc, sizeof(desc)))
+		bg_log_info("reload: tls certificate reloaded (%s)", desc);
+	else
+		bg_log_warn("reload: tls certificate reloaded (%s), but it is "
+			    "not valid now", desc);
+}
+
 static void
 raise_fd_limit(void)
 {
@@ -139,6 +165,7 @@ main(int argc, char **argv)
 	static struct bg_config cfg;
 	struct cli_override ov[8];
 	struct bg_server srv;
+	struct bg_tls *tls = NULL;
 	const char *path = DEFAULT_CONFIG;
 	bool path_given = false, check_only = false;
 	int n_ov = 0, opt, sig, rc = EXIT_SUCCESS;
@@ -194,6 +221,11 @@ main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	load_config(&cfg, path, path_given, ov, n_ov);
+	if (cfg.tls_cert[0] != '\0' &&
+	    (tls = bg_tls_new(&cfg, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "bagou-server: %s\n", err);
+		return EXIT_USAGE;
+	}
 	if (check_only) {
 		printf("%s: ok\n", path_given || access(path, F_OK) == 0 ?
 		       path : "(built-in defaults)");
@@ -211,11 +243,13 @@ main(int argc, char **argv)
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
+	sigaddset(&sigs, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
 	memset(&srv, 0, sizeof(srv));
 	srv.cfg = &cfg;
+	srv.tls = tls;
 	srv.n_workers = cfg.workers;
 	make_node_id(srv.node_id);
 	if (cfg.static_dir[0] != '\0' &&
@@ -249,12 +283,21 @@ main(int argc, char **argv)
 	    bg_acceptor_start(srv.acceptor) != BG_OK)
 		return EXIT_FAILURE;
 	bg_log_info("bagou-server %s listening on %s:%d (%d workers, node "
-		    "%s, %s)", BG_VERSION, cfg.listen_host, cfg.listen_port,
+		    "%s, %s%s)", BG_VERSION, cfg.listen_host, cfg.listen_port,
 		    cfg.workers, srv.node_id, bg_config_standalone(&cfg) ?
-		    "standalone" : "RabbitMQ exchange");
+		    "standalone" : "RabbitMQ exchange", tls ? ", TLS" : "");
+	if (tls != NULL && !bg_tls_describe(tls, err, sizeof(err)))
+		bg_log_warn("tls: the certificate is not valid now: %s", err);
+	else if (tls != NULL)
+		bg_log_info("tls: serving %s", err);
 
-	while (sigwait(&sigs, &sig) != 0)
-		;
+	for (;;) {
+		if (sigwait(&sigs, &sig) != 0)
+			continue;
+		if (sig != SIGHUP)
+			break;
+		reload(&srv);
+	}
 	bg_log_info("%s: closing connections and stopping",
 		    sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	/* Stop every thread first, free afterwards: a worker may read the
@@ -292,6 +335,7 @@ main(int argc, char **argv)
 		bg_worker_free(srv.workers[i]);
 	bg_bus_free(srv.bus);
 	bg_handlers_free();
+	bg_tls_free(tls);
 	free(srv.workers);
 	bg_log_info("stopped");
 	return rc;

@@ -17,6 +17,7 @@
 struct bg_worker;
 struct bg_bus;
 struct bg_acceptor;
+struct bg_tls;
 
 /*
  * Per-worker counters: written only by their worker (ck_pr_store_64 of the
@@ -41,6 +42,7 @@ struct bg_server {
 	struct bg_worker **workers;
 	struct bg_bus *bus;
 	struct bg_acceptor *acceptor;
+	struct bg_tls *tls;             /* NULL = plain; main reloads it */
 	uint64_t started_ms;            /* CLOCK_REALTIME at start */
 	char static_root[4096];         /* realpath of [http] static_dir */
 };

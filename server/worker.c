@@ -25,6 +25,7 @@
 #include "handlers/handlers.h"
 #include "server/conn.h"
 #include "server/http.h"
+#include "server/tls.h"
 
 _Static_assert(LWS_PRE <= BG_FRAME_PRE, "frames need LWS_PRE headroom");
 
@@ -146,6 +147,10 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 	struct bg_conn *c = user;
 
 	switch (reason) {
+	case LWS_CALLBACK_OPENSSL_LOAD_EXTRA_SERVER_VERIFY_CERTS:
+		/* user: the vhost's SSL_CTX, while the vhost is made. */
+		return w->srv->tls != NULL &&
+		       bg_tls_vhost_setup(w->srv->tls, user) != BG_OK ? -1 : 0;
 	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
 		return bg_http_confirm_upgrade(w, wsi);
 	case LWS_CALLBACK_ESTABLISHED:
@@ -320,8 +325,16 @@ on_inbox(evutil_socket_t fd, short what, void *arg)
 				close(s);
 				continue;
 			}
-			/* On failure lws has closed the socket. */
-			if (lws_adopt_socket_vhost(w->vhost, s) == NULL)
+			/* On failure lws has closed the socket. With TLS
+			 * that includes a client whose first bytes were
+			 * already there and were no usable ClientHello:
+			 * anyone can cause that, so no warning each time. */
+			if (lws_adopt_socket_vhost(w->vhost, s) != NULL)
+				continue;
+			if (w->srv->tls != NULL)
+				bg_log_debug("worker %d: a connection failed "
+					     "its TLS handshake", w->index);
+			else
 				bg_log_warn("worker %d: could not adopt a "
 					    "connection", w->index);
 		}
@@ -381,13 +394,17 @@ setup(struct bg_worker *w)
 	info.foreign_loops = loops;
 	info.count_threads = 1;
 	info.user = w;
-	info.port = CONTEXT_PORT_NO_LISTEN;
+	/* Sockets come from the acceptor; NO_LISTEN_SERVER (not NO_LISTEN)
+	 * lets lws run TLS on them when a certificate is set. */
+	info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
 	info.protocols = protocols;
 	info.vhost_name = "bagou";
 	info.timeout_secs = 10;
 	/* Room for an 8 KiB ?token= plus the usual headers; the header
 	 * buffer is lent only while a request is parsed. */
 	info.max_http_header_data = BG_AUTH_TOKEN_MAX + 4096;
+	if (w->srv->tls != NULL)
+		bg_tls_lws_info(w->srv->tls, &info);
 	if (cfg->ping_interval > 0) {
 		policy = calloc(1, sizeof(*policy));
 		if (policy == NULL)

@@ -361,13 +361,14 @@ const CHROMIUM_ARGS = [
   "--disable-component-update", "--disable-sync",
 ];
 
-/** Headless Chromium (a fresh temporary profile, removed on close). */
-async function launchBrowser() {
+/** Headless Chromium (a fresh temporary profile, removed on close);
+ *  extraArgs: more command-line flags. */
+async function launchBrowser(extraArgs) {
   const {chromium} = require("playwright-core");
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
-    args: CHROMIUM_ARGS,
+    args: CHROMIUM_ARGS.concat(extraArgs || []),
     timeout: 60000,
   });
 }

@@ -576,6 +576,45 @@ test_small_err_buffer(void **state)
 				       0), BG_ERR);
 }
 
+/* [server] tls_*: relative paths follow the ini file's folder; absolute
+ * ones and command-line values stay as given; cert and key go together. */
+static void
+test_tls_keys(void **state)
+{
+	struct bg_config cfg;
+	char err[512] = "";
+
+	bg_config_defaults(&cfg);
+	assert_string_equal(cfg.tls_cert, "");
+	assert_int_equal(load_text(&cfg,
+		"[server]\n"
+		"tls_cert = certs/a b.pem\n"
+		"tls_key = /etc/bagou/key.pem\n"
+		"tls_ca = chain.pem\n", err, sizeof(err)), BG_OK);
+	assert_string_equal(err, "");
+	/* tmp_path is /tmp/bagou-test-config-XXXXXX: its folder is /tmp. */
+	assert_string_equal(cfg.tls_cert, "/tmp/certs/a b.pem");
+	assert_string_equal(cfg.tls_key, "/etc/bagou/key.pem");
+	assert_string_equal(cfg.tls_ca, "/tmp/chain.pem");
+	assert_int_equal(bg_config_validate(&cfg, err, sizeof(err)), BG_OK);
+
+	assert_int_equal(bg_config_set(&cfg, "server", "tls_cert", "c.pem",
+				       err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.tls_cert, "c.pem");
+	expect_set_error("server", "tls_key", "a\tb", "[server] tls_key: "
+			 "must not contain control characters");
+
+	cfg.tls_key[0] = '\0';
+	assert_int_equal(bg_config_validate(&cfg, err, sizeof(err)), BG_ERR);
+	assert_string_equal(err, "[server] tls_cert and [server] tls_key go "
+			    "together: set both for TLS, or neither");
+	bg_config_defaults(&cfg);
+	strcpy(cfg.tls_ca, "ca.pem");
+	assert_int_equal(bg_config_validate(&cfg, err, sizeof(err)), BG_ERR);
+	assert_string_equal(err, "[server] tls_ca needs [server] tls_cert "
+			    "and tls_key");
+}
+
 int
 main(void)
 {
@@ -599,6 +638,7 @@ main(void)
 		cmocka_unit_test(test_load_missing),
 		cmocka_unit_test(test_validate),
 		cmocka_unit_test(test_small_err_buffer),
+		cmocka_unit_test(test_tls_keys),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
