@@ -189,6 +189,10 @@ class ChatApp:
             log.warning("ignoring a malformed forwarded event: %.200r", body)
             return []
         handler = getattr(self, "on_" + body["event"], None)
+        if body.get("lifecycle") is True and body["event"] not in LIFECYCLE:
+            # A server notice this app has no use for (store,
+            # authenticate: PROTOCOL.md §5.1); never a request to answer.
+            return []
         if body["event"] in LIFECYCLE and body.get("callbackId") is not None:
             # The server's lifecycle events never carry a callbackId: this
             # is a client event that borrowed the name ("open" and "close"
