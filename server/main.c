@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "handlers/handlers.h"
 #include "server/acceptor.h"
+#include "server/api.h"
 #include "server/server.h"
 #include "server/worker.h"
 
@@ -37,6 +38,8 @@ usage(FILE *out)
 "  -c, --config FILE      configuration file (default: " DEFAULT_CONFIG
 " if present)\n"
 "  -l, --listen HOST:PORT address to listen on (default 0.0.0.0:9000)\n"
+"      --api-listen HOST:PORT  the API listener (POST /broadcast, /metrics;\n"
+"                         default 127.0.0.1:9001; \"\" disables it)\n"
 "  -a, --amqp-url URL     amqp://user:pass@host:5672/vhost, or none\n"
 "  -L, --log-level LEVEL  debug, info, warn or error\n"
 "      --check-config     validate the configuration and exit\n"
@@ -132,6 +135,7 @@ main(int argc, char **argv)
 		{ "amqp-url", required_argument, NULL, 'a' },
 		{ "log-level", required_argument, NULL, 'L' },
 		{ "check-config", no_argument, NULL, 'C' },
+		{ "api-listen", required_argument, NULL, 'P' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -168,6 +172,10 @@ main(int argc, char **argv)
 		case 'L':
 			ov[n_ov++] = (struct cli_override){ "log-level",
 				"log", "level", optarg };
+			break;
+		case 'P':
+			ov[n_ov++] = (struct cli_override){ "api-listen",
+				"http", "api_listen", optarg };
 			break;
 		case 'C':
 			check_only = true;
@@ -234,6 +242,13 @@ main(int argc, char **argv)
 		bg_log_error("%s", err);
 		return EXIT_FAILURE;
 	}
+	if (cfg.api_port != 0) {
+		srv.api = bg_api_new(&srv, err, sizeof(err));
+		if (srv.api == NULL) {
+			bg_log_error("%s", err);
+			return EXIT_FAILURE;
+		}
+	}
 	srv.bus = bg_bus_new(&srv);
 	if (srv.workers == NULL || srv.bus == NULL)
 		return EXIT_FAILURE;
@@ -246,12 +261,18 @@ main(int argc, char **argv)
 		}
 	}
 	if (bg_bus_start(srv.bus) != BG_OK ||
-	    bg_acceptor_start(srv.acceptor) != BG_OK)
+	    bg_acceptor_start(srv.acceptor) != BG_OK ||
+	    (srv.api != NULL && bg_api_start(srv.api) != BG_OK))
 		return EXIT_FAILURE;
 	bg_log_info("bagou-server %s listening on %s:%d (%d workers, node "
 		    "%s, %s)", BG_VERSION, cfg.listen_host, cfg.listen_port,
 		    cfg.workers, srv.node_id, bg_config_standalone(&cfg) ?
 		    "standalone" : "RabbitMQ exchange");
+	if (srv.api != NULL)
+		bg_log_info("API listener on %s:%d", cfg.api_host,
+			    cfg.api_port);
+	else
+		bg_log_info("no API listener ([http] api_listen is empty)");
 
 	while (sigwait(&sigs, &sig) != 0)
 		;
@@ -262,6 +283,10 @@ main(int argc, char **argv)
 	 * stops last, so what closing clients send on their way out (their
 	 * forwarded 'close') still reaches RabbitMQ. */
 	bg_acceptor_stop_free(srv.acceptor);
+	/* The API thread publishes into the bus and reads the workers'
+	 * counters: it goes before them. */
+	bg_api_stop_free(srv.api);
+	srv.api = NULL;
 	bg_bus_quiesce(srv.bus);
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_stop(srv.workers[i]);
