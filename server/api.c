@@ -668,7 +668,13 @@ bg_api_new(struct bg_server *srv, char *err, size_t errlen)
 		if (a->listener == NULL)
 			close(fd);
 		a->fd = -1;
-		bg_api_stop_free(a);
+		if (a->base == NULL) {
+			if (a->stop_efd >= 0)
+				close(a->stop_efd);
+			free(a);
+			return NULL;
+		}
+		bg_api_free(a);
 		return NULL;
 	}
 	evconnlistener_set_error_cb(a->listener, on_accept_error);
@@ -690,11 +696,11 @@ bg_api_start(struct bg_api *a)
 }
 
 void
-bg_api_stop_free(struct bg_api *a)
+bg_api_stop(struct bg_api *a)
 {
 	uint64_t one = 1;
 
-	if (a == NULL)
+	if (a == NULL || a->base == NULL)
 		return;
 	if (a->started) {
 		if (write(a->stop_efd, &one, sizeof(one)) < 0)
@@ -710,10 +716,19 @@ bg_api_stop_free(struct bg_api *a)
 		event_free(a->stop_ev);
 	if (a->resume_ev != NULL)
 		event_free(a->resume_ev);
-	if (a->base != NULL)
-		event_base_free(a->base);
+	event_base_free(a->base);
+	a->base = NULL;
+	a->listener = NULL;
+	a->stop_ev = a->resume_ev = NULL;
 	if (a->stop_efd >= 0)
 		close(a->stop_efd);
+	a->stop_efd = -1;
+}
+
+void
+bg_api_free(struct bg_api *a)
+{
+	bg_api_stop(a);
 	free(a);
 }
 

@@ -34,9 +34,14 @@ struct bg_api *bg_api_new(struct bg_server *srv, char *err, size_t errlen);
 /* Starts the thread. BG_OK or BG_ERR (logged). Main thread. */
 int bg_api_start(struct bg_api *a);
 
-/* Stops the thread, closes every API connection and the socket, frees.
- * NULL is fine. Main thread. */
-void bg_api_stop_free(struct bg_api *a);
+/* Stops the thread, closes every API connection and the socket; the
+ * counters stay readable (workers serving /health may still read them).
+ * NULL and a second call are fine. Main thread. */
+void bg_api_stop(struct bg_api *a);
+
+/* Stops if needed and frees, once no worker can read the counters any
+ * more. NULL is fine. Main thread. */
+void bg_api_free(struct bg_api *a);
 
 /* The API thread's own counters (http_requests, http_auth_failures,
  * broadcasts_rejected): API thread writes, any thread reads atomically. */

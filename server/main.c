@@ -283,10 +283,9 @@ main(int argc, char **argv)
 	 * stops last, so what closing clients send on their way out (their
 	 * forwarded 'close') still reaches RabbitMQ. */
 	bg_acceptor_stop_free(srv.acceptor);
-	/* The API thread publishes into the bus and reads the workers'
-	 * counters: it goes before them. */
-	bg_api_stop_free(srv.api);
-	srv.api = NULL;
+	/* No new broadcasts from the API listener either; its counters
+	 * stay until the workers, which read them for /health, are gone. */
+	bg_api_stop(srv.api);
 	bg_bus_quiesce(srv.bus);
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_stop(srv.workers[i]);
@@ -315,6 +314,7 @@ main(int argc, char **argv)
 	}
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_free(srv.workers[i]);
+	bg_api_free(srv.api);
 	bg_bus_free(srv.bus);
 	bg_handlers_free();
 	free(srv.workers);

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from support import (HOST, expect_silence, http_request, metric_sum,
-                     recv_json, run, server_binary, subscribe, ws_connect)
+                     recv_json, run, server_binary, subscribe, wait_for,
+                     ws_connect)
 
 KEY = "api-s3cret"
 BEARER = {"Authorization": "Bearer " + KEY}
@@ -508,11 +509,12 @@ def test_health_get_and_head(server, port_name):
 def test_api_listen_empty_disables(server):
     srv = server({"http": {"api_listen": ""}}, api_listen=False)
     assert srv.api_port is None
-    assert "no API listener" in srv.log()
+    # Logged by main once the threads run, maybe after /health answers.
+    wait_for(lambda: "no API listener" in srv.log(), what="the log line")
     assert srv.get("/health")[0] == 200
     assert srv.public_post("/broadcast", {"event": "e"})[0] == 404
     srv2 = server(api_listen="")
-    assert "no API listener" in srv2.log()
+    wait_for(lambda: "no API listener" in srv2.log(), what="the log line")
 
 
 def run_bin(*args):
