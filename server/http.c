@@ -568,6 +568,21 @@ is_method(struct lws *wsi, enum lws_token_indexes t)
 	return lws_hdr_total_length(wsi, t) > 0;
 }
 
+/* A GET or HEAD that announces a body: lws would discard it with a
+ * timeout restarted at every chunk, so a trickle could hold the
+ * connection; such a request is refused and the connection closed. */
+static bool
+announces_body(struct lws *wsi)
+{
+	char cl[32];
+
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+		return true;
+	return lws_hdr_copy(wsi, cl, sizeof(cl),
+			    WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
+	       strspn(cl, "0") != strlen(cl);
+}
+
 int
 bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 		 struct bg_conn *c, void *in, size_t len)
@@ -587,6 +602,10 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 		    !is_method(wsi, WSI_TOKEN_HEAD_URI))
 			return respond_error(wsi, 405, "bad_message",
 					     "method not allowed", true);
+		if (announces_body(wsi))
+			return respond_error(wsi, 400, "bad_message", "a GET "
+					     "or HEAD request has no body",
+					     true);
 		if (strcmp(uri, "/health") == 0)
 			return serve_health(w, wsi, false);
 		if (strcmp(uri, "/health/live") == 0)

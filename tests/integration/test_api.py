@@ -554,3 +554,36 @@ def test_api_port_in_use_fails_fast(server):
         with pytest.raises(Exception) as e:
             server(api_listen="%s:%d" % (HOST, port))
         assert "(API)" in str(e.value)
+
+
+@pytest.mark.parametrize("port_name", ["api_port", "port"])
+def test_get_with_a_body_cannot_hold_the_connection(server, port_name):
+    """A GET announcing a body is answered and its connection closed at
+    once: a body trickled behind it cannot keep the connection."""
+    srv = server()
+    c = RawHTTP(getattr(srv, port_name), timeout=3.0)
+    try:
+        c.send(b"GET /health HTTP/1.1\r\nHost: t\r\nContent-Length: 1000"
+               b"\r\n\r\nx")
+        start = time.monotonic()
+        closed = False
+        while time.monotonic() - start < 3.0:
+            try:
+                data = c.sock.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                closed = True
+                break
+            if not data:
+                closed = True
+                break
+            c.buf += data
+            try:
+                c.send(b"x")
+            except OSError:
+                closed = True
+                break
+        assert closed, "connection still open: %r" % c.buf[:200]
+    finally:
+        c.close()
