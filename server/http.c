@@ -357,14 +357,21 @@ bg_http_error_body(char *out, size_t outlen, const char *code,
 	return error_body(out, outlen, code, message, -1);
 }
 
-/* The 503 of a broadcast the bus refused; published: how many of the
- * batch went out before (-1: not a batch). */
+/* The answer to a broadcast the bus refused with rc (bg_bus_publish):
+ * BG_ERR, never publishable, is the sender's 400; anything else (link
+ * down, outbox or workers' queues full) a 503 to retry. published: how
+ * many of the batch went out before (-1: not a batch). */
 static unsigned int
-refused(struct bg_server *srv, long published, char *out, size_t outlen,
-	size_t *n)
+refused(struct bg_server *srv, int rc, long published, char *out,
+	size_t outlen, size_t *n)
 {
 	bool down = strcmp(bg_bus_state(srv->bus), "disconnected") == 0;
 
+	if (rc == BG_ERR) {
+		*n = error_body(out, outlen, "bad_message", "this broadcast "
+				"cannot be published", published);
+		return 400;
+	}
 	*n = error_body(out, outlen, "unavailable", down ?
 			"RabbitMQ is unreachable; retry later" :
 			"the broadcast bus is busy; retry later", published);
@@ -385,6 +392,7 @@ bg_http_broadcast(struct bg_server *srv, struct bg_stats *st,
 	char err[200], what[240];
 	const char *message = err;
 	bool batch;
+	int rc = BG_OK;
 
 	if (root == NULL) {
 		snprintf(err, sizeof(err), "invalid JSON: %s", jerr.text);
@@ -419,12 +427,12 @@ bg_http_broadcast(struct bg_server *srv, struct bg_stats *st,
 	}
 	json_decref(root);
 	for (i = 0; i < n; i++) {
-		if (bg_bus_publish(srv->bus, msgs[i]) != BG_OK)
+		if ((rc = bg_bus_publish(srv->bus, msgs[i])) != BG_OK)
 			break;
 	}
 	if (i < n) {
-		unsigned int status = refused(srv, batch ? (long)i : -1, out,
-					      outlen, out_len);
+		unsigned int status = refused(srv, rc, batch ? (long)i : -1,
+					      out, outlen, out_len);
 		for (size_t j = i; j < n; j++)
 			bg_msg_unref(msgs[j]);
 		free(msgs);

@@ -38,8 +38,9 @@ int bg_http_body_timeout(struct bg_worker *w, struct lws *wsi,
  * returns the HTTP status (202, 400, 500 or 503) and writes the JSON
  * answer to out (*out_len bytes, NUL-terminated). A 400 adds one to
  * st->broadcasts_rejected: st must be the calling thread's own stats.
- * A refusal of the bus (bg_bus_publish != BG_OK: link down, queues full)
- * is a 503 "unavailable"; for a batch it says how many went out first
+ * A refusal of the bus (bg_bus_publish != BG_OK: link down, outbox or
+ * workers' queues full) is a 503 "unavailable", except BG_ERR (never
+ * publishable: 400); for a batch it says how many went out first
  * ("published"). Any worker or the API thread.
  */
 unsigned int bg_http_broadcast(struct bg_server *srv, struct bg_stats *st,
