@@ -61,6 +61,8 @@ struct api_conn {
 	enum state state;
 	bool keep_alive;          /* of the request being served */
 	bool head_only;           /* HEAD: no body in the answer */
+	bool http10;              /* an HTTP/1.0 request: keep-alive is
+	                             said in the answer */
 	bool paused;              /* reading stopped: output over OUT_HIGH */
 	bool eof;                 /* the client closed its side */
 	uint64_t body_len;        /* S_BODY: bytes still expected in all */
@@ -163,7 +165,8 @@ reply(struct api_conn *c, unsigned int status, const char *ctype,
 			    "Content-Length: %zu\r\nCache-Control: no-store"
 			    "\r\n%s%s\r\n", status, reason_phrase(status),
 			    ctype, len, extra ? extra : "",
-			    close ? "Connection: close\r\n" : "");
+			    close ? "Connection: close\r\n" : c->http10 ?
+			    "Connection: keep-alive\r\n" : "");
 	if (!c->head_only && len > 0)
 		evbuffer_add(out, body, len);
 	if (close)
@@ -268,6 +271,7 @@ on_head(struct api_conn *c, char *head, size_t len)
 		return reply_error(c, 400, "bad_message", err, NULL, true);
 	}
 	c->keep_alive = req.keep_alive;
+	c->http10 = req.minor == 0;
 	c->head_only = req.method == BG_HTTPREQ_HEAD;
 	/* A body we will not read ends the connection after the answer. */
 	body_pending = req.has_te || req.length > 0;

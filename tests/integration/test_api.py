@@ -587,3 +587,20 @@ def test_get_with_a_body_cannot_hold_the_connection(server, port_name):
         assert closed, "connection still open: %r" % c.buf[:200]
     finally:
         c.close()
+
+
+def test_http10_keep_alive_only_when_asked(server):
+    srv = server()
+    c = RawHTTP(srv.api_port)
+    try:
+        for i in range(3):
+            c.send(b"GET /health/live HTTP/1.0\r\n"
+                   b"Connection: keep-alive\r\n\r\n")
+            status, headers, _ = c.read_response()
+            assert status == 200 and headers["connection"] == "keep-alive"
+        c.send(b"GET /health/live HTTP/1.0\r\n\r\n")
+        status, headers, _ = c.read_response()
+        assert status == 200 and headers["connection"] == "close"
+        assert c.closed_by_server()
+    finally:
+        c.close()
