@@ -5,6 +5,8 @@
 #   make run          deps + build + start standalone on :9000
 #   make test         deps + every test (unit, fuzz corpora, integration,
 #                     sanitizer builds of the unit tests)
+#   make test-integration-tsan   the integration suite against the
+#                     ThreadSanitizer build of the server
 #   make bench        the load benchmarks of bench/
 #   make SANITIZER=address|undefined|thread ...   build into build/<san>/
 #   V=1               show the commands
@@ -62,6 +64,7 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(OUT)/tests/%)
 
 .PHONY: all deps packages test-packages run test test-unit test-fuzz \
         test-integration test-js js-packages test-sanitizers fuzz bench \
+        test-integration-asan test-integration-tsan \
         clean
 
 BROADCAST_BIN := $(if $(wildcard amqp/bagou_broadcast.c),$(OUT)/bagou-broadcast)
@@ -167,7 +170,7 @@ run: deps all
 
 # ---------------------------------------------------------------- tests
 test: test-packages deps all test-unit test-fuzz test-integration \
-      test-js test-sanitizers
+      test-js test-sanitizers test-integration-asan
 	@echo "make test: all suites passed"
 
 test-unit: $(UNIT_BIN)
@@ -179,9 +182,32 @@ test-fuzz: $(FUZZ_BIN)
 	  ./$$t tests/fuzz/corpus/$$n; done
 
 test-integration: $(OUT)/bagou-server $(BROADCAST_BIN)
-	$(Q)TSAN_OPTIONS="halt_on_error=1 suppressions=$(abspath tests/tsan.supp)" \
-	  BAGOU_BIN=$(abspath $(OUT)/bagou-server) \
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) $(SAN_ENV) \
+	  BAGOU_START_TIMEOUT=$(BAGOU_START_TIMEOUT) \
 	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+
+# What the sanitizers do when the integration suite runs a sanitizer
+# build: every report ends up in the server's log, which the fixtures
+# scan (tests/integration/support.py), and a leak makes the exit status
+# non-zero, which the fixtures check too. Servers under a sanitizer start
+# slower, hence the longer start-up bound.
+BAGOU_START_TIMEOUT ?= 10
+SAN_ENV := ASAN_OPTIONS=detect_leaks=1 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=0 \
+  LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp) \
+  TSAN_OPTIONS="halt_on_error=0 exitcode=66 suppressions=$(abspath tests/tsan.supp)"
+
+# The whole integration suite against the server built with
+# AddressSanitizer + UndefinedBehaviorSanitizer (part of make test), and
+# against the ThreadSanitizer build (make test-integration-tsan): the
+# acceptor, the workers and the bus thread under real traffic.
+test-integration-asan: deps
+	$(Q)$(MAKE) --no-print-directory SANITIZER=address,undefined \
+	  BAGOU_START_TIMEOUT=30 test-integration
+
+test-integration-tsan: deps
+	$(Q)$(MAKE) --no-print-directory SANITIZER=thread \
+	  BAGOU_START_TIMEOUT=30 test-integration
 
 # The browser client: node's test runner against the real server, then
 # the end-to-end test in Debian's headless chromium (playwright-core, no
@@ -219,6 +245,7 @@ bench: deps all
 clean:
 	rm -rf $(BUILD)/obj $(BUILD)/tests $(BUILD)/bagou-* \
 	  $(BUILD)/address $(BUILD)/undefined $(BUILD)/thread \
+	  "$(BUILD)/address,undefined" \
 	  "$(BUILD)/fuzzer,address"
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -66,12 +66,16 @@ async function stopAll() {
   if (stopping) return stopping;
   stopping = (async function () {
     await S.closeBrowser(env.browser).catch(function () {});
+    // How the server ended is checked (exit 0, no sanitizer report):
+    // that failure is raised once everything else is stopped.
+    let serverEnd = null;
     if (env.server) {
-      await env.server.stop().catch(function () {});
+      await env.server.stop().catch(function (e) { serverEnd = e; });
       env.server.cleanup();
     }
     if (env.app) await env.app.stop().catch(function () {});
     if (env.broker) await env.broker.stop().catch(function () {});
+    if (serverEnd) throw serverEnd;
   })();
   return stopping;
 }

@@ -288,13 +288,23 @@ class BagouServer {
     return this.logText + (this.proc ? this.proc.output : "");
   }
 
-  /** SIGTERM, SIGKILL after 5 s; resolves with {code, signal}. */
+  /** SIGTERM, SIGKILL after 5 s; resolves with {code, signal}, or
+   *  rejects with the log's tail when the server did not exit 0 or its
+   *  log holds a sanitizer report. */
   async stop() {
     const p = this.proc;
     if (p === null) return null;
     this.proc = null;
     const how = await terminate(p, STOP_MS);
     this.logText += p.output;
+    const report = /ERROR: (Address|Leak)Sanitizer|runtime error:|WARNING: ThreadSanitizer/
+      .test(this.logText);
+    if (how.code !== 0 || report) {
+      throw new Error("bagou-server did not end cleanly (code " + how.code +
+                      ", signal " + how.signal +
+                      (report ? ", sanitizer report" : "") + "):\n" +
+                      tail(this.logText));
+    }
     return how;
   }
 

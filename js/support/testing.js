@@ -106,6 +106,10 @@ function request(port, method, urlPath, body, headers) {
   });
 }
 
+/* What a sanitizer prints when it finds something. */
+const SANITIZER_REPORTS = ["ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                           "runtime error:", "WARNING: ThreadSanitizer"];
+
 /** A bagou-server process. config: ini text. */
 class Server {
   constructor(config, port) {
@@ -168,20 +172,35 @@ class Server {
     }
   }
 
-  /** SIGTERM (or signal), SIGKILL after STOP_TIMEOUT; resolves on exit. */
+  /**
+   * SIGTERM (or signal), SIGKILL after STOP_TIMEOUT; resolves on exit.
+   * Stopped with SIGTERM (the default), the server must exit 0 and its
+   * log hold no sanitizer report: otherwise this rejects with the log's
+   * tail, so a crash after a test's last assertion still fails it.
+   */
   async stop(signal) {
     const proc = this.proc;
     if (!proc) return null;
     this.proc = null;
+    let how;
     if (proc.exitCode !== null || proc.signalCode !== null) {
-      return this.exited;
+      how = await this.exited;
+    } else {
+      try { process.kill(proc.pid, "SIGCONT"); } catch (e) { /* gone */ }
+      proc.kill(signal || "SIGTERM");
+      const timer = setTimeout(function () { proc.kill("SIGKILL"); },
+                               STOP_TIMEOUT);
+      how = await this.exited;
+      clearTimeout(timer);
     }
-    try { process.kill(proc.pid, "SIGCONT"); } catch (e) { /* gone */ }
-    proc.kill(signal || "SIGTERM");
-    const timer = setTimeout(function () { proc.kill("SIGKILL"); },
-                             STOP_TIMEOUT);
-    const how = await this.exited;
-    clearTimeout(timer);
+    const report = SANITIZER_REPORTS.find((p) => this.logText.includes(p));
+    if (report || (!signal || signal === "SIGTERM") &&
+        (how.code !== 0 || how.signal !== null)) {
+      throw new Error("bagou-server did not end cleanly (exit " +
+                      JSON.stringify(how) +
+                      (report ? ", sanitizer report" : "") + "):\n" +
+                      this.logText.slice(-4000));
+    }
     return how;
   }
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from support import Server
+from support import Server, stop_servers
 
 
 @pytest.fixture
@@ -29,8 +29,7 @@ def server(request, tmp_path):
         return srv
 
     yield start
-    for srv in started:
-        srv.stop()
+    stop_servers(started)
 
 
 @pytest.hookimpl(hookwrapper=True)

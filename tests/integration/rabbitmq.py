@@ -68,7 +68,7 @@ import time
 
 import pytest
 
-from support import HOST, Server, free_port, wait_for
+from support import HOST, Server, free_port, stop_servers, wait_for
 
 RABBIT_BIN = "/usr/lib/rabbitmq/bin"
 START_TIMEOUT = 60.0          # seconds until the broker accepts logins
@@ -194,6 +194,19 @@ class RabbitMQ:
         ]
 
     def start(self, timeout=START_TIMEOUT):
+        """Starts the broker; when one of its free ports was taken by
+        another process between choosing and binding it (other test runs
+        on this machine), starts again on new ports, at most 3 times."""
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except BrokerError as e:
+                if "eaddrinuse" not in str(e) or attempt == 2:
+                    raise
+                self._stopped = False
+                self.proc = self.epmd = None
+
+    def _start_once(self, timeout):
         server = os.path.join(RABBIT_BIN, "rabbitmq-server")
         if not os.access(server, os.X_OK):
             raise BrokerError("%s not found: apt-get install rabbitmq-server "
@@ -548,8 +561,7 @@ def amqp_server(request, tmp_path, rabbitmq):
         return srv
 
     yield start
-    for srv in started:
-        srv.stop()
+    stop_servers(started)
 
 
 @pytest.fixture

@@ -23,10 +23,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_BIN = os.path.join(REPO, "build", "bagou-server")
 
-START_TIMEOUT = 10.0     # seconds for /health to answer 200
+START_TIMEOUT = float(os.environ.get("BAGOU_START_TIMEOUT", "10"))
+                         # seconds for /health to answer 200
 STOP_TIMEOUT = 5.0       # seconds between SIGTERM and SIGKILL
 RECV_TIMEOUT = 10.0      # default wait for one expected message
 SILENCE = 0.3            # how long "nothing arrives" is watched
+
+
+# What a sanitizer prints when it finds something (ASan, LSan, UBSan,
+# TSan): any of these in a server's log fails the test that owned it.
+SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                     "runtime error:", "WARNING: ThreadSanitizer",
+                     "ERROR: ThreadSanitizer", "SUMMARY: UndefinedBehavior")
+
+
+def stop_servers(servers):
+    """Fixture teardown: stops every server, then fails (AssertionError)
+    if one of them crashed, exited badly or logged a sanitizer report."""
+    problems = []
+    for srv in servers:
+        problems.extend(srv.ended_problems())
+    if problems:
+        raise AssertionError("bagou-server did not end cleanly:\n"
+                             + "\n".join(problems))
 
 
 def server_binary():
@@ -148,6 +167,10 @@ class Server:
         self.proc = None
         self.returncode = None
         self._log = None
+        # How the process may end when the fixture stops it: a test that
+        # makes the server exit on purpose (a start-up error, SIGKILL)
+        # sets this to the statuses it expects; None accepts any.
+        self.expected_exit = (0,)
 
     # The path of the WebSocket endpoint, from the config if set.
     def ws_url(self, path="/websocket"):
@@ -186,6 +209,9 @@ class Server:
             except ServerError:
                 rc = self.proc.poll()
                 self.stop()
+                # The test sees this failure as the exception it gets;
+                # the fixture's exit check has nothing to add.
+                self.expected_exit = None
                 # Another process took the port between free_port() and
                 # the bind: try another port, nothing else.
                 if rc is not None and "in use" in self.log().lower() \
@@ -244,6 +270,33 @@ class Server:
 
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
+
+    def ended_problems(self):
+        """Stops the server (if still running) and lists what is wrong
+        with how it ended: an exit status other than expected_exit, and
+        any sanitizer report in its log."""
+        problems = []
+        rc = self.stop()
+        if self.proc is None:
+            return problems
+        if self.expected_exit is not None and rc not in self.expected_exit:
+            how = ("killed by signal %d" % -rc if rc is not None and rc < 0
+                   else "exit status %s" % rc)
+            problems.append("%s: %s, expected %s after SIGTERM"
+                            % (self.log_path, how,
+                               " or ".join(map(str, self.expected_exit))))
+        text = self.log()
+        for pattern in SANITIZER_REPORTS:
+            i = text.find(pattern)
+            if i >= 0:
+                problems.append("%s: sanitizer report: %s"
+                                % (self.log_path,
+                                   text[max(0, i - 200):i + 1500]))
+                break
+        if problems:
+            problems.append("log tail of %s:\n%s"
+                            % (self.log_path, text[-4000:]))
+        return problems
 
     def log(self):
         try:
@@ -351,6 +404,29 @@ async def expect_silence(ws, timeout=SILENCE):
     except asyncio.TimeoutError:
         return
     raise AssertionError("unexpected message: %r" % (raw,))
+
+
+SENTINEL = {"event": "sentinel", "data": {}}
+
+
+async def expect_only_sentinel(srv, wss):
+    """Nothing else reached these connections: a broadcast to everyone
+    (POST /broadcast), published after what they must not get, is the
+    next thing each of them receives. A closed connection fails too.
+    Every other connection of srv gets the sentinel as well."""
+    await asyncio.to_thread(srv.broadcast, {"event": "sentinel"})
+    for ws in wss:
+        assert await recv_json(ws) == SENTINEL
+
+
+async def expect_nothing_pending(ws):
+    """Nothing was sent to ws that it has not read: a ping sent now is
+    answered next (the server answers one connection's messages in order,
+    so a late reply or error to an earlier message would come first)."""
+    await send_json(ws, {"event": "ping", "callbackId": "nothing-pending"})
+    assert await recv_json(ws) == {
+        "event": "callback", "callbackId": "nothing-pending",
+        "data": {"success": True}}
 
 
 async def send_json(ws, obj):

@@ -14,7 +14,7 @@ import jwt
 import pytest
 import websockets
 
-from support import (HOST, error_code, expect_silence, metric_sum,
+from support import (HOST, error_code, expect_nothing_pending, metric_sum,
                      recv_json, request, run, send_json, wait_closed,
                      ws_connect)
 
@@ -181,7 +181,7 @@ def test_token_at_connect_valid(server):
     async def scenario():
         ws, cid = await connect_with_token(srv, token("alice"))
         # Nothing after the connect event: no error, no callback.
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         me = await whoami(ws)
         assert me["id"] == cid
         assert me["user"] == "alice"
@@ -196,7 +196,7 @@ def test_token_at_connect_among_other_query_args(server):
     async def scenario():
         ws, _ = await connect_with_token(srv, token("bob"),
                                          extra_query="v=1&lang=fr")
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         assert (await whoami(ws))["user"] == "bob"
         await ws.close()
 
@@ -242,7 +242,7 @@ def test_empty_token_at_connect_is_no_token(server):
 
     async def scenario():
         ws, _ = await ws_connect(srv, path="/websocket?token=")
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         assert (await whoami(ws))["user"] is None
         await ws.close()
 
@@ -311,7 +311,7 @@ def test_long_valid_token_at_connect(server):
         await ws.close()
         # ...and so must ?token=.
         ws, _ = await connect_with_token(srv, tok)
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         assert (await whoami(ws))["user"] == "long"
         await ws.close()
 
@@ -330,7 +330,7 @@ def test_authenticate_success_with_info(server):
                               {"token": token("alice", info=info)},
                               callback_id="a1")
         assert reply == ok_auth("a1", "alice", info)
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         assert (await whoami(ws))["user"] == "alice"
         await ws.close()
 
@@ -375,7 +375,7 @@ def test_authenticate_without_callback(server):
         # Success is silent.
         await send_json(ws, {"event": "authenticate",
                              "data": {"token": token("dave")}})
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         assert (await whoami(ws))["user"] == "dave"
         # Failure is an error event naming the event.
         msg = await request(ws, "authenticate",
@@ -417,7 +417,7 @@ def test_authenticate_bad_data(server, data):
             msg["data"] = data
         await send_json(ws, msg)
         assert_auth_failed_callback(await recv_json(ws), "bd")
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         assert (await whoami(ws))["user"] is None
         await ws.close()
 
@@ -434,7 +434,7 @@ def test_hostile_token_authenticate(server, name):
         reply = await request(ws, "authenticate", {"token": tok},
                               callback_id="h")
         assert_auth_failed_callback(reply, "h")
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         assert (await whoami(ws))["user"] is None
         # A hostile token grants no private channel either.
         reply = await request(ws, "subscribe", {"channel": "private-x"},

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from support import (HOST, expect_silence, recv_json, run, subscribe,
+from support import (HOST, expect_only_sentinel, recv_json, run, subscribe,
                      ws_connect)
 
 
@@ -43,8 +43,7 @@ def test_channel_string(server):
                 "data": {"text": "Welcome!"}}
         assert await recv_json(conns[0][0]) == want
         assert await recv_json(conns[1][0]) == want
-        await expect_silence(conns[2][0])
-        await expect_silence(conns[3][0], 0.05)
+        await expect_only_sentinel(srv, [conns[2][0], conns[3][0]])
         await close_all(conns)
 
     run(scenario())
@@ -87,8 +86,7 @@ def test_everyone(server, routing):
         for ws, _ in conns:
             assert await recv_json(ws) == {"event": "hello",
                                            "data": {"n": 1}}
-        for ws, _ in conns:
-            await expect_silence(ws, 0.1)
+        await expect_only_sentinel(srv, [ws for ws, _ in conns])
         await close_all(conns)
 
     run(scenario())
@@ -138,8 +136,7 @@ def test_client_single_id(server):
                          "channel": "news", "data": {"x": 1}})
         assert await recv_json(conns[0][0]) == {"event": "direct",
                                                 "data": {"x": 1}}
-        await expect_silence(conns[1][0])
-        await expect_silence(conns[2][0], 0.05)
+        await expect_only_sentinel(srv, [conns[1][0], conns[2][0]])
         await close_all(conns)
 
     run(scenario())
@@ -171,7 +168,7 @@ def test_client_unknown_id(server):
             srv.post, "/broadcast", {"event": "nobody",
                                      "client": "no-such-client"})
         assert status == 202
-        await expect_silence(conns[0][0])
+        await expect_only_sentinel(srv, [conns[0][0]])
         await close_all(conns)
 
     run(scenario())
@@ -186,7 +183,7 @@ def test_exclude_on_channel(server):
                          "exclude": conns[1][1]})
         assert (await recv_json(conns[0][0]))["event"] == "e"
         assert (await recv_json(conns[2][0]))["event"] == "e"
-        await expect_silence(conns[1][0])
+        await expect_only_sentinel(srv, [conns[1][0]])
         await close_all(conns)
 
     run(scenario())
@@ -199,7 +196,7 @@ def test_exclude_on_everyone(server):
         conns = await clients(srv, [[], []])
         await post(srv, {"event": "e", "exclude": conns[0][1]})
         assert await recv_json(conns[1][0]) == {"event": "e", "data": {}}
-        await expect_silence(conns[0][0])
+        await expect_only_sentinel(srv, [conns[0][0]])
         await close_all(conns)
 
     run(scenario())
@@ -247,7 +244,7 @@ def test_per_publisher_order(server):
         for ws, _ in conns:
             got = [(await recv_json(ws))["data"] for _ in range(300)]
             assert got == list(range(300))
-            await expect_silence(ws, 0.1)
+        await expect_only_sentinel(srv, [ws for ws, _ in conns])
         await close_all(conns)
 
     run(scenario())
@@ -263,7 +260,7 @@ def test_broadcast_to_closed_connection_harmless(server):
         await post(srv, {"event": "e", "channel": "c"})
         await post(srv, {"event": "e2", "client": gone})
         assert (await recv_json(conns[1][0]))["event"] == "e"
-        await expect_silence(conns[1][0])
+        await expect_only_sentinel(srv, [conns[1][0]])
         await conns[1][0].close()
 
     run(scenario())

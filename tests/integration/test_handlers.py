@@ -8,7 +8,8 @@ import urllib.parse
 import jwt
 import pytest
 
-from support import (error_code, expect_silence, recv_json, request, run,
+from support import (error_code, expect_nothing_pending,
+                     expect_only_sentinel, recv_json, request, run,
                      send_json, subscribe, ws_connect)
 
 SECRET = "handlers-secret"
@@ -47,7 +48,7 @@ def test_whoami_anonymous(server):
         assert reply == {"event": "callback", "callbackId": "w1",
                          "data": {"success": True, "id": cid, "user": None,
                                   "channels": []}}, reply
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         await ws.close()
 
     run(scenario())
@@ -146,7 +147,7 @@ def test_whoami_is_not_auto_acked_or_forwarded(server):
             reply = await recv_json(ws)
             assert reply["callbackId"] == "m%d" % i, reply
             assert "id" in reply["data"], reply
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         await ws.close()
 
     run(scenario())
@@ -175,7 +176,7 @@ def test_readonly_anonymous_forbidden(server, channel):
         # Not subscribed.
         assert (await whoami(ws))["channels"] == []
         srv.broadcast({"event": "m", "channel": channel, "data": 1})
-        await expect_silence(ws, 0.5)
+        await expect_only_sentinel(srv, [ws])
         await ws.close()
 
     run(scenario())
@@ -244,25 +245,43 @@ def test_readonly_failed_authentication_still_forbidden(server):
     run(scenario())
 
 
-def test_readonly_private_needs_both(server):
-    """"readonly-" is the example hook, "private-" the built-in rule: a
-    channel can be under neither, one or both."""
-    srv = server(AUTH)
+def test_channel_under_both_rules_needs_both(server):
+    """"readonly-" is the example hook, private_prefix the built-in rule.
+    With private_prefix "readonly-secret-", "readonly-secret-x" is under
+    both: an anonymous connection fails the hook (and the rule), an
+    authenticated one whose token does not list the channel passes the
+    hook but fails the rule, and one whose token lists it passes both.
+    "readonly-x" is under the hook alone."""
+    srv = server({"auth": {"secret": SECRET,
+                           "private_prefix": "readonly-secret-"}})
+    both = "readonly-secret-x"
 
     async def scenario():
-        ws, _ = await ws_connect(srv)
-        reply = await request(ws, "authenticate",
-                              {"token": token("f", channels=["private-*"])},
-                              callback_id="a")
-        assert reply["data"]["success"] is True, reply
-        await subscribe(ws, "readonly-x")
-        await subscribe(ws, "private-readonly-x")
         anon, _ = await ws_connect(srv)
-        reply = await request(anon, "subscribe",
-                              {"channel": "private-readonly-x"},
-                              callback_id="p")
+        reply = await request(anon, "subscribe", {"channel": both},
+                              callback_id="a")
         assert error_code(reply) == "forbidden", reply
-        await ws.close()
-        await anon.close()
+        reply = await request(anon, "subscribe", {"channel": "readonly-x"},
+                              callback_id="b")
+        assert error_code(reply) == "forbidden", reply
+
+        user, _ = await ws_connect(srv)
+        reply = await request(user, "authenticate",
+                              {"token": token("u", channels=["other"])},
+                              callback_id="auth")
+        assert reply["data"]["success"] is True, reply
+        await subscribe(user, "readonly-x")        # the hook alone: ok
+        reply = await request(user, "subscribe", {"channel": both},
+                              callback_id="c")
+        assert error_code(reply) == "forbidden", reply
+
+        allowed, _ = await ws_connect(srv)
+        reply = await request(allowed, "authenticate",
+                              {"token": token("v", channels=[both])},
+                              callback_id="auth")
+        assert reply["data"]["success"] is True, reply
+        await subscribe(allowed, both)
+        for ws in (anon, user, allowed):
+            await ws.close()
 
     run(scenario())

@@ -5,8 +5,9 @@ import asyncio
 import pytest
 import websockets
 
-from support import (error_code, expect_silence, metric_sum, recv_json,
-                     request, run, send_json, subscribe, ws_connect)
+from support import (error_code, expect_nothing_pending,
+                     expect_only_sentinel, metric_sum, recv_json, request,
+                     run, send_json, subscribe, ws_connect)
 
 
 def ok_callback(cid, **data):
@@ -106,7 +107,7 @@ def test_subscribe_without_callback_is_silent_and_effective(server):
         ws, _ = await ws_connect(srv)
         await send_json(ws, {"event": "subscribe",
                              "data": {"channel": "news"}})
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         await asyncio.to_thread(srv.broadcast, {"event": "m",
                                                 "channel": "news"})
         assert await recv_json(ws) == {"event": "m", "channel": "news",
@@ -374,7 +375,7 @@ def test_publish_default_not_allowed(server):
                              "p", "not_allowed")
         assert_error_event(await request(a, "publish", pub),
                            "not_allowed", "publish")
-        await expect_silence(b)
+        await expect_only_sentinel(srv, [b])
         await a.close()
         await b.close()
 
@@ -417,7 +418,7 @@ def test_publish_subscribed(server):
         assert ok_callback("p1") in got, got
         assert expected in got, got
         assert await recv_json(b) == expected
-        await expect_silence(c)
+        await expect_only_sentinel(srv, [a, b, c])
         # Not subscribed to "other": refused, nothing delivered.
         reply = await request(a, "publish", {"channel": "other",
                                              "event": "say", "data": 2},
@@ -427,8 +428,7 @@ def test_publish_subscribed(server):
                                          {"channel": "other", "event": "say",
                                           "data": 2}),
                            "not_allowed", "publish")
-        await expect_silence(c)
-        await expect_silence(b, 0.1)
+        await expect_only_sentinel(srv, [a, b, c])
         for ws in (a, b, c):
             await ws.close()
 
@@ -450,13 +450,13 @@ def test_publish_all(server):
         assert await recv_json(b) == {"event": "say", "channel": "room",
                                       "data": [1, "x"], "from": aid}
         # The sender is not subscribed: it gets nothing more.
-        await expect_silence(a)
+        await expect_only_sentinel(srv, [a, b])
         # Without callbackId, success is silent.
         await send_json(a, {"event": "publish",
                             "data": {"channel": "room", "event": "again",
                                      "data": {}}})
         assert (await recv_json(b))["event"] == "again"
-        await expect_silence(a)
+        await expect_only_sentinel(srv, [a, b])
         await a.close()
         await b.close()
 
@@ -494,7 +494,7 @@ def test_publish_order(server):
         for ws in subs:
             got = [(await recv_json(ws))["data"] for _ in range(100)]
             assert got == list(range(100))
-            await expect_silence(ws, 0.1)
+        await expect_only_sentinel(srv, subs)
         for ws in subs + [a]:
             await ws.close()
 
@@ -524,7 +524,7 @@ def test_unknown_event_without_callback_ignored(server):
         ws, _ = await ws_connect(srv)
         await send_json(ws, {"event": "chat.message", "data": {"t": 1}})
         await send_json(ws, {"event": "whatever"})
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         await pong_next(ws)
         await ws.close()
 
@@ -649,7 +649,7 @@ def test_each_callback_answered_once_in_order(server):
             ["id-%d" % i for i in range(len(msgs))], got
         assert [g["data"]["success"] for g in got] == \
             [True, False, True, True, False, True, True, False], got
-        await expect_silence(ws)
+        await expect_nothing_pending(ws)
         await ws.close()
 
     run(scenario())
@@ -703,7 +703,7 @@ def test_publish_after_unsubscribe_not_allowed(server):
         reply = await request(a, "publish", {"channel": "room", "event": "e",
                                              "data": {}}, callback_id="p")
         assert_fail_callback(reply, "p", "not_allowed")
-        await expect_silence(b)
+        await expect_only_sentinel(srv, [b])
         await a.close()
         await b.close()
 
