@@ -246,6 +246,9 @@ main(int argc, char **argv)
 		srv.api = bg_api_new(&srv, err, sizeof(err));
 		if (srv.api == NULL) {
 			bg_log_error("%s", err);
+			bg_acceptor_stop_free(srv.acceptor);
+			bg_handlers_free();
+			free(srv.workers);
 			return EXIT_FAILURE;
 		}
 	}
