@@ -245,7 +245,7 @@ check_key(struct api_conn *c, const struct bg_httpreq *req)
 static bool
 serve_broadcast(struct api_conn *c, const char *body, size_t len)
 {
-	char out[1024];
+	char out[2048];
 	size_t n = 0;
 	unsigned int st = bg_http_broadcast(c->api->srv, &c->api->stats,
 					    body, len, out, sizeof(out), &n);

@@ -505,7 +505,7 @@ finish_broadcast(struct bg_worker *w, struct lws *wsi, struct bg_conn *c)
 {
 	char *body = c->body;
 	size_t len = c->body_len, n = 0;
-	char out[512];
+	char out[2048];
 	unsigned int status;
 
 	c->body = NULL;
