@@ -85,6 +85,9 @@ assert_config_equal(const struct bg_config *a, const struct bg_config *b)
 	assert_int_equal(a->client_publish, b->client_publish);
 	assert_string_equal(a->amqp_url, b->amqp_url);
 	assert_string_equal(a->api_key, b->api_key);
+	assert_string_equal(a->api_host, b->api_host);
+	assert_int_equal(a->api_port, b->api_port);
+	assert_int_equal(a->body_timeout, b->body_timeout);
 	assert_int_equal(a->log_level, b->log_level);
 }
 
@@ -124,6 +127,7 @@ test_shipped_ini(void **state)
 	/* Start from other values so every key must be read from the file. */
 	memset(&cfg, 0x5a, sizeof(cfg));
 	cfg.listen_host[0] = cfg.path[0] = cfg.amqp_url[0] = '\0';
+	cfg.api_host[0] = '\0';
 	cfg.api_key[0] = 'x';
 	cfg.api_key[1] = '\0';
 	assert_int_equal(bg_config_load(&cfg, "etc/bagou.ini", err,
