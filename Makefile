@@ -164,7 +164,8 @@ $(OUT)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(LIB_OBJ)
 
 # ---------------------------------------------------------------- run
 run: deps all
-	@echo "Bagou on http://127.0.0.1:9000 (standalone; Ctrl-C stops it)"
+	@echo "Bagou on http://127.0.0.1:9000, API on 127.0.0.1:9001" \
+	      "(standalone; Ctrl-C stops it)"
 	$(Q)exec ./$(OUT)/bagou-server --config etc/bagou.ini --amqp-url none
 
 # ---------------------------------------------------------------- tests

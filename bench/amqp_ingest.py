@@ -19,7 +19,7 @@ thread consumes, validates and hands to its workers.
    bagou-server started with "[amqp] queue = Q" cannot consume it yet
    (its basic.consume is refused with ACCESS_REFUSED and it retries with
    its backoff, 100 ms doubling). Writes G.
-3. Waits until R exists (run.sh writes the server's HTTP port into it once
+3. Waits until R exists (run.sh writes the server's API port into it once
    the server is up and, if any, the subscribers are subscribed), then
    releases the gate: the one message it held goes back to the queue, and
    the server's next attempt consumes the whole backlog.
@@ -93,7 +93,8 @@ def fill(ch, queue, count, channel, size):
 
 
 def wait_release(conn, path, timeout):
-    """The server's HTTP port from path, once it exists; None on timeout."""
+    """The server's API port (GET /metrics) from path, once it exists;
+    None on timeout."""
     deadline = time.monotonic() + timeout
     while True:
         if os.path.exists(path):

@@ -62,11 +62,12 @@ static const char usage_text[] =
 "  --rate R             broadcasts/s; 0 = as fast as delivered (0)\n"
 "  --duration S         publishing time (10)\n"
 "  --size BYTES         approximate broadcast body size (100)\n"
-"  --publish MODE       http: POST /broadcast, one connection per POST;\n"
+"  --publish MODE       http: POST /broadcast, keep-alive connections;\n"
 "                       ws: client publishes on WebSocket connections;\n"
 "                       external: no publishers, another process\n"
 "                       publishes (needs --done-file) (http)\n"
-"  --http HOST:PORT     where to POST /broadcast (the URL's host:port)\n"
+"  --http HOST:PORT     where to POST /broadcast: the server's API\n"
+"                       listener (default: the URL's host, port 9001)\n"
 "  --publishers N       publisher slots, 1..16 (4); alias --http-conns\n"
 "  --depth D            ws: publishes in flight per slot, 1..64 (1);\n"
 "                       HTTP slots always have one POST in flight\n"
@@ -834,11 +835,9 @@ static const char *set_opt(struct bg_bench *b, int opt, const char *arg,
 			return "--publish is http, ws or external";
 		return NULL;
 	case OPT_PIPELINE:
-		/* Every POST /broadcast answer closes its connection. */
-		return "--pipeline was removed: bagou-server closes the "
-		       "connection after every POST /broadcast, so HTTP "
-		       "requests cannot be pipelined (use --publishers N, or "
-		       "--publish ws --depth D)";
+		return "--pipeline was removed: HTTP slots keep one POST "
+		       "in flight on a keep-alive connection (use "
+		       "--publishers N, or --publish ws --depth D)";
 	}
 	if (!num(arg, 0, 1e9, &v))
 		return "bad number";
@@ -942,9 +941,14 @@ static int parse_args(struct bg_bench *b, int argc, char **argv)
 	if (!b->ws_addr.sin_port)
 		return usage("--url is required");
 	if (!b->http_addr.sin_port) {
+		/* The API listener's default port, on the URL's host. */
+		char ip[INET_ADDRSTRLEN];
+
 		b->http_addr = b->ws_addr;
-		memcpy(b->http_hostport, b->ws_hostport,
-		       sizeof(b->http_hostport));
+		b->http_addr.sin_port = htons(9001);
+		inet_ntop(AF_INET, &b->ws_addr.sin_addr, ip, sizeof(ip));
+		snprintf(b->http_hostport, sizeof(b->http_hostport),
+			 "%s:9001", ip);
 	}
 	b->window = window >= 0 ? (unsigned)window : b->rate > 0 ? 0 : 64;
 	if (b->mode == BG_BENCH_FANOUT && b->publish == BG_PUB_EXTERNAL) {

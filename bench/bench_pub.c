@@ -3,18 +3,16 @@
  * the window that bounds broadcasts not yet delivered to every subscriber
  * (--window).
  *
- * --publish http: each slot POSTs to /broadcast with one request in
- * flight.  bagou-server answers every POST with "Connection: close" and
- * closes the connection (libwebsockets 4.1 mis-frames requests pipelined
- * behind a POST body), so a slot reads the answer, waits for the server's
- * FIN (the server closes first, so TIME_WAIT stays on its side and the
- * bench does not run out of ephemeral ports), closes, and at once opens
- * the next connection with a non-blocking connect(); the next POST goes
- * out on it when the rate and the window allow.  A connection idle for
- * more than STALE_NS is replaced before use, so a server-side idle
- * timeout cannot race with a POST.  Should a server answer without
- * "Connection: close", the slot keeps the connection for its next POST
- * (counted in keepalive_answers).  Responses are read with
+ * --publish http: each slot POSTs to /broadcast on the server's API
+ * listener ([http] api_listen) with one request in flight, on one
+ * HTTP/1.1 keep-alive connection: no handshake, no TIME_WAIT per POST
+ * (counted in keepalive_answers).  Should a server answer with
+ * "Connection: close" (the public port does), the slot reads the answer,
+ * waits for the server's FIN (the server closes first, so TIME_WAIT stays
+ * on its side), closes, and at once opens the next connection with a
+ * non-blocking connect().  A connection idle for more than STALE_NS is
+ * replaced before use, so the server's idle timeout (60 s on the API
+ * listener) cannot race with a POST.  Responses are read with
  * Content-Length, chunked, or body-until-close framing.
  *
  * --publish ws: each slot is a WebSocket connection (bench_ws.c) that
@@ -58,7 +56,7 @@ enum {
 #define CONNECT_TIMEOUT	(5 * BG_BENCH_NS)
 #define ANSWER_TIMEOUT	(5 * BG_BENCH_NS)
 #define CLOSE_TIMEOUT	(1 * BG_BENCH_NS)	/* after Connection: close */
-#define STALE_NS	(1 * BG_BENCH_NS)	/* idle HTTP conn: replace */
+#define STALE_NS	(30 * BG_BENCH_NS)	/* idle HTTP conn: replace */
 #define WINDOW_TIMEOUT	(2 * BG_BENCH_NS)
 
 static void pub_connect(struct bg_pub *p);

@@ -24,9 +24,9 @@
 # Rows f and g start a private RabbitMQ (127.0.0.1, free ports, a private
 # epmd, a temporary directory) and stop it at the end; without
 # rabbitmq-server, epmd or python3-pika they are skipped with a message.
-# HTTP publishers POST /broadcast, one connection per POST (the server
-# closes each after its answer); WebSocket publishers send client
-# publishes on one connection each.  Prints a table and writes it, with
+# HTTP publishers POST /broadcast to the server's API listener
+# (--api-listen, a second free port), each on one keep-alive connection;
+# WebSocket publishers send client publishes on one connection each.  Prints a table and writes it, with
 # the raw JSON lines, to BENCH_OUT.
 #
 # Environment (defaults in brackets):
@@ -97,6 +97,7 @@ LOGDIR=build/bench-logs
 CONFIG=
 SERVER_PID=
 PORT=
+API_PORT=
 FAILED=0
 ROWS=()
 JSONS=()
@@ -198,7 +199,10 @@ jget() {
 start_server() {
 	local tag=$1 amqp=${2:-none} config=${3:-$CONFIG}
 	PORT=$(free_port)
+	API_PORT=$(free_port)
+	while [ "$API_PORT" = "$PORT" ]; do API_PORT=$(free_port); done
 	"$BAGOU_BIN" --listen "127.0.0.1:$PORT" --workers "$BENCH_WORKERS" \
+		--api-listen "127.0.0.1:$API_PORT" \
 		--amqp-url "$amqp" --config "$config" \
 		--log-level "$BENCH_LOG_LEVEL" \
 		>"$LOGDIR/server-$tag.log" 2>&1 &
@@ -279,7 +283,7 @@ fanout() {
 		"rate $BENCH_RATE, ${BENCH_DURATION} s, ${BENCH_SIZE} B"
 	start_server "$tag"
 	run_bench "$tag" fanout --url "ws://127.0.0.1:$PORT/websocket" \
-		--http "127.0.0.1:$PORT" --clients "$clients" \
+		--http "127.0.0.1:$API_PORT" --clients "$clients" \
 		--channel bench --rate "$BENCH_RATE" \
 		--duration "$BENCH_DURATION" --size "$BENCH_SIZE" \
 		--publish "$publish" --publishers "$BENCH_PUBLISHERS" \
@@ -579,7 +583,7 @@ ingest() {
 				$((subs / BENCH_CONNECT_RATE + 60)) || true
 		fi
 		# The server is up (and the subscribers subscribed): go.
-		echo "$PORT" >"$release.tmp"
+		echo "$API_PORT" >"$release.tmp"
 		mv "$release.tmp" "$release"
 	else
 		echo "run.sh: $tag: the queue was not filled" >&2
@@ -720,7 +724,8 @@ fi
 			rabbitmq-server 2>/dev/null || echo '?'));"
 	echo "fanout: rate $BENCH_RATE, ${BENCH_DURATION} s, ${BENCH_SIZE} B," \
 		"$BENCH_PUBLISHERS publishers (http: 1 POST in flight each," \
-		"a new connection per POST; ws: $BENCH_WS_DEPTH in flight each)"
+		"one keep-alive connection each to the API listener;" \
+		"ws: $BENCH_WS_DEPTH in flight each)"
 	echo
 	case ",$BENCH_ONLY," in *,[abcd],*)
 		# shellcheck disable=SC2059  # the format is ours

@@ -87,6 +87,9 @@ bg_config_defaults(struct bg_config *cfg)
 	cfg->rate = 100;
 	cfg->burst = 200;
 	strcpy(cfg->private_prefix, "private-");
+	strcpy(cfg->api_host, "127.0.0.1");
+	cfg->api_port = 9001;
+	cfg->body_timeout = 10;
 }
 
 /*
@@ -378,6 +381,26 @@ parse_listen(const struct key *k, struct bg_config *cfg, const char *v,
 	return BG_OK;
 }
 
+/* [http] api_listen: HOST:PORT as for [server] listen, or empty for no
+ * API listener. */
+static int
+parse_api_listen(const struct key *k, struct bg_config *cfg, const char *v,
+		 char *msg, size_t len)
+{
+	struct bg_config tmp;
+
+	if (v[0] == '\0') {
+		cfg->api_host[0] = '\0';
+		cfg->api_port = 0;
+		return BG_OK;
+	}
+	if (parse_listen(k, &tmp, v, msg, len) != BG_OK)
+		return BG_ERR;
+	strcpy(cfg->api_host, tmp.listen_host);
+	cfg->api_port = tmp.listen_port;
+	return BG_OK;
+}
+
 #define OFF(f) offsetof(struct bg_config, f)
 #define STR(f) 0, FIELD_SIZE(f) - 1
 
@@ -419,6 +442,8 @@ static const struct key keys[] = {
 	{ "forward", "lifecycle", parse_lifecycle, 0, 0, 0 },
 	{ "http", "api_key", parse_str, OFF(api_key), STR(api_key) },
 	{ "http", "static_dir", parse_str, OFF(static_dir), STR(static_dir) },
+	{ "http", "api_listen", parse_api_listen, 0, 0, 0 },
+	{ "http", "body_timeout", parse_int, OFF(body_timeout), 1, 3600 },
 	{ "log", "level", parse_level, OFF(log_level), 0, 0 },
 };
 

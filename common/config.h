@@ -73,8 +73,12 @@ struct bg_config {
 	unsigned int forward_lifecycle;  /* BG_FORWARD_* bits */
 
 	/* [http] */
-	char api_key[BG_CONFIG_STR];     /* "" = POST /broadcast loopback only */
+	char api_key[BG_CONFIG_STR];     /* Bearer key for POST /broadcast
+	                                    and the API listener; "" = none */
 	char static_dir[1024];           /* files served at /static/; "" = off */
+	char api_host[BG_CONFIG_STR];    /* API listener, "127.0.0.1" */
+	int api_port;                    /* 9001; 0 = no API listener */
+	int body_timeout;                /* seconds for a whole request, 10 */
 
 	/* [log] */
 	int log_level;                   /* enum bg_log_level, info */

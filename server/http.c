@@ -1,22 +1,26 @@
 /*
- * http.c - HTTP endpoints of PROTOCOL.md §1 on the WebSocket port. Runs in
- * libwebsockets callbacks on the worker that owns the connection. /metrics
- * and /health read every worker's counters with atomic loads.
+ * http.c - HTTP endpoints of PROTOCOL.md §1 and §8 on the public
+ * (WebSocket) port, and the pieces the API listener (server/api.c) shares
+ * with it: the broadcast path to the bus, the Bearer key check, the
+ * /metrics and /health bodies.
+ *
+ * The lws side runs in libwebsockets callbacks on the worker that owns
+ * the connection. The shared pieces run on any worker or on the API
+ * thread: they read counters with atomic loads and write only the stats
+ * the caller passes in (its own).
  */
 #include "server/http.h"
 
-#include <arpa/inet.h>
 #include <libwebsockets.h>
-#include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 
 #include "amqp/bus.h"
 #include "common/log.h"
+#include "server/api.h"
 #include "server/conn.h"
 #include "server/worker.h"
 
@@ -33,6 +37,10 @@ respond(struct lws *wsi, unsigned int status, const char *ctype,
 	uint8_t *end = hdr + sizeof(hdr) - 1, *b;
 	int n;
 
+	/* HEAD: the same head, Content-Length included, and no body. */
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0)
+		body = NULL;
+
 	if (lws_add_http_common_headers(wsi, status, ctype, len, &p, end) ||
 	    lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL,
 					 (const uint8_t *)"no-store", 8, &p,
@@ -43,7 +51,7 @@ respond(struct lws *wsi, unsigned int status, const char *ctype,
 					  end)) ||
 	    lws_finalize_write_http_header(wsi, start, &p, end))
 		return -1;
-	if (len > 0) {
+	if (body != NULL && len > 0) {
 		b = malloc(LWS_PRE + len);
 		if (b == NULL)
 			return -1;
@@ -127,7 +135,7 @@ bg_http_confirm_upgrade(struct bg_worker *w, struct lws *wsi)
 	return 0;
 }
 
-/* --------------------------------------------------------- /metrics */
+/* ---------------------------------------------- /metrics, /health */
 
 struct text {
 	char *p;
@@ -159,15 +167,20 @@ text_add(struct text *t, const char *fmt, ...)
 	}
 }
 
+/* A counter summed over the workers and the API thread. */
 static uint64_t
 sum_stat(const struct bg_server *srv, size_t offset)
 {
+	const struct bg_stats *api = srv->api ? bg_api_stats(srv->api) : NULL;
 	uint64_t total = 0;
 
 	for (int i = 0; i < srv->n_workers; i++)
 		total += bg_stat_get((const uint64_t *)(const void *)
 				     ((const char *)&srv->workers[i]->stats +
 				      offset));
+	if (api != NULL)
+		total += bg_stat_get((const uint64_t *)(const void *)
+				     ((const char *)api + offset));
 	return total;
 }
 
@@ -181,17 +194,15 @@ metric(struct text *t, const char *name, const char *type,
 		 type, name, (unsigned long long)value);
 }
 
-static int
-serve_metrics(struct bg_worker *w, struct lws *wsi)
+char *
+bg_http_metrics(const struct bg_server *srv, size_t *len)
 {
-	const struct bg_server *srv = w->srv;
 	struct text t = { 0 };
-	int rc;
 
 	t.cap = 4096;
 	t.p = malloc(t.cap);
 	if (t.p == NULL)
-		return -1;
+		return NULL;
 	t.p[0] = '\0';
 	text_add(&t, "# HELP bagou_connections Open WebSocket connections."
 		 "\n# TYPE bagou_connections gauge\n");
@@ -224,7 +235,22 @@ serve_metrics(struct bg_worker *w, struct lws *wsi)
 	metric(&t, "bagou_amqp_reconnects_total", "counter",
 	       "Reconnections to RabbitMQ.", bg_bus_reconnects(srv->bus));
 	metric(&t, "bagou_http_requests_total", "counter",
-	       "Plain HTTP requests served.", SUM(srv, http_requests));
+	       "Plain HTTP requests served, on both listeners.",
+	       SUM(srv, http_requests));
+	metric(&t, "bagou_http_auth_failures_total", "counter",
+	       "HTTP requests answered 401 or 403 for a missing or wrong "
+	       "Bearer key.", SUM(srv, http_auth_failures));
+	if (srv->api != NULL) {
+		metric(&t, "bagou_api_connections", "gauge",
+		       "Open connections on the API listener.",
+		       bg_api_connections(srv->api));
+		metric(&t, "bagou_api_connections_total", "counter",
+		       "Connections accepted on the API listener.",
+		       bg_api_connections_total(srv->api));
+		metric(&t, "bagou_api_requests_total", "counter",
+		       "Requests answered on the API listener.",
+		       bg_stat_get(&bg_api_stats(srv->api)->http_requests));
+	}
 	text_add(&t, "# HELP bagou_client_errors_total Errors sent to "
 		 "clients, by code.\n# TYPE bagou_client_errors_total "
 		 "counter\n");
@@ -237,51 +263,37 @@ serve_metrics(struct bg_worker *w, struct lws *wsi)
 			 bg_code_name((enum bg_code)c),
 			 (unsigned long long)n);
 	}
-	rc = respond(wsi, 200, "text/plain; version=0.0.4; charset=utf-8",
-		     t.p, t.len, false);
-	free(t.p);
-	return rc;
+	*len = t.len;
+	return t.p;
+}
+
+size_t
+bg_http_health(const struct bg_server *srv, bool live, char *out,
+	       size_t outlen)
+{
+	int n;
+
+	if (live)
+		n = snprintf(out, outlen, "{\"status\":\"live\"}");
+	else
+		n = snprintf(out, outlen, "{\"status\":\"ok\",\"amqp\":\"%s\","
+			     "\"connections\":%llu,\"workers\":%d}",
+			     bg_bus_state(srv->bus),
+			     (unsigned long long)SUM(srv, connections),
+			     srv->n_workers);
+	return n < 0 ? 0 : (size_t)n < outlen ? (size_t)n : outlen - 1;
 }
 
 static int
-serve_health(struct bg_worker *w, struct lws *wsi)
+serve_health(struct bg_worker *w, struct lws *wsi, bool live)
 {
-	const struct bg_server *srv = w->srv;
 	char body[256];
-	int n;
+	size_t n = bg_http_health(w->srv, live, body, sizeof(body));
 
-	n = snprintf(body, sizeof(body),
-		     "{\"status\":\"ok\",\"amqp\":\"%s\",\"connections\":%llu,"
-		     "\"workers\":%d}", bg_bus_state(srv->bus),
-		     (unsigned long long)SUM(srv, connections),
-		     srv->n_workers);
-	return respond(wsi, 200, JSON_TYPE, body, (size_t)n, false);
+	return respond(wsi, 200, JSON_TYPE, body, n, false);
 }
 
 /* ------------------------------------------------------ /broadcast */
-
-static bool
-peer_is_loopback(struct lws *wsi)
-{
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-
-	if (getpeername(lws_get_socket_fd(wsi), (struct sockaddr *)&ss,
-			&sl) != 0)
-		return false;
-	if (ss.ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const void *)&ss;
-		return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
-	}
-	if (ss.ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const void *)&ss;
-		const uint8_t *a = in6->sin6_addr.s6_addr;
-		if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
-			return true;
-		return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && a[12] == 127;
-	}
-	return false;
-}
 
 /* Compares without leaking where the first difference is. */
 static bool
@@ -295,20 +307,188 @@ same_secret(const char *a, const char *b)
 	return d == 0;
 }
 
-/* 0 when allowed, else the HTTP status to answer. */
+unsigned int
+bg_http_check_key(const char *key, const char *authorization)
+{
+	const char *p = authorization;
+
+	if (p == NULL || p[0] == '\0')
+		return 401;
+	if (strncasecmp(p, "Bearer", 6) != 0 || (p[6] != ' ' && p[6] != '\t'))
+		return 401;
+	p += 7;
+	while (*p == ' ' || *p == '\t')
+		p++;
+	return same_secret(p, key) ? 0 : 403;
+}
+
+static size_t
+error_body(char *out, size_t outlen, const char *code, const char *message,
+	   long published)
+{
+	json_t *o = json_pack("{s:{s:s, s:s}}", "error", "code", code,
+			      "message", message);
+	char *s;
+	size_t n = 0;
+
+	if (o != NULL && published >= 0)
+		json_object_set_new(o, "published", json_integer(published));
+	s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+	json_decref(o);
+	if (s != NULL) {
+		n = strlen(s);
+		if (n >= outlen)
+			n = 0;
+		else
+			memcpy(out, s, n + 1);
+		free(s);
+	}
+	if (n == 0)
+		n = (size_t)snprintf(out, outlen, "{\"error\":{\"code\":"
+				     "\"internal\",\"message\":\"out of "
+				     "memory\"}}");
+	return n;
+}
+
+size_t
+bg_http_error_body(char *out, size_t outlen, const char *code,
+		   const char *message)
+{
+	return error_body(out, outlen, code, message, -1);
+}
+
+/* The answer to a broadcast the bus refused with rc (bg_bus_publish):
+ * BG_ERR, never publishable, is the sender's 400; anything else (link
+ * down, outbox or workers' queues full) a 503 to retry. published: how
+ * many of the batch went out before (-1: not a batch). */
 static unsigned int
-check_auth(struct bg_worker *w, struct lws *wsi)
+refused(struct bg_server *srv, int rc, long published, char *out,
+	size_t outlen, size_t *n)
+{
+	bool down = strcmp(bg_bus_state(srv->bus), "disconnected") == 0;
+
+	if (rc == BG_ERR) {
+		*n = error_body(out, outlen, "bad_message", "this broadcast "
+				"cannot be published", published);
+		return 400;
+	}
+	*n = error_body(out, outlen, "unavailable", down ?
+			"RabbitMQ is unreachable; retry later" :
+			"the broadcast bus is busy; retry later", published);
+	return 503;
+}
+
+unsigned int
+bg_http_broadcast(struct bg_server *srv, struct bg_stats *st,
+		  const char *body, size_t len, char *out, size_t outlen,
+		  size_t *out_len)
+{
+	json_error_t jerr;
+	json_t *root = json_loadb(body ? body : "", len,
+				  JSON_REJECT_DUPLICATES, &jerr);
+	enum bg_code code = BG_CODE_BAD_MESSAGE;
+	struct bg_msg **msgs = NULL;
+	size_t n = 0, i;
+	char err[200], what[240];
+	const char *message = err;
+	bool batch;
+	int rc = BG_OK;
+
+	if (root == NULL) {
+		snprintf(err, sizeof(err), "invalid JSON: %s", jerr.text);
+		goto bad;
+	}
+	batch = json_is_array(root);
+	n = batch ? json_array_size(root) : 1;
+	if (n == 0) {
+		snprintf(err, sizeof(err), "an empty batch: send a broadcast "
+			 "object, or an array of them");
+		goto bad;
+	}
+	msgs = calloc(n, sizeof(*msgs));
+	if (msgs == NULL) {
+		code = BG_CODE_INTERNAL;
+		snprintf(err, sizeof(err), "out of memory");
+		goto bad;
+	}
+	/* A batch is checked whole before any of it is published. */
+	for (i = 0; i < n; i++) {
+		msgs[i] = bg_proto_broadcast(batch ? json_array_get(root, i) :
+					     root, NULL, &code, err,
+					     sizeof(err));
+		if (msgs[i] == NULL) {
+			if (batch) {
+				snprintf(what, sizeof(what), "item %zu: %s",
+					 i, err);
+				message = what;
+			}
+			goto bad;
+		}
+	}
+	json_decref(root);
+	for (i = 0; i < n; i++) {
+		if ((rc = bg_bus_publish(srv->bus, msgs[i])) != BG_OK)
+			break;
+	}
+	if (i < n) {
+		unsigned int status = refused(srv, rc, batch ? (long)i : -1,
+					      out, outlen, out_len);
+		for (size_t j = i; j < n; j++)
+			bg_msg_unref(msgs[j]);
+		free(msgs);
+		return status;
+	}
+	free(msgs);
+	if (batch)
+		*out_len = (size_t)snprintf(out, outlen, "{\"status\":"
+					    "\"accepted\",\"count\":%zu}", n);
+	else
+		*out_len = (size_t)snprintf(out, outlen, "{\"status\":"
+					    "\"accepted\"}");
+	return 202;
+bad:
+	if (msgs != NULL) {
+		for (i = 0; i < n; i++)
+			if (msgs[i] != NULL)
+				bg_msg_unref(msgs[i]);
+		free(msgs);
+	}
+	json_decref(root);
+	bg_stat_add(&st->broadcasts_rejected, 1);
+	*out_len = error_body(out, outlen, bg_code_name(code), message, -1);
+	return code == BG_CODE_INTERNAL ? 500 : 400;
+}
+
+/* 0 when a POST /broadcast on this port may go on, else the answer given.
+ * Decided from the head alone: without [http] api_key the endpoint is on
+ * the API listener only; with one, the request must carry it. */
+static int
+check_auth(struct bg_worker *w, struct lws *wsi, bool *answered)
 {
 	const char *key = w->srv->cfg->api_key;
 	char h[512];
+	unsigned int st;
 
+	*answered = true;
 	if (key[0] == '\0')
-		return peer_is_loopback(wsi) ? 0 : 403;
+		return respond_error(wsi, 404, "not_found", "POST /broadcast "
+				     "is served on the API listener ([http] "
+				     "api_listen); on this port it needs "
+				     "[http] api_key", true);
 	if (lws_hdr_copy(wsi, h, sizeof(h), WSI_TOKEN_HTTP_AUTHORIZATION) <=
 	    0)
-		return 401;
-	if (strncasecmp(h, "Bearer ", 7) != 0 || !same_secret(h + 7, key))
-		return 403;
+		h[0] = '\0';
+	st = bg_http_check_key(key, h);
+	if (st != 0)
+		bg_stat_add(&w->stats.http_auth_failures, 1);
+	if (st == 401)
+		return respond_error(wsi, 401, "unauthorized", "this "
+				     "endpoint needs Authorization: Bearer "
+				     "<api_key>", true);
+	if (st == 403)
+		return respond_error(wsi, 403, "forbidden", "wrong API key",
+				     true);
+	*answered = false;
 	return 0;
 }
 
@@ -317,44 +497,25 @@ check_auth(struct bg_worker *w, struct lws *wsi)
  * ("Connection: close"). libwebsockets 4.1 mis-frames HTTP/1.1 requests
  * pipelined behind a POST body (the next request's head is delivered as the
  * following body and the worker spins), so a POST never shares its
- * connection; clients open a new one, as RFC 7230 §6.3.2 has them do.
+ * connection here; clients open a new one, as RFC 7230 §6.3.2 has them
+ * do. The API listener (server/api.c) keeps its connections alive.
  */
 static int
 finish_broadcast(struct bg_worker *w, struct lws *wsi, struct bg_conn *c)
 {
-	static const char ok[] = "{\"status\":\"accepted\"}";
-	unsigned int denied = check_auth(w, wsi);
 	char *body = c->body;
-	size_t len = c->body_len;
-	struct bg_msg *m = NULL;
-	enum bg_code code = BG_CODE_BAD_MESSAGE;
-	char err[200];
+	size_t len = c->body_len, n = 0;
+	char out[2048];
+	unsigned int status;
 
 	c->body = NULL;
 	c->body_len = c->body_cap = 0;
 	c->is_broadcast = false;
-	if (!denied)
-		m = bg_proto_broadcast_text(body ? body : "", len, NULL, &code,
-					    err, sizeof(err));
+	lws_set_timer_usecs(wsi, LWS_SET_TIMER_USEC_CANCEL);
+	status = bg_http_broadcast(w->srv, &w->stats, body, len, out,
+				   sizeof(out), &n);
 	free(body);
-	if (denied == 401)
-		return respond_error(wsi, 401, "unauthorized", "this "
-				     "endpoint needs Authorization: Bearer "
-				     "<api_key>", true);
-	if (denied)
-		return respond_error(wsi, 403, "forbidden", "not allowed to "
-				     "broadcast", true);
-	if (m == NULL) {
-		bg_stat_add(&w->stats.broadcasts_rejected, 1);
-		return respond_error(wsi, code == BG_CODE_INTERNAL ? 500 : 400,
-				     bg_code_name(code), err, true);
-	}
-	if (bg_bus_publish(w->srv->bus, m) != BG_OK) {
-		bg_msg_unref(m);
-		return respond_error(wsi, 503, "unavailable", "the broadcast "
-				     "bus is busy; retry", true);
-	}
-	return respond(wsi, 202, JSON_TYPE, ok, sizeof(ok) - 1, true);
+	return respond(wsi, status, JSON_TYPE, out, n, true);
 }
 
 static int
@@ -365,10 +526,15 @@ start_post(struct bg_worker *w, struct lws *wsi, struct bg_conn *c,
 	char cl[32];
 	char *end;
 	unsigned long long n;
+	bool answered;
+	int rc;
 
 	if (strcmp(uri, "/broadcast") != 0)
 		return respond_error(wsi, 404, "not_found", "no such "
 				     "endpoint", true);
+	rc = check_auth(w, wsi, &answered);
+	if (answered)
+		return rc;
 	if (lws_hdr_copy(wsi, cl, sizeof(cl),
 			 WSI_TOKEN_HTTP_CONTENT_LENGTH) <= 0)
 		return respond_error(wsi, 411, "bad_message",
@@ -385,7 +551,44 @@ start_post(struct bg_worker *w, struct lws *wsi, struct bg_conn *c,
 	c->body_len = 0;
 	c->body_cap = n;
 	c->is_broadcast = true;
+	/* lws restarts its own timeout at every body chunk, so a trickle
+	 * would hold the connection forever: the body gets one deadline. */
+	lws_set_timer_usecs(wsi, (lws_usec_t)w->srv->cfg->body_timeout *
+			    LWS_US_PER_SEC);
 	return 0;
+}
+
+int
+bg_http_body_timeout(struct bg_worker *w, struct lws *wsi, struct bg_conn *c)
+{
+	if (c == NULL || !c->is_broadcast)
+		return 0;
+	free(c->body);
+	c->body = NULL;
+	c->is_broadcast = false;
+	return respond_error(wsi, 408, "timeout", "the request body did not "
+			     "arrive within [http] body_timeout", true);
+}
+
+static bool
+is_method(struct lws *wsi, enum lws_token_indexes t)
+{
+	return lws_hdr_total_length(wsi, t) > 0;
+}
+
+/* A GET or HEAD that announces a body: lws would discard it with a
+ * timeout restarted at every chunk, so a trickle could hold the
+ * connection; such a request is refused and the connection closed. */
+static bool
+announces_body(struct lws *wsi)
+{
+	char cl[32];
+
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) > 0)
+		return true;
+	return lws_hdr_copy(wsi, cl, sizeof(cl),
+			    WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0 &&
+	       strspn(cl, "0") != strlen(cl);
 }
 
 int
@@ -401,15 +604,20 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 	switch (reason) {
 	case LWS_CALLBACK_HTTP:
 		bg_stat_add(&w->stats.http_requests, 1);
-		if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0)
+		if (is_method(wsi, WSI_TOKEN_POST_URI))
 			return start_post(w, wsi, c, uri);
-		if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) <= 0)
+		if (!is_method(wsi, WSI_TOKEN_GET_URI) &&
+		    !is_method(wsi, WSI_TOKEN_HEAD_URI))
 			return respond_error(wsi, 405, "bad_message",
 					     "method not allowed", true);
+		if (announces_body(wsi))
+			return respond_error(wsi, 400, "bad_message", "a GET "
+					     "or HEAD request has no body",
+					     true);
 		if (strcmp(uri, "/health") == 0)
-			return serve_health(w, wsi);
-		if (strcmp(uri, "/metrics") == 0)
-			return serve_metrics(w, wsi);
+			return serve_health(w, wsi, false);
+		if (strcmp(uri, "/health/live") == 0)
+			return serve_health(w, wsi, true);
 		if (strcmp(uri, "/bagou.js") == 0)
 			return respond(wsi, 200, "application/javascript; "
 				       "charset=utf-8", bg_js_start,

@@ -23,6 +23,7 @@
 #include "common/log.h"
 #include "handlers/handlers.h"
 #include "server/acceptor.h"
+#include "server/api.h"
 #include "server/server.h"
 #include "server/tls.h"
 #include "server/worker.h"
@@ -39,6 +40,8 @@ usage(FILE *out)
 "  -c, --config FILE      configuration file (default: " DEFAULT_CONFIG
 " if present)\n"
 "  -l, --listen HOST:PORT address to listen on (default 0.0.0.0:9000)\n"
+"      --api-listen HOST:PORT  the API listener (POST /broadcast, /metrics;\n"
+"                         default 127.0.0.1:9001; \"\" disables it)\n"
 "  -a, --amqp-url URL     amqp://user:pass@host:5672/vhost, or none\n"
 "  -L, --log-level LEVEL  debug, info, warn or error\n"
 "      --check-config     validate the configuration and exit\n"
@@ -158,6 +161,7 @@ main(int argc, char **argv)
 		{ "amqp-url", required_argument, NULL, 'a' },
 		{ "log-level", required_argument, NULL, 'L' },
 		{ "check-config", no_argument, NULL, 'C' },
+		{ "api-listen", required_argument, NULL, 'P' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -195,6 +199,10 @@ main(int argc, char **argv)
 		case 'L':
 			ov[n_ov++] = (struct cli_override){ "log-level",
 				"log", "level", optarg };
+			break;
+		case 'P':
+			ov[n_ov++] = (struct cli_override){ "api-listen",
+				"http", "api_listen", optarg };
 			break;
 		case 'C':
 			check_only = true;
@@ -268,6 +276,16 @@ main(int argc, char **argv)
 		bg_log_error("%s", err);
 		return EXIT_FAILURE;
 	}
+	if (cfg.api_port != 0) {
+		srv.api = bg_api_new(&srv, err, sizeof(err));
+		if (srv.api == NULL) {
+			bg_log_error("%s", err);
+			bg_acceptor_stop_free(srv.acceptor);
+			bg_handlers_free();
+			free(srv.workers);
+			return EXIT_FAILURE;
+		}
+	}
 	srv.bus = bg_bus_new(&srv);
 	if (srv.workers == NULL || srv.bus == NULL)
 		return EXIT_FAILURE;
@@ -280,7 +298,8 @@ main(int argc, char **argv)
 		}
 	}
 	if (bg_bus_start(srv.bus) != BG_OK ||
-	    bg_acceptor_start(srv.acceptor) != BG_OK)
+	    bg_acceptor_start(srv.acceptor) != BG_OK ||
+	    (srv.api != NULL && bg_api_start(srv.api) != BG_OK))
 		return EXIT_FAILURE;
 	bg_log_info("bagou-server %s listening on %s:%d (%d workers, node "
 		    "%s, %s%s)", BG_VERSION, cfg.listen_host, cfg.listen_port,
@@ -290,6 +309,11 @@ main(int argc, char **argv)
 		bg_log_warn("tls: the certificate is not valid now: %s", err);
 	else if (tls != NULL)
 		bg_log_info("tls: serving %s", err);
+	if (srv.api != NULL)
+		bg_log_info("API listener on %s:%d", cfg.api_host,
+			    cfg.api_port);
+	else
+		bg_log_info("no API listener ([http] api_listen is empty)");
 
 	for (;;) {
 		if (sigwait(&sigs, &sig) != 0)
@@ -305,6 +329,9 @@ main(int argc, char **argv)
 	 * stops last, so what closing clients send on their way out (their
 	 * forwarded 'close') still reaches RabbitMQ. */
 	bg_acceptor_stop_free(srv.acceptor);
+	/* No new broadcasts from the API listener either; its counters
+	 * stay until the workers, which read them for /health, are gone. */
+	bg_api_stop(srv.api);
 	bg_bus_quiesce(srv.bus);
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_stop(srv.workers[i]);
@@ -333,6 +360,7 @@ main(int argc, char **argv)
 	}
 	for (int i = 0; i < cfg.workers; i++)
 		bg_worker_free(srv.workers[i]);
+	bg_api_free(srv.api);
 	bg_bus_free(srv.bus);
 	bg_handlers_free();
 	bg_tls_free(tls);

@@ -18,6 +18,7 @@ struct bg_worker;
 struct bg_bus;
 struct bg_acceptor;
 struct bg_tls;
+struct bg_api;
 
 /*
  * Per-worker counters: written only by their worker (ck_pr_store_64 of the
@@ -32,6 +33,7 @@ struct bg_stats {
 	uint64_t subscriptions;         /* gauge */
 	uint64_t broadcasts_rejected;   /* POST /broadcast answered 400 */
 	uint64_t http_requests;
+	uint64_t http_auth_failures;    /* answered 401 or 403 */
 	uint64_t client_errors[BG_CODE_COUNT];
 };
 
@@ -43,6 +45,7 @@ struct bg_server {
 	struct bg_bus *bus;
 	struct bg_acceptor *acceptor;
 	struct bg_tls *tls;             /* NULL = plain; main reloads it */
+	struct bg_api *api;             /* NULL when api_listen is empty */
 	uint64_t started_ms;            /* CLOCK_REALTIME at start */
 	char static_root[4096];         /* realpath of [http] static_dir */
 };

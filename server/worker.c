@@ -161,6 +161,8 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		on_established(c, wsi);
 		return 0;
 	case LWS_CALLBACK_TIMER:
+		if (c != NULL && c->is_broadcast)
+			return bg_http_body_timeout(w, wsi, c);
 		if (c->established && bg_conn_expired(c))
 			return close_with(wsi, 4002, "token expired");
 		return 0;

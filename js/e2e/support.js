@@ -238,7 +238,9 @@ class BagouServer {
     fs.writeFileSync(this.ini, this.config);
     const end = Date.now() + SERVER_START_MS;
     for (;;) {
+      // No API listener: its default port would be shared by every run.
       const p = start(T.BIN, ["--listen", HOST + ":" + this.port,
+                              "--api-listen", "",
                               "--workers", "2", "--amqp-url", this.amqpUrl,
                               "--config", this.ini]);
       this.proc = p;

@@ -115,6 +115,7 @@ class Server {
   constructor(config, port) {
     this.config = config || "";
     this.port = port || 0;
+    this.apiPort = 0;  // the API listener: POST /broadcast, /metrics
     this.proc = null;
     this.logText = "";
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), "bagou-js-"));
@@ -128,9 +129,13 @@ class Server {
                       "first (or set BAGOU_BIN)");
     }
     if (!this.port) this.port = await freePort();
+    while (!this.apiPort || this.apiPort === this.port) {
+      this.apiPort = await freePort();
+    }
     const ini = path.join(this.dir, "bagou.ini");
     fs.writeFileSync(ini, this.config);
     const proc = spawn(BIN, ["--listen", HOST + ":" + this.port,
+                             "--api-listen", HOST + ":" + this.apiPort,
                              "--workers", "2", "--amqp-url", "none",
                              "--config", ini],
                        {stdio: ["ignore", "pipe", "pipe"]});
@@ -202,7 +207,7 @@ class Server {
   signal(sig) { if (this.proc) process.kill(this.proc.pid, sig); }
 
   broadcast(body) {
-    return request(this.port, "POST", "/broadcast", body);
+    return request(this.apiPort, "POST", "/broadcast", body);
   }
 
   log() { return this.logText; }

@@ -13,15 +13,17 @@ from support import Server, stop_servers
 
 @pytest.fixture
 def server(request, tmp_path):
-    """Factory: server(config=None, workers=2, extra_args=()) → a started
-    Server. config is {section: {key: value}} or ini text. Every server
+    """Factory: server(config=None, workers=2, extra_args=(),
+    api_listen=None) → a started Server (its API listener on a free port
+    unless api_listen says otherwise, see support.Server). config is {section: {key: value}} or ini text. Every server
     started is stopped (SIGTERM, SIGKILL after 5 s) when the test ends."""
     started = []
     request.node.bagou_servers = started
 
-    def start(config=None, workers=2, extra_args=()):
+    def start(config=None, workers=2, extra_args=(), api_listen=None):
         srv = Server(str(tmp_path), config=config, workers=workers,
-                     extra_args=extra_args, name="bagou%d" % len(started))
+                     extra_args=extra_args, name="bagou%d" % len(started),
+                     api_listen=api_listen)
         started.append(srv)
         srv.start()
         return srv

@@ -145,10 +145,15 @@ class ServerError(Exception):
 
 
 class Server:
-    """One bagou-server process on a free port, its ini and its log."""
+    """One bagou-server process on a free port, its ini and its log.
+
+    The API listener (POST /broadcast, /metrics) gets a free port of its
+    own (api_port), unless api_listen gives --api-listen a value ("" turns
+    it off) or is False (the ini decides; the default port 9001 is then
+    shared with every other test: only for servers that never start)."""
 
     def __init__(self, tmpdir, config=None, workers=2, extra_args=(),
-                 name="bagou"):
+                 name="bagou", api_listen=None):
         self.tmpdir = tmpdir
         self.workers = workers
         self.extra_args = list(extra_args)
@@ -157,6 +162,8 @@ class Server:
         with open(self.config_path, "w") as f:
             f.write(render_ini(config))
         self.port = None
+        self.api_listen = api_listen
+        self.api_port = None
         self.proc = None
         self.returncode = None
         self._log = None
@@ -170,10 +177,16 @@ class Server:
         return "ws://%s:%d%s" % (HOST, self.port, path)
 
     def argv(self):
+        api = []
+        if self.api_listen is None:
+            api = ["--api-listen", "%s:%d" % (HOST, self.api_port)]
+        elif self.api_listen is not False:
+            api = ["--api-listen", self.api_listen]
         return [server_binary(), "--config", self.config_path,
                 "--listen", "%s:%d" % (HOST, self.port),
                 "--workers", str(self.workers),
-                "--amqp-url", "none", "--log-level", "info"] + self.extra_args
+                "--amqp-url", "none", "--log-level", "info"] + api + \
+            self.extra_args
 
     def start(self):
         binary = server_binary()
@@ -182,6 +195,10 @@ class Server:
                               % binary)
         for attempt in range(3):
             self.port = free_port()
+            if self.api_listen is None:
+                self.api_port = free_port()
+                while self.api_port == self.port:
+                    self.api_port = free_port()
             self._log = open(self.log_path, "ab")
             self.proc = subprocess.Popen(
                 self.argv(), stdin=subprocess.DEVNULL,
@@ -289,14 +306,23 @@ class Server:
             return ""
 
     # ------------------------------------------------------------ HTTP
+    # get: the public port; post, api_get, metrics: the API listener.
     def get(self, path, **kw):
         return http_get(self.port, path, **kw)
 
+    def api_get(self, path, **kw):
+        assert self.api_port, "this server has no API listener"
+        return http_get(self.api_port, path, **kw)
+
     def post(self, path, body=None, **kw):
+        assert self.api_port, "this server has no API listener"
+        return http_post(self.api_port, path, body=body, **kw)
+
+    def public_post(self, path, body=None, **kw):
         return http_post(self.port, path, body=body, **kw)
 
     def broadcast(self, msg, **kw):
-        """POST /broadcast that must be accepted."""
+        """POST /broadcast on the API listener that must be accepted."""
         status, _, body = self.post("/broadcast", msg, **kw)
         assert status == 202, "POST /broadcast %r -> %d %r" % (msg, status,
                                                               body)
@@ -307,8 +333,8 @@ class Server:
         assert status == 200, (status, body)
         return json.loads(body)
 
-    def metrics(self):
-        status, _, body = self.get("/metrics")
+    def metrics(self, **kw):
+        status, _, body = self.api_get("/metrics", **kw)
         assert status == 200, (status, body)
         return parse_metrics(body.decode())
 

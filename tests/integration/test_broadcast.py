@@ -231,7 +231,7 @@ def test_per_publisher_order(server):
         conns = await clients(srv, [["o"], ["o"], ["o"], ["o"]])
 
         def publish():
-            conn = http.client.HTTPConnection(HOST, srv.port, timeout=10)
+            conn = http.client.HTTPConnection(HOST, srv.api_port, timeout=10)
             try:
                 for i in range(300):
                     conn.request("POST", "/broadcast", body=json.dumps(

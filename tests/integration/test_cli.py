@@ -39,7 +39,7 @@ def test_help():
     out = p.stdout + p.stderr
     assert "usage" in out.lower()
     for flag in ("--config", "--listen", "--workers", "--amqp-url",
-                 "--log-level", "--check-config"):
+                 "--log-level", "--check-config", "--api-listen"):
         assert flag in out, flag
 
 

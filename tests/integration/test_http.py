@@ -1,4 +1,5 @@
-"""PROTOCOL §1: the HTTP endpoints and POST /broadcast."""
+"""PROTOCOL §1: the HTTP endpoints, and POST /broadcast's validation on
+the API listener (§8; test_api.py has the listeners themselves)."""
 
 import asyncio
 import http.client
@@ -64,7 +65,7 @@ def test_health_counts_connections(server):
 
 def test_metrics_names(server):
     srv = server(workers=2)
-    status, headers, body = srv.get("/metrics")
+    status, headers, body = srv.api_get("/metrics")
     assert status == 200
     assert headers.get("content-type", "").startswith("text/plain")
     text = body.decode()
@@ -307,7 +308,8 @@ def test_broadcast_body_in_pieces(server):
                 "Content-Length: %d\r\n\r\n" % len(body)).encode()
 
         def send_slowly():
-            with socket.create_connection((HOST, srv.port), timeout=5) as s:
+            with socket.create_connection((HOST, srv.api_port),
+                                          timeout=5) as s:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 s.sendall(head)
                 for i in range(0, len(body), 1000):
@@ -370,11 +372,17 @@ def test_api_key_missing_401(server):
     assert status == 401
 
 
-def test_api_key_does_not_gate_health_and_metrics(server):
+def test_api_key_gates_metrics_not_health(server):
     srv = server({"http": {"api_key": KEY}})
     assert srv.get("/health")[0] == 200
-    assert srv.get("/metrics")[0] == 200
     assert srv.get("/bagou.js")[0] == 200
+    assert srv.api_get("/health")[0] == 200
+    assert srv.api_get("/health/live")[0] == 200
+    assert srv.api_get("/metrics")[0] == 401
+    assert srv.api_get("/metrics", headers={
+        "Authorization": "Bearer nope"})[0] == 403
+    assert srv.api_get("/metrics", headers={
+        "Authorization": "Bearer " + KEY})[0] == 200
 
 
 def test_api_key_wrong_403(server):
@@ -408,7 +416,7 @@ def test_api_key_right_202_and_delivered(server):
 
 def test_keep_alive_connection_serves_many_requests(server):
     srv = server()
-    conn = http.client.HTTPConnection(HOST, srv.port, timeout=5)
+    conn = http.client.HTTPConnection(HOST, srv.api_port, timeout=5)
     try:
         for i in range(20):
             status, _, body = srv.post("/broadcast", {"event": "e",

@@ -187,7 +187,7 @@ def test_slow_consumer_closed_others_unaffected(server):
     def publish_until_closed():
         """Publishes 8 KB broadcasts until the server closes the slow
         consumer (checked every 20), at most 1000, then 20 more."""
-        conn = http.client.HTTPConnection(HOST, srv.port, timeout=10)
+        conn = http.client.HTTPConnection(HOST, srv.api_port, timeout=10)
         try:
             seq = 0
             extra = None
@@ -341,7 +341,7 @@ def test_slow_readers_closed_4001(server):
             state["end"] = "nothing for 8 s"
 
     def publish(n):
-        conn = http.client.HTTPConnection(HOST, srv.port, timeout=10)
+        conn = http.client.HTTPConnection(HOST, srv.api_port, timeout=10)
         pad = "x" * 8000
         try:
             for seq in range(n):

@@ -617,7 +617,8 @@ def test_post_snippet_through_amqp(node):
     srv = node()
     channel = unique("news")
     delivered_once(srv, channel, lambda: run_snippet(
-        "post_broadcast.sh", BAGOU_HTTP_URL="http://%s:%d" % (HOST, srv.port),
+        "post_broadcast.sh",
+        BAGOU_HTTP_URL="http://%s:%d" % (HOST, srv.api_port),
         BAGOU_CHANNEL=channel))
 
 
@@ -626,7 +627,8 @@ def test_post_snippet_standalone(server):
     channel = unique("news")
     out = []
     delivered_once(srv, channel, lambda: out.append(run_snippet(
-        "post_broadcast.sh", BAGOU_HTTP_URL="http://%s:%d" % (HOST, srv.port),
+        "post_broadcast.sh",
+        BAGOU_HTTP_URL="http://%s:%d" % (HOST, srv.api_port),
         BAGOU_CHANNEL=channel)))
     assert json.loads(out[0].stdout) == {"status": "accepted"}
 

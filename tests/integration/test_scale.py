@@ -74,7 +74,7 @@ def test_1000_connections_1000_broadcasts(server):
         publish_error = []
 
         def publish():
-            conn = http.client.HTTPConnection(HOST, srv.port, timeout=30)
+            conn = http.client.HTTPConnection(HOST, srv.api_port, timeout=30)
             try:
                 for seq in range(N_MSG):
                     conn.request("POST", "/broadcast", body=json.dumps(

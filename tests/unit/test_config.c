@@ -85,6 +85,9 @@ assert_config_equal(const struct bg_config *a, const struct bg_config *b)
 	assert_int_equal(a->client_publish, b->client_publish);
 	assert_string_equal(a->amqp_url, b->amqp_url);
 	assert_string_equal(a->api_key, b->api_key);
+	assert_string_equal(a->api_host, b->api_host);
+	assert_int_equal(a->api_port, b->api_port);
+	assert_int_equal(a->body_timeout, b->body_timeout);
 	assert_int_equal(a->log_level, b->log_level);
 }
 
@@ -124,6 +127,7 @@ test_shipped_ini(void **state)
 	/* Start from other values so every key must be read from the file. */
 	memset(&cfg, 0x5a, sizeof(cfg));
 	cfg.listen_host[0] = cfg.path[0] = cfg.amqp_url[0] = '\0';
+	cfg.api_host[0] = '\0';
 	cfg.api_key[0] = 'x';
 	cfg.api_key[1] = '\0';
 	assert_int_equal(bg_config_load(&cfg, "etc/bagou.ini", err,
@@ -615,6 +619,50 @@ test_tls_keys(void **state)
 			    "and tls_key");
 }
 
+/* [http] api_listen: [server] listen's forms into its own fields, or
+ * empty for none; [http] body_timeout: whole seconds, 1 to 3600. */
+static void
+test_api_listen(void **state)
+{
+	struct bg_config cfg;
+	char err[512];
+
+	bg_config_defaults(&cfg);
+	assert_string_equal(cfg.api_host, "127.0.0.1");
+	assert_int_equal(cfg.api_port, 9001);
+	assert_int_equal(cfg.body_timeout, 10);
+	assert_int_equal(bg_config_set(&cfg, "http", "api_listen",
+				       "[::1]:8081", err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.api_host, "::1");
+	assert_int_equal(cfg.api_port, 8081);
+	/* The public listener is not touched. */
+	assert_string_equal(cfg.listen_host, "0.0.0.0");
+	assert_int_equal(cfg.listen_port, 9000);
+	assert_int_equal(bg_config_set(&cfg, "http", "api_listen", "*:7",
+				       err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.api_host, "0.0.0.0");
+	assert_int_equal(cfg.api_port, 7);
+	assert_int_equal(bg_config_set(&cfg, "http", "api_listen", "", err,
+				       sizeof(err)), BG_OK);
+	assert_int_equal(cfg.api_port, 0);
+	expect_set_error("http", "api_listen", "9001",
+			 "[http] api_listen: expected HOST:PORT (e.g. *:9000, "
+			 "127.0.0.1:9000, [::1]:9000), got '9001'");
+	expect_set_error("http", "api_listen", "127.0.0.1:0",
+			 "[http] api_listen: expected a port from 1 to 65535, "
+			 "got '0'");
+	expect_load_error("[http]\napi_listen = nowhere:1\n", 2,
+			  "[http] api_listen: expected an IPv4 address, "
+			  "localhost, * or [IPv6] before the port, got "
+			  "'nowhere'");
+	expect_set_error("http", "body_timeout", "0",
+			 "[http] body_timeout: expected an integer from 1 to "
+			 "3600, got '0'");
+	assert_int_equal(bg_config_set(&cfg, "http", "body_timeout", "2",
+				       err, sizeof(err)), BG_OK);
+	assert_int_equal(cfg.body_timeout, 2);
+}
+
 int
 main(void)
 {
@@ -639,6 +687,7 @@ main(void)
 		cmocka_unit_test(test_validate),
 		cmocka_unit_test(test_small_err_buffer),
 		cmocka_unit_test(test_tls_keys),
+		cmocka_unit_test(test_api_listen),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,7 +1,7 @@
 #!/bin/sh
-# Accepted from loopback while [http] api_key is empty; with a key set,
-# add -H "Authorization: Bearer $BAGOU_API_KEY".
-bagou=${BAGOU_HTTP_URL:-http://127.0.0.1:9000}
+# The API listener ([http] api_listen, default 127.0.0.1:9001). With
+# [http] api_key set, add -H "Authorization: Bearer $BAGOU_API_KEY".
+bagou=${BAGOU_HTTP_URL:-http://127.0.0.1:9001}
 channel=${BAGOU_CHANNEL:-news}
 
 curl --fail-with-body --silent --show-error \
