@@ -134,8 +134,11 @@ bg_conn_push(struct bg_conn *c, struct bg_wframe *f, const uint8_t *data,
 	    c->q_bytes + len > w->srv->cfg->max_queued_bytes) {
 		/* A slow consumer must not hold memory or delay others. */
 		bg_stat_add(&w->stats.slow_consumer_closes, 1);
-		bg_log_info("client %s: %zu bytes queued, closing (4001)",
-			    c->id, c->q_bytes + len);
+		static struct bg_log_throttle throttle =
+			BG_LOG_THROTTLE("slow consumer closes (4001)", 5);
+		bg_log_throttled(&throttle, BG_LOG_INFO, "client %s: %zu bytes "
+				 "queued, closing (4001)", c->id,
+				 c->q_bytes + len);
 		q_clear(c);
 		kill_async(c, 4001, "slow consumer");
 		return false;
@@ -498,8 +501,11 @@ bg_conn_rate_ok(struct bg_conn *c, const struct bg_request *req,
 	bg_conn_reply_error(c, req, BG_CODE_RATE_LIMITED, "too many "
 			    "messages: slow down");
 	if (now - c->limited_since_ms >= ABUSE_CLOSE_MS) {
-		bg_log_info("client %s: rate-limited for 10 s, closing "
-			    "(1008)", c->id);
+		static struct bg_log_throttle throttle =
+			BG_LOG_THROTTLE("rate-limit closes (1008)", 5);
+		bg_log_throttled(&throttle, BG_LOG_INFO, "client %s: "
+				 "rate-limited for 10 s, closing (1008)",
+				 c->id);
 		*close_now = true;
 	}
 	return false;

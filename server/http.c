@@ -17,6 +17,7 @@
 
 #include "amqp/bus.h"
 #include "common/log.h"
+#include "server/acceptor.h"
 #include "server/conn.h"
 #include "server/worker.h"
 
@@ -181,6 +182,40 @@ metric(struct text *t, const char *name, const char *type,
 		 type, name, (unsigned long long)value);
 }
 
+/* PROTOCOL.md "Resource limits". */
+static void
+resource_metrics(struct text *t, const struct bg_server *srv)
+{
+	static const char *const why[] = {
+		[BG_ADMIT_REFUSED_CONNECTIONS] = "max_connections",
+		[BG_ADMIT_REFUSED_HANDSHAKES] = "max_handshakes",
+		[BG_ADMIT_REFUSED_ADDRESS] = "max_per_address",
+		[BG_ADMIT_REFUSED_DESCRIPTORS] = "descriptors",
+	};
+	const struct bg_acceptor *a = srv->acceptor;
+
+	metric(t, "bagou_max_connections", "gauge", "Sockets this node "
+	       "accepts at once ([server] max_connections).",
+	       (uint64_t)srv->cfg->max_connections);
+	metric(t, "bagou_sockets", "gauge", "Accepted sockets open "
+	       "(WebSocket, HTTP, handshakes).", bg_acceptor_sockets(a));
+	metric(t, "bagou_handshakes", "gauge", "Sockets not yet an "
+	       "established WebSocket.", bg_acceptor_handshakes(a));
+	metric(t, "bagou_handshake_timeouts_total", "counter", "Sockets "
+	       "closed by [limits] handshake_timeout.",
+	       bg_acceptor_stat(a, BG_ADMIT_HANDSHAKE_TIMEOUTS));
+	metric(t, "bagou_memory_closes_total", "counter", "Connections "
+	       "closed for [limits] max_connection_memory.",
+	       SUM(srv, memory_closes));
+	text_add(t, "# HELP bagou_connections_refused_total Sockets refused "
+		 "at accept, by limit.\n# TYPE bagou_connections_refused_total"
+		 " counter\n");
+	for (int i = 0; i < (int)(sizeof(why) / sizeof(why[0])); i++)
+		text_add(t, "bagou_connections_refused_total{reason=\"%s\"} "
+			 "%llu\n", why[i], (unsigned long long)
+			 bg_acceptor_stat(a, (enum bg_admit_stat)i));
+}
+
 static int
 serve_metrics(struct bg_worker *w, struct lws *wsi)
 {
@@ -225,6 +260,7 @@ serve_metrics(struct bg_worker *w, struct lws *wsi)
 	       "Reconnections to RabbitMQ.", bg_bus_reconnects(srv->bus));
 	metric(&t, "bagou_http_requests_total", "counter",
 	       "Plain HTTP requests served.", SUM(srv, http_requests));
+	resource_metrics(&t, srv);
 	text_add(&t, "# HELP bagou_client_errors_total Errors sent to "
 		 "clients, by code.\n# TYPE bagou_client_errors_total "
 		 "counter\n");
@@ -243,18 +279,26 @@ serve_metrics(struct bg_worker *w, struct lws *wsi)
 	return rc;
 }
 
-static int
-serve_health(struct bg_worker *w, struct lws *wsi)
+int
+bg_http_health_body(const struct bg_server *srv, char *buf, size_t size)
 {
-	const struct bg_server *srv = w->srv;
-	char body[256];
-	int n;
-
-	n = snprintf(body, sizeof(body),
+	int n = snprintf(buf, size,
 		     "{\"status\":\"ok\",\"amqp\":\"%s\",\"connections\":%llu,"
 		     "\"workers\":%d}", bg_bus_state(srv->bus),
 		     (unsigned long long)SUM(srv, connections),
 		     srv->n_workers);
+
+	return n > 0 && (size_t)n < size ? n : -1;
+}
+
+static int
+serve_health(struct bg_worker *w, struct lws *wsi)
+{
+	char body[256];
+	int n = bg_http_health_body(w->srv, body, sizeof(body));
+
+	if (n < 0)
+		return -1;
 	return respond(wsi, 200, JSON_TYPE, body, (size_t)n, false);
 }
 
