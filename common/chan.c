@@ -126,7 +126,9 @@ bg_chan_subscribe(struct bg_chan_table *t, const char *name, size_t len,
 			grow(t);
 	}
 	if (c->n_subs == c->cap_subs) {
-		uint32_t cap = c->cap_subs ? c->cap_subs * 2 : 4;
+		/* From 1: most channels of many names have one subscriber
+		 * per worker. */
+		uint32_t cap = c->cap_subs ? c->cap_subs * 2 : 1;
 		struct bg_chan_sub **subs = realloc(c->subs,
 						    cap * sizeof(*subs));
 		if (subs == NULL)
@@ -174,7 +176,7 @@ bg_chan_unsubscribe(struct bg_chan_table *t, struct bg_chan_sub *s)
 		*pp = c->next;
 		t->n_chans--;
 		chan_free(c);
-	} else if (c->cap_subs > 64 && c->n_subs < c->cap_subs / 4) {
+	} else if (c->cap_subs > 4 && c->n_subs < c->cap_subs / 4) {
 		/* Give memory back after a crowd leaves. */
 		struct bg_chan_sub **subs = realloc(c->subs, c->cap_subs / 2 *
 						    sizeof(*subs));

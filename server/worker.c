@@ -90,24 +90,26 @@ on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 			cap = 1024;
 		if (cap > max)
 			cap = max;
+		if (!bg_conn_budget_allows(c, cap - c->rx_cap))
+			return close_with(wsi, 1009, "message too big for the "
+					  "connection's memory budget");
 		rx = realloc(c->rx, cap);
 		if (rx == NULL)
 			return close_with(wsi, 1011, "out of memory");
 		c->rx = rx;
 		c->rx_cap = cap;
+		c->budget.rx = cap;
 	}
 	memcpy(c->rx + c->rx_len, in, len);
 	c->rx_len += len;
 	if (!complete)
 		return 0;
 	bg_conn_receive(c, c->rx, c->rx_len);
-	c->rx_len = 0;
-	if (c->rx_cap > 4096) {
-		/* Idle connections should not keep a big buffer. */
-		free(c->rx);
-		c->rx = NULL;
-		c->rx_cap = 0;
-	}
+	/* Idle connections keep no buffer: most messages need none. */
+	free(c->rx);
+	c->rx = NULL;
+	c->rx_len = c->rx_cap = 0;
+	c->budget.rx = 0;
 	return 0;
 }
 
