@@ -4,6 +4,7 @@ per-connection memory budget, memory going back after a crowd leaves, and
 throttled logs."""
 
 import json
+import os
 import re
 import socket
 import time
@@ -84,6 +85,8 @@ def test_max_connections_counts_silent_sockets(server):
     m = srv.metrics()
     assert m['bagou_connections_refused_total{reason="max_connections"}'] \
         >= 1
+    # Every socket gave its place back (only this /metrics request left).
+    wait_for(lambda: admitted(srv) == 1, what="counts back to one")
 
 
 def test_max_handshakes_leaves_websockets_alone(server):
@@ -113,6 +116,43 @@ def test_max_handshakes_leaves_websockets_alone(server):
         close_all(socks)
         for ws in clients:
             ws.close()
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_descriptors_does_not_spin(server, monkeypatch):
+    """RLIMIT_NOFILE 160 and max_connections set above it: accept4 meets
+    EMFILE. The acceptor answers from its reserved descriptor and pauses
+    instead of spinning, and recovers once sockets close."""
+    import support
+    argv = support.Server.argv
+    monkeypatch.setattr(support.Server, "argv", lambda self: [
+        "prlimit", "--nofile=160:160", "--"] + argv(self))
+    srv = server({"server": {"max_connections": 1000},
+                  "limits": {"max_handshakes": 0, "max_per_address": 0}},
+                 workers=1)
+    socks = []
+    try:
+        for _ in range(200):
+            socks.append(raw_socket(srv))
+        time.sleep(0.5)
+        before = cpu_seconds(srv.proc.pid)
+        time.sleep(1.0)
+        assert cpu_seconds(srv.proc.pid) - before < 0.5
+        wait_for(lambda: "Too many open files" in srv.log(),
+                 what="EMFILE logged")
+    finally:
+        close_all(socks)
+    wait_for(lambda: http_get(srv.port, "/health")[0] == 200,
+             what="/health after the crowd left")
+    m = srv.metrics()
+    assert m['bagou_connections_refused_total{reason="descriptors"}'] >= 1
+    assert len([x for x in srv.log().splitlines()
+                if "Too many open files" in x]) <= 4
 
 
 # ---------------------------------------------------------- per address
