@@ -276,16 +276,16 @@ def test_memory_returns_after_crowd_leaves(server):
     time.sleep(0.5)
     base = rss_kb(srv)
     crowd = []
-    for i in range(100):
+    for i in range(60):
         ws = client(srv)
         _, errors = subscribe_many(ws, "c%d" % i, 1000)
         assert errors == []
         crowd.append(ws)
-    assert metric_sum(srv.metrics(), "bagou_subscriptions") == 100000
+    assert metric_sum(srv.metrics(), "bagou_subscriptions") == 60000
     peak = rss_kb(srv)
-    assert peak - base > 20000, (base, peak)   # ~30 MB held
+    assert peak - base > 12000, (base, peak)   # ~18 MB held
     # Half leave their channels first, then everyone goes.
-    for i, ws in enumerate(crowd[:50]):
+    for i, ws in enumerate(crowd[:30]):
         pipeline(ws, [json.dumps({"event": "unsubscribe", "data": {
             "channel": chan_name("c%d-%d" % (i, k))}})
             for k in range(1000)]
