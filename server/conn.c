@@ -358,6 +358,7 @@ drop_sub(struct bg_conn *c, struct bg_chan_sub **slot)
 
 	*slot = c->subs[--c->n_subs];
 	c->budget.subs -= bg_budget_sub_cost(s->chan->name_len);
+	c->w->freed_since_trim += bg_budget_sub_cost(s->chan->name_len);
 	bg_chan_unsubscribe(c->w->chans, s);
 	bg_stat_add(&c->w->stats.subscriptions, (uint64_t)-1);
 	if (c->cap_subs > 16 && c->n_subs < c->cap_subs / 4) {

@@ -35,7 +35,8 @@ _Static_assert(LWS_PRE <= BG_FRAME_PRE, "frames need LWS_PRE headroom");
 #define STOP_TICK_MS 50
 #define STOP_MAX_TICKS 60       /* 3 s to say goodbye */
 #define TICK_MS 1000            /* handshake deadlines, trimming */
-#define TRIM_CLOSES 64          /* closes that make a trim worth it */
+#define TRIM_CLOSE_BYTES 16384 /* what a close frees, roughly */
+#define TRIM_BYTES (1 << 20)    /* freed bytes that make a trim worth it */
 #define TRIM_EVERY_MS 5000      /* at most this often */
 
 /* lws context and vhost creation is not thread-safe. */
@@ -173,7 +174,7 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		return bg_conn_write(c);
 	case LWS_CALLBACK_CLOSED:
 		bg_conn_close(c);
-		w->closed_since_trim++;
+		w->freed_since_trim += TRIM_CLOSE_BYTES;
 		return 0;
 	case LWS_CALLBACK_WSI_DESTROY:
 		bg_sock_destroyed(w, wsi);
@@ -338,8 +339,8 @@ on_inbox(evutil_socket_t fd, short what, void *arg)
 }
 
 /* Once a second: sockets past their handshake deadline are closed, and
- * after many closes the freed memory goes back to the system (glibc keeps
- * it otherwise: measured in docs/DESIGN.md). */
+ * after a megabyte or so was freed (closes, unsubscribes) the memory goes
+ * back to the system (glibc keeps it otherwise: docs/DESIGN.md). */
 static void
 on_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -354,9 +355,9 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 		w->kick = false;
 		lws_cancel_service(w->lws);
 	}
-	if (w->closed_since_trim >= TRIM_CLOSES &&
+	if (w->freed_since_trim >= TRIM_BYTES &&
 	    now - w->last_trim_ms >= TRIM_EVERY_MS) {
-		w->closed_since_trim = 0;
+		w->freed_since_trim = 0;
 		w->last_trim_ms = now;
 		malloc_trim(0);
 	}

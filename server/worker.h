@@ -64,7 +64,8 @@ struct bg_worker {
 	struct bg_sock *hs_head, *hs_tail; /* handshakes, by deadline
 	                                      (acceptor.c) */
 	struct event *tick_ev;         /* once a second: deadlines, trim */
-	unsigned int closed_since_trim; /* connections closed */
+	size_t freed_since_trim;       /* bytes, estimated: closes and
+	                                  unsubscribes (conn.c) */
 	uint64_t last_trim_ms;
 };
 
