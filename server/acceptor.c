@@ -527,6 +527,7 @@ accept_all(struct bg_acceptor *a)
 			close(s);
 			continue;
 		}
+		sock->magic = BG_SOCK_MAGIC;
 		sock->fd = s;
 		sock->peer = peer;
 		sock->handshake = true;
@@ -684,7 +685,10 @@ list_append(struct bg_worker *w, struct bg_sock *s)
 static struct bg_sock *
 sock_of(struct lws *wsi)
 {
-	return wsi != NULL ? lws_get_opaque_user_data(wsi) : NULL;
+	struct bg_sock *s = wsi != NULL ? lws_get_opaque_user_data(wsi) :
+			    NULL;
+
+	return s != NULL && s->magic == BG_SOCK_MAGIC ? s : NULL;
 }
 
 void
@@ -751,8 +755,10 @@ bg_sock_destroyed(struct bg_worker *w, struct lws *wsi)
 	lws_set_opaque_user_data(wsi, NULL);
 	list_remove(w, s);
 	release(w->srv->acceptor, s);
-	if (!s->adopting)
+	if (!s->adopting) {
+		s->magic = 0;
 		free(s);
+	}
 }
 
 void

@@ -27,6 +27,8 @@ struct lws;
  * creates it and hands it to a worker, which owns it from then on (it is
  * the wsi's opaque user data). */
 struct bg_sock {
+	uint32_t magic;                /* BG_SOCK_MAGIC: other opaque user
+	                                  data on a wsi is not ours */
 	int fd;                        /* until adopted */
 	struct bg_peer *peer;          /* its address's count, or NULL */
 	bool handshake;                /* counted in handshakes */
@@ -37,6 +39,8 @@ struct bg_sock {
 	struct bg_sock *prev, *next;   /* worker's list, by deadline */
 	bool listed;
 };
+
+#define BG_SOCK_MAGIC 0x6b636f73u
 
 /* Counters for /metrics. */
 enum bg_admit_stat {
