@@ -358,13 +358,13 @@ refused_log(struct bg_acceptor *a, enum bg_admit_stat why)
 
 	stat_add(a, why);
 	if (why == BG_ADMIT_REFUSED_CONNECTIONS)
-		bg_log_throttled(&refuse_throttle, BG_LOG_WARN, "max_connections "
-				 "(%d) reached: refusing connections",
-				 cfg->max_connections);
+		bg_log_throttled(&refuse_throttle, BG_LOG_WARN,
+				 "max_connections (%d) reached: refusing "
+				 "connections", cfg->max_connections);
 	else if (why == BG_ADMIT_REFUSED_HANDSHAKES)
-		bg_log_throttled(&refuse_throttle, BG_LOG_WARN, "max_handshakes "
-				 "(%d) reached: refusing connections",
-				 cfg->max_handshakes);
+		bg_log_throttled(&refuse_throttle, BG_LOG_WARN,
+				 "max_handshakes (%d) reached: refusing "
+				 "connections", cfg->max_handshakes);
 	else
 		bg_log_throttled(&refuse_throttle, BG_LOG_WARN,
 				 "max_per_address (%d) reached by a peer: "
@@ -522,7 +522,8 @@ accept_all(struct bg_acceptor *a)
 		}
 		sock = calloc(1, sizeof(*sock));
 		if (sock == NULL) {
-			struct bg_sock tmp = { .peer = peer, .handshake = true };
+			struct bg_sock tmp = { .peer = peer,
+					       .handshake = true };
 			release(a, &tmp);
 			close(s);
 			continue;
@@ -551,7 +552,8 @@ acceptor_main(void *arg)
 			.events = now >= paused_until ? POLLIN : 0 };
 		fds[1] = (struct pollfd){ .fd = a->stop_efd, .events = POLLIN };
 		timeout = (int)(next_tick > now ? next_tick - now : 0);
-		if (now < paused_until && paused_until - now < (uint64_t)timeout)
+		if (now < paused_until &&
+		    paused_until - now < (uint64_t)timeout)
 			timeout = (int)(paused_until - now);
 		for (int i = 0; i < a->n_refused; i++) {
 			struct refusal *r = &a->refused[i];
