@@ -362,6 +362,7 @@ def test_client_triggered_logs_are_throttled(server):
     srv = server()
     # Headers larger than lws's header space: lws logs an error each.
     junk = b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 14000 + b"\r\n\r\n"
+    start = time.monotonic()
     for _ in range(1000):
         s = raw_socket(srv)
         try:
@@ -373,8 +374,10 @@ def test_client_triggered_logs_are_throttled(server):
                 pass
         finally:
             s.close()
+    windows = int((time.monotonic() - start) // 10) + 2
     lines = [x for x in srv.log().splitlines() if "libwebsockets" in x]
-    assert 1 <= len(lines) <= 20, len(lines)
+    # 10 lines and one count per 10 s window, on a slow machine too.
+    assert 1 <= len(lines) <= 11 * windows, (len(lines), windows)
     wait_for(lambda: re.search(r"libwebsockets: \d+ similar lines "
                                r"suppressed in the last 10 s", srv.log()),
              timeout=15, interval=0.5, what="the suppressed count")
