@@ -42,7 +42,8 @@ chan_free(struct bg_chan *c)
 {
 	for (uint32_t i = 0; i < c->n_subs; i++)
 		free(c->subs[i]);
-	free(c->subs);
+	if (c->subs != &c->one)
+		free(c->subs);
 	free(c);
 }
 
@@ -117,7 +118,9 @@ bg_chan_subscribe(struct bg_chan_table *t, const char *name, size_t len,
 		if (c == NULL)
 			return NULL;
 		memcpy(c->name, name, len);
-		c->name_len = len;
+		c->name_len = (uint32_t)len;
+		c->subs = &c->one;
+		c->cap_subs = 1;
 		c->hash = h;
 		c->next = t->buckets[h & (t->n_buckets - 1)];
 		t->buckets[h & (t->n_buckets - 1)] = c;
@@ -126,9 +129,16 @@ bg_chan_subscribe(struct bg_chan_table *t, const char *name, size_t len,
 			grow(t);
 	}
 	if (c->n_subs == c->cap_subs) {
-		uint32_t cap = c->cap_subs ? c->cap_subs * 2 : 4;
-		struct bg_chan_sub **subs = realloc(c->subs,
-						    cap * sizeof(*subs));
+		uint32_t cap = c->cap_subs * 2;
+		struct bg_chan_sub **subs;
+
+		if (c->subs == &c->one) {
+			subs = malloc(cap * sizeof(*subs));
+			if (subs != NULL)
+				subs[0] = c->one;
+		} else {
+			subs = realloc(c->subs, cap * sizeof(*subs));
+		}
 		if (subs == NULL)
 			goto fail;
 		c->subs = subs;
@@ -174,7 +184,7 @@ bg_chan_unsubscribe(struct bg_chan_table *t, struct bg_chan_sub *s)
 		*pp = c->next;
 		t->n_chans--;
 		chan_free(c);
-	} else if (c->cap_subs > 64 && c->n_subs < c->cap_subs / 4) {
+	} else if (c->cap_subs > 4 && c->n_subs < c->cap_subs / 4) {
 		/* Give memory back after a crowd leaves. */
 		struct bg_chan_sub **subs = realloc(c->subs, c->cap_subs / 2 *
 						    sizeof(*subs));

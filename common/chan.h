@@ -23,10 +23,12 @@ struct bg_chan_sub {
 
 struct bg_chan {
 	struct bg_chan *next;        /* hash chain */
+	struct bg_chan_sub **subs;   /* &one while cap_subs is 1 */
+	struct bg_chan_sub *one;     /* the slot of a lone subscriber: most
+	                                channels of many names have one */
 	uint32_t hash;
 	uint32_t n_subs, cap_subs;
-	struct bg_chan_sub **subs;
-	size_t name_len;
+	uint32_t name_len;
 	char name[];                 /* NUL-terminated */
 };
 

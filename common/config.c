@@ -86,6 +86,11 @@ bg_config_defaults(struct bg_config *cfg)
 	cfg->log_level = BG_LOG_INFO;
 	cfg->rate = 100;
 	cfg->burst = 200;
+	cfg->max_connection_memory = 1048576;
+	cfg->max_handshakes = 1024;
+	cfg->max_per_address = 256;
+	cfg->limit_loopback = false;
+	cfg->handshake_timeout = 10;
 	strcpy(cfg->private_prefix, "private-");
 	strcpy(cfg->api_host, "127.0.0.1");
 	cfg->api_port = 9001;
@@ -147,6 +152,25 @@ parse_size(const struct key *k, struct bg_config *cfg, const char *v,
 		return BG_ERR;
 	}
 	*(size_t *)((char *)cfg + k->off) = (size_t)(n * mult);
+	return BG_OK;
+}
+
+static int
+parse_bool(const struct key *k, struct bg_config *cfg, const char *v,
+	   char *msg, size_t len)
+{
+	bool *field = (bool *)((char *)cfg + k->off);
+
+	if (strcasecmp(v, "yes") == 0 || strcasecmp(v, "true") == 0 ||
+	    strcmp(v, "1") == 0 || strcasecmp(v, "on") == 0) {
+		*field = true;
+	} else if (strcasecmp(v, "no") == 0 || strcasecmp(v, "false") == 0 ||
+		   strcmp(v, "0") == 0 || strcasecmp(v, "off") == 0) {
+		*field = false;
+	} else {
+		seterr(msg, len, "expected yes or no, got '%s'", v);
+		return BG_ERR;
+	}
 	return BG_OK;
 }
 
@@ -434,6 +458,15 @@ static const struct key keys[] = {
 	{ "server", "tls_ca", parse_file, OFF(tls_ca), STR(tls_ca) },
 	{ "limits", "rate", parse_int, OFF(rate), 0, 1000000 },
 	{ "limits", "burst", parse_int, OFF(burst), 1, 1000000 },
+	{ "limits", "max_connection_memory", parse_size,
+	  OFF(max_connection_memory), 4096, 1073741824 },
+	{ "limits", "max_handshakes", parse_int, OFF(max_handshakes),
+	  0, 10000000 },
+	{ "limits", "max_per_address", parse_int, OFF(max_per_address),
+	  0, 10000000 },
+	{ "limits", "limit_loopback", parse_bool, OFF(limit_loopback), 0, 0 },
+	{ "limits", "handshake_timeout", parse_int, OFF(handshake_timeout),
+	  0, 3600 },
 	{ "auth", "secret", parse_str, OFF(auth_secret), STR(auth_secret) },
 	{ "auth", "private_prefix", parse_str, OFF(private_prefix),
 	  STR(private_prefix) },

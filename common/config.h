@@ -34,7 +34,8 @@ struct bg_config {
 	int listen_port;                 /* 9000 */
 	int workers;                     /* 0 = number of online cores */
 	char path[BG_CONFIG_STR];        /* WebSocket path, "/websocket" */
-	int max_connections;             /* per node; 0 = no limit */
+	int max_connections;             /* per node, every accepted socket;
+	                                    0 = from RLIMIT_NOFILE (main.c) */
 	int ping_interval;               /* seconds between lws pings, 0=off */
 	char origins[1024];              /* allowed Origins, comma-separated;
 	                                    "" = any */
@@ -51,6 +52,14 @@ struct bg_config {
 	size_t max_queued_bytes;         /* 1048576 per connection */
 	int rate;                        /* client messages/s, 0 = no limit */
 	int burst;                       /* messages allowed at once */
+	size_t max_connection_memory;    /* per connection budget, 1m */
+	int max_handshakes;              /* sockets not yet WebSockets, 1024;
+	                                    0 = only max_connections */
+	int max_per_address;             /* sockets per peer address (IPv6:
+	                                    per /64), 256; 0 = off */
+	bool limit_loopback;             /* max_per_address applies to
+	                                    loopback peers too; false */
+	int handshake_timeout;           /* seconds, 10; 0 = off */
 
 	/* [channels] */
 	int client_publish;              /* enum bg_publish_policy, none */

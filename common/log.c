@@ -1,9 +1,12 @@
 /*
  * log.c - stderr logger. Any thread; the level is read with a relaxed
- * atomic load so it can be changed at start-up without a lock.
+ * atomic load so it can be changed at start-up without a lock. Throttles
+ * (log.h) share one mutex and one list, so the tick can find the windows
+ * that ended with lines suppressed.
  */
 #include "common/log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +16,9 @@
 #include <unistd.h>
 
 static int min_level = BG_LOG_INFO;
+
+static pthread_mutex_t throttle_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct bg_log_throttle *throttles;  /* under throttle_lock */
 
 static const char *const names[] = { "debug", "info", "warn", "error" };
 
@@ -33,17 +39,15 @@ bg_log_parse_level(const char *name)
 	return -1;
 }
 
-void
-bg_log_write(enum bg_log_level level, const char *fmt, ...)
+static void
+log_line(enum bg_log_level level, const char *suffix, const char *fmt,
+	 va_list ap)
 {
 	char line[1024];
 	struct timeval tv;
 	struct tm tm;
-	va_list ap;
 	int n, m;
 
-	if ((int)level < __atomic_load_n(&min_level, __ATOMIC_RELAXED))
-		return;
 	gettimeofday(&tv, NULL);
 	gmtime_r(&tv.tv_sec, &tm);
 	n = snprintf(line, sizeof(line),
@@ -51,16 +55,133 @@ bg_log_write(enum bg_log_level level, const char *fmt, ...)
 		     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
 		     tm.tm_min, tm.tm_sec, (long)tv.tv_usec / 1000,
 		     names[level]);
-	va_start(ap, fmt);
 	m = vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
-	va_end(ap);
 	if (m < 0)
 		m = 0;
 	n += m;
 	if (n > (int)sizeof(line) - 2)
 		n = (int)sizeof(line) - 2;
+	if (suffix != NULL) {
+		m = snprintf(line + n, sizeof(line) - (size_t)n - 1, "%s",
+			     suffix);
+		n += m > 0 ? m : 0;
+		if (n > (int)sizeof(line) - 2)
+			n = (int)sizeof(line) - 2;
+	}
 	line[n++] = '\n';
 	/* One write per line keeps lines whole across threads. */
 	if (write(STDERR_FILENO, line, (size_t)n) < 0)
 		return;
+}
+
+void
+bg_log_write(enum bg_log_level level, const char *fmt, ...)
+{
+	va_list ap;
+
+	if ((int)level < __atomic_load_n(&min_level, __ATOMIC_RELAXED))
+		return;
+	va_start(ap, fmt);
+	log_line(level, NULL, fmt, ap);
+	va_end(ap);
+}
+
+static uint64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+unsigned long
+bg_log_throttle_expire(struct bg_log_throttle *t, uint64_t now_ms)
+{
+	unsigned long n;
+
+	if (t->printed == 0 && t->suppressed == 0) {
+		t->window_ms = now_ms;     /* first line ever */
+		return 0;
+	}
+	if (now_ms - t->window_ms < BG_LOG_WINDOW_MS)
+		return 0;
+	n = t->suppressed;
+	t->window_ms = now_ms;
+	t->printed = 0;
+	t->suppressed = 0;
+	return n;
+}
+
+bool
+bg_log_throttle_check(struct bg_log_throttle *t, uint64_t now_ms,
+		      unsigned long *ended)
+{
+	*ended = bg_log_throttle_expire(t, now_ms);
+	if (t->printed < t->burst) {
+		t->printed++;
+		return true;
+	}
+	t->suppressed++;
+	return false;
+}
+
+void
+bg_log_throttled(struct bg_log_throttle *t, enum bg_log_level level,
+		 const char *fmt, ...)
+{
+	char suffix[80];
+	unsigned long ended;
+	va_list ap;
+	bool print;
+
+	if ((int)level < __atomic_load_n(&min_level, __ATOMIC_RELAXED))
+		return;
+	pthread_mutex_lock(&throttle_lock);
+	print = bg_log_throttle_check(t, mono_ms(), &ended);
+	if (!print && !t->listed) {
+		t->listed = true;
+		t->next = throttles;
+		throttles = t;
+	}
+	pthread_mutex_unlock(&throttle_lock);
+	if (!print)
+		return;
+	if (ended > 0)
+		snprintf(suffix, sizeof(suffix), " (%lu similar suppressed in "
+			 "the last %d s)", ended, BG_LOG_WINDOW_MS / 1000);
+	va_start(ap, fmt);
+	log_line(level, ended > 0 ? suffix : NULL, fmt, ap);
+	va_end(ap);
+}
+
+void
+bg_log_throttle_tick(void)
+{
+	uint64_t now = mono_ms();
+	struct bg_log_throttle **pp, *t;
+	struct { const char *what; unsigned long n; } out[16];
+	int n_out = 0;
+
+	pthread_mutex_lock(&throttle_lock);
+	for (pp = &throttles; (t = *pp) != NULL;) {
+		unsigned long n;
+		if (now - t->window_ms < BG_LOG_WINDOW_MS ||
+		    n_out == (int)(sizeof(out) / sizeof(out[0]))) {
+			pp = &t->next;
+			continue;
+		}
+		n = bg_log_throttle_expire(t, now);
+		if (n > 0) {
+			out[n_out].what = t->what;
+			out[n_out++].n = n;
+		}
+		*pp = t->next;             /* listed again on its next drop */
+		t->listed = false;
+	}
+	pthread_mutex_unlock(&throttle_lock);
+	for (int i = 0; i < n_out; i++)
+		bg_log_write(BG_LOG_WARN, "%s: %lu similar lines suppressed "
+			     "in the last %d s", out[i].what, out[i].n,
+			     BG_LOG_WINDOW_MS / 1000);
 }

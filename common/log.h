@@ -9,6 +9,8 @@
 #define BG_LOG_H
 
 #include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 enum bg_log_level {
 	BG_LOG_DEBUG,
@@ -36,5 +38,51 @@ void bg_log_write(enum bg_log_level level, const char *fmt, ...)
 	do { int e_ = errno; \
 	     bg_log_write(BG_LOG_ERROR, "%s failed: %s", call, strerror(e_)); \
 	     errno = e_; } while (0)
+
+/*
+ * A throttle for log lines a client can trigger (one per call site, a
+ * static struct): at most burst lines per 10 s window; the first line of
+ * the next window ends with " (N similar suppressed in the last 10 s)",
+ * and bg_log_throttle_tick prints that count on its own for a window that
+ * ended quietly. Any thread: log.c serializes them with one mutex.
+ */
+#define BG_LOG_WINDOW_MS 10000
+
+struct bg_log_throttle {
+	const char *what;               /* immutable: names the summary */
+	unsigned int burst;             /* immutable: lines per window */
+	/* log.c, under its lock: */
+	uint64_t window_ms;             /* start of the current window */
+	unsigned int printed;
+	unsigned long suppressed;
+	bool listed;                    /* in log.c's list of throttles */
+	struct bg_log_throttle *next;
+};
+
+#define BG_LOG_THROTTLE(what_, burst_) { .what = (what_), .burst = (burst_) }
+
+/* Logs like bg_log_write unless t says the line is one too many. */
+void bg_log_throttled(struct bg_log_throttle *t, enum bg_log_level level,
+		      const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Prints "WHAT: N similar lines suppressed in the last 10 s" for each
+ * throttle whose window ended with lines suppressed. Any thread; the
+ * server calls it about once a second. */
+void bg_log_throttle_tick(void);
+
+/*
+ * The decision alone, at now_ms (CLOCK_MONOTONIC ms), for tests and for
+ * bg_log_throttled: true to print. *ended gets how many lines the window
+ * that just ended suppressed (0 when none, or the window goes on). The
+ * caller holds no lock; t must not be shared with other threads.
+ */
+bool bg_log_throttle_check(struct bg_log_throttle *t, uint64_t now_ms,
+			   unsigned long *ended);
+
+/* For the tick: the count a window that ended before now_ms suppressed,
+ * resetting it; 0 when none. Same rules as bg_log_throttle_check. */
+unsigned long bg_log_throttle_expire(struct bg_log_throttle *t,
+				     uint64_t now_ms);
 
 #endif

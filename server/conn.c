@@ -73,6 +73,14 @@ q_pop(struct bg_conn *c)
 	bg_wframe_unref(e->f);
 	c->q_head = (c->q_head + 1) & (c->q_cap - 1);
 	c->q_count--;
+	if (c->q_count == 0 && c->q_cap > 16) {
+		/* Drained after a burst: an idle connection keeps no big
+		 * ring (the next push starts a small one). */
+		free(c->q);
+		c->q = NULL;
+		c->q_cap = 0;
+		c->q_head = 0;
+	}
 }
 
 static void
@@ -129,13 +137,20 @@ bg_conn_push(struct bg_conn *c, struct bg_wframe *f, const uint8_t *data,
 			return false;
 		}
 	}
-	/* One message always fits: the limit bounds a backlog. */
+	/* One message always fits: the limits bound a backlog. */
 	if (c->q_count > 0 &&
-	    c->q_bytes + len > w->srv->cfg->max_queued_bytes) {
+	    (c->q_bytes + len > w->srv->cfg->max_queued_bytes ||
+	     !bg_budget_allows(&c->budget, c->q_bytes, len))) {
 		/* A slow consumer must not hold memory or delay others. */
-		bg_stat_add(&w->stats.slow_consumer_closes, 1);
-		bg_log_info("client %s: %zu bytes queued, closing (4001)",
-			    c->id, c->q_bytes + len);
+		if (c->q_bytes + len > w->srv->cfg->max_queued_bytes)
+			bg_stat_add(&w->stats.slow_consumer_closes, 1);
+		else
+			bg_stat_add(&w->stats.memory_closes, 1);
+		static struct bg_log_throttle throttle =
+			BG_LOG_THROTTLE("slow consumer closes (4001)", 5);
+		bg_log_throttled(&throttle, BG_LOG_INFO, "client %s: %zu bytes "
+				 "queued, closing (4001)", c->id,
+				 c->q_bytes + len);
 		q_clear(c);
 		kill_async(c, 4001, "slow consumer");
 		return false;
@@ -313,7 +328,9 @@ bg_conn_subscribe(struct bg_conn *c, const char *channel, size_t len,
 	*added = false;
 	if (find_sub(c, channel, len) != NULL)
 		return BG_CODE_COUNT; /* already: success */
-	if (c->n_subs >= (uint32_t)w->srv->cfg->max_subscriptions)
+	if (c->n_subs >= (uint32_t)w->srv->cfg->max_subscriptions ||
+	    !bg_budget_allows(&c->budget, c->q_bytes,
+			      bg_budget_sub_cost(len)))
 		return BG_CODE_TOO_MANY_SUBSCRIPTIONS;
 	if (c->n_subs == c->cap_subs) {
 		uint32_t cap = c->cap_subs ? c->cap_subs * 2 : 2;
@@ -328,6 +345,7 @@ bg_conn_subscribe(struct bg_conn *c, const char *channel, size_t len,
 	if (s == NULL)
 		return BG_CODE_INTERNAL;
 	c->subs[c->n_subs++] = s;
+	c->budget.subs += bg_budget_sub_cost(len);
 	bg_stat_add(&w->stats.subscriptions, 1);
 	*added = true;
 	return BG_CODE_COUNT;
@@ -339,8 +357,19 @@ drop_sub(struct bg_conn *c, struct bg_chan_sub **slot)
 	struct bg_chan_sub *s = *slot;
 
 	*slot = c->subs[--c->n_subs];
+	c->budget.subs -= bg_budget_sub_cost(s->chan->name_len);
+	c->w->freed_since_trim += bg_budget_sub_cost(s->chan->name_len);
 	bg_chan_unsubscribe(c->w->chans, s);
 	bg_stat_add(&c->w->stats.subscriptions, (uint64_t)-1);
+	if (c->cap_subs > 16 && c->n_subs < c->cap_subs / 4) {
+		/* Give the array back after a mass unsubscribe. */
+		struct bg_chan_sub **subs = realloc(c->subs, c->cap_subs / 2 *
+						    sizeof(*subs));
+		if (subs != NULL) {
+			c->subs = subs;
+			c->cap_subs /= 2;
+		}
+	}
 }
 
 void
@@ -363,13 +392,26 @@ bg_conn_store(struct bg_conn *c, json_t *obj)
 		return BG_ERR;
 	}
 	size = json_dumpb(next, NULL, 0, JSON_COMPACT);
-	if (size == 0 || size > c->w->srv->cfg->max_store_bytes) {
+	if (size == 0 || size > c->w->srv->cfg->max_store_bytes ||
+	    (size > c->budget.store &&
+	     !bg_budget_allows(&c->budget, c->q_bytes,
+			       size - c->budget.store))) {
 		json_decref(next);
 		return BG_ERR;
 	}
 	json_decref(c->store);
 	c->store = next;
+	c->budget.store = size;
 	return BG_OK;
+}
+
+bool
+bg_conn_budget_allows(struct bg_conn *c, size_t more)
+{
+	if (bg_budget_allows(&c->budget, c->q_bytes, more))
+		return true;
+	bg_stat_add(&c->w->stats.memory_closes, 1);
+	return false;
 }
 
 /* --------------------------------------------------------- lifecycle */
@@ -395,6 +437,7 @@ bg_conn_open(struct bg_conn *c, struct bg_worker *w, struct lws *wsi)
 	w->conns = c;
 	c->established = true;
 	c->tokens = w->srv->cfg->burst;
+	c->budget.limit = w->srv->cfg->max_connection_memory;
 	c->tokens_ms = now_ms();
 	bg_stat_add(&w->stats.connections, 1);
 	bg_stat_add(&w->stats.connections_total, 1);
@@ -447,6 +490,8 @@ bg_conn_close(struct bg_conn *c)
 	c->body = NULL;
 	c->store = NULL;
 	c->n_subs = c->cap_subs = 0;
+	c->rx_len = c->rx_cap = 0;
+	memset(&c->budget, 0, sizeof(c->budget));
 }
 
 void
@@ -498,8 +543,11 @@ bg_conn_rate_ok(struct bg_conn *c, const struct bg_request *req,
 	bg_conn_reply_error(c, req, BG_CODE_RATE_LIMITED, "too many "
 			    "messages: slow down");
 	if (now - c->limited_since_ms >= ABUSE_CLOSE_MS) {
-		bg_log_info("client %s: rate-limited for 10 s, closing "
-			    "(1008)", c->id);
+		static struct bg_log_throttle throttle =
+			BG_LOG_THROTTLE("rate-limit closes (1008)", 5);
+		bg_log_throttled(&throttle, BG_LOG_INFO, "client %s: "
+				 "rate-limited for 10 s, closing (1008)",
+				 c->id);
 		*close_now = true;
 	}
 	return false;

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "common/bg.h"
+#include "common/budget.h"
 #include "common/chan.h"
 #include "common/msg.h"
 #include "common/proto.h"
@@ -72,6 +73,9 @@ struct bg_conn {
 	uint32_t q_head, q_count, q_cap;
 	uint32_t q_off;                /* bytes of the head already sent */
 	size_t q_bytes;
+
+	/* Memory charged against [limits] max_connection_memory. */
+	struct bg_budget budget;
 
 	/* HTTP request state (connections that never upgrade). */
 	char *body;
@@ -160,6 +164,10 @@ void bg_conn_unsubscribe(struct bg_conn *c, const char *channel,
 /* Merges obj into the store unless the result exceeds max_store_bytes.
  * BG_OK, or BG_ERR with the store unchanged. */
 int bg_conn_store(struct bg_conn *c, json_t *obj);
+
+/* True when the connection may hold more bytes within its memory
+ * budget; false counts a memory close (the caller closes). */
+bool bg_conn_budget_allows(struct bg_conn *c, size_t more);
 
 /* Drops a worker-frame reference (frees on the last). */
 void bg_wframe_unref(struct bg_wframe *f);

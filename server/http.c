@@ -21,6 +21,7 @@
 #include "amqp/bus.h"
 #include "common/log.h"
 #include "server/api.h"
+#include "server/acceptor.h"
 #include "server/conn.h"
 #include "server/worker.h"
 
@@ -194,6 +195,40 @@ metric(struct text *t, const char *name, const char *type,
 		 type, name, (unsigned long long)value);
 }
 
+/* PROTOCOL.md "Resource limits". */
+static void
+resource_metrics(struct text *t, const struct bg_server *srv)
+{
+	static const char *const why[] = {
+		[BG_ADMIT_REFUSED_CONNECTIONS] = "max_connections",
+		[BG_ADMIT_REFUSED_HANDSHAKES] = "max_handshakes",
+		[BG_ADMIT_REFUSED_ADDRESS] = "max_per_address",
+		[BG_ADMIT_REFUSED_DESCRIPTORS] = "descriptors",
+	};
+	const struct bg_acceptor *a = srv->acceptor;
+
+	metric(t, "bagou_max_connections", "gauge", "Sockets this node "
+	       "accepts at once ([server] max_connections).",
+	       (uint64_t)srv->cfg->max_connections);
+	metric(t, "bagou_sockets", "gauge", "Accepted sockets open "
+	       "(WebSocket, HTTP, handshakes).", bg_acceptor_sockets(a));
+	metric(t, "bagou_handshakes", "gauge", "Sockets not yet an "
+	       "established WebSocket.", bg_acceptor_handshakes(a));
+	metric(t, "bagou_handshake_timeouts_total", "counter", "Sockets "
+	       "closed by [limits] handshake_timeout.",
+	       bg_acceptor_stat(a, BG_ADMIT_HANDSHAKE_TIMEOUTS));
+	metric(t, "bagou_memory_closes_total", "counter", "Connections "
+	       "closed for [limits] max_connection_memory.",
+	       SUM(srv, memory_closes));
+	text_add(t, "# HELP bagou_connections_refused_total Sockets refused "
+		 "at accept, by limit.\n# TYPE bagou_connections_refused_total"
+		 " counter\n");
+	for (int i = 0; i < (int)(sizeof(why) / sizeof(why[0])); i++)
+		text_add(t, "bagou_connections_refused_total{reason=\"%s\"} "
+			 "%llu\n", why[i], (unsigned long long)
+			 bg_acceptor_stat(a, (enum bg_admit_stat)i));
+}
+
 char *
 bg_http_metrics(const struct bg_server *srv, size_t *len)
 {
@@ -251,6 +286,7 @@ bg_http_metrics(const struct bg_server *srv, size_t *len)
 		       "Requests answered on the API listener.",
 		       bg_stat_get(&bg_api_stats(srv->api)->http_requests));
 	}
+	resource_metrics(&t, srv);
 	text_add(&t, "# HELP bagou_client_errors_total Errors sent to "
 		 "clients, by code.\n# TYPE bagou_client_errors_total "
 		 "counter\n");

@@ -54,16 +54,19 @@ struct cli_override {
 	const char *flag, *section, *key, *value;
 };
 
+/* Any client can make lws log (a bad request, a reset): throttled. */
 static void
 lws_log(int level, const char *line)
 {
+	static struct bg_log_throttle throttle =
+		BG_LOG_THROTTLE("libwebsockets", 10);
 	size_t n = strlen(line);
 
 	/* lws lines end with a newline; ours add their own. */
 	while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
 		n--;
-	bg_log_write(level == LLL_ERR ? BG_LOG_ERROR : BG_LOG_WARN,
-		     "libwebsockets: %.*s", (int)n, line);
+	bg_log_throttled(&throttle, level == LLL_ERR ? BG_LOG_ERROR :
+			 BG_LOG_WARN, "libwebsockets: %.*s", (int)n, line);
 }
 
 static void
@@ -140,15 +143,42 @@ reload(struct bg_server *srv)
 			    "not valid now", desc);
 }
 
-static void
+
+/* Raises the descriptor limit to its hard limit; returns the limit. */
+static long
 raise_fd_limit(void)
 {
 	struct rlimit rl;
 
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return 1024;
+	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
 	}
+	return rl.rlim_cur > 100000000 ? 100000000 : (long)rl.rlim_cur;
+}
+
+/* max_connections = 0 means: what the descriptors allow (acceptor.h). */
+static void
+set_limits(struct bg_config *cfg, long nofile)
+{
+	int reserve_max = bg_acceptor_auto_max(nofile, cfg->workers);
+
+	if (cfg->max_connections == 0)
+		cfg->max_connections = reserve_max;
+	else if (cfg->max_connections > reserve_max)
+		bg_log_warn("[server] max_connections %d leaves too few of the "
+			    "%ld descriptors (RLIMIT_NOFILE) in reserve; above "
+			    "%d, /health and the API may not answer",
+			    cfg->max_connections, nofile, reserve_max);
+	bg_log_info("limits: max_connections %d (RLIMIT_NOFILE %ld), "
+		    "max_handshakes %d, max_per_address %d, "
+		    "handshake_timeout %d s, max_connection_memory %zu",
+		    cfg->max_connections, nofile, cfg->max_handshakes,
+		    cfg->max_per_address, cfg->handshake_timeout,
+		    cfg->max_connection_memory);
 }
 
 int
@@ -245,7 +275,7 @@ main(int argc, char **argv)
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		cfg.workers = n > 0 ? (int)n : 1;
 	}
-	raise_fd_limit();
+	set_limits(&cfg, raise_fd_limit());
 
 	/* Threads inherit this mask: signals come to sigwait below. */
 	sigemptyset(&sigs);
@@ -280,7 +310,8 @@ main(int argc, char **argv)
 		srv.api = bg_api_new(&srv, err, sizeof(err));
 		if (srv.api == NULL) {
 			bg_log_error("%s", err);
-			bg_acceptor_stop_free(srv.acceptor);
+			bg_acceptor_stop(srv.acceptor);
+			bg_acceptor_free(srv.acceptor);
 			bg_handlers_free();
 			free(srv.workers);
 			return EXIT_FAILURE;
@@ -328,7 +359,7 @@ main(int argc, char **argv)
 	 * bus's and the other workers' counters until it is joined. The bus
 	 * stops last, so what closing clients send on their way out (their
 	 * forwarded 'close') still reaches RabbitMQ. */
-	bg_acceptor_stop_free(srv.acceptor);
+	bg_acceptor_stop(srv.acceptor);
 	/* No new broadcasts from the API listener either; its counters
 	 * stay until the workers, which read them for /health, are gone. */
 	bg_api_stop(srv.api);
@@ -362,6 +393,7 @@ main(int argc, char **argv)
 		bg_worker_free(srv.workers[i]);
 	bg_api_free(srv.api);
 	bg_bus_free(srv.bus);
+	bg_acceptor_free(srv.acceptor);
 	bg_handlers_free();
 	bg_tls_free(tls);
 	free(srv.workers);

@@ -34,6 +34,7 @@ struct bg_stats {
 	uint64_t broadcasts_rejected;   /* POST /broadcast answered 400 */
 	uint64_t http_requests;
 	uint64_t http_auth_failures;    /* answered 401 or 403 */
+	uint64_t memory_closes;         /* max_connection_memory */
 	uint64_t client_errors[BG_CODE_COUNT];
 };
 

@@ -4,13 +4,14 @@
  *
  * Threads: bg_worker_new/start/join_free run on main; bg_worker_adopt on
  * the acceptor; bg_worker_deliver on the bus; bg_worker_stop anywhere. All
- * else runs on the worker's own thread. Rings in: inbox (fds) and bcast
+ * else runs on the worker's own thread. Rings in: inbox (sockets) and bcast
  * (messages); both wake the loop through their eventfds.
  */
 #include "server/worker.h"
 
 #include <event2/event.h>
 #include <libwebsockets.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 #include "handlers/auth.h"
 #include "handlers/forward.h"
 #include "handlers/handlers.h"
+#include "server/acceptor.h"
 #include "server/conn.h"
 #include "server/http.h"
 #include "server/tls.h"
@@ -33,6 +35,10 @@ _Static_assert(LWS_PRE <= BG_FRAME_PRE, "frames need LWS_PRE headroom");
 #define DRAIN_BATCH 256
 #define STOP_TICK_MS 50
 #define STOP_MAX_TICKS 60       /* 3 s to say goodbye */
+#define TICK_MS 1000            /* handshake deadlines, trimming */
+#define TRIM_CLOSE_BYTES 16384 /* what a close frees, roughly */
+#define TRIM_BYTES (1 << 20)    /* freed bytes that make a trim worth it */
+#define TRIM_EVERY_MS 5000      /* at most this often */
 
 /* lws context and vhost creation is not thread-safe. */
 static pthread_mutex_t lws_create_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -86,24 +92,26 @@ on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 			cap = 1024;
 		if (cap > max)
 			cap = max;
+		if (!bg_conn_budget_allows(c, cap - c->rx_cap))
+			return close_with(wsi, 1009, "message too big for the "
+					  "connection's memory budget");
 		rx = realloc(c->rx, cap);
 		if (rx == NULL)
 			return close_with(wsi, 1011, "out of memory");
 		c->rx = rx;
 		c->rx_cap = cap;
+		c->budget.rx = cap;
 	}
 	memcpy(c->rx + c->rx_len, in, len);
 	c->rx_len += len;
 	if (!complete)
 		return 0;
 	bg_conn_receive(c, c->rx, c->rx_len);
-	c->rx_len = 0;
-	if (c->rx_cap > 4096) {
-		/* Idle connections should not keep a big buffer. */
-		free(c->rx);
-		c->rx = NULL;
-		c->rx_cap = 0;
-	}
+	/* Idle connections keep no buffer: most messages need none. */
+	free(c->rx);
+	c->rx = NULL;
+	c->rx_len = c->rx_cap = 0;
+	c->budget.rx = 0;
 	return 0;
 }
 
@@ -154,6 +162,7 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
 		return bg_http_confirm_upgrade(w, wsi);
 	case LWS_CALLBACK_ESTABLISHED:
+		bg_sock_established(w, wsi);
 		if (w->stopping)
 			return close_with(wsi, 1001, "server shutting down");
 		if (bg_conn_open(c, w, wsi) != BG_OK)
@@ -172,8 +181,14 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		return bg_conn_write(c);
 	case LWS_CALLBACK_CLOSED:
 		bg_conn_close(c);
+		w->freed_since_trim += TRIM_CLOSE_BYTES;
+		return 0;
+	case LWS_CALLBACK_WSI_DESTROY:
+		bg_sock_destroyed(w, wsi);
 		return 0;
 	case LWS_CALLBACK_HTTP:
+		bg_sock_http_request(w, wsi);
+		return bg_http_callback(w, wsi, (int)reason, c, in, len);
 	case LWS_CALLBACK_HTTP_BODY:
 	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
 	case LWS_CALLBACK_CLOSED_HTTP:
@@ -322,25 +337,37 @@ on_inbox(evutil_socket_t fd, short what, void *arg)
 	bg_ring_clear(w->inbox);
 	do {
 		while ((p = bg_ring_pop(w->inbox)) != NULL) {
-			int s = (int)((intptr_t)p - 1);
-			if (w->stopping) {
-				close(s);
-				continue;
-			}
-			/* On failure lws has closed the socket. With TLS
-			 * that includes a client whose first bytes were
-			 * already there and were no usable ClientHello:
-			 * anyone can cause that, so no warning each time. */
-			if (lws_adopt_socket_vhost(w->vhost, s) != NULL)
-				continue;
-			if (w->srv->tls != NULL)
-				bg_log_debug("worker %d: a connection failed "
-					     "its TLS handshake", w->index);
+			if (w->stopping)
+				bg_sock_drop(w->srv, p);
 			else
-				bg_log_warn("worker %d: could not adopt a "
-					    "connection", w->index);
+				bg_sock_adopt(w, p);
 		}
 	} while (!bg_ring_sleep(w->inbox));
+}
+
+/* Once a second: sockets past their handshake deadline are closed, and
+ * after a megabyte or so was freed (closes, unsubscribes) the memory goes
+ * back to the system (glibc keeps it otherwise: docs/DESIGN.md). */
+static void
+on_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct bg_worker *w = arg;
+	struct timespec ts;
+	uint64_t now;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	bg_sock_sweep(w, now);
+	if (w->kick) {
+		w->kick = false;
+		lws_cancel_service(w->lws);
+	}
+	if (w->freed_since_trim >= TRIM_BYTES &&
+	    now - w->last_trim_ms >= TRIM_EVERY_MS) {
+		w->freed_since_trim = 0;
+		w->last_trim_ms = now;
+		malloc_trim(0);
+	}
 }
 
 static void
@@ -378,6 +405,7 @@ setup(struct bg_worker *w)
 	struct lws_context_creation_info info;
 	void *loops[1];
 	lws_retry_bo_t *policy;
+	struct timeval tick = { TICK_MS / 1000, 0 };
 
 	w->base = event_base_new();
 	w->chans = bg_chan_table_new();
@@ -447,8 +475,11 @@ setup(struct bg_worker *w)
 				EV_READ | EV_PERSIST, on_bcast, w);
 	w->stop_ev = event_new(w->base, w->stop_efd, EV_READ | EV_PERSIST,
 			       on_stop, w);
+	w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
 	if (w->inbox_ev == NULL || w->bcast_ev == NULL ||
-	    w->stop_ev == NULL || event_add(w->inbox_ev, NULL) != 0 ||
+	    w->stop_ev == NULL || w->tick_ev == NULL ||
+	    event_add(w->tick_ev, &tick) != 0 ||
+	    event_add(w->inbox_ev, NULL) != 0 ||
 	    event_add(w->bcast_ev, NULL) != 0 ||
 	    event_add(w->stop_ev, NULL) != 0) {
 		bg_log_error("worker %d: cannot register events", w->index);
@@ -473,6 +504,8 @@ teardown(struct bg_worker *w)
 		event_free(w->stop_ev);
 	if (w->stop_timer)
 		event_free(w->stop_timer);
+	if (w->tick_ev)
+		event_free(w->tick_ev);
 	if (w->base)
 		event_base_free(w->base);
 	bg_chan_table_free(w->chans);
@@ -566,7 +599,7 @@ bg_worker_free(struct bg_worker *w)
 	while ((p = bg_ring_pop(w->bcast)) != NULL)
 		bg_msg_unref(p);
 	while ((p = bg_ring_pop(w->inbox)) != NULL)
-		close((int)((intptr_t)p - 1));
+		bg_sock_drop(w->srv, p);
 	bg_ring_free(w->inbox);
 	bg_ring_free(w->bcast);
 	close(w->stop_efd);
@@ -575,9 +608,9 @@ bg_worker_free(struct bg_worker *w)
 }
 
 bool
-bg_worker_adopt(struct bg_worker *w, int fd)
+bg_worker_adopt(struct bg_worker *w, struct bg_sock *s)
 {
-	return bg_ring_push(w->inbox, (void *)(intptr_t)(fd + 1));
+	return bg_ring_push(w->inbox, s);
 }
 
 bool

@@ -24,6 +24,7 @@
 #define BG_WRITE_MAX (128 * 1024)
 
 struct bg_conn;
+struct bg_sock;
 struct event_base;
 struct event;
 struct lws_context;
@@ -35,7 +36,7 @@ struct bg_worker {
 	pthread_t thread;              /* main */
 	sem_t ready;                   /* worker posts once set up */
 	int ready_rc;                  /* worker writes before posting */
-	struct bg_ring *inbox;         /* acceptor -> worker: fd + 1 */
+	struct bg_ring *inbox;         /* acceptor -> worker: bg_sock * */
 	struct bg_ring *bcast;         /* bus -> worker: struct bg_msg * */
 	int stop_efd;                  /* main -> worker: eventfd */
 	unsigned int conns_gauge;      /* atomic: worker writes, acceptor
@@ -60,6 +61,12 @@ struct bg_worker {
 	void *ping_policy;             /* lws_retry_bo_t, or NULL */
 	void *mount;                   /* lws_http_mount for /static/, or
 	                                  NULL; lws keeps a pointer to it */
+	struct bg_sock *hs_head, *hs_tail; /* handshakes, by deadline
+	                                      (acceptor.c) */
+	struct event *tick_ev;         /* once a second: deadlines, trim */
+	size_t freed_since_trim;       /* bytes, estimated: closes and
+	                                  unsubscribes (conn.c) */
+	uint64_t last_trim_ms;
 };
 
 /* Creates the worker (rings, eventfds); the thread starts in
@@ -81,9 +88,9 @@ int bg_worker_join(struct bg_worker *w, const struct timespec *deadline);
  * Main thread. */
 void bg_worker_free(struct bg_worker *w);
 
-/* Acceptor: hands a connected socket over; false when the inbox is
- * full (the caller still owns fd). */
-bool bg_worker_adopt(struct bg_worker *w, int fd);
+/* Acceptor: hands an admitted socket over; false when the inbox is
+ * full (the caller still owns s). */
+bool bg_worker_adopt(struct bg_worker *w, struct bg_sock *s);
 
 /* Bus: takes over one reference to m; false when the ring is full (the
  * reference stays with the caller). */

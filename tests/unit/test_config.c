@@ -89,6 +89,11 @@ assert_config_equal(const struct bg_config *a, const struct bg_config *b)
 	assert_int_equal(a->api_port, b->api_port);
 	assert_int_equal(a->body_timeout, b->body_timeout);
 	assert_int_equal(a->log_level, b->log_level);
+	assert_int_equal(a->max_connection_memory, b->max_connection_memory);
+	assert_int_equal(a->max_handshakes, b->max_handshakes);
+	assert_int_equal(a->max_per_address, b->max_per_address);
+	assert_int_equal(a->limit_loopback, b->limit_loopback);
+	assert_int_equal(a->handshake_timeout, b->handshake_timeout);
 }
 
 static void
@@ -113,6 +118,11 @@ test_defaults(void **state)
 			    "amqp://guest:guest@localhost:5672/");
 	assert_string_equal(cfg.api_key, "");
 	assert_int_equal(cfg.log_level, BG_LOG_INFO);
+	assert_int_equal(cfg.max_connection_memory, 1048576);
+	assert_int_equal(cfg.max_handshakes, 1024);
+	assert_int_equal(cfg.max_per_address, 256);
+	assert_false(cfg.limit_loopback);
+	assert_int_equal(cfg.handshake_timeout, 10);
 	assert_false(bg_config_standalone(&cfg));
 	assert_int_equal(bg_config_validate(&cfg, err, sizeof(err)), BG_OK);
 }
@@ -217,6 +227,24 @@ test_set_values(void **state)
 	assert_int_equal(cfg.max_connections, 0);
 	SET("limits", "max_subscriptions", "1000000");
 	assert_int_equal(cfg.max_subscriptions, 1000000);
+	SET("limits", "max_connection_memory", "64k");
+	assert_int_equal(cfg.max_connection_memory, 65536);
+	SET("limits", "max_handshakes", "0");
+	assert_int_equal(cfg.max_handshakes, 0);
+	SET("limits", "max_per_address", "0");
+	assert_int_equal(cfg.max_per_address, 0);
+	SET("limits", "limit_loopback", "yes");
+	assert_true(cfg.limit_loopback);
+	SET("limits", "limit_loopback", "off");
+	assert_false(cfg.limit_loopback);
+	SET("limits", "handshake_timeout", "3600");
+	assert_int_equal(cfg.handshake_timeout, 3600);
+	assert_int_equal(bg_config_set(&cfg, "limits", "limit_loopback",
+				       "maybe", err, sizeof(err)), BG_ERR);
+	assert_string_equal(err, "[limits] limit_loopback: expected yes or "
+			    "no, got 'maybe'");
+	assert_int_equal(bg_config_set(&cfg, "limits", "handshake_timeout",
+				       "3601", err, sizeof(err)), BG_ERR);
 #undef SET
 }
 
