@@ -86,6 +86,7 @@ bg_config_defaults(struct bg_config *cfg)
 	cfg->log_level = BG_LOG_INFO;
 	cfg->rate = 100;
 	cfg->burst = 200;
+	cfg->backpressure = 50;
 	strcpy(cfg->private_prefix, "private-");
 }
 
@@ -391,6 +392,7 @@ static const struct key keys[] = {
 	{ "server", "origins", parse_origins, OFF(origins), STR(origins) },
 	{ "limits", "rate", parse_int, OFF(rate), 0, 1000000 },
 	{ "limits", "burst", parse_int, OFF(burst), 1, 1000000 },
+	{ "limits", "backpressure", parse_int, OFF(backpressure), 0, 100 },
 	{ "auth", "secret", parse_str, OFF(auth_secret), STR(auth_secret) },
 	{ "auth", "private_prefix", parse_str, OFF(private_prefix),
 	  STR(private_prefix) },

@@ -44,6 +44,9 @@ struct bg_config {
 	size_t max_queued_bytes;         /* 1048576 per connection */
 	int rate;                        /* client messages/s, 0 = no limit */
 	int burst;                       /* messages allowed at once */
+	int backpressure;                /* 50: % of a worker's connections
+	                                    backed up before broadcasts are
+	                                    refused; 0 = never */
 
 	/* [channels] */
 	int client_publish;              /* enum bg_publish_policy, none */

@@ -72,6 +72,7 @@ struct bg_conn {
 	uint32_t q_head, q_count, q_cap;
 	uint32_t q_off;                /* bytes of the head already sent */
 	size_t q_bytes;
+	bool backed_up;                /* counted in w->backed_up */
 
 	/* HTTP request state (connections that never upgrade). */
 	char *body;

@@ -186,6 +186,7 @@ serve_metrics(struct bg_worker *w, struct lws *wsi)
 {
 	const struct bg_server *srv = w->srv;
 	struct text t = { 0 };
+	char bus_text[2048];
 	int rc;
 
 	t.cap = 4096;
@@ -223,6 +224,8 @@ serve_metrics(struct bg_worker *w, struct lws *wsi)
 	       bg_bus_connected(srv->bus) ? 1 : 0);
 	metric(&t, "bagou_amqp_reconnects_total", "counter",
 	       "Reconnections to RabbitMQ.", bg_bus_reconnects(srv->bus));
+	if (bg_bus_metrics(srv->bus, bus_text, sizeof(bus_text)) > 0)
+		text_add(&t, "%s", bus_text);
 	metric(&t, "bagou_http_requests_total", "counter",
 	       "Plain HTTP requests served.", SUM(srv, http_requests));
 	text_add(&t, "# HELP bagou_client_errors_total Errors sent to "
@@ -349,7 +352,19 @@ finish_broadcast(struct bg_worker *w, struct lws *wsi, struct bg_conn *c)
 		return respond_error(wsi, code == BG_CODE_INTERNAL ? 500 : 400,
 				     bg_code_name(code), err, true);
 	}
-	if (bg_bus_publish(w->srv->bus, m) != BG_OK) {
+	switch (bg_bus_publish(w->srv->bus, m)) {
+	case BG_OK:
+		break;
+	case BG_ERR:
+		bg_msg_unref(m);
+		return respond_error(wsi, 400, "bad_message", "too large for "
+				     "RabbitMQ", true);
+	case BG_BUS_BUSY:
+		bg_msg_unref(m);
+		return respond_error(wsi, 503, "unavailable", "backpressure: "
+				     "subscribers are backed up; retry "
+				     "later", true);
+	default:
 		bg_msg_unref(m);
 		return respond_error(wsi, 503, "unavailable", "the broadcast "
 				     "bus is busy; retry", true);

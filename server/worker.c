@@ -32,6 +32,7 @@ _Static_assert(LWS_PRE <= BG_FRAME_PRE, "frames need LWS_PRE headroom");
 #define DRAIN_BATCH 256
 #define STOP_TICK_MS 50
 #define STOP_MAX_TICKS 60       /* 3 s to say goodbye */
+#define BCAST_RING 16384
 
 /* lws context and vhost creation is not thread-safe. */
 static pthread_mutex_t lws_create_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -494,7 +495,7 @@ bg_worker_new(struct bg_server *srv, int index)
 	w->index = index;
 	w->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	w->inbox = bg_ring_new(4096, false);
-	w->bcast = bg_ring_new(16384, false);
+	w->bcast = bg_ring_new(BCAST_RING, false);
 	if (w->stop_efd < 0 || w->inbox == NULL || w->bcast == NULL ||
 	    sem_init(&w->ready, 0, 0) != 0) {
 		bg_log_errno("worker: eventfd()/ring");
@@ -565,4 +566,18 @@ bool
 bg_worker_deliver(struct bg_worker *w, struct bg_msg *m)
 {
 	return bg_ring_push(w->bcast, m);
+}
+
+bool
+bg_worker_congested(const struct bg_worker *w)
+{
+	uint64_t pct = (uint64_t)w->srv->cfg->backpressure;
+	uint64_t n = __atomic_load_n(&w->backed_up, __ATOMIC_RELAXED);
+
+	if (pct == 0)
+		return false;
+	if (bg_ring_count(w->bcast) > BCAST_RING / 2)
+		return true;
+	return n > 0 && n * 100 > pct * __atomic_load_n(&w->conns_gauge,
+							__ATOMIC_RELAXED);
 }

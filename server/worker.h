@@ -40,6 +40,9 @@ struct bg_worker {
 	int stop_efd;                  /* main -> worker: eventfd */
 	unsigned int conns_gauge;      /* atomic: worker writes, acceptor
 	                                  reads to balance */
+	unsigned int backed_up;        /* atomic: worker writes, bus reads:
+	                                  conns with a queue over half of
+	                                  max_queued_bytes (bg_conn_push) */
 	struct bg_stats stats;         /* worker writes, any reads */
 
 	/* Everything below: worker thread only. */
@@ -88,5 +91,10 @@ bool bg_worker_adopt(struct bg_worker *w, int fd);
 /* Bus: takes over one reference to m; false when the ring is full (the
  * reference stays with the caller). */
 bool bg_worker_deliver(struct bg_worker *w, struct bg_msg *m);
+
+/* Any thread: true while more than [limits] backpressure percent of the
+ * worker's connections are backed up, or its broadcast ring is over half
+ * full: broadcasts are then refused (DESIGN.md, backpressure). */
+bool bg_worker_congested(const struct bg_worker *w);
 
 #endif
