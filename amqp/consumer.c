@@ -203,8 +203,10 @@ declare(struct bg_link *l, bool fresh)
 			return BG_ERR;
 	}
 	if (fresh) {
+		/* Exclusive: it goes with the connection. Not auto-delete:
+		 * it must outlive a channel the broker closed. */
 		q = amqp_queue_declare(l->conn, CHANNEL, amqp_empty_bytes, 0,
-				       0, 1, 1, amqp_empty_table);
+				       0, 1, 0, amqp_empty_table);
 		if (!rpc_ok(l, "queue.declare") || q == NULL)
 			return BG_ERR;
 		snprintf(l->queue, sizeof(l->queue), "%.*s",

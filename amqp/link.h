@@ -1,9 +1,11 @@
 /*
  * link.h - the node's connection to RabbitMQ (rabbitmq-c). Bus thread
- * only: one connection, never shared, torn down and rebuilt on any error.
+ * only: one connection, never shared, rebuilt when it fails; a channel
+ * the broker closes is reopened on it.
  *
- * Topology (PROTOCOL.md §5): a durable topic exchange; one exclusive,
- * auto-delete, server-named queue per node bound with '#'; optionally the
+ * Topology (PROTOCOL.md §5): a durable topic exchange; one exclusive
+ * (gone with the connection, kept across a reopened channel),
+ * server-named queue per node bound with '#'; optionally the
  * legacy durable queue; manual acks bounded by prefetch.
  */
 #ifndef BG_LINK_H

@@ -294,8 +294,12 @@ on_bcast(evutil_socket_t fd, short what, void *arg)
 	bg_ring_clear(w->bcast);
 	for (;;) {
 		for (n = 0; n < DRAIN_BATCH &&
-		     (m = bg_ring_pop(w->bcast)) != NULL; n++)
-			deliver(w, m);
+		     (m = bg_ring_pop(w->bcast)) != NULL; n++) {
+			uint32_t len = m->frames[0].len;
+			deliver(w, m); /* takes m */
+			__atomic_sub_fetch(&w->bcast_bytes, len,
+					   __ATOMIC_RELAXED);
+		}
 		flush_dirty(w);
 		if (n == DRAIN_BATCH) {
 			/* Let sockets be served, then come back. */
@@ -565,7 +569,14 @@ bg_worker_adopt(struct bg_worker *w, int fd)
 bool
 bg_worker_deliver(struct bg_worker *w, struct bg_msg *m)
 {
-	return bg_ring_push(w->bcast, m);
+	/* Counted before the push: the worker subtracts once it pops. */
+	__atomic_add_fetch(&w->bcast_bytes, m->frames[0].len,
+			   __ATOMIC_RELAXED);
+	if (bg_ring_push(w->bcast, m))
+		return true;
+	__atomic_sub_fetch(&w->bcast_bytes, m->frames[0].len,
+			   __ATOMIC_RELAXED);
+	return false;
 }
 
 bool
@@ -576,7 +587,9 @@ bg_worker_congested(const struct bg_worker *w)
 
 	if (pct == 0)
 		return false;
-	if (bg_ring_count(w->bcast) > BCAST_RING / 2)
+	if (bg_ring_count(w->bcast) > BCAST_RING / 2 ||
+	    __atomic_load_n(&w->bcast_bytes, __ATOMIC_RELAXED) >
+	    w->srv->cfg->max_queued_bytes / 2)
 		return true;
 	return n > 0 && n * 100 > pct * __atomic_load_n(&w->conns_gauge,
 							__ATOMIC_RELAXED);

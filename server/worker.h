@@ -43,6 +43,10 @@ struct bg_worker {
 	unsigned int backed_up;        /* atomic: worker writes, bus reads:
 	                                  conns with a queue over half of
 	                                  max_queued_bytes (bg_conn_push) */
+	uint64_t bcast_bytes;          /* atomic: bus adds, worker subtracts:
+	                                  bytes of one frame of each
+	                                  broadcast in bcast, not yet fanned
+	                                  out */
 	struct bg_stats stats;         /* worker writes, any reads */
 
 	/* Everything below: worker thread only. */
@@ -93,8 +97,11 @@ bool bg_worker_adopt(struct bg_worker *w, int fd);
 bool bg_worker_deliver(struct bg_worker *w, struct bg_msg *m);
 
 /* Any thread: true while more than [limits] backpressure percent of the
- * worker's connections are backed up, or its broadcast ring is over half
- * full: broadcasts are then refused (DESIGN.md, backpressure). */
+ * worker's connections are backed up (queue over half of
+ * max_queued_bytes), or the broadcasts handed to it and not yet fanned
+ * out would by themselves fill half of a queue, or its broadcast ring is
+ * over half full: broadcasts are then refused (DESIGN.md,
+ * backpressure). Never with [limits] backpressure = 0. */
 bool bg_worker_congested(const struct bg_worker *w);
 
 #endif
