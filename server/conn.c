@@ -75,6 +75,8 @@ q_backlog(struct bg_conn *c)
 	if (on == c->backed_up)
 		return;
 	c->backed_up = on;
+	if (on)
+		c->backed_ms = now_ms();
 	__atomic_store_n(&c->w->backed_up, c->w->backed_up + (on ? 1 : -1),
 			 __ATOMIC_RELAXED);
 }
@@ -85,6 +87,8 @@ q_pop(struct bg_conn *c)
 	struct bg_out *e = &c->q[c->q_head];
 
 	c->q_bytes -= e->len;
+	if (c->backed_up)
+		c->backed_ms = now_ms(); /* the client takes bytes */
 	q_backlog(c);
 	bg_wframe_unref(e->f);
 	c->q_head = (c->q_head + 1) & (c->q_cap - 1);
@@ -125,6 +129,19 @@ kill_async(struct bg_conn *c, uint16_t code, const char *why)
 	/* lws runs its timers only after one of its own events: the worker
 	 * wakes it once its current batch is done (bg_worker_kick). */
 	c->w->kick = true;
+}
+
+bool
+bg_conn_cut_if_stalled(struct bg_conn *c, uint64_t now)
+{
+	if (!c->backed_up || c->closing || now - c->backed_ms < BG_STALL_MS)
+		return false;
+	bg_stat_add(&c->w->stats.slow_consumer_closes, 1);
+	bg_log_info("client %s: %zu bytes queued, none taken for %d ms, "
+		    "closing (4001)", c->id, c->q_bytes, BG_STALL_MS);
+	q_clear(c);
+	kill_async(c, 4001, "slow consumer");
+	return true;
 }
 
 bool

@@ -311,6 +311,29 @@ on_bcast(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/* Twice a second, while any connection is backed up: one that stopped
+ * reading must not hold publishers back (backpressure) for longer than
+ * BG_STALL_MS; it is a slow consumer. */
+static void
+on_stall_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct bg_worker *w = arg;
+	struct timespec ts;
+	uint64_t now;
+
+	if (w->backed_up == 0)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	for (struct bg_conn *c = w->conns; c != NULL; c = c->next)
+		if (bg_conn_cut_if_stalled(c, now))
+			w->kick = true;
+	if (w->kick) {
+		w->kick = false;
+		lws_cancel_service(w->lws);
+	}
+}
+
 static void
 on_inbox(evutil_socket_t fd, short what, void *arg)
 {
@@ -366,6 +389,7 @@ setup(struct bg_worker *w)
 {
 	const struct bg_config *cfg = w->srv->cfg;
 	struct lws_context_creation_info info;
+	struct timeval stall_tick = { 0, 500000 };
 	void *loops[1];
 	lws_retry_bo_t *policy;
 
@@ -433,8 +457,11 @@ setup(struct bg_worker *w)
 				EV_READ | EV_PERSIST, on_bcast, w);
 	w->stop_ev = event_new(w->base, w->stop_efd, EV_READ | EV_PERSIST,
 			       on_stop, w);
+	w->stall_ev = event_new(w->base, -1, EV_PERSIST, on_stall_tick, w);
 	if (w->inbox_ev == NULL || w->bcast_ev == NULL ||
-	    w->stop_ev == NULL || event_add(w->inbox_ev, NULL) != 0 ||
+	    w->stop_ev == NULL || w->stall_ev == NULL ||
+	    event_add(w->stall_ev, &stall_tick) != 0 ||
+	    event_add(w->inbox_ev, NULL) != 0 ||
 	    event_add(w->bcast_ev, NULL) != 0 ||
 	    event_add(w->stop_ev, NULL) != 0) {
 		bg_log_error("worker %d: cannot register events", w->index);
@@ -457,6 +484,8 @@ teardown(struct bg_worker *w)
 		event_free(w->bcast_ev);
 	if (w->stop_ev)
 		event_free(w->stop_ev);
+	if (w->stall_ev)
+		event_free(w->stall_ev);
 	if (w->stop_timer)
 		event_free(w->stop_timer);
 	if (w->base)

@@ -54,6 +54,7 @@ struct bg_worker {
 	struct lws_context *lws;
 	struct lws_vhost *vhost;
 	struct event *inbox_ev, *bcast_ev, *stop_ev, *stop_timer;
+	struct event *stall_ev;        /* cuts stalled backed-up conns */
 	struct bg_chan_table *chans;   /* channel -> subscribed conns */
 	struct bg_chan_table *ids;     /* client id -> its conn */
 	struct bg_conn *conns;         /* every WebSocket connection */

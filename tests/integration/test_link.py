@@ -327,7 +327,8 @@ def test_amqp_flood_is_paced_not_cut(amqp_server, publisher):
     one subscriber reading slowly. The node holds deliveries unacked
     while the subscriber is backed up ([amqp] prefetch bounds them; the
     broker keeps the rest), so the subscriber is never cut and receives
-    all 600 in order; the pause is counted."""
+    all 600 in order; the pause is counted. The reader starts once the
+    node holds deliveries (else a slow broker could let it keep up)."""
     bx = unique_exchange("bagou-link")
     srv = amqp_server(workers=1, exchange=bx,
                       config={"amqp": {"prefetch": 100}})
@@ -341,6 +342,9 @@ def test_amqp_flood_is_paced_not_cut(amqp_server, publisher):
                          "data": {"seq": i, "pad": PAYLOAD}})
         pub.publish({"event": "sentinel", "channel": "flood"})
         pub.flush()
+        # Nobody reads yet: the node must hold deliveries, not queue them.
+        wait_for(lambda: metric(srv, "bagou_amqp_held_deliveries") > 0,
+                 timeout=30, what="deliveries held by the node")
         t1 = time.monotonic()
         reader = SlowReader(ws, 0.002, time.monotonic() + 90)
         reader.start()
@@ -357,3 +361,26 @@ def test_amqp_flood_is_paced_not_cut(amqp_server, publisher):
         assert metric_sum(m, "bagou_amqp_reconnects_total") == 0
     finally:
         ws.close()
+
+
+def test_stalled_subscriber_cannot_hold_publishers_back(server):
+    """A subscriber alone on its worker stops reading: once backed up it
+    makes the worker congested and POST /broadcast answers 503, but only
+    until it has taken no byte for 2 s (BG_STALL_MS); then it is cut with
+    4001 as a slow consumer and broadcasts are accepted again."""
+    srv = server(workers=1)
+    stalled = raw_subscribe(srv, "flood", rcvbuf=4096)
+    try:
+        accepted, refused = flood_posts(srv, lambda a, r: len(r) >= 1)
+        assert len(refused) == 1, (len(accepted), refused)
+        t0 = time.monotonic()
+        post_sentinel(srv)
+        waited = time.monotonic() - t0
+        print("stalled: 503s for %.1f s after %d accepted" % (
+            waited, len(accepted)))
+        assert 1.0 <= waited <= 6.0, waited
+        assert metric(srv, "bagou_slow_consumer_closes_total") == 1
+        assert stalled.wait_close(timeout=10) in (4001, None)
+        assert srv.health()["connections"] == 0
+    finally:
+        stalled.close()
