@@ -178,8 +178,10 @@ now_ms(void)
 bool
 bg_bus_congested(const struct bg_bus *b)
 {
+	/* A worker not created yet (start-up) holds nothing. */
 	for (int i = 0; i < b->srv->n_workers; i++)
-		if (bg_worker_congested(b->srv->workers[i]))
+		if (b->srv->workers[i] != NULL &&
+		    bg_worker_congested(b->srv->workers[i]))
 			return true;
 	return false;
 }
@@ -576,7 +578,9 @@ bg_bus_publish(struct bg_bus *b, struct bg_msg *m)
 		__atomic_add_fetch(&b->pub_invalid, 1, __ATOMIC_RELAXED);
 		return BG_ERR;
 	}
-	if (bg_bus_congested(b)) {
+	/* Broadcasts only: a forwarded event adds nothing to the workers'
+	 * queues (the application's answer, a broadcast, is paced here). */
+	if (m->forward_key == NULL && bg_bus_congested(b)) {
 		__atomic_add_fetch(&b->busy, 1, __ATOMIC_RELAXED);
 		return BG_BUS_BUSY;
 	}
@@ -621,8 +625,10 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 	uint64_t backed_up = 0;
 
 	for (int i = 0; i < b->srv->n_workers; i++)
-		backed_up += __atomic_load_n(&b->srv->workers[i]->backed_up,
-					     __ATOMIC_RELAXED);
+		if (b->srv->workers[i] != NULL)
+			backed_up += __atomic_load_n(
+				&b->srv->workers[i]->backed_up,
+				__ATOMIC_RELAXED);
 	return snprintf(buf, size,
 		"# HELP bagou_amqp_publish_failures_total Messages this "
 		"node could not publish to RabbitMQ, dropped, by reason.\n"

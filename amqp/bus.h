@@ -47,8 +47,9 @@ void bg_bus_free(struct bg_bus *b);
  * caller's reference. BG_OK; otherwise the caller keeps its reference:
  * - BG_ERR: m can never be published (AMQP: routing key over 255 bytes,
  *   body over 128 MiB); the sender's fault ("bad_message", HTTP 400);
- * - BG_BUS_BUSY: a worker is congested (bg_bus_congested); answer
- *   "unavailable" / HTTP 503 and let the publisher retry later;
+ * - BG_BUS_BUSY: m is a broadcast and a worker is congested
+ *   (bg_bus_congested; forwarded events are never refused for this);
+ *   answer "unavailable" / HTTP 503 and let the publisher retry later;
  * - BG_AGAIN: RabbitMQ is down, the node is stopping or the outbox is
  *   full ("unavailable" / HTTP 503).
  */

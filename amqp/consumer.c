@@ -353,6 +353,7 @@ int
 bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg)
 {
 	struct timeval zero = { 0, 0 };
+	uint64_t epoch = l->epoch;
 	int rc = BG_OK;
 
 	if (!l->up)
@@ -378,6 +379,10 @@ bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg)
 				rc = BG_ERR;
 				break;
 			}
+			/* Reopened: the caller settles the old channel's
+			 * tags before it sees any of the new one's. */
+			if (l->epoch != epoch)
+				break;
 			continue;
 		}
 		if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)

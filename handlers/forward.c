@@ -85,11 +85,6 @@ bg_forward_request(struct bg_conn *c, const struct bg_request *req,
 				    "this event cannot be forwarded (too "
 				    "large for RabbitMQ)");
 		return;
-	case BG_BUS_BUSY:
-		bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
-				    "the server is busy delivering; retry "
-				    "later");
-		return;
 	default:
 		bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
 				    "the application cannot be reached "

@@ -18,15 +18,15 @@ struct bg_request;
  * when with_cookie and the connection had one). BG_OK, or what
  * bg_bus_publish answered: BG_ERR when the event can never be forwarded
  * (an event name bg_proto_event_valid refuses, a body too large for
- * RabbitMQ), BG_BUS_BUSY (backpressure), BG_AGAIN when RabbitMQ is
- * unreachable.
+ * RabbitMQ), BG_AGAIN when RabbitMQ is unreachable (backpressure never
+ * refuses a forwarded event).
  */
 int bg_forward_event(struct bg_conn *c, const char *event, json_t *data,
 		     const char *callback_id, bool with_cookie);
 
 /* Forwards a client's request and, when that fails, answers it:
- * "bad_message" (cannot be forwarded) or "unavailable" (busy, or
- * RabbitMQ down). On success the application owes the callback. */
+ * "bad_message" (cannot be forwarded) or "unavailable" (RabbitMQ down).
+ * On success the application owes the callback. */
 void bg_forward_request(struct bg_conn *c, const struct bg_request *req,
 			bool with_cookie);
 

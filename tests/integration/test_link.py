@@ -379,9 +379,12 @@ def test_stalled_subscriber_cannot_hold_publishers_back(server):
         waited = time.monotonic() - t0
         print("stalled: 503s for %.1f s after %d accepted" % (
             waited, len(accepted)))
-        assert 1.0 <= waited <= 6.0, waited
+        # 2 s without a byte taken, checked every 0.5 s; far from the
+        # ping timeout (70 s) that was the only way out before.
+        assert 1.0 <= waited <= 10.0, waited
         assert metric(srv, "bagou_slow_consumer_closes_total") == 1
         assert stalled.wait_close(timeout=10) in (4001, None)
-        assert srv.health()["connections"] == 0
+        wait_for(lambda: srv.health()["connections"] == 0,
+                 what="the stalled subscriber counted out")
     finally:
         stalled.close()
