@@ -346,6 +346,9 @@ def test_amqp_flood_is_paced_not_cut(amqp_server, publisher):
         # Nobody reads yet: the node must hold deliveries, not queue them.
         wait_for(lambda: metric(srv, "bagou_amqp_held_deliveries") > 0,
                  timeout=30, what="deliveries held by the node")
+        time.sleep(0.5)
+        held = metric(srv, "bagou_amqp_held_deliveries")
+        assert 0 < held <= 100, "prefetch 100 must bound %d" % held
         t1 = time.monotonic()
         reader = SlowReader(ws, 0.002, time.monotonic() + 90)
         reader.start()
