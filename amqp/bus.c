@@ -20,8 +20,9 @@
  * sent first on the next link, at most PUBLISH_TRIES times in all.
  *
  * Backpressure (DESIGN.md): while a worker is congested
- * (bg_worker_congested: most of its connections backed up, or its
- * broadcast ring half full), bg_bus_publish refuses with BG_BUS_BUSY, and
+ * (bg_worker_congested: most of its connections backed up, or the
+ * broadcasts handed to it not yet fanned out worth half a queue), a
+ * broadcast given to bg_bus_publish is refused with BG_BUS_BUSY, and
  * deliveries from RabbitMQ are held here unacked instead of fanned out,
  * so [amqp] prefetch bounds them and the broker keeps the rest.
  *
@@ -193,8 +194,7 @@ wait_delivery(struct bg_bus *b, struct bg_msg *m, uint64_t tag)
 	struct held_delivery *d = malloc(sizeof(*d));
 
 	if (d == NULL) {
-		/* Not held, not acked: the broker keeps it for the next
-		 * consumer once this channel goes. Rare enough to log. */
+		/* Lost: the next (multiple) ack covers its tag too. */
 		bg_log_error("amqp: delivery dropped: out of memory");
 		bg_msg_unref(m);
 		return;
