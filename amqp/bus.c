@@ -13,6 +13,19 @@
  * bus thread; the rest on main. A full worker ring makes the bus wait and
  * retry: nothing is dropped while the node runs.
  *
+ * A message can fail, the link cannot: what one message's content makes
+ * impossible (a routing key over 255 bytes, a body too large, rabbitmq-c
+ * unable to encode it) fails that message, counted, and the link stays.
+ * A message whose publish failed because the link went down is held and
+ * sent first on the next link, at most PUBLISH_TRIES times in all.
+ *
+ * Backpressure (DESIGN.md): while a worker is congested
+ * (bg_worker_congested: most of its connections backed up, or the
+ * broadcasts handed to it not yet fanned out worth half a queue), a
+ * broadcast given to bg_bus_publish is refused with BG_BUS_BUSY, and
+ * deliveries from RabbitMQ are held here unacked instead of fanned out,
+ * so [amqp] prefetch bounds them and the broker keeps the rest.
+ *
  * The outbox is one MPSC ring on purpose: its push order is the order in
  * which POSTs were answered, so one publisher's broadcasts keep their
  * order even when its requests land on different workers (they do: each
@@ -43,6 +56,20 @@
 #define OUTBOX_SIZE 65536
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 10000
+/* Attempts to publish one message over failing links before it is
+ * dropped: an outage costs one failed try, a second link takes it. */
+#define PUBLISH_TRIES 3
+/* How often held deliveries are offered to the workers again. */
+#define PAUSE_POLL_MS 10
+
+/* A delivery held while the workers are congested. tag 0: not ackable
+ * any more (its channel is gone). m NULL: rejected, only to be acked in
+ * order. */
+struct held_delivery {
+	struct bg_msg *m;
+	uint64_t tag;
+	struct held_delivery *next;
+};
 
 enum { STATE_DISABLED, STATE_DISCONNECTED, STATE_CONNECTED };
 
@@ -57,11 +84,21 @@ struct bg_bus {
 	uint64_t broadcasts;        /* bus writes, any reads */
 	uint64_t rejected;          /* bus writes, any reads */
 	uint64_t reconnects;        /* bus writes, any reads */
+	uint64_t pub_invalid;       /* atomic: any thread adds */
+	uint64_t pub_dropped;       /* bus writes, any reads */
+	uint64_t busy;              /* atomic: any thread adds */
+	uint64_t pauses;            /* bus writes, any reads */
+	uint64_t n_waiting;         /* bus writes, any reads: gauge */
 	unsigned int state;         /* atomic: STATE_* */
 
 	/* AMQP mode, bus thread only. */
 	struct bg_link *link;       /* NULL in standalone mode */
 	struct bg_msg *held;        /* publish failed: sent first on return */
+	unsigned int held_tries;    /* failed publishes of held */
+	struct held_delivery *waiting, **waiting_tail;
+	uint64_t epoch;             /* the link's, for the tags we hold */
+	uint64_t done_tag;          /* every delivery up to it is handled */
+	uint64_t acked_tag;
 	unsigned int attempt;       /* failed connects in a row */
 	uint64_t next_try_ms;
 	bool ever_connected;
@@ -88,6 +125,7 @@ bg_bus_new(struct bg_server *srv)
 		}
 		b->state = STATE_DISCONNECTED;
 	}
+	b->waiting_tail = &b->waiting;
 	b->seed = (unsigned int)time(NULL) ^ (unsigned int)getpid();
 	b->outbox = bg_ring_new(OUTBOX_SIZE, true);
 	b->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -138,9 +176,84 @@ now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
-/* A delivery from RabbitMQ: validated and framed once, then fanned out. */
+bool
+bg_bus_congested(const struct bg_bus *b)
+{
+	/* A worker not created yet (start-up) holds nothing. */
+	for (int i = 0; i < b->srv->n_workers; i++)
+		if (b->srv->workers[i] != NULL &&
+		    bg_worker_congested(b->srv->workers[i]))
+			return true;
+	return false;
+}
+
+/* Holds a delivery (m may be NULL: rejected) until the workers drain. */
 static void
-on_delivery(void *arg, const void *body, size_t len)
+wait_delivery(struct bg_bus *b, struct bg_msg *m, uint64_t tag)
+{
+	struct held_delivery *d = malloc(sizeof(*d));
+
+	if (d == NULL) {
+		/* Lost: the next (multiple) ack covers its tag too. */
+		bg_log_error("amqp: delivery dropped: out of memory");
+		bg_msg_unref(m);
+		return;
+	}
+	if (b->waiting == NULL)
+		bg_stat_add(&b->pauses, 1);
+	*d = (struct held_delivery){ .m = m, .tag = tag };
+	*b->waiting_tail = d;
+	b->waiting_tail = &d->next;
+	bg_stat_add(&b->n_waiting, 1);
+}
+
+/* Fans held deliveries out, oldest first, while the workers take them. */
+static void
+release_waiting(struct bg_bus *b, bool force)
+{
+	struct held_delivery *d;
+
+	while ((d = b->waiting) != NULL && (force || !bg_bus_congested(b))) {
+		b->waiting = d->next;
+		if (b->waiting == NULL)
+			b->waiting_tail = &b->waiting;
+		bg_stat_add(&b->n_waiting, (uint64_t)-1);
+		if (d->m != NULL)
+			fan_out(b, d->m);
+		if (d->tag != 0)
+			b->done_tag = d->tag;
+		free(d);
+	}
+}
+
+/* The channel went (reopened, or the link lost): its tags are void.
+ * requeued: the broker gives the unacked deliveries again, so the held
+ * ones are dropped rather than delivered twice. */
+static void
+forget_tags(struct bg_bus *b, bool requeued)
+{
+	struct held_delivery **p = &b->waiting, *d;
+
+	while ((d = *p) != NULL) {
+		if (requeued && d->tag != 0) {
+			*p = d->next;
+			bg_msg_unref(d->m);
+			free(d);
+			bg_stat_add(&b->n_waiting, (uint64_t)-1);
+			continue;
+		}
+		d->tag = 0;
+		p = &d->next;
+	}
+	b->waiting_tail = p;
+	b->done_tag = b->acked_tag = 0;
+	b->epoch = bg_link_channel_epoch(b->link);
+}
+
+/* A delivery from RabbitMQ: validated and framed once, then fanned out,
+ * or held while the workers are congested. */
+static void
+on_delivery(void *arg, const void *body, size_t len, uint64_t tag)
 {
 	struct bg_bus *b = arg;
 	enum bg_code code;
@@ -159,18 +272,39 @@ on_delivery(void *arg, const void *body, size_t len)
 		m = bg_proto_broadcast_text(body, len, NULL, &code, err,
 					    sizeof(err));
 	}
-	if (m != NULL) {
-		fan_out(b, m);
+	if (m == NULL) {
+		bg_stat_add(&b->rejected, 1);
+		now = time(NULL);
+		if (now != b->last_reject_log) {
+			b->last_reject_log = now;
+			bg_log_warn("amqp: broadcast of %zu bytes rejected "
+				    "(%s): %s (%llu rejected so far)", len,
+				    bg_code_name(code), err,
+				    (unsigned long long)bg_stat_get(
+					    &b->rejected));
+		}
+	}
+	/* In order: behind what is held, or held itself when the workers
+	 * cannot take more. */
+	if (b->waiting != NULL || (m != NULL && bg_bus_congested(b))) {
+		wait_delivery(b, m, tag);
 		return;
 	}
-	bg_stat_add(&b->rejected, 1);
-	now = time(NULL);
-	if (now != b->last_reject_log) {
-		b->last_reject_log = now;
-		bg_log_warn("amqp: broadcast of %zu bytes rejected (%s): %s "
-			    "(%llu rejected so far)", len, bg_code_name(code),
-			    err, (unsigned long long)bg_stat_get(&b->rejected));
-	}
+	if (m != NULL)
+		fan_out(b, m);
+	b->done_tag = tag;
+}
+
+/* Acks what was handled since the last ack. false when the link died. */
+static bool
+ack_done(struct bg_bus *b)
+{
+	if (b->done_tag == b->acked_tag)
+		return true;
+	if (bg_link_ack(b->link, b->done_tag) != BG_OK)
+		return false;
+	b->acked_tag = b->done_tag;
+	return true;
 }
 
 static void
@@ -198,6 +332,9 @@ schedule_retry(struct bg_bus *b)
 static void
 link_lost(struct bg_bus *b)
 {
+	/* An exclusive queue dies with its connection: what it gave us is
+	 * not given again, so the held deliveries are still delivered. */
+	forget_tags(b, false);
 	set_state(b, STATE_DISCONNECTED);
 	bg_log_warn("amqp: disconnected; POST /broadcast and publish answer "
 		    "'unavailable' until the broker is back");
@@ -205,23 +342,54 @@ link_lost(struct bg_bus *b)
 	schedule_retry(b);
 }
 
+/* Counts (and logs, at most once a second) a message that failed. */
+static void
+publish_failed(struct bg_bus *b, uint64_t *counter, const char *what,
+	       const char *why)
+{
+	time_t now = time(NULL);
+
+	__atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
+	if (now != b->last_reject_log) {
+		b->last_reject_log = now;
+		bg_log_warn("amqp: message %s: %s (%llu invalid, %llu "
+			    "dropped so far)", what, why,
+			    (unsigned long long)bg_stat_get(&b->pub_invalid),
+			    (unsigned long long)bg_stat_get(&b->pub_dropped));
+	}
+}
+
 /* Hands one outbox message on: fanned out here (standalone) or
  * published (AMQP). false when the link failed; it is then held and sent
- * first once the link is back. */
+ * first once the link is back, unless it has failed PUBLISH_TRIES
+ * times. A message the link refuses is dropped; the link stays. */
 static bool
-hand_on(struct bg_bus *b, struct bg_msg *m)
+hand_on(struct bg_bus *b, struct bg_msg *m, unsigned int tries)
 {
+	const char *why = NULL;
+	int rc;
+
 	if (b->link == NULL) {
 		fan_out(b, m);
 		return true;
 	}
-	if (bg_link_publish(b->link, m) != BG_OK) {
-		b->held = m;
-		link_lost(b);
-		return false;
+	rc = bg_link_publish(b->link, m, &why);
+	if (rc == BG_LINK_REFUSED)
+		publish_failed(b, &b->pub_invalid, "refused", why);
+	if (rc != BG_ERR) {
+		bg_msg_unref(m);
+		return true;
 	}
-	bg_msg_unref(m);
-	return true;
+	if (tries + 1 >= PUBLISH_TRIES) {
+		publish_failed(b, &b->pub_dropped, "dropped",
+			       "the link failed on each try");
+		bg_msg_unref(m);
+	} else {
+		b->held = m;
+		b->held_tries = tries + 1;
+	}
+	link_lost(b);
+	return false;
 }
 
 /* Drains what workers queued, in push order, in either mode. */
@@ -234,11 +402,11 @@ drain_outbox(struct bg_bus *b)
 	do {
 		if ((m = b->held) != NULL) {
 			b->held = NULL;
-			if (!hand_on(b, m))
+			if (!hand_on(b, m, b->held_tries))
 				return;
 		}
 		while ((m = bg_ring_pop(b->outbox)) != NULL)
-			if (!hand_on(b, m))
+			if (!hand_on(b, m, 0))
 				return;
 	} while (!bg_ring_sleep(b->outbox));
 }
@@ -259,7 +427,9 @@ amqp_loop(struct bg_bus *b)
 					bg_stat_add(&b->reconnects, 1);
 				b->ever_connected = true;
 				b->attempt = 0;
+				forget_tags(b, false);
 				set_state(b, STATE_CONNECTED);
+				release_waiting(b, false);
 				drain_outbox(b);
 			} else {
 				schedule_retry(b);
@@ -276,7 +446,7 @@ amqp_loop(struct bg_bus *b)
 				.fd = bg_ring_fd(b->outbox), .events = POLLIN };
 			fds[n++] = (struct pollfd){
 				.fd = bg_link_fd(b->link), .events = POLLIN };
-			timeout = 1000;
+			timeout = b->waiting != NULL ? PAUSE_POLL_MS : 1000;
 		} else {
 			timeout = b->next_try_ms > now ?
 				  (int)(b->next_try_ms - now) : 0;
@@ -293,9 +463,16 @@ amqp_loop(struct bg_bus *b)
 				drain_outbox(b);
 			break;
 		}
+		release_waiting(b, false);
 		if (!bg_link_up(b->link))
 			continue;
 		if (bg_link_service(b->link, on_delivery, b) != BG_OK) {
+			link_lost(b);
+			continue;
+		}
+		if (bg_link_channel_epoch(b->link) != b->epoch)
+			forget_tags(b, true);
+		if (!ack_done(b)) {
 			link_lost(b);
 			continue;
 		}
@@ -370,6 +547,7 @@ bg_bus_stop(struct bg_bus *b, const struct timespec *deadline)
 void
 bg_bus_free(struct bg_bus *b)
 {
+	struct held_delivery *d;
 	struct bg_msg *m;
 
 	if (b == NULL)
@@ -378,6 +556,11 @@ bg_bus_free(struct bg_bus *b)
 	while ((m = bg_ring_pop(b->outbox)) != NULL)
 		bg_msg_unref(m);
 	bg_msg_unref(b->held);
+	while ((d = b->waiting) != NULL) {
+		b->waiting = d->next;
+		bg_msg_unref(d->m);
+		free(d);
+	}
 	bg_link_free(b->link);
 	bg_ring_free(b->outbox);
 	close(b->stop_efd);
@@ -391,6 +574,16 @@ bg_bus_publish(struct bg_bus *b, struct bg_msg *m)
 	    __atomic_load_n(&b->state, __ATOMIC_ACQUIRE) ==
 	    STATE_DISCONNECTED)
 		return BG_AGAIN;
+	if (b->link != NULL && bg_link_check(m) != NULL) {
+		__atomic_add_fetch(&b->pub_invalid, 1, __ATOMIC_RELAXED);
+		return BG_ERR;
+	}
+	/* Broadcasts only: a forwarded event adds nothing to the workers'
+	 * queues (the application's answer, a broadcast, is paced here). */
+	if (m->forward_key == NULL && bg_bus_congested(b)) {
+		__atomic_add_fetch(&b->busy, 1, __ATOMIC_RELAXED);
+		return BG_BUS_BUSY;
+	}
 	return bg_ring_push(b->outbox, m) ? BG_OK : BG_AGAIN;
 }
 
@@ -423,6 +616,53 @@ uint64_t
 bg_bus_reconnects(const struct bg_bus *b)
 {
 	return bg_stat_get(&b->reconnects);
+}
+
+int
+bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
+{
+	uint64_t reopens = b->link ? bg_link_channel_reopens(b->link) : 0;
+	uint64_t backed_up = 0;
+
+	for (int i = 0; i < b->srv->n_workers; i++)
+		if (b->srv->workers[i] != NULL)
+			backed_up += __atomic_load_n(
+				&b->srv->workers[i]->backed_up,
+				__ATOMIC_RELAXED);
+	return snprintf(buf, size,
+		"# HELP bagou_amqp_publish_failures_total Messages this "
+		"node could not publish to RabbitMQ, dropped, by reason.\n"
+		"# TYPE bagou_amqp_publish_failures_total counter\n"
+		"bagou_amqp_publish_failures_total{reason=\"invalid\"} %llu\n"
+		"bagou_amqp_publish_failures_total{reason=\"link\"} %llu\n"
+		"bagou_amqp_publish_failures_total{reason=\"broker\"} %llu\n"
+		"# HELP bagou_amqp_channel_reopens_total Channels reopened "
+		"after the broker closed them.\n"
+		"# TYPE bagou_amqp_channel_reopens_total counter\n"
+		"bagou_amqp_channel_reopens_total %llu\n"
+		"# HELP bagou_backpressure_refusals_total Broadcasts and "
+		"client publishes refused while workers were congested.\n"
+		"# TYPE bagou_backpressure_refusals_total counter\n"
+		"bagou_backpressure_refusals_total %llu\n"
+		"# HELP bagou_amqp_consume_pauses_total Times deliveries from "
+		"RabbitMQ were held because workers were congested.\n"
+		"# TYPE bagou_amqp_consume_pauses_total counter\n"
+		"bagou_amqp_consume_pauses_total %llu\n"
+		"# HELP bagou_amqp_held_deliveries Deliveries held, unacked, "
+		"until the workers drain.\n"
+		"# TYPE bagou_amqp_held_deliveries gauge\n"
+		"bagou_amqp_held_deliveries %llu\n"
+		"# HELP bagou_backed_up_connections Connections whose queue "
+		"is over half of max_queued_bytes.\n"
+		"# TYPE bagou_backed_up_connections gauge\n"
+		"bagou_backed_up_connections %llu\n",
+		(unsigned long long)bg_stat_get(&b->pub_invalid),
+		(unsigned long long)bg_stat_get(&b->pub_dropped),
+		(unsigned long long)reopens, (unsigned long long)reopens,
+		(unsigned long long)bg_stat_get(&b->busy),
+		(unsigned long long)bg_stat_get(&b->pauses),
+		(unsigned long long)bg_stat_get(&b->n_waiting),
+		(unsigned long long)backed_up);
 }
 
 bool

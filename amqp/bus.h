@@ -10,6 +10,7 @@
 #define BG_BUS_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -38,12 +39,29 @@ int bg_bus_stop(struct bg_bus *b, const struct timespec *deadline);
 /* Frees the bus once no worker can reach it any more. Main thread. */
 void bg_bus_free(struct bg_bus *b);
 
+/* bg_bus_publish: the workers are congested (backpressure); retry. */
+#define BG_BUS_BUSY (-3)
+
 /*
  * Any worker thread: queues m for every node's clients, taking over the
- * caller's reference. BG_OK, or BG_AGAIN when the outbox is full (the
- * caller keeps its reference and answers "unavailable").
+ * caller's reference. BG_OK; otherwise the caller keeps its reference:
+ * - BG_ERR: m can never be published (AMQP: routing key over 255 bytes,
+ *   body over 128 MiB); the sender's fault ("bad_message", HTTP 400);
+ * - BG_BUS_BUSY: m is a broadcast and a worker is congested
+ *   (bg_bus_congested; forwarded events are never refused for this);
+ *   answer "unavailable" / HTTP 503 and let the publisher retry later;
+ * - BG_AGAIN: RabbitMQ is down, the node is stopping or the outbox is
+ *   full ("unavailable" / HTTP 503).
  */
 int bg_bus_publish(struct bg_bus *b, struct bg_msg *m);
+
+/* True while some worker is congested (bg_worker_congested): publishes
+ * are refused and deliveries from RabbitMQ held. Any thread. */
+bool bg_bus_congested(const struct bg_bus *b);
+
+/* Writes the bus's /metrics lines (publish failures, channel reopens,
+ * backpressure) into buf, snprintf-style. Any thread. */
+int bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size);
 
 /* "disabled", "connected" or "disconnected" for /health. Any thread. */
 const char *bg_bus_state(const struct bg_bus *b);

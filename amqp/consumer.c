@@ -33,6 +33,8 @@ struct bg_link {
 	amqp_connection_state_t conn;    /* NULL while down */
 	bool up;
 	char queue[256];                 /* the server-named node queue */
+	uint64_t epoch;                  /* bus reads: channel generation */
+	uint64_t reopens;                /* bus writes, any reads */
 };
 
 struct bg_link *
@@ -172,8 +174,11 @@ open_socket(struct bg_link *l)
 	return BG_OK;
 }
 
+/* Opens the channel and declares the topology on it. The node queue is
+ * the connection's: declared once (fresh), then only bound again after a
+ * channel was reopened. */
 static int
-declare(struct bg_link *l)
+declare(struct bg_link *l, bool fresh)
 {
 	const struct bg_config *cfg = l->cfg;
 	amqp_bytes_t ex = amqp_cstring_bytes(cfg->amqp_exchange);
@@ -197,12 +202,16 @@ declare(struct bg_link *l)
 		if (!rpc_ok(l, "exchange.declare ([forward] exchange)"))
 			return BG_ERR;
 	}
-	q = amqp_queue_declare(l->conn, CHANNEL, amqp_empty_bytes, 0, 0, 1,
-			       1, amqp_empty_table);
-	if (!rpc_ok(l, "queue.declare") || q == NULL)
-		return BG_ERR;
-	snprintf(l->queue, sizeof(l->queue), "%.*s", (int)q->queue.len,
-		 (char *)q->queue.bytes);
+	if (fresh) {
+		/* Exclusive: it goes with the connection. Not auto-delete:
+		 * it must outlive a channel the broker closed. */
+		q = amqp_queue_declare(l->conn, CHANNEL, amqp_empty_bytes, 0,
+				       0, 1, 0, amqp_empty_table);
+		if (!rpc_ok(l, "queue.declare") || q == NULL)
+			return BG_ERR;
+		snprintf(l->queue, sizeof(l->queue), "%.*s",
+			 (int)q->queue.len, (char *)q->queue.bytes);
+	}
 	amqp_queue_bind(l->conn, CHANNEL, amqp_cstring_bytes(l->queue), ex,
 			amqp_cstring_bytes("#"), amqp_empty_table);
 	if (!rpc_ok(l, "queue.bind"))
@@ -261,9 +270,10 @@ bg_link_connect(struct bg_link *l)
 				    l->ci.host, l->ci.port, l->ci.user);
 		goto fail;
 	}
-	if (declare(l) != BG_OK)
+	if (declare(l, true) != BG_OK)
 		goto fail;
 	l->up = true;
+	l->epoch++;
 	bg_log_info("amqp: connected to %s:%d, consuming from exchange '%s' "
 		    "(queue %s%s%s)", l->ci.host, l->ci.port,
 		    l->cfg->amqp_exchange, l->queue,
@@ -273,6 +283,31 @@ bg_link_connect(struct bg_link *l)
 fail:
 	bg_link_reset(l);
 	return BG_ERR;
+}
+
+/*
+ * The broker closed the channel, almost always over one message (a
+ * publish to an exchange that is gone: 404 NOT_FOUND). That message is
+ * lost, not resent; the connection, and with it the node queue, stays.
+ * The unacked deliveries return to the queue and come again with new
+ * tags (the epoch tells the bus). BG_ERR when that fails too.
+ */
+static int
+reopen_channel(struct bg_link *l)
+{
+	amqp_channel_close_ok_t ok = { 0 };
+
+	if (amqp_send_method(l->conn, CHANNEL, AMQP_CHANNEL_CLOSE_OK_METHOD,
+			     &ok) != AMQP_STATUS_OK) {
+		bg_log_warn("amqp: channel.close-ok failed: connection lost");
+		return BG_ERR;
+	}
+	l->epoch++;
+	__atomic_store_n(&l->reopens, l->reopens + 1, __ATOMIC_RELAXED);
+	if (declare(l, false) != BG_OK)
+		return BG_ERR;
+	bg_log_info("amqp: channel reopened, consuming again");
+	return BG_OK;
 }
 
 /* A frame that is not a delivery: the broker closing something, or
@@ -303,10 +338,11 @@ other_frame(struct bg_link *l)
 	}
 	case AMQP_CHANNEL_CLOSE_METHOD: {
 		amqp_channel_close_t *m = f.payload.method.decoded;
-		bg_log_warn("amqp: broker closed the channel: %u %.*s",
-			    m->reply_code, (int)m->reply_text.len,
+		bg_log_warn("amqp: broker closed the channel: %u %.*s; "
+			    "reopening it", m->reply_code,
+			    (int)m->reply_text.len,
 			    (char *)m->reply_text.bytes);
-		return BG_ERR;
+		return reopen_channel(l);
 	}
 	default:
 		return BG_OK;
@@ -317,7 +353,7 @@ int
 bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg)
 {
 	struct timeval zero = { 0, 0 };
-	uint64_t last_tag = 0;
+	uint64_t epoch = l->epoch;
 	int rc = BG_OK;
 
 	if (!l->up)
@@ -329,8 +365,8 @@ bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg)
 		amqp_maybe_release_buffers(l->conn);
 		r = amqp_consume_message(l->conn, &env, &zero, 0);
 		if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-			fn(arg, env.message.body.bytes, env.message.body.len);
-			last_tag = env.delivery_tag;
+			fn(arg, env.message.body.bytes, env.message.body.len,
+			   env.delivery_tag);
 			amqp_destroy_envelope(&env);
 			continue;
 		}
@@ -343,6 +379,10 @@ bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg)
 				rc = BG_ERR;
 				break;
 			}
+			/* Reopened: the caller settles the old channel's
+			 * tags before it sees any of the new one's. */
+			if (l->epoch != epoch)
+				break;
 			continue;
 		}
 		if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION)
@@ -353,15 +393,35 @@ bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg)
 		rc = BG_ERR;
 		break;
 	}
-	/* One ack covers every delivery handed to the workers so far. */
-	if (rc == BG_OK && last_tag != 0 &&
-	    amqp_basic_ack(l->conn, CHANNEL, last_tag, 1) != AMQP_STATUS_OK) {
-		bg_log_warn("amqp: basic.ack failed: connection lost");
-		rc = BG_ERR;
-	}
 	if (rc != BG_OK)
 		bg_link_reset(l);
 	return rc;
+}
+
+int
+bg_link_ack(struct bg_link *l, uint64_t tag)
+{
+	if (!l->up)
+		return BG_ERR;
+	/* One ack covers every delivery up to tag. */
+	if (amqp_basic_ack(l->conn, CHANNEL, tag, 1) != AMQP_STATUS_OK) {
+		bg_log_warn("amqp: basic.ack failed: connection lost");
+		bg_link_reset(l);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+uint64_t
+bg_link_channel_epoch(const struct bg_link *l)
+{
+	return l->epoch;
+}
+
+uint64_t
+bg_link_channel_reopens(const struct bg_link *l)
+{
+	return __atomic_load_n(&l->reopens, __ATOMIC_RELAXED);
 }
 
 /* For publisher.c (link_internal.h). */

@@ -1,9 +1,11 @@
 /*
  * link.h - the node's connection to RabbitMQ (rabbitmq-c). Bus thread
- * only: one connection, never shared, torn down and rebuilt on any error.
+ * only: one connection, never shared, rebuilt when it fails; a channel
+ * the broker closes is reopened on it.
  *
- * Topology (PROTOCOL.md §5): a durable topic exchange; one exclusive,
- * auto-delete, server-named queue per node bound with '#'; optionally the
+ * Topology (PROTOCOL.md §5): a durable topic exchange; one exclusive
+ * (gone with the connection, kept across a reopened channel),
+ * server-named queue per node bound with '#'; optionally the
  * legacy durable queue; manual acks bounded by prefetch.
  */
 #ifndef BG_LINK_H
@@ -18,8 +20,19 @@
 
 struct bg_link;
 
-/* Handles one delivered body; the link acks it after this returns. */
-typedef void (*bg_link_deliver_fn)(void *arg, const void *body, size_t len);
+/* The largest body published: RabbitMQ's default max_message_size. */
+#define BG_LINK_MAX_BODY (128u << 20)
+
+/* The longest routing key AMQP can carry (a shortstr). */
+#define BG_LINK_MAX_KEY 255
+
+/* bg_link_publish: this message cannot be sent; the link is fine. */
+#define BG_LINK_REFUSED 1
+
+/* Handles one delivered body. tag is its delivery tag on the current
+ * channel: the caller acks it (bg_link_ack) once it is done with it. */
+typedef void (*bg_link_deliver_fn)(void *arg, const void *body, size_t len,
+				   uint64_t tag);
 
 /* Parses cfg's URL. NULL with err set ("[amqp] url: ...") on a bad URL. */
 struct bg_link *bg_link_new(const struct bg_config *cfg, char *err,
@@ -43,16 +56,41 @@ int bg_link_fd(const struct bg_link *l);
 
 /*
  * Reads what has arrived (without blocking), hands each delivery to fn,
- * acks them, and keeps heartbeats going; call it whenever the socket is
- * readable and at least once a second. BG_OK, or BG_ERR when the link
- * went down (logged; the caller reconnects).
+ * and keeps heartbeats going; call it whenever the socket is readable and
+ * at least once a second. Deliveries stay unacked until bg_link_ack, so
+ * [amqp] prefetch bounds what the caller holds. When the broker closes
+ * the channel (a refused publish: NOT_FOUND exchange, ...), the channel is
+ * reopened on the same connection (the node queue survives), the
+ * unacked deliveries go back to the queue, and bg_link_channel_epoch
+ * changes: tags handed out before are void. BG_OK, or BG_ERR when the
+ * link went down (logged; the caller reconnects).
  */
 int bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg);
 
+/* Acks every delivery up to tag (of the current channel epoch). BG_OK,
+ * or BG_ERR when the link failed (it is then down). */
+int bg_link_ack(struct bg_link *l, uint64_t tag);
+
+/* Changes each time the channel is reopened or the link reconnects. */
+uint64_t bg_link_channel_epoch(const struct bg_link *l);
+
+/* Channels reopened after the broker closed them, for /metrics. */
+uint64_t bg_link_channel_reopens(const struct bg_link *l);
+
+/*
+ * Pure, any thread: NULL when m can be published, else why not (a
+ * routing key over BG_LINK_MAX_KEY bytes, a body over BG_LINK_MAX_BODY).
+ * These are the message's fault, never the link's.
+ */
+const char *bg_link_check(const struct bg_msg *m);
+
 /* Publishes m->body to the exchange (routing key: the channel when m
  * names exactly one, else ""), or, for a forwarded client event, to
- * [forward] exchange with its routing key. BG_OK, or BG_ERR when the link
- * failed. */
-int bg_link_publish(struct bg_link *l, const struct bg_msg *m);
+ * [forward] exchange with its routing key. BG_OK; BG_LINK_REFUSED with
+ * *why set when this message cannot be sent (bg_link_check, or
+ * rabbitmq-c cannot encode it: nothing was written, the link stays up);
+ * BG_ERR when the link failed (it is then down, logged). */
+int bg_link_publish(struct bg_link *l, const struct bg_msg *m,
+		    const char **why);
 
 #endif

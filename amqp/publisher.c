@@ -1,7 +1,13 @@
 /*
  * publisher.c - broadcasts from this node's workers (POST /broadcast,
  * client publishes) out to the exchange, so every node delivers them.
- * Bus thread only, on the link's one connection.
+ * Bus thread only, on the link's one connection; bg_link_check is pure.
+ *
+ * A message's own faults (a routing key too long for AMQP, a body too
+ * large) are found before rabbitmq-c sees it, and rabbitmq-c's encoding
+ * failures (nothing was written) are the message's too: either way that
+ * message fails and the link stays up. Only socket, heartbeat and
+ * connection errors take the link down.
  */
 #include "amqp/link_internal.h"
 
@@ -10,26 +16,43 @@
 #include "common/bg.h"
 #include "common/log.h"
 
+/* The routing key m is published with. */
+static const char *
+routing_key(const struct bg_msg *m)
+{
+	/* One channel: route by it, so nodes may later bind only the
+	 * channels they hold (PROTOCOL.md §5). */
+	if (m->forward_key != NULL)
+		return m->forward_key;
+	if (m->target == BG_MSG_CHANNELS && m->n_names == 1)
+		return m->names[0];
+	return "";
+}
+
+const char *
+bg_link_check(const struct bg_msg *m)
+{
+	if (strlen(routing_key(m)) > BG_LINK_MAX_KEY)
+		return "routing key longer than 255 bytes";
+	if (m->body_len > BG_LINK_MAX_BODY)
+		return "body larger than 128 MiB";
+	return NULL;
+}
+
 int
-bg_link_publish(struct bg_link *l, const struct bg_msg *m)
+bg_link_publish(struct bg_link *l, const struct bg_msg *m, const char **why)
 {
 	amqp_basic_properties_t props;
-	const char *key = "";
+	const char *exchange = bg_link_exchange(l);
 	amqp_bytes_t body;
 	int rc;
 
-	const char *exchange = bg_link_exchange(l);
-
 	if (!bg_link_up(l))
 		return BG_ERR;
-	/* One channel: route by it, so nodes may later bind only the
-	 * channels they hold (PROTOCOL.md §5). */
-	if (m->forward_key != NULL) {
+	if ((*why = bg_link_check(m)) != NULL)
+		return BG_LINK_REFUSED;
+	if (m->forward_key != NULL)
 		exchange = bg_link_forward_exchange(l);
-		key = m->forward_key;
-	} else if (m->target == BG_MSG_CHANNELS && m->n_names == 1) {
-		key = m->names[0];
-	}
 	memset(&props, 0, sizeof(props));
 	props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG;
 	props.content_type = amqp_cstring_bytes("application/json");
@@ -37,12 +60,21 @@ bg_link_publish(struct bg_link *l, const struct bg_msg *m)
 	body.len = m->body_len;
 	rc = amqp_basic_publish(bg_link_conn(l), 1,
 				amqp_cstring_bytes(exchange),
-				amqp_cstring_bytes(key), 0, 0, &props, body);
-	if (rc != AMQP_STATUS_OK) {
+				amqp_cstring_bytes(routing_key(m)), 0, 0,
+				&props, body);
+	switch (rc) {
+	case AMQP_STATUS_OK:
+		return BG_OK;
+	case AMQP_STATUS_BAD_AMQP_DATA:
+	case AMQP_STATUS_TABLE_TOO_BIG:
+	case AMQP_STATUS_NO_MEMORY:
+		/* Refused while encoding: nothing went out. */
+		*why = amqp_error_string2(rc);
+		return BG_LINK_REFUSED;
+	default:
 		bg_log_warn("amqp: publish failed: %s",
 			    amqp_error_string2(rc));
 		bg_link_reset(l);
 		return BG_ERR;
 	}
-	return BG_OK;
 }

@@ -21,5 +21,8 @@
 #define BG_ID_MAX        64
 #define BG_CHANNEL_MAX  200
 #define BG_CALLBACK_MAX  64
+/* Longest event name a client may send (PROTOCOL.md §3): it becomes an
+ * AMQP routing key when forwarded, and those end at 255 bytes. */
+#define BG_EVENT_MAX    128
 
 #endif

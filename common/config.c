@@ -91,6 +91,7 @@ bg_config_defaults(struct bg_config *cfg)
 	cfg->max_per_address = 256;
 	cfg->limit_loopback = false;
 	cfg->handshake_timeout = 10;
+	cfg->backpressure = 50;
 	strcpy(cfg->private_prefix, "private-");
 	strcpy(cfg->api_host, "127.0.0.1");
 	cfg->api_port = 9001;
@@ -467,6 +468,7 @@ static const struct key keys[] = {
 	{ "limits", "limit_loopback", parse_bool, OFF(limit_loopback), 0, 0 },
 	{ "limits", "handshake_timeout", parse_int, OFF(handshake_timeout),
 	  0, 3600 },
+	{ "limits", "backpressure", parse_int, OFF(backpressure), 0, 100 },
 	{ "auth", "secret", parse_str, OFF(auth_secret), STR(auth_secret) },
 	{ "auth", "private_prefix", parse_str, OFF(private_prefix),
 	  STR(private_prefix) },

@@ -60,6 +60,9 @@ struct bg_config {
 	bool limit_loopback;             /* max_per_address applies to
 	                                    loopback peers too; false */
 	int handshake_timeout;           /* seconds, 10; 0 = off */
+	int backpressure;                /* 50: % of a worker's connections
+	                                    backed up before broadcasts are
+	                                    refused; 0 = never */
 
 	/* [channels] */
 	int client_publish;              /* enum bg_publish_policy, none */

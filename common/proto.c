@@ -74,6 +74,17 @@ bg_proto_channel_valid(const char *name, size_t len)
 }
 
 bool
+bg_proto_event_valid(const char *name, size_t len)
+{
+	if (len == 0 || len > BG_EVENT_MAX)
+		return false;
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+			return false;
+	return true;
+}
+
+bool
 bg_proto_client_id_valid(const char *id, size_t len)
 {
 	return printable_name(id, len, BG_ID_MAX, "\"\\");
@@ -99,7 +110,9 @@ bg_proto_parse_request(const char *buf, size_t len, struct bg_request *req,
 	}
 	ev = json_object_get(root, "event");
 	cb = json_object_get(root, "callbackId");
-	if (json_is_string(ev))
+	if (json_is_string(ev) &&
+	    bg_proto_event_valid(json_string_value(ev),
+				 json_string_length(ev)))
 		req->event = json_string_value(ev);
 	if (cb != NULL && !json_is_null(cb)) {
 		if (!json_is_string(cb) ||
@@ -111,8 +124,11 @@ bg_proto_parse_request(const char *buf, size_t len, struct bg_request *req,
 		}
 		req->callback_id = json_string_value(cb);
 	}
-	if (req->event == NULL || req->event[0] == '\0') {
-		set_err(err, errlen, "'event' must be a non-empty string");
+	if (req->event == NULL) {
+		/* Bounded here, at the edge: a forwarded event name is an
+		 * AMQP routing key (at most 255 bytes). */
+		set_err(err, errlen, "'event' must be a string of 1 to %d "
+			"bytes without control characters", BG_EVENT_MAX);
 		return BG_ERR;
 	}
 	req->data = json_object_get(root, "data");

@@ -52,6 +52,10 @@ int bg_proto_parse_request(const char *buf, size_t len,
  * '*', '#', '"', '\'). */
 bool bg_proto_channel_valid(const char *name, size_t len);
 
+/* True for a valid client event name (1-128 bytes, no control
+ * characters: C0, DEL). */
+bool bg_proto_event_valid(const char *name, size_t len);
+
 /* True for a valid client id (1-64 bytes of printable ASCII, no space,
  * '"', '\'). */
 bool bg_proto_client_id_valid(const char *id, size_t len);

@@ -205,7 +205,21 @@ on_publish(const struct bg_hook_args *a)
 				    b ? err : "out of memory");
 		return GO_ON;
 	}
-	if (bg_bus_publish(c->w->srv->bus, m) != BG_OK) {
+	switch (bg_bus_publish(c->w->srv->bus, m)) {
+	case BG_OK:
+		break;
+	case BG_ERR:
+		bg_msg_unref(m);
+		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE,
+				    "too large for RabbitMQ");
+		return GO_ON;
+	case BG_BUS_BUSY:
+		bg_msg_unref(m);
+		bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
+				    "the server is busy delivering; retry "
+				    "later");
+		return GO_ON;
+	default:
 		bg_msg_unref(m);
 		bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
 				    "broadcasting is unavailable (RabbitMQ "
@@ -233,11 +247,8 @@ on_authenticate(const struct bg_hook_args *a)
 			bg_conn_reply_error(c, req, BG_CODE_AUTH_FAILED,
 					    "authentication is not "
 					    "configured on this server");
-		else if (bg_forward_event(c, "authenticate", req->data,
-					  req->callback_id, true) != BG_OK)
-			bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
-					    "the application cannot be "
-					    "reached (RabbitMQ is down)");
+		else
+			bg_forward_request(c, req, true);
 		return GO_ON;
 	}
 	if (!json_is_string(tok)) {

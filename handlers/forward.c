@@ -43,7 +43,12 @@ forward(struct bg_conn *c, const char *event, json_t *data,
 	struct bg_msg *m;
 	json_t *body;
 	char *text;
+	int rc;
 
+	/* Bounded before anything reaches the bus: the name is the routing
+	 * key (PROTOCOL.md §3; the parser already refused longer ones). */
+	if (!bg_proto_event_valid(event, strlen(event)))
+		return BG_ERR;
 	body = json_pack("{s:s, s:O, s:o}", "event", event,
 			 "data", data ? data : json_null(),
 			 "client", client_object(c));
@@ -66,11 +71,31 @@ forward(struct bg_conn *c, const char *event, json_t *data,
 	}
 	m->body = text;
 	m->body_len = strlen(text);
-	if (bg_bus_publish(c->w->srv->bus, m) != BG_OK) {
+	rc = bg_bus_publish(c->w->srv->bus, m);
+	if (rc != BG_OK)
 		bg_msg_unref(m);
-		return BG_AGAIN;
+	return rc;
+}
+
+void
+bg_forward_request(struct bg_conn *c, const struct bg_request *req,
+		   bool with_cookie)
+{
+	switch (bg_forward_event(c, req->event, req->data, req->callback_id,
+				 with_cookie)) {
+	case BG_OK:
+		return; /* the application owes the callback now */
+	case BG_ERR:
+		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE,
+				    "this event cannot be forwarded (too "
+				    "large for RabbitMQ)");
+		return;
+	default:
+		bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
+				    "the application cannot be reached "
+				    "(RabbitMQ is down)");
+		return;
 	}
-	return BG_OK;
 }
 
 int

@@ -11,14 +11,24 @@
 #include <stdbool.h>
 
 struct bg_conn;
+struct bg_request;
 
 /*
  * Forwards {"event","data","callbackId"?,"client":{...}} (and "cookie"
- * when with_cookie and the connection had one). BG_OK, or BG_AGAIN when
- * RabbitMQ is unreachable (the caller answers "unavailable").
+ * when with_cookie and the connection had one). BG_OK, or what
+ * bg_bus_publish answered: BG_ERR when the event can never be forwarded
+ * (an event name bg_proto_event_valid refuses, a body too large for
+ * RabbitMQ), BG_AGAIN when RabbitMQ is unreachable (backpressure never
+ * refuses a forwarded event).
  */
 int bg_forward_event(struct bg_conn *c, const char *event, json_t *data,
 		     const char *callback_id, bool with_cookie);
+
+/* Forwards a client's request and, when that fails, answers it:
+ * "bad_message" (cannot be forwarded) or "unavailable" (RabbitMQ down).
+ * On success the application owes the callback. */
+void bg_forward_request(struct bg_conn *c, const struct bg_request *req,
+			bool with_cookie);
 
 /* After a lifecycle event listed in [forward] lifecycle (bit is one of
  * BG_FORWARD_*): forwards it with {"channel":C} or {} as data, and

@@ -131,12 +131,7 @@ bg_handlers_dispatch(struct bg_conn *c, const struct bg_request *req)
 					    "for the server");
 			return;
 		}
-		/* The application owes the callback now. */
-		if (bg_forward_event(c, req->event, req->data,
-				     req->callback_id, false) != BG_OK)
-			bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
-					    "the application cannot be "
-					    "reached (RabbitMQ is down)");
+		bg_forward_request(c, req, false);
 		return;
 	}
 	bg_conn_reply_ok(c, req, NULL); /* the original Bagou ack */

@@ -64,12 +64,32 @@ q_grow(struct bg_conn *c)
 	return true;
 }
 
+/* Keeps the worker's backed_up gauge (backpressure, bg_worker_congested):
+ * on over half of max_queued_bytes, off again at a quarter or less. */
+static void
+q_backlog(struct bg_conn *c)
+{
+	size_t max = c->w->srv->cfg->max_queued_bytes;
+	bool on = c->backed_up ? c->q_bytes > max / 4 : c->q_bytes > max / 2;
+
+	if (on == c->backed_up)
+		return;
+	c->backed_up = on;
+	if (on)
+		c->backed_ms = now_ms();
+	__atomic_store_n(&c->w->backed_up, c->w->backed_up + (on ? 1 : -1),
+			 __ATOMIC_RELAXED);
+}
+
 static void
 q_pop(struct bg_conn *c)
 {
 	struct bg_out *e = &c->q[c->q_head];
 
 	c->q_bytes -= e->len;
+	if (c->backed_up)
+		c->backed_ms = now_ms(); /* the client takes bytes */
+	q_backlog(c);
 	bg_wframe_unref(e->f);
 	c->q_head = (c->q_head + 1) & (c->q_cap - 1);
 	c->q_count--;
@@ -120,6 +140,19 @@ kill_async(struct bg_conn *c, uint16_t code, const char *why)
 }
 
 bool
+bg_conn_cut_if_stalled(struct bg_conn *c, uint64_t now)
+{
+	if (!c->backed_up || c->closing || now - c->backed_ms < BG_STALL_MS)
+		return false;
+	bg_stat_add(&c->w->stats.slow_consumer_closes, 1);
+	bg_log_info("client %s: %zu bytes queued, none taken for %d ms, "
+		    "closing (4001)", c->id, c->q_bytes, BG_STALL_MS);
+	q_clear(c);
+	kill_async(c, 4001, "slow consumer");
+	return true;
+}
+
+bool
 bg_conn_push(struct bg_conn *c, struct bg_wframe *f, const uint8_t *data,
 	     uint32_t len, bool direct)
 {
@@ -163,6 +196,7 @@ bg_conn_push(struct bg_conn *c, struct bg_wframe *f, const uint8_t *data,
 		(struct bg_out){ .f = f, .data = data, .len = len };
 	c->q_count++;
 	c->q_bytes += len;
+	q_backlog(c);
 	f->refs++;
 	if (direct && !c->want_write) {
 		if (!c->in_dirty) {

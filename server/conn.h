@@ -73,6 +73,8 @@ struct bg_conn {
 	uint32_t q_head, q_count, q_cap;
 	uint32_t q_off;                /* bytes of the head already sent */
 	size_t q_bytes;
+	bool backed_up;                /* counted in w->backed_up */
+	uint64_t backed_ms;            /* backed up: last queue progress */
 
 	/* Memory charged against [limits] max_connection_memory. */
 	struct bg_budget budget;
@@ -103,6 +105,15 @@ void bg_conn_receive(struct bg_conn *c, const char *buf, size_t len);
  */
 bool bg_conn_push(struct bg_conn *c, struct bg_wframe *f,
 		  const uint8_t *data, uint32_t len, bool direct);
+
+/* A backed-up connection (queue over half of max_queued_bytes, counted
+ * for backpressure) whose queue took no byte for this long is a slow
+ * consumer: closed with 4001, so it cannot hold publishers back. */
+#define BG_STALL_MS 2000
+
+/* Closes c with 4001 when it is backed up and stalled (BG_STALL_MS) at
+ * now (CLOCK_MONOTONIC ms); true when it did. The caller kicks lws. */
+bool bg_conn_cut_if_stalled(struct bg_conn *c, uint64_t now);
 
 /* Queues a reply (JSON text, malloc'd, ownership taken). */
 void bg_conn_send_json(struct bg_conn *c, char *json, size_t len);

@@ -233,6 +233,7 @@ char *
 bg_http_metrics(const struct bg_server *srv, size_t *len)
 {
 	struct text t = { 0 };
+	char bus_text[2048];
 
 	t.cap = 4096;
 	t.p = malloc(t.cap);
@@ -269,6 +270,8 @@ bg_http_metrics(const struct bg_server *srv, size_t *len)
 	       bg_bus_connected(srv->bus) ? 1 : 0);
 	metric(&t, "bagou_amqp_reconnects_total", "counter",
 	       "Reconnections to RabbitMQ.", bg_bus_reconnects(srv->bus));
+	if (bg_bus_metrics(srv->bus, bus_text, sizeof(bus_text)) > 0)
+		text_add(&t, "%s", bus_text);
 	metric(&t, "bagou_http_requests_total", "counter",
 	       "Plain HTTP requests served, on both listeners.",
 	       SUM(srv, http_requests));
@@ -410,6 +413,8 @@ refused(struct bg_server *srv, int rc, long published, char *out,
 	}
 	*n = error_body(out, outlen, "unavailable", down ?
 			"RabbitMQ is unreachable; retry later" :
+			rc == BG_BUS_BUSY ? "backpressure: subscribers are "
+			"backed up; retry later" :
 			"the broadcast bus is busy; retry later", published);
 	return 503;
 }

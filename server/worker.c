@@ -39,6 +39,7 @@ _Static_assert(LWS_PRE <= BG_FRAME_PRE, "frames need LWS_PRE headroom");
 #define TRIM_CLOSE_BYTES 16384 /* what a close frees, roughly */
 #define TRIM_BYTES (1 << 20)    /* freed bytes that make a trim worth it */
 #define TRIM_EVERY_MS 5000      /* at most this often */
+#define BCAST_RING 16384
 
 /* lws context and vhost creation is not thread-safe. */
 static pthread_mutex_t lws_create_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -315,8 +316,12 @@ on_bcast(evutil_socket_t fd, short what, void *arg)
 	bg_ring_clear(w->bcast);
 	for (;;) {
 		for (n = 0; n < DRAIN_BATCH &&
-		     (m = bg_ring_pop(w->bcast)) != NULL; n++)
-			deliver(w, m);
+		     (m = bg_ring_pop(w->bcast)) != NULL; n++) {
+			uint32_t len = m->frames[0].len;
+			deliver(w, m); /* takes m */
+			__atomic_sub_fetch(&w->bcast_bytes, len,
+					   __ATOMIC_RELAXED);
+		}
 		flush_dirty(w);
 		if (n == DRAIN_BATCH) {
 			/* Let sockets be served, then come back. */
@@ -325,6 +330,29 @@ on_bcast(evutil_socket_t fd, short what, void *arg)
 		}
 		if (bg_ring_sleep(w->bcast))
 			return;
+	}
+}
+
+/* Twice a second, while any connection is backed up: one that stopped
+ * reading must not hold publishers back (backpressure) for longer than
+ * BG_STALL_MS; it is a slow consumer. */
+static void
+on_stall_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct bg_worker *w = arg;
+	struct timespec ts;
+	uint64_t now;
+
+	if (w->backed_up == 0)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	for (struct bg_conn *c = w->conns; c != NULL; c = c->next)
+		if (bg_conn_cut_if_stalled(c, now))
+			w->kick = true;
+	if (w->kick) {
+		w->kick = false;
+		lws_cancel_service(w->lws);
 	}
 }
 
@@ -403,6 +431,7 @@ setup(struct bg_worker *w)
 {
 	const struct bg_config *cfg = w->srv->cfg;
 	struct lws_context_creation_info info;
+	struct timeval stall_tick = { 0, 500000 };
 	void *loops[1];
 	lws_retry_bo_t *policy;
 	struct timeval tick = { TICK_MS / 1000, 0 };
@@ -476,9 +505,11 @@ setup(struct bg_worker *w)
 	w->stop_ev = event_new(w->base, w->stop_efd, EV_READ | EV_PERSIST,
 			       on_stop, w);
 	w->tick_ev = event_new(w->base, -1, EV_PERSIST, on_tick, w);
+	w->stall_ev = event_new(w->base, -1, EV_PERSIST, on_stall_tick, w);
 	if (w->inbox_ev == NULL || w->bcast_ev == NULL ||
-	    w->stop_ev == NULL || w->tick_ev == NULL ||
+	    w->stop_ev == NULL || w->tick_ev == NULL || w->stall_ev == NULL ||
 	    event_add(w->tick_ev, &tick) != 0 ||
+	    event_add(w->stall_ev, &stall_tick) != 0 ||
 	    event_add(w->inbox_ev, NULL) != 0 ||
 	    event_add(w->bcast_ev, NULL) != 0 ||
 	    event_add(w->stop_ev, NULL) != 0) {
@@ -502,6 +533,8 @@ teardown(struct bg_worker *w)
 		event_free(w->bcast_ev);
 	if (w->stop_ev)
 		event_free(w->stop_ev);
+	if (w->stall_ev)
+		event_free(w->stall_ev);
 	if (w->stop_timer)
 		event_free(w->stop_timer);
 	if (w->tick_ev)
@@ -546,7 +579,7 @@ bg_worker_new(struct bg_server *srv, int index)
 	w->index = index;
 	w->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	w->inbox = bg_ring_new(4096, false);
-	w->bcast = bg_ring_new(16384, false);
+	w->bcast = bg_ring_new(BCAST_RING, false);
 	if (w->stop_efd < 0 || w->inbox == NULL || w->bcast == NULL ||
 	    sem_init(&w->ready, 0, 0) != 0) {
 		bg_log_errno("worker: eventfd()/ring");
@@ -616,5 +649,28 @@ bg_worker_adopt(struct bg_worker *w, struct bg_sock *s)
 bool
 bg_worker_deliver(struct bg_worker *w, struct bg_msg *m)
 {
-	return bg_ring_push(w->bcast, m);
+	/* Counted before the push: the worker subtracts once it pops. */
+	__atomic_add_fetch(&w->bcast_bytes, m->frames[0].len,
+			   __ATOMIC_RELAXED);
+	if (bg_ring_push(w->bcast, m))
+		return true;
+	__atomic_sub_fetch(&w->bcast_bytes, m->frames[0].len,
+			   __ATOMIC_RELAXED);
+	return false;
+}
+
+bool
+bg_worker_congested(const struct bg_worker *w)
+{
+	uint64_t pct = (uint64_t)w->srv->cfg->backpressure;
+	uint64_t n = __atomic_load_n(&w->backed_up, __ATOMIC_RELAXED);
+
+	if (pct == 0)
+		return false;
+	if (bg_ring_count(w->bcast) > BCAST_RING / 2 ||
+	    __atomic_load_n(&w->bcast_bytes, __ATOMIC_RELAXED) >
+	    w->srv->cfg->max_queued_bytes / 2)
+		return true;
+	return n > 0 && n * 100 > pct * __atomic_load_n(&w->conns_gauge,
+							__ATOMIC_RELAXED);
 }

@@ -41,6 +41,13 @@ struct bg_worker {
 	int stop_efd;                  /* main -> worker: eventfd */
 	unsigned int conns_gauge;      /* atomic: worker writes, acceptor
 	                                  reads to balance */
+	unsigned int backed_up;        /* atomic: worker writes, bus reads:
+	                                  conns with a queue over half of
+	                                  max_queued_bytes (bg_conn_push) */
+	uint64_t bcast_bytes;          /* atomic: bus adds, worker subtracts:
+	                                  bytes of one frame of each
+	                                  broadcast in bcast, not yet fanned
+	                                  out */
 	struct bg_stats stats;         /* worker writes, any reads */
 
 	/* Everything below: worker thread only. */
@@ -48,6 +55,7 @@ struct bg_worker {
 	struct lws_context *lws;
 	struct lws_vhost *vhost;
 	struct event *inbox_ev, *bcast_ev, *stop_ev, *stop_timer;
+	struct event *stall_ev;        /* cuts stalled backed-up conns */
 	struct bg_chan_table *chans;   /* channel -> subscribed conns */
 	struct bg_chan_table *ids;     /* client id -> its conn */
 	struct bg_conn *conns;         /* every WebSocket connection */
@@ -95,5 +103,13 @@ bool bg_worker_adopt(struct bg_worker *w, struct bg_sock *s);
 /* Bus: takes over one reference to m; false when the ring is full (the
  * reference stays with the caller). */
 bool bg_worker_deliver(struct bg_worker *w, struct bg_msg *m);
+
+/* Any thread: true while more than [limits] backpressure percent of the
+ * worker's connections are backed up (queue over half of
+ * max_queued_bytes), or the broadcasts handed to it and not yet fanned
+ * out would by themselves fill half of a queue, or its broadcast ring is
+ * over half full: broadcasts are then refused (DESIGN.md,
+ * backpressure). Never with [limits] backpressure = 0. */
+bool bg_worker_congested(const struct bg_worker *w);
 
 #endif

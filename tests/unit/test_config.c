@@ -113,6 +113,7 @@ test_defaults(void **state)
 	assert_int_equal(cfg.max_subscriptions, 1000);
 	assert_int_equal(cfg.max_store_bytes, 4096);
 	assert_int_equal(cfg.max_queued_bytes, 1048576);
+	assert_int_equal(cfg.backpressure, 50);
 	assert_int_equal(cfg.client_publish, BG_PUBLISH_NONE);
 	assert_string_equal(cfg.amqp_url,
 			    "amqp://guest:guest@localhost:5672/");
@@ -311,6 +312,9 @@ test_bad_sizes(void **state)
 static void
 test_bad_ints(void **state)
 {
+	expect_set_error("limits", "backpressure", "101",
+			 "[limits] backpressure: expected an integer from 0 "
+			 "to 100, got '101'");
 	expect_set_error("server", "workers", "1025",
 			 "[server] workers: expected an integer from 0 to "
 			 "1024, got '1025'");

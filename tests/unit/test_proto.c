@@ -247,9 +247,47 @@ test_parse_valid(void **state)
 	json_decref(req.root);
 
 	/* Escapes are decoded. */
-	assert_int_equal(parse("{\"event\":\"a\\u00e9\\n\"}", &req), BG_OK);
-	assert_string_equal(req.event, "a\xc3\xa9\n");
+	assert_int_equal(parse("{\"event\":\"a\\u00e9\\/\"}", &req), BG_OK);
+	assert_string_equal(req.event, "a\xc3\xa9/");
 	json_decref(req.root);
+}
+
+/* A forwarded event name becomes an AMQP routing key (255 bytes at
+ * most): names are bounded and printable at the edge. */
+static void
+test_parse_event_bounds(void **state)
+{
+	static const char *const bad[] = {
+		"{\"event\":\"a\\n\"}", "{\"event\":\"\\r\"}",
+		"{\"event\":\"\\u001f\"}", "{\"event\":\"a\\u007f\"}",
+		"{\"event\":\"\\t\"}",
+	};
+	struct bg_request req;
+	char name[BG_EVENT_MAX + 2];
+	char *s;
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(bad); i++)
+		expect_bad_request(bad[i],
+				   "'event' must be a string of 1 to 128 bytes "
+				   "without control characters");
+	memset(name, 'e', sizeof(name));
+	name[BG_EVENT_MAX] = '\0';
+	s = fmt("{\"event\":\"%s\",\"callbackId\":\"c\"}", name);
+	assert_int_equal(parse(s, &req), BG_OK);
+	assert_int_equal(strlen(req.event), BG_EVENT_MAX);
+	json_decref(req.root);
+	free(s);
+	name[BG_EVENT_MAX] = 'e';
+	name[BG_EVENT_MAX + 1] = '\0';
+	s = fmt("{\"event\":\"%s\",\"callbackId\":\"c\"}", name);
+	assert_int_equal(parse(s, &req), BG_ERR);
+	assert_null(req.event);
+	assert_string_equal(req.callback_id, "c");
+	json_decref(req.root);
+	free(s);
+	/* Printable UTF-8 and AMQP wildcards are fine in a routing key. */
+	assert_true(bg_proto_event_valid("chat.\xc3\xa9#*", 9));
+	assert_false(bg_proto_event_valid("", 0));
 }
 
 static void
@@ -329,7 +367,8 @@ test_parse_bad_event(void **state)
 
 	for (size_t i = 0; i < BG_ARRAY_LEN(bad); i++)
 		expect_bad_request(bad[i],
-				   "'event' must be a non-empty string");
+				   "'event' must be a string of 1 to 128 bytes "
+				   "without control characters");
 
 	/* The callbackId is still read, so the failure can answer it. */
 	assert_int_equal(parse("{\"callbackId\":\"cb-1\",\"data\":1}", &req),
@@ -434,9 +473,10 @@ test_parse_hostile(void **state)
 	assert_int_equal(json_string_length(req.data), 1 << 20);
 	json_decref(req.root);
 	free(s);
+	/* ... but not as an event name (PROTOCOL.md §3: 128 bytes). */
 	s = fmt("{\"event\":\"%s\"}", big);
-	assert_int_equal(parse(s, &req), BG_OK);
-	assert_int_equal(strlen(req.event), 1 << 20);
+	assert_int_equal(parse(s, &req), BG_ERR);
+	assert_null(req.event);
 	json_decref(req.root);
 	free(s);
 	free(big);
@@ -1313,6 +1353,7 @@ main(void)
 		cmocka_unit_test(test_parse_invalid_json),
 		cmocka_unit_test(test_parse_not_object),
 		cmocka_unit_test(test_parse_bad_event),
+		cmocka_unit_test(test_parse_event_bounds),
 		cmocka_unit_test(test_parse_callback_id),
 		cmocka_unit_test(test_parse_hostile),
 		cmocka_unit_test(test_parse_small_err_buffer),
