@@ -235,7 +235,7 @@ def flood_posts(srv, stop):
     end = time.monotonic() + FLOOD_SECONDS
     seq = 0
     while time.monotonic() < end and not stop(accepted, refused):
-        status, _, body = http_post(srv.port, "/broadcast", {
+        status, _, body = http_post(srv.api_port, "/broadcast", {
             "event": "flood", "channel": "flood",
             "data": {"seq": seq, "pad": PAYLOAD}})
         if status == 202:
@@ -251,7 +251,7 @@ def post_sentinel(srv):
     """The sentinel, retried while backpressure refuses it."""
     end = time.monotonic() + FLOOD_SECONDS
     while time.monotonic() < end:
-        status, _, _ = http_post(srv.port, "/broadcast", {
+        status, _, _ = http_post(srv.api_port, "/broadcast", {
             "event": "sentinel", "channel": "flood"})
         if status == 202:
             return
