@@ -1,11 +1,15 @@
-"""Promises of README.md that no other test pinned: Ctrl-C (SIGINT) stops
-the server like SIGTERM, and --workers defaults to the number of online
-cores."""
+"""Promises of README.md and docs/PROTOCOL.md that no other test pinned
+(docs/PROMISES.md lists which test pins which promise): Ctrl-C (SIGINT)
+stops the server like SIGTERM, --workers defaults to the number of online
+cores, the configuration file defaults to etc/bagou.ini, flags override
+the file, Origins compare case-insensitively, POST /broadcast without
+Content-Length is 411, and every answer to a POST ends its connection."""
 
 import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -59,3 +63,124 @@ def test_workers_default_to_online_cores(tmp_path):
             rc = None
         log.close()
     assert rc == 0, rc
+
+
+def test_config_defaults_to_etc_bagou_ini(tmp_path):
+    """README "Running it": without --config the server reads
+    etc/bagou.ini (from its working directory) when present; without one
+    it runs on the defaults."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "bagou.ini").write_text(
+        "[server]\nno_such_key = 1\n")
+    r = subprocess.run([server_binary(), "--check-config"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "etc/bagou.ini:2:" in r.stdout + r.stderr, (r.stdout, r.stderr)
+    (tmp_path / "etc" / "bagou.ini").unlink()
+    r = subprocess.run([server_binary(), "--check-config"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+
+
+def test_flags_override_the_file(tmp_path):
+    """README "Running it": command-line flags override the file: the ini
+    says listen on one port and 3 workers, the flags another port and 1
+    worker; the flags win."""
+    file_port, flag_port = free_port(), free_port()
+    ini = tmp_path / "bagou.ini"
+    ini.write_text("[server]\nlisten = %s:%d\nworkers = 3\n"
+                   % (HOST, file_port))
+    log = open(tmp_path / "bagou.log", "wb")
+    proc = subprocess.Popen(
+        [server_binary(), "--config", str(ini), "--listen",
+         "%s:%d" % (HOST, flag_port), "--workers", "1",
+         "--amqp-url", "none"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def health():
+            try:
+                status, _, body = http_get(flag_port, "/health", timeout=1.0)
+            except OSError:
+                return None
+            return json.loads(body) if status == 200 else None
+        state = wait_for(health, timeout=10, what="/health on the flag's "
+                         "port")
+        assert state["workers"] == 1, state
+        try:
+            socket.create_connection((HOST, file_port), timeout=1).close()
+        except OSError:
+            pass
+        else:
+            raise AssertionError("the ini's port %d is served too"
+                                 % file_port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+            rc = None
+        log.close()
+    assert rc == 0, rc
+
+
+def test_origins_compared_case_insensitively(server):
+    """PROTOCOL.md §8 Origins: compared whole and case-insensitively."""
+    srv = server({"server": {"origins": "https://a.example"}})
+
+    async def scenario():
+        ws, _ = await ws_connect(srv, origin="HTTPS://A.Example")
+        await ws.close()
+
+    run(scenario())
+
+
+def raw_http(port, request, timeout=5.0):
+    """Sends request bytes; returns (head, body, closed): closed is True
+    when the server ended the connection after its answer."""
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(request)
+        data = b""
+        deadline = time.monotonic() + timeout
+        closed = False
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                closed = True
+                break
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        return head.decode("latin-1"), body, closed
+
+
+def test_post_without_content_length_411(server):
+    """PROTOCOL.md §8 HTTP: POST /broadcast without Content-Length: 411,
+    a JSON error, and the connection ends."""
+    srv = server()
+    head, body, closed = raw_http(
+        srv.port, b"POST /broadcast HTTP/1.1\r\nHost: x\r\n\r\n"
+        b'{"event":"x"}')
+    assert head.startswith("HTTP/1.1 411"), head
+    assert "error" in json.loads(body), body
+    assert closed
+
+
+def test_every_post_answer_ends_its_connection(server):
+    """PROTOCOL.md §8 HTTP: every answer to a POST carries
+    Connection: close and ends its connection (accepted or refused); a
+    request pipelined behind it is not answered."""
+    srv = server()
+    for body in (b'{"event":"x"}', b'{"nope": 1}'):
+        req = (b"POST /broadcast HTTP/1.1\r\nHost: x\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        head, rest, closed = raw_http(
+            srv.port, req + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        status = head.split("\r\n")[0]
+        assert status.split()[1] in ("202", "400"), head
+        assert "connection: close" in head.lower(), head
+        assert closed, head
+        assert b"HTTP/1.1" not in rest, rest
