@@ -3,7 +3,8 @@
 stops the server like SIGTERM, --workers defaults to the number of online
 cores, the configuration file defaults to etc/bagou.ini, flags override
 the file, Origins compare case-insensitively, POST /broadcast without
-Content-Length is 411, and every answer to a POST ends its connection."""
+Content-Length is 411, every answer to a POST ends its connection, and
+the node's and the legacy queue's properties in RabbitMQ."""
 
 import asyncio
 import json
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import time
 
+from rabbitmq import amqp_server, unique_exchange  # noqa: F401
 from support import (HOST, free_port, http_get, run, server_binary,
                      wait_closed, wait_for, ws_connect)
 
@@ -184,3 +186,33 @@ def test_every_post_answer_ends_its_connection(server):
         assert "connection: close" in head.lower(), head
         assert closed, head
         assert b"HTTP/1.1" not in rest, rest
+
+
+def queues(rabbitmq):
+    """{name: (durable, auto_delete, exclusive)} of the broker's queues."""
+    out = rabbitmq.rabbitmqctl("list_queues", "-q", "--no-table-headers",
+                               "name", "durable", "auto_delete", "exclusive")
+    got = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) == 4:
+            got[f[0]] = tuple(v == "true" for v in f[1:])
+    return got
+
+
+def test_node_and_legacy_queue_properties(amqp_server, rabbitmq):
+    """PROTOCOL.md §5 and §8 AMQP: each node declares its own exclusive
+    queue with a server-chosen name; the legacy [amqp] queue is durable,
+    not exclusive, not auto-delete. (Whether the node's queue is also
+    auto-delete is left out here: h-link changes it.)"""
+    legacy = unique_exchange("bagou-legacy-q")
+    before = set(queues(rabbitmq))
+    amqp_server(config={"amqp": {"queue": legacy}},
+                exchange=unique_exchange("bagou-q"))
+    after = queues(rabbitmq)
+    new = {n: p for n, p in after.items() if n not in before}
+    assert new.get(legacy) == (True, False, False), new
+    mine = [p for n, p in new.items() if n.startswith("amq.gen-")]
+    assert len(mine) == 1, new
+    durable, _, exclusive = mine[0]
+    assert exclusive and not durable, new
