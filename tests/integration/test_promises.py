@@ -159,13 +159,19 @@ def raw_http(port, request, timeout=5.0):
         return head.decode("latin-1"), body, closed
 
 
+# With a key, POST /broadcast is served on the public port before and
+# after the API listener (h-api) moves key-less publishing off it.
+KEYED = {"http": {"api_key": "promises-key"}}
+BEARER = b"Authorization: Bearer promises-key\r\n"
+
+
 def test_post_without_content_length_411(server):
     """PROTOCOL.md §8 HTTP: POST /broadcast without Content-Length: 411,
     a JSON error, and the connection ends."""
-    srv = server()
+    srv = server(KEYED)
     head, body, closed = raw_http(
-        srv.port, b"POST /broadcast HTTP/1.1\r\nHost: x\r\n\r\n"
-        b'{"event":"x"}')
+        srv.port, b"POST /broadcast HTTP/1.1\r\nHost: x\r\n" + BEARER +
+        b'\r\n{"event":"x"}')
     assert head.startswith("HTTP/1.1 411"), head
     assert "error" in json.loads(body), body
     assert closed
@@ -175,9 +181,9 @@ def test_every_post_answer_ends_its_connection(server):
     """PROTOCOL.md §8 HTTP: every answer to a POST carries
     Connection: close and ends its connection (accepted or refused); a
     request pipelined behind it is not answered."""
-    srv = server()
+    srv = server(KEYED)
     for body in (b'{"event":"x"}', b'{"nope": 1}'):
-        req = (b"POST /broadcast HTTP/1.1\r\nHost: x\r\n"
+        req = (b"POST /broadcast HTTP/1.1\r\nHost: x\r\n" + BEARER +
                b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         head, rest, closed = raw_http(
             srv.port, req + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
