@@ -3,18 +3,21 @@
 stops the server like SIGTERM, --workers defaults to the number of online
 cores, the configuration file defaults to etc/bagou.ini, flags override
 the file, Origins compare case-insensitively, POST /broadcast without
-Content-Length is 411, every answer to a POST ends its connection, and
-the node's and the legacy queue's properties in RabbitMQ."""
+Content-Length is 411, every answer to a POST ends its connection, the
+node's and the legacy queue's properties in RabbitMQ, the client id
+format, and ALPN and no client certificate request on TLS."""
 
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
 
 from rabbitmq import amqp_server, unique_exchange  # noqa: F401
+from test_tls import client_ctx, install, pki, tls_server  # noqa: F401
 from support import (HOST, free_port, http_get, run, server_binary,
                      wait_closed, wait_for, ws_connect)
 
@@ -222,3 +225,47 @@ def test_node_and_legacy_queue_properties(amqp_server, rabbitmq):
     assert len(mine) == 1, new
     durable, _, exclusive = mine[0]
     assert exclusive and not durable, new
+
+
+def test_client_id_format(server):
+    """PROTOCOL.md §8 Client ids: NODE-WORKER-N, 16 hex digits of node id
+    (the same for every connection of a process), the worker number, a
+    counter."""
+    srv = server(workers=2)
+
+    async def scenario():
+        conns = [await ws_connect(srv) for _ in range(4)]
+        parts = []
+        for ws, cid in conns:
+            m = re.fullmatch(r"([0-9a-f]{16})-([0-9]+)-([0-9]+)", cid)
+            assert m, cid
+            parts.append((m.group(1), int(m.group(2))))
+            await ws.close()
+        assert len({node for node, _ in parts}) == 1, parts
+        assert all(0 <= w < 2 for _, w in parts), parts
+
+    run(scenario())
+
+
+def test_tls_alpn_http11_only_no_client_certificate(tls_server, tmp_path,
+                                                    pki):
+    """PROTOCOL.md TLS: ALPN offers http/1.1 only (a client offering h2
+    gets http/1.1), and no client certificate is requested (no
+    CertificateRequest in the handshake, TLS 1.2 and 1.3)."""
+    install(pki, tmp_path)
+    srv = tls_server()
+    ctx = client_ctx(pki)
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection((HOST, srv.port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=HOST) as tls:
+            assert tls.selected_alpn_protocol() == "http/1.1"
+    for version in ("-tls1_2", "-tls1_3"):
+        r = subprocess.run(
+            ["openssl", "s_client", "-connect", "%s:%d" % (HOST, srv.port),
+             version, "-msg", "-CAfile", pki["root.pem"]],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=10)
+        out = r.stdout + r.stderr
+        assert "ServerHello" in out, out[-2000:]
+        assert "Verify return code: 0" in out, out[-2000:]
+        assert "CertificateRequest" not in out, out[-2000:]
