@@ -61,8 +61,8 @@ class Tree:
                 self.cache[path] = None
                 return None
             if path.endswith(".py"):
-                found = set(re.findall(r"^\s*(?:async\s+)?def\s+(test_\w+)\s*\(",
-                                       src, re.M))
+                found = set(re.findall(
+                    r"^\s*(?:async\s+)?def\s+(test_\w+)\s*\(", src, re.M))
             elif path.endswith(".c"):
                 found = set(re.findall(
                     r"^(?:static\s+void\s+)?(test_\w+)\s*\(\s*void\s*\*\*",

@@ -2,8 +2,8 @@
 // Promises of docs/client.md that no other test pinned: connect_failed,
 // the console warning without an error handler, a token function called
 // again after 4002, queueSize 0, offChannel(channel) without fn,
-// BagouWebSocket.DEFAULTS, connectTimeout, and callbacks never called
-// synchronously.
+// BagouWebSocket.DEFAULTS, connectTimeout, callbacks never called
+// synchronously, and terminate() used on a dead connection.
 // Against a real bagou-server.
 const {describe, it, afterEach} = require("node:test");
 const assert = require("node:assert/strict");
@@ -199,5 +199,28 @@ describe("docs/client.md promises", function () {
     const msg = await T.within(answered, 2000, "the callback");
     assert.equal(calledInside, false);
     assert.equal(msg.data.error.code, "queue_full");
+  });
+
+  it("drops a dead connection with terminate() when the WebSocket has one",
+     async function () {
+    const srv = await start("");
+    let terminated = 0;
+    class CountingWS extends T.WS {
+      terminate() {
+        terminated += 1;
+        return super.terminate();
+      }
+    }
+    const ws = client(srv.url, {WebSocket: CountingWS, heartbeat: 100,
+                                heartbeatTimeout: 200});
+    await T.within(ws.once("open"), 5000, "open");
+    srv.signal("SIGSTOP");
+    try {
+      const closed = await T.within(ws.once("close"), 3000, "close");
+      assert.equal(closed.reason, "heartbeat timeout");
+      assert.ok(terminated >= 1, "terminate() was not called");
+    } finally {
+      srv.signal("SIGCONT");
+    }
   });
 });
