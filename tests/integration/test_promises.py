@@ -5,7 +5,8 @@ cores, the configuration file defaults to etc/bagou.ini, flags override
 the file, Origins compare case-insensitively, POST /broadcast without
 Content-Length is 411, every answer to a POST ends its connection, the
 node's and the legacy queue's properties in RabbitMQ, the client id
-format, and ALPN and no client certificate request on TLS."""
+format, ALPN and no client certificate request on TLS, and how numbers
+in a broadcast's data are re-serialized."""
 
 import asyncio
 import json
@@ -269,3 +270,31 @@ def test_tls_alpn_http11_only_no_client_certificate(tls_server, tmp_path,
         assert "ServerHello" in out, out[-2000:]
         assert "Verify return code: 0" in out, out[-2000:]
         assert "CertificateRequest" not in out, out[-2000:]
+
+
+def test_broadcast_numbers_reserialized(server):
+    """PROTOCOL.md §8 Broadcasts: data is re-serialized compactly; numbers
+    must fit a 64-bit integer or a double (9223372036854775808 and 1e400
+    are rejected with 400 bad_message), and 1e9 is delivered as
+    1000000000.0. A rejected broadcast reaches nobody: the next message
+    is the accepted one."""
+    srv = server()
+
+    async def scenario():
+        ws, _ = await ws_connect(srv)
+        for raw in ('{"event":"n","data":9223372036854775808}',
+                    '{"event":"n","data":[1e400]}'):
+            status, _, body = await asyncio.to_thread(
+                srv.post, "/broadcast", raw)
+            assert status == 400, (raw, status, body)
+            assert json.loads(body)["error"]["code"] == "bad_message", body
+        status, _, body = await asyncio.to_thread(
+            srv.post, "/broadcast",
+            '{"event":"n", "data": {"a": [1e9, 9223372036854775807, -0.5]}}')
+        assert status == 202, body
+        text = await asyncio.wait_for(ws.recv(), 5)
+        assert text == ('{"event":"n","data":{"a":[1000000000.0,'
+                        '9223372036854775807,-0.5]}}'), text
+        await ws.close()
+
+    run(scenario())
