@@ -5,8 +5,8 @@ cores, the configuration file defaults to etc/bagou.ini, flags override
 the file, Origins compare case-insensitively, POST /broadcast without
 Content-Length is 411, every answer to a POST ends its connection, the
 node's and the legacy queue's properties in RabbitMQ, the client id
-format, ALPN and no client certificate request on TLS, and how numbers
-in a broadcast's data are re-serialized."""
+format, ALPN, no client certificate request and per-start ticket keys on
+TLS, and how numbers in a broadcast's data are re-serialized."""
 
 import asyncio
 import json
@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 
@@ -298,3 +299,39 @@ def test_broadcast_numbers_reserialized(server):
         await ws.close()
 
     run(scenario())
+
+
+def tls_health(port, ctx, session=None):
+    """GET /health over TLS; returns (session, reused). The answer is read
+    whole first: TLS 1.3 tickets come after the handshake."""
+    with socket.create_connection((HOST, port), timeout=5) as s:
+        with ctx.wrap_socket(s, server_hostname=HOST,
+                             session=session) as t:
+            t.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                      b"Connection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = t.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            assert data.startswith(b"HTTP/1.1 200"), data
+            return t.session, t.session_reused
+
+
+def test_tls_ticket_keys_random_at_each_start(tls_server, tmp_path, pki):
+    """PROTOCOL.md TLS: the ticket keys are random at each start, so a
+    session from one server process does not resume on another started
+    with the same files (as after a restart); it still resumes on the
+    process that issued it."""
+    install(pki, tmp_path)
+    first = tls_server(workers=1)
+    second = tls_server(workers=1)
+    for v in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = client_ctx(pki, v, v)
+        session, reused = tls_health(first.port, ctx)
+        assert not reused
+        _, reused = tls_health(second.port, ctx, session)
+        assert not reused, v
+        _, reused = tls_health(first.port, ctx, session)
+        assert reused, v
