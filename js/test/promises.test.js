@@ -3,7 +3,8 @@
 // the console warning without an error handler, a token function called
 // again after 4002, queueSize 0, offChannel(channel) without fn,
 // BagouWebSocket.DEFAULTS, connectTimeout, callbacks never called
-// synchronously, and terminate() used on a dead connection.
+// synchronously, terminate() used on a dead connection, and the backoff
+// count starting again after a connection opened.
 // Against a real bagou-server.
 const {describe, it, afterEach} = require("node:test");
 const assert = require("node:assert/strict");
@@ -222,5 +223,27 @@ describe("docs/client.md promises", function () {
     } finally {
       srv.signal("SIGCONT");
     }
+  });
+
+  it("starts the backoff count again once a connection opens",
+     async function () {
+    let srv = await start("");
+    const port = srv.port;
+    const ws = client(srv.url, {reconnectDelay: 20, reconnectDelayMax: 40});
+    const attempts = [];
+    ws.on("reconnecting", function (a) { attempts.push(a.attempt); });
+    await T.within(ws.once("open"), 5000, "open");
+    await srv.stop();
+    await T.waitFor(function () { return attempts.length >= 3; }, 5000,
+                    "three reconnection attempts");
+    const reopened = ws.once("open");   // before the server is back
+    srv = await start("", port);
+    await T.within(reopened, 10000, "reopen");
+    const before = attempts.length;
+    assert.deepEqual(attempts.slice(0, 3), [1, 2, 3]);
+    await srv.stop();
+    await T.waitFor(function () { return attempts.length > before; }, 5000,
+                    "a reconnection after the second loss");
+    assert.equal(attempts[before], 1);
   });
 });
