@@ -24,6 +24,16 @@ from support import (HOST, free_port, http_get, run, server_binary,
                      wait_closed, wait_for, ws_connect)
 
 
+def api_listen_args():
+    """--api-listen on a free port when the binary has an API listener
+    (h-api), so a server started by hand never takes its default port."""
+    r = subprocess.run([server_binary(), "--help"], capture_output=True,
+                       text=True, timeout=10)
+    if "--api-listen" in r.stdout + r.stderr:
+        return ["--api-listen", "%s:%d" % (HOST, free_port())]
+    return []
+
+
 def test_sigint_closes_clients_1001_and_exits_0(server):
     srv = server(workers=2)
 
@@ -47,7 +57,7 @@ def test_workers_default_to_online_cores(tmp_path):
     log = open(tmp_path / "bagou.log", "wb")
     proc = subprocess.Popen(
         [server_binary(), "--config", str(ini), "--listen",
-         "%s:%d" % (HOST, port), "--amqp-url", "none"],
+         "%s:%d" % (HOST, port), "--amqp-url", "none"] + api_listen_args(),
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
         def health():
@@ -101,7 +111,7 @@ def test_flags_override_the_file(tmp_path):
     proc = subprocess.Popen(
         [server_binary(), "--config", str(ini), "--listen",
          "%s:%d" % (HOST, flag_port), "--workers", "1",
-         "--amqp-url", "none"],
+         "--amqp-url", "none"] + api_listen_args(),
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     try:
         def health():
