@@ -170,7 +170,7 @@ run: deps all
 
 # ---------------------------------------------------------------- tests
 test: test-packages deps all test-unit test-fuzz test-integration \
-      test-js test-sanitizers test-integration-asan
+      test-js test-sanitizers test-integration-asan test-promises
 	@echo "make test: all suites passed"
 
 test-unit: $(UNIT_BIN)
@@ -249,3 +249,10 @@ clean:
 	  "$(BUILD)/fuzzer,address"
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# Every promise of README.md, docs/PROTOCOL.md and docs/client.md has a
+# row in docs/PROMISES.md naming the tests that pin it; this fails when a
+# named test does not exist or a row is UNTESTED without a reason.
+.PHONY: test-promises
+test-promises:
+	$(Q)/usr/bin/python3 tests/check_promises.py

@@ -1,11 +1,15 @@
 "use strict";
 // Promises of docs/client.md that no other test pinned: connect_failed,
 // the console warning without an error handler, a token function called
-// again after 4002, queueSize 0, and offChannel(channel) without fn.
+// again after 4002, queueSize 0, offChannel(channel) without fn,
+// BagouWebSocket.DEFAULTS, connectTimeout, callbacks never called
+// synchronously, terminate() used on a dead connection, and the backoff
+// count starting again after a connection opened.
 // Against a real bagou-server.
 const {describe, it, afterEach} = require("node:test");
 const assert = require("node:assert/strict");
 const BagouWebSocket = require("../bagou.js");
+const net = require("node:net");
 const T = require("../support/testing.js");
 
 const SECRET = "promises-secret-0123456789";
@@ -140,5 +144,106 @@ describe("docs/client.md promises", function () {
     await T.waitFor(function () { return got.includes("s3"); }, 5000,
                     "the sentinel");
     assert.deepEqual(got.slice().sort(), ["a1", "b1", "s3"]);
+  });
+
+  it("BagouWebSocket.DEFAULTS holds the documented defaults", function () {
+    assert.deepEqual(Object.assign({}, BagouWebSocket.DEFAULTS), {
+      timeout: 10000, reconnect: true, reconnectDelay: 500,
+      reconnectDelayMax: 10000, reconnectAttempts: Infinity, queueSize: 100,
+      heartbeat: 25000, heartbeatTimeout: 10000, connectTimeout: 10000,
+      token: null});
+  });
+
+  it("connectTimeout bounds one attempt: a server that takes the TCP " +
+     "connection and never answers the handshake gets a new attempt",
+     async function () {
+    const accepted = [];
+    const hung = net.createServer(function (s) { accepted.push(s); });
+    await new Promise(function (r) { hung.listen(0, T.HOST, r); });
+    const url = "ws://" + T.HOST + ":" + hung.address().port + "/websocket";
+    try {
+      const ws = client(url, {connectTimeout: 200});
+      await T.waitFor(function () { return accepted.length >= 3; }, 3000,
+                      "attempts after connectTimeout");
+      assert.notEqual(ws.state, "open");
+      ws.close();
+      // connectTimeout 0: no limit, the one attempt just waits.
+      const before = accepted.length;
+      const patient = client(url, {connectTimeout: 0});
+      await T.sleep(1000);
+      assert.equal(accepted.length, before + 1);
+      assert.equal(patient.state, "connecting");
+    } finally {
+      for (const s of accepted) s.destroy();
+      await new Promise(function (r) { hung.close(r); });
+    }
+  });
+
+  it("never calls a callback synchronously inside the call that made it",
+     async function () {
+    const srv = await start("");
+    const ws = client(srv.url, {queueSize: 0});
+    await T.within(ws.once("open"), 5000, "open");
+    await srv.stop();
+    await T.waitFor(function () { return ws.state !== "open"; }, 5000,
+                    "the connection lost");
+    let inside = true;
+    let calledInside = null;
+    const answered = new Promise(function (resolve) {
+      // queueSize 0: the call fails at once, with queue_full.
+      ws.emit("x", {}, function (msg) {
+        calledInside = inside;
+        resolve(msg);
+      });
+    });
+    inside = false;
+    const msg = await T.within(answered, 2000, "the callback");
+    assert.equal(calledInside, false);
+    assert.equal(msg.data.error.code, "queue_full");
+  });
+
+  it("drops a dead connection with terminate() when the WebSocket has one",
+     async function () {
+    const srv = await start("");
+    let terminated = 0;
+    class CountingWS extends T.WS {
+      terminate() {
+        terminated += 1;
+        return super.terminate();
+      }
+    }
+    const ws = client(srv.url, {WebSocket: CountingWS, heartbeat: 100,
+                                heartbeatTimeout: 200});
+    await T.within(ws.once("open"), 5000, "open");
+    srv.signal("SIGSTOP");
+    try {
+      const closed = await T.within(ws.once("close"), 3000, "close");
+      assert.equal(closed.reason, "heartbeat timeout");
+      assert.ok(terminated >= 1, "terminate() was not called");
+    } finally {
+      srv.signal("SIGCONT");
+    }
+  });
+
+  it("starts the backoff count again once a connection opens",
+     async function () {
+    let srv = await start("");
+    const port = srv.port;
+    const ws = client(srv.url, {reconnectDelay: 20, reconnectDelayMax: 40});
+    const attempts = [];
+    ws.on("reconnecting", function (a) { attempts.push(a.attempt); });
+    await T.within(ws.once("open"), 5000, "open");
+    await srv.stop();
+    await T.waitFor(function () { return attempts.length >= 3; }, 5000,
+                    "three reconnection attempts");
+    const reopened = ws.once("open");   // before the server is back
+    srv = await start("", port);
+    await T.within(reopened, 10000, "reopen");
+    const before = attempts.length;
+    assert.deepEqual(attempts.slice(0, 3), [1, 2, 3]);
+    await srv.stop();
+    await T.waitFor(function () { return attempts.length > before; }, 5000,
+                    "a reconnection after the second loss");
+    assert.equal(attempts[before], 1);
   });
 });

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from rabbitmq import amqp_server, publisher, unique_exchange  # noqa: F401
-from support import (REPO, error_code, expect_silence, metric_sum,
+from support import (REPO, error_code, expect_nothing_pending, metric_sum,
                      recv_json, request, run, send_json, subscribe,
                      wait_for, ws_connect)
 
@@ -147,6 +147,22 @@ def callback_ok(cb, extra=None):
     return {"event": "callback", "callbackId": cb, "data": data}
 
 
+async def expect_app_done(ws, tag):
+    """Nothing more reaches ws from the application: an "echo" sent now
+    is answered next. The sentinel takes the same path as any answer of
+    the app (forwarded through RabbitMQ, answered by the app, published to
+    the broadcast exchange, consumed by ws's node), and each hop keeps
+    the order: the node forwards in order, the app takes its queue one
+    event at a time and publishes on one channel, the node's queue is
+    FIFO and a connection's messages are sent in order. So a late or
+    duplicate answer to any event the app got before this echo would
+    arrive first. expect_nothing_pending (a ping, answered by the node
+    itself) would not prove that: the app answers asynchronously."""
+    cb = "done-" + tag
+    reply = await request(ws, "echo", {"sentinel": tag}, callback_id=cb)
+    assert reply == callback_ok(cb, {"echo": {"sentinel": tag}}), reply
+
+
 def assert_failure(msg, cb, code):
     assert msg.get("event") == "callback" and msg.get("callbackId") == cb, \
         msg
@@ -174,8 +190,10 @@ def test_forwarded_not_auto_acked_then_answered_once(amqp_server, publisher,
                              "data": {"room": "room-1", "text": "hi"},
                              "callbackId": "c1"})
         await send_json(ws, {"event": "quiet", "data": 5})
-        # Not auto-acked: the application owes these callbacks.
-        await expect_silence(ws, 1.0)
+        # Not auto-acked: the application owes these callbacks. No app
+        # is running, so only the node could answer, and it answers a
+        # connection in order: the ping's pong is next.
+        await expect_nothing_pending(ws)
         await ws.close()
         return cid
 
@@ -231,10 +249,13 @@ def test_forwarded_not_auto_acked_then_answered_once(amqp_server, publisher,
         assert reply["event"] == "error", reply
         assert reply["data"]["code"] == "not_allowed", reply
         assert reply["data"]["event"] == "chat", reply
-        # Exactly once: nothing more arrives anywhere.
-        await expect_silence(ws, 1.0)
-        await expect_silence(other, 0.1)
-        await expect_silence(outside, 0.1)
+        # Exactly once: nothing more arrives anywhere. Each connection's
+        # own echo is the next thing it gets; other's and outside's are
+        # sent after the app answered all of ws's events, so a duplicate
+        # relay to them would have come first.
+        await expect_app_done(ws, "ws")
+        await expect_app_done(other, "other")
+        await expect_app_done(outside, "outside")
         for w in (ws, other, outside):
             await w.close()
 
@@ -288,14 +309,18 @@ def test_round_trip_across_two_nodes(amqp_server, app):
             assert await recv_json(sender) == callback_ok("x%d" % i)
             assert await recv_json(a1) == relay, "node A subscriber"
             assert await recv_json(b1) == relay, "node B subscriber"
-        for ws in (a1, b1, sender):
-            await expect_silence(ws, 0.3)
-        await expect_silence(a_out, 0.05)
+        # Nothing more on either node: the app publishes to one exchange
+        # that both nodes' queues are bound to, so each connection's own
+        # echo answer reaches its node after any earlier relay.
+        for i, ws in enumerate((a1, b1, sender, a_out)):
+            await expect_app_done(ws, "rt%d" % i)
         # The callback goes to the connection on whichever node holds it:
         # now one on node A.
         reply = await request(a1, "nope", callback_id="na")
         assert_failure(reply, "na", "unknown_event")
-        await expect_silence(sender, 0.2)
+        # Only a1 got that answer: sender's echo, sent after it, is
+        # sender's next message.
+        await expect_app_done(sender, "sender")
         for ws in (a1, a_out, b1, sender):
             await ws.close()
 
@@ -342,7 +367,7 @@ def test_cookie_login(amqp_server, publisher, app):
             "event": "chat", "channel": "room-a",
             "data": {"name": "Alice", "text": "hey", "from": cid}}
         assert await recv_json(ws) == callback_ok("c")
-        await expect_silence(ws, 0.3)
+        await expect_app_done(ws, "login")
         await ws.close()
 
         # Without a callbackId the answer still authenticates.
@@ -379,7 +404,7 @@ def test_cookie_login_refused(amqp_server, app):
             assert reply["event"] == "error", reply
             assert reply["data"]["code"] == "auth_failed", reply
             assert reply["data"]["event"] == "authenticate", reply
-            await expect_silence(ws, 0.3)
+            await expect_app_done(ws, "refused")
             await ws.close()
 
     run(scenario())
@@ -397,7 +422,8 @@ def test_cookie_forwarded_only_with_authenticate(amqp_server, publisher):
         await send_json(ws, {"event": "authenticate", "data": {"x": 1},
                              "callbackId": "a"})
         await send_json(ws, {"event": "other", "callbackId": "o"})
-        await expect_silence(ws, 0.5)
+        # No app: nothing answers these two; the node owes nothing.
+        await expect_nothing_pending(ws)
         await ws.close()
         return cid
 
@@ -443,10 +469,12 @@ def test_lifecycle_join_and_leave(amqp_server, publisher, app):
         assert await recv_json(a) == join(bid, "Bob")
         await subscribe(b, "room-2")
         assert await recv_json(b) == join(bid, "Bob", "room-2")
-        # Not a room: no notice.
+        # Not a room: no notice. The "subscribe" to news was forwarded
+        # before b's echo (same connection, in order), so a join notice
+        # for it would reach b (and then a, sending after) first.
         await subscribe(b, "news")
-        await expect_silence(b, 0.3)
-        await expect_silence(a, 0.05)
+        await expect_app_done(b, "news-b")
+        await expect_app_done(a, "news-a")
         # Unsubscribe: the others in the room see the leave.
         assert await request(b, "unsubscribe", {"channel": "room-1"},
                              callback_id="u") == \
@@ -467,8 +495,11 @@ def test_lifecycle_join_and_leave(amqp_server, publisher, app):
         await b.close()
         assert await recv_json(a) == leave(bid, "Bob")
         assert await recv_json(c) == leave(bid, "Bob", "room-2")
-        await expect_silence(a, 0.3)
-        await expect_silence(c, 0.05)
+        # One leave per room: the app had b's close before these echoes.
+        # (That the node forwards "close" once is checked on the tap
+        # below.)
+        await expect_app_done(a, "end-a")
+        await expect_app_done(c, "end-c")
         await a.close()
         await c.close()
         return aid, bid
@@ -476,7 +507,8 @@ def test_lifecycle_join_and_leave(amqp_server, publisher, app):
     aid, bid = run(scenario())
     seen = [(k, b["client"]["id"], b["data"], "callbackId" in b)
             for k, b in events.drain(tap, quiet=1.0)]
-    mine = [s for s in seen if s[1] == bid]
+    # (The "echo" sentinels are forwarded too: not lifecycle events.)
+    mine = [s for s in seen if s[1] == bid and s[0] != "echo"]
     assert mine == [
         ("open", bid, {}, False),
         ("subscribe", bid, {"channel": "room-1"}, False),
@@ -540,7 +572,9 @@ def test_forwarding_while_broker_down(amqp_server, app, rabbitmq):
             assert await request(ws, "subscribe", {"channel": "room-2"},
                                  callback_id="s") == \
                 callback_ok("s", {"channel": "room-2"})
-            await expect_silence(ws, 0.3)
+            # No late answer from the node (the app is cut off too: a
+            # join it sent later would come before the chat below).
+            await expect_nothing_pending(ws)
         finally:
             await asyncio.to_thread(rabbitmq.start_app)
         await asyncio.to_thread(srv.wait_amqp, "connected", 20.0)
@@ -667,7 +701,8 @@ def test_client_cannot_forge_lifecycle_events(amqp_server, publisher):
             assert err["event"] == "error", err
             assert err["data"]["code"] == "unknown_event", err
             assert err["data"]["event"] == name, err
-        await expect_silence(ws, 0.3)
+        # No app: only the node answers, and nothing else is pending.
+        await expect_nothing_pending(ws)
         await ws.close()
         return cid
 
