@@ -86,6 +86,9 @@ bg_config_defaults(struct bg_config *cfg)
 	cfg->log_level = BG_LOG_INFO;
 	cfg->rate = 100;
 	cfg->burst = 200;
+	cfg->close_timeout = 5;
+	cfg->max_fragments = 1024;
+	cfg->fragment_timeout = 30;
 	strcpy(cfg->private_prefix, "private-");
 }
 
@@ -391,6 +394,11 @@ static const struct key keys[] = {
 	{ "server", "origins", parse_origins, OFF(origins), STR(origins) },
 	{ "limits", "rate", parse_int, OFF(rate), 0, 1000000 },
 	{ "limits", "burst", parse_int, OFF(burst), 1, 1000000 },
+	{ "limits", "close_timeout", parse_int, OFF(close_timeout), 1, 600 },
+	{ "limits", "max_fragments", parse_int, OFF(max_fragments),
+	  1, 1000000 },
+	{ "limits", "fragment_timeout", parse_int, OFF(fragment_timeout),
+	  1, 3600 },
 	{ "auth", "secret", parse_str, OFF(auth_secret), STR(auth_secret) },
 	{ "auth", "private_prefix", parse_str, OFF(private_prefix),
 	  STR(private_prefix) },

@@ -44,6 +44,10 @@ struct bg_config {
 	size_t max_queued_bytes;         /* 1048576 per connection */
 	int rate;                        /* client messages/s, 0 = no limit */
 	int burst;                       /* messages allowed at once */
+	int close_timeout;               /* s for the close handshake, 5 */
+	int max_fragments;               /* frames in one message, 1024 */
+	int fragment_timeout;            /* s to finish a fragmented
+	                                    message, 30 */
 
 	/* [channels] */
 	int client_publish;              /* enum bg_publish_policy, none */
