@@ -200,6 +200,8 @@ bg_conn_write(struct bg_conn *c)
 	size_t n = 0;
 
 	c->want_write = false;
+	if (c->close_sent)
+		return 0; /* lws still calls WRITEABLE while it awaits the ack */
 	if (c->q_count == 0) {
 		if (c->closing) {
 			/* lws sends it, then waits close_timeout for the
@@ -208,6 +210,7 @@ bg_conn_write(struct bg_conn *c)
 			lws_close_reason(c->wsi,
 					 (enum lws_close_status)c->close_code,
 					 (unsigned char *)why, strlen(why));
+			c->close_sent = true;
 			return -1;
 		}
 		return 0;

@@ -43,6 +43,7 @@ struct bg_conn {
 	struct bg_conn *dirty_next;    /* worker's flush list */
 	bool established;              /* connect sent, in lists */
 	bool closing;                  /* close_code will be sent */
+	bool close_sent;               /* handed to lws: only the ack left */
 	bool in_dirty;
 	bool want_write;               /* lws_callback_on_writable pending */
 	uint16_t close_code;

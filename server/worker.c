@@ -53,6 +53,18 @@ static const struct lws_protocols protocols[] = {
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
+/* Closes for a reason of ours from inside lws's callbacks: the rest of
+ * what the client sends is ignored (closing) while lws finishes the write
+ * in progress; then the close frame (bg_conn_fail). Returning -1 instead
+ * made lws stop at once, and a client still sending could see a reset
+ * before the close frame. */
+static int
+fail(struct bg_conn *c, uint16_t code, const char *why)
+{
+	bg_conn_fail(c, code, why);
+	return 0;
+}
+
 static int
 close_with(struct lws *wsi, uint16_t code, const char *why)
 {
@@ -101,14 +113,12 @@ on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 	if (!c->established || c->closing)
 		return 0;
 	if (lws_frame_is_binary(wsi))
-		return close_with(wsi, 1003, "binary frames are not "
-				  "supported");
+		return fail(c, 1003, "binary frames are not supported");
 	if (c->rx_len + len + remaining > max)
-		return close_with(wsi, 1009, "message too big");
+		return fail(c, 1009, "message too big");
 	if (remaining == 0 && !final && (code = on_fragment(c)) != 0)
-		return close_with(wsi, code, code == 1009 ?
-				  "too many fragments" :
-				  "fragmented message too slow");
+		return fail(c, code, code == 1009 ? "too many fragments" :
+			    "fragmented message too slow");
 	if (complete && c->rx_len == 0) {
 		if (c->rx_frames > 0) {
 			c->rx_frames = 0;
@@ -205,10 +215,9 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		if (!c->established || c->closing)
 			return 0;
 		if (bg_conn_expired(c))
-			return close_with(wsi, 4002, "token expired");
+			return fail(c, 4002, "token expired");
 		if (c->rx_deadline_ms > 0 && mono_ms() >= c->rx_deadline_ms)
-			return close_with(wsi, 1008, "fragmented message too "
-					  "slow");
+			return fail(c, 1008, "fragmented message too slow");
 		bg_conn_arm_timer(c);
 		return 0;
 	case LWS_CALLBACK_RECEIVE:

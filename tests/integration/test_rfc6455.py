@@ -836,3 +836,31 @@ def test_large_frames_not_interleaved_with_pongs(server):
         assert seqs == [0, 1, 2, 3]
     finally:
         ws.close()
+
+
+@pytest.mark.parametrize("code", [1003, 1009])
+def test_protocol_close_waits_for_the_frame_in_progress(server, code):
+    """A close started in the receive callback (1003: a binary frame; 1009:
+    a message too big, which the client goes on sending) while a frame is
+    half written: the frame is finished, then the close frame follows."""
+    s = server({"limits": {"max_message_size": 1000000,
+                           "max_queued_bytes": 8000000,
+                           "close_timeout": 10}}, workers=1)
+    ws = connect(s, rcvbuf=8192)
+    try:
+        ws.send_text(json.dumps({"event": "subscribe", "callbackId": "s",
+                                 "data": {"channel": "big"}}))
+        op, payload = ws.recv_message()
+        s.broadcast({"event": "big", "channel": "big",
+                     "data": {"seq": 0, "pad": "w" * 700000}})
+        time.sleep(0.3)             # the frame is now half written
+        if code == 1003:
+            ws.send_frame(OP_BINARY, b"x")
+        else:
+            ws.send_frame(OP_TEXT, b"x" * 1000001)
+        fin, op, payload = ws.recv_frame(timeout=10)
+        assert (fin, op) == (True, OP_TEXT)
+        assert json.loads(payload)["data"]["seq"] == 0
+        expect_close(ws, code, timeout=10)
+    finally:
+        ws.close()
