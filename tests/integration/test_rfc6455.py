@@ -13,7 +13,6 @@ text frame (a processed message) came before it.
 """
 
 import json
-import os
 import re
 import socket
 import struct
@@ -22,9 +21,8 @@ import time
 import pytest
 
 from rawws import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
-                   Closed, RawWS, build_frame, handshake_request,
-                   parse_frames)
-from support import HOST, Server, http_get, metric_sum, wait_for
+                   Closed, RawWS, build_frame, parse_frames)
+from support import HOST, Server, metric_sum
 
 PING = b'{"event":"ping"}'
 PONG = {"event": "pong"}
@@ -763,9 +761,8 @@ def test_slow_consumer_gets_complete_close_4001(server):
         # while it does not read.
         pad = "y" * 200000
         for seq in range(40):
-            status, _, _ = http_get(s.port, "/health")
-            st = s.broadcast({"event": "big", "channel": "big",
-                              "data": {"seq": seq, "pad": pad}})
+            s.broadcast({"event": "big", "channel": "big",
+                         "data": {"seq": seq, "pad": pad}})
             try:
                 ws.send_frame(OP_PING, b"p%d" % seq)
             except OSError:
