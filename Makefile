@@ -43,7 +43,7 @@ LIBS     := $(LWS_LIB) -levent -lrabbitmq -ljwt -lssl -lcrypto -lz -lcap \
             -ljansson -linih -lm
 
 # Packages: what building needs, and what the tests add.
-BUILD_PKGS := gcc make pkg-config cmake dpkg-dev ca-certificates \
+BUILD_PKGS := gcc make pkg-config cmake dpkg-dev patch ca-certificates \
               libevent-dev libjansson-dev libck-dev libinih-dev \
               libssl-dev libcap-dev zlib1g-dev librabbitmq-dev libjwt-dev
 TEST_PKGS  := libcmocka-dev python3 python3-websockets python3-pytest curl \
@@ -95,10 +95,26 @@ test-packages: packages
 deps: packages $(LWS_LIB)
 
 # libwebsockets 4.1.6 from Debian's own source package, built with libevent
-# (Debian's binary package has no libevent support). A private sources list
-# under build/, pointing at the mirror the system already uses, keeps the
-# system's apt configuration untouched.
-$(LWS_LIB):
+# (Debian's binary package has no libevent support), with our patches from
+# deps/lws/ on top (see their headers) and without HTTP/2. A private sources
+# list under build/, pointing at the mirror the system already uses, keeps
+# the system's apt configuration untouched. The stamp holds the version, the
+# cmake flags and the patches' checksum: when any changes, an existing
+# checkout rebuilds libwebsockets by itself.
+LWS_PATCHES := $(sort $(wildcard deps/lws/*.patch))
+LWS_CMAKE := -DLWS_WITH_LIBEVENT=ON -DLWS_WITH_EVLIB_PLUGINS=OFF \
+	-DLWS_WITH_SHARED=OFF -DLWS_WITH_STATIC=ON -DLWS_WITHOUT_TESTAPPS=ON \
+	-DLWS_WITHOUT_EXTENSIONS=OFF -DLWS_WITH_HTTP2=OFF -DDISABLE_WERROR=ON \
+	-DCMAKE_BUILD_TYPE=Release
+LWS_CONFIG := $(LWS_VER) $(LWS_CMAKE) \
+	$(firstword $(shell cat $(LWS_PATCHES) /dev/null | sha256sum))
+LWS_STAMP := $(BUILD)/lws-config.stamp
+
+$(LWS_STAMP): FORCE
+	@mkdir -p $(BUILD)
+	$(Q)echo '$(LWS_CONFIG)' | cmp -s - $@ || echo '$(LWS_CONFIG)' > $@
+
+$(LWS_LIB): $(LWS_STAMP)
 	$(Q)$(MAKE) --no-print-directory packages
 	@echo "  LWS    libwebsockets $(LWS_VER) from Debian source (once)"
 	$(Q)set -e; top=$$(pwd); apt=$$top/$(BUILD)/apt; \
@@ -112,14 +128,17 @@ $(LWS_LIB):
 	echo "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $$uri $$suite main" > $$apt/sources.list; \
 	A="-o Dir::Etc::SourceList=$$apt/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$$apt/lists"; \
 	apt-get $$A update -qq >$(BUILD)/lws-fetch.log 2>&1; \
-	rm -rf $(BUILD)/src/libwebsockets-4.1.6; \
+	rm -rf $(BUILD)/src/libwebsockets-4.1.6 $(BUILD)/lws-build $(LWS_DIR); \
+	mkdir -p $(BUILD)/lws-build; \
 	(cd $(BUILD)/src && apt-get $$A source libwebsockets=$(LWS_VER)) >>$(BUILD)/lws-fetch.log 2>&1 \
 	  || { cat $(BUILD)/lws-fetch.log; exit 1; }; \
+	for p in $(LWS_PATCHES); do \
+	  echo "  PATCH  $$p"; \
+	  patch -d $(BUILD)/src/libwebsockets-4.1.6 -p1 -s --no-backup-if-mismatch \
+	    < $$p || exit 1; \
+	done; \
 	cd $(BUILD)/lws-build && cmake ../src/libwebsockets-4.1.6 \
-	  -DLWS_WITH_LIBEVENT=ON -DLWS_WITH_EVLIB_PLUGINS=OFF \
-	  -DLWS_WITH_SHARED=OFF -DLWS_WITH_STATIC=ON -DLWS_WITHOUT_TESTAPPS=ON \
-	  -DLWS_WITHOUT_EXTENSIONS=OFF -DDISABLE_WERROR=ON \
-	  -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=$$top/$(LWS_DIR) \
+	  $(LWS_CMAKE) -DCMAKE_INSTALL_PREFIX=$$top/$(LWS_DIR) \
 	  >../lws-cmake.log 2>&1 || { cat ../lws-cmake.log; exit 1; }; \
 	$(MAKE) -j2 >../lws-make.log 2>&1 || { tail -50 ../lws-make.log; exit 1; }; \
 	$(MAKE) install >../lws-install.log 2>&1
@@ -256,3 +275,7 @@ clean:
 .PHONY: test-promises
 test-promises:
 	$(Q)/usr/bin/python3 tests/check_promises.py
+
+# Rules that must always run (the libwebsockets stamp checks itself).
+FORCE:
+.PHONY: FORCE

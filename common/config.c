@@ -92,6 +92,9 @@ bg_config_defaults(struct bg_config *cfg)
 	cfg->limit_loopback = false;
 	cfg->handshake_timeout = 10;
 	cfg->backpressure = 50;
+	cfg->close_timeout = 5;
+	cfg->max_fragments = 1024;
+	cfg->fragment_timeout = 30;
 	strcpy(cfg->private_prefix, "private-");
 	strcpy(cfg->api_host, "127.0.0.1");
 	cfg->api_port = 9001;
@@ -469,6 +472,11 @@ static const struct key keys[] = {
 	{ "limits", "handshake_timeout", parse_int, OFF(handshake_timeout),
 	  0, 3600 },
 	{ "limits", "backpressure", parse_int, OFF(backpressure), 0, 100 },
+	{ "limits", "close_timeout", parse_int, OFF(close_timeout), 1, 600 },
+	{ "limits", "max_fragments", parse_int, OFF(max_fragments),
+	  1, 1000000 },
+	{ "limits", "fragment_timeout", parse_int, OFF(fragment_timeout),
+	  1, 3600 },
 	{ "auth", "secret", parse_str, OFF(auth_secret), STR(auth_secret) },
 	{ "auth", "private_prefix", parse_str, OFF(private_prefix),
 	  STR(private_prefix) },

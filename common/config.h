@@ -63,6 +63,10 @@ struct bg_config {
 	int backpressure;                /* 50: % of a worker's connections
 	                                    backed up before broadcasts are
 	                                    refused; 0 = never */
+	int close_timeout;               /* s for the close handshake, 5 */
+	int max_fragments;               /* frames in one message, 1024 */
+	int fragment_timeout;            /* s to finish a fragmented
+	                                    message, 30 */
 
 	/* [channels] */
 	int client_publish;              /* enum bg_publish_policy, none */

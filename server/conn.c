@@ -108,7 +108,6 @@ q_clear(struct bg_conn *c)
 {
 	while (c->q_count > 0)
 		q_pop(c);
-	c->q_off = 0;
 	free(c->q);
 	c->q = NULL;
 	c->q_cap = 0;
@@ -124,18 +123,25 @@ want_writable(struct bg_conn *c)
 	}
 }
 
-/* Closes at once, from outside lws's callbacks for this connection: the
- * close frame goes out if the socket takes it, then lws frees the wsi. */
+/* Starts the close handshake with code and why (static text or NULL).
+ * With drop, what is queued and not yet handed to lws is dropped, else it
+ * is sent first. lws finishes the write in progress, then asks for
+ * WRITEABLE, where bg_conn_write hands it the close frame. A client that
+ * takes nothing is cut after close_timeout. Safe inside and outside lws's
+ * callbacks for this connection. */
 static void
-kill_async(struct bg_conn *c, uint16_t code, const char *why)
+start_close(struct bg_conn *c, uint16_t code, const char *why, bool drop)
 {
 	c->closing = true;
 	c->close_code = code;
-	lws_close_reason(c->wsi, (enum lws_close_status)code,
-			 (unsigned char *)why, strlen(why));
-	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
-	/* lws runs its timers only after one of its own events: the worker
-	 * wakes it once its current batch is done (bg_worker_kick). */
+	c->close_why = why;
+	if (drop)
+		q_clear(c);
+	want_writable(c);
+	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK,
+			c->w->srv->cfg->close_timeout);
+	/* lws arms its timers only after one of its own events: the worker
+	 * wakes it once its current batch is done (flush_dirty). */
 	c->w->kick = true;
 }
 
@@ -147,8 +153,7 @@ bg_conn_cut_if_stalled(struct bg_conn *c, uint64_t now)
 	bg_stat_add(&c->w->stats.slow_consumer_closes, 1);
 	bg_log_info("client %s: %zu bytes queued, none taken for %d ms, "
 		    "closing (4001)", c->id, c->q_bytes, BG_STALL_MS);
-	q_clear(c);
-	kill_async(c, 4001, "slow consumer");
+	bg_conn_fail(c, 4001, "slow consumer");
 	return true;
 }
 
@@ -166,7 +171,7 @@ bg_conn_push(struct bg_conn *c, struct bg_wframe *f, const uint8_t *data,
 		 * limit is about what the client leaves unread, so write
 		 * first. */
 		if (bg_conn_write(c) < 0) {
-			kill_async(c, 1011, "write failed");
+			bg_conn_fail(c, 1011, "write failed");
 			return false;
 		}
 	}
@@ -184,12 +189,11 @@ bg_conn_push(struct bg_conn *c, struct bg_wframe *f, const uint8_t *data,
 		bg_log_throttled(&throttle, BG_LOG_INFO, "client %s: %zu bytes "
 				 "queued, closing (4001)", c->id,
 				 c->q_bytes + len);
-		q_clear(c);
-		kill_async(c, 4001, "slow consumer");
+		bg_conn_fail(c, 4001, "slow consumer");
 		return false;
 	}
 	if (c->q_count == c->q_cap && !q_grow(c)) {
-		kill_async(c, 1011, "out of memory");
+		bg_conn_fail(c, 1011, "out of memory");
 		return false;
 	}
 	c->q[(c->q_head + c->q_count) & (c->q_cap - 1)] =
@@ -244,42 +248,43 @@ bg_conn_write(struct bg_conn *c)
 	size_t n = 0;
 
 	c->want_write = false;
+	if (c->close_sent)
+		return 0; /* lws still calls WRITEABLE while it awaits the ack */
 	if (c->q_count == 0) {
 		if (c->closing) {
+			/* lws sends it, then waits close_timeout for the
+			 * client's own close frame. */
+			const char *why = c->close_why ? c->close_why : "";
 			lws_close_reason(c->wsi,
 					 (enum lws_close_status)c->close_code,
-					 NULL, 0);
+					 (unsigned char *)why, strlen(why));
+			c->close_sent = true;
 			return -1;
 		}
 		return 0;
 	}
-	if (c->q_count == 1 || c->q[c->q_head].len - c->q_off >=
-	    BG_WRITE_MAX / 2) {
+	if (c->q_count == 1 || c->q[c->q_head].len >= BG_WRITE_MAX / 2) {
 		/* One frame (or a big one): straight from its shared bytes,
-		 * at most BG_WRITE_MAX at a time so lws never copies. */
+		 * and always whole: what the socket does not take, lws keeps
+		 * and sends before anything else, so its own PING, PONG or
+		 * CLOSE never lands inside one of our frames (a frame split
+		 * across WRITEABLE callbacks could be). lws copies only the
+		 * part of a frame over tx_packet_size that the socket
+		 * refused. */
 		struct bg_out *e = &c->q[c->q_head];
-		n = e->len - c->q_off;
-		if (n > BG_WRITE_MAX)
-			n = BG_WRITE_MAX;
-		if (lws_write(c->wsi, (uint8_t *)e->data + c->q_off, n,
+		if (lws_write(c->wsi, (uint8_t *)e->data, e->len,
 			      LWS_WRITE_RAW) < 0)
 			return -1;
-		c->q_off += (uint32_t)n;
-		if (c->q_off == e->len) {
-			c->q_off = 0;
-			q_pop(c);
-			sent = 1;
-		}
+		q_pop(c);
+		sent = 1;
 	} else {
 		/* Many frames: gather whole frames into one send. */
 		while (c->q_count > 0) {
 			struct bg_out *e = &c->q[c->q_head];
-			size_t part = e->len - c->q_off;
-			if (n + part > BG_WRITE_MAX)
+			if (n + e->len > BG_WRITE_MAX)
 				break;
-			memcpy(buf + n, e->data + c->q_off, part);
-			n += part;
-			c->q_off = 0;
+			memcpy(buf + n, e->data, e->len);
+			n += e->len;
 			q_pop(c);
 			sent++;
 		}
@@ -295,11 +300,15 @@ bg_conn_write(struct bg_conn *c)
 void
 bg_conn_begin_close(struct bg_conn *c, uint16_t code)
 {
-	if (c->closing)
-		return;
-	c->closing = true;
-	c->close_code = code;
-	want_writable(c);
+	if (!c->closing)
+		start_close(c, code, NULL, false);
+}
+
+void
+bg_conn_fail(struct bg_conn *c, uint16_t code, const char *why)
+{
+	if (!c->closing)
+		start_close(c, code, why, true);
 }
 
 /* ------------------------------------------------------------ replies */
@@ -546,7 +555,7 @@ bg_conn_receive(struct bg_conn *c, const char *buf, size_t len)
 	}
 	json_decref(req.root);
 	if (close_now)
-		bg_conn_begin_close(c, 1008);
+		bg_conn_fail(c, 1008, "rate limit");
 }
 
 bool
@@ -630,13 +639,7 @@ bg_conn_authenticated(struct bg_conn *c, struct bg_identity *id,
 	bg_identity_move(&c->ident, id);
 	/* Another identity: private channels it may not read are left. */
 	drop_forbidden_private(c);
-	if (c->ident.exp > 0) {
-		int64_t left = c->ident.exp - (int64_t)time(NULL);
-		lws_set_timer_usecs(c->wsi, (lws_usec_t)(left > 0 ? left : 0) *
-				    LWS_US_PER_SEC);
-	} else {
-		lws_set_timer_usecs(c->wsi, LWS_SET_TIMER_USEC_CANCEL);
-	}
+	bg_conn_arm_timer(c);
 	if (req != NULL) {
 		user = json_pack("{s:s}", "id", c->ident.user);
 		if (user != NULL && c->ident.info != NULL)
@@ -682,6 +685,25 @@ bg_conn_token_at_connect(struct bg_conn *c, const char *token)
 	bg_stat_add(&c->w->stats.client_errors[BG_CODE_AUTH_FAILED], 1);
 	s = bg_proto_failure(NULL, "connect", BG_CODE_AUTH_FAILED, err, &len);
 	bg_conn_send_json(c, s, len);
+}
+
+void
+bg_conn_arm_timer(struct bg_conn *c)
+{
+	int64_t at_ms = 0, now = (int64_t)now_ms(), left;
+
+	if (c->ident.exp > 0)
+		at_ms = now + (c->ident.exp - (int64_t)time(NULL)) * 1000;
+	if (c->rx_deadline_ms > 0 &&
+	    (at_ms == 0 || (int64_t)c->rx_deadline_ms < at_ms))
+		at_ms = (int64_t)c->rx_deadline_ms;
+	if (at_ms == 0) {
+		lws_set_timer_usecs(c->wsi, LWS_SET_TIMER_USEC_CANCEL);
+		return;
+	}
+	left = at_ms - now;
+	lws_set_timer_usecs(c->wsi, (lws_usec_t)(left > 0 ? left : 0) *
+			    1000);
 }
 
 bool

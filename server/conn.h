@@ -44,9 +44,11 @@ struct bg_conn {
 	struct bg_conn *dirty_next;    /* worker's flush list */
 	bool established;              /* connect sent, in lists */
 	bool closing;                  /* close_code will be sent */
+	bool close_sent;               /* handed to lws: only the ack left */
 	bool in_dirty;
 	bool want_write;               /* lws_callback_on_writable pending */
 	uint16_t close_code;
+	const char *close_why;         /* static text for the close frame */
 
 	char id[BG_ID_MAX + 1];
 	struct bg_chan_sub *id_sub;    /* entry in the worker's id table */
@@ -67,11 +69,12 @@ struct bg_conn {
 	/* Incoming message being reassembled across fragments. */
 	char *rx;
 	size_t rx_len, rx_cap;
+	uint32_t rx_frames;            /* its frames so far (fragments) */
+	uint64_t rx_deadline_ms;       /* monotonic; 0 = not fragmented */
 
 	/* Outbound queue: a ring of entries, bounded in bytes. */
 	struct bg_out *q;
 	uint32_t q_head, q_count, q_cap;
-	uint32_t q_off;                /* bytes of the head already sent */
 	size_t q_bytes;
 	bool backed_up;                /* counted in w->backed_up */
 	uint64_t backed_ms;            /* backed up: last queue progress */
@@ -122,8 +125,15 @@ void bg_conn_send_json(struct bg_conn *c, char *json, size_t len);
  * Returns -1 when lws should close the connection. */
 int bg_conn_write(struct bg_conn *c);
 
-/* Starts closing with code: flushes what is queued, then closes. */
+/* Starts closing with code: flushes what is queued, then sends the close
+ * frame and waits [limits] close_timeout for the client's (the whole
+ * close is cut after close_timeout if the client takes nothing). */
 void bg_conn_begin_close(struct bg_conn *c, uint16_t code);
+
+/* Closes with code and why (static text, may be NULL) for a reason of the
+ * server's (4001, 1001, 1008, 1009, 4002...): drops what is queued, lets
+ * the write in progress finish, then closes as bg_conn_begin_close. */
+void bg_conn_fail(struct bg_conn *c, uint16_t code, const char *why);
 
 /* Replies: success (extra members borrowed, may be NULL) answered only
  * when the request has a callbackId; failure as callback or error event;
@@ -154,6 +164,11 @@ void bg_conn_apply_auth(struct bg_conn *c, const char *auth_json);
 /* Authenticates from ?token= at connect; failures are sent as an error
  * event (code auth_failed) and leave the connection anonymous. */
 void bg_conn_token_at_connect(struct bg_conn *c, const char *token);
+
+/* Arms the connection's lws timer for the earlier of the identity's
+ * expiry and the deadline of a fragmented message (rx_deadline_ms, on the
+ * CLOCK_MONOTONIC milliseconds clock), or cancels it. */
+void bg_conn_arm_timer(struct bg_conn *c);
 
 /* LWS_CALLBACK_TIMER: true when the identity expired and the connection
  * must close with 4002. */

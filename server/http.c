@@ -84,20 +84,63 @@ respond_error(struct lws *wsi, unsigned int status, const char *code,
 	return rc;
 }
 
-/* Refuses an upgrade with a plain HTTP/1.1 status: lws_return_http_status
- * would answer HTTP/1.0 here, which WebSocket clients reject. */
+/* Refuses an upgrade with a plain HTTP/1.1 status (and extra, a header
+ * line with its CRLF, or ""): lws_return_http_status would answer
+ * HTTP/1.0 here, which WebSocket clients reject. */
 static int
-refuse_upgrade(struct lws *wsi, const char *status)
+refuse_upgrade_with(struct lws *wsi, const char *status, const char *extra)
 {
-	char resp[160];
+	char resp[256];
 	uint8_t buf[LWS_PRE + sizeof(resp)];
 	int n;
 
-	n = snprintf(resp, sizeof(resp), "HTTP/1.1 %s\r\nContent-Length: 0"
-		     "\r\nConnection: close\r\n\r\n", status);
+	n = snprintf(resp, sizeof(resp), "HTTP/1.1 %s\r\n%sContent-Length: 0"
+		     "\r\nConnection: close\r\n\r\n", status, extra);
 	memcpy(buf + LWS_PRE, resp, (size_t)n);
 	lws_write(wsi, buf + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_HEADERS);
 	return -1;
+}
+
+static int
+refuse_upgrade(struct lws *wsi, const char *status)
+{
+	return refuse_upgrade_with(wsi, status, "");
+}
+
+/* True when the comma-separated header value lists token
+ * (case-insensitive, whole entries, spaces and tabs around them). */
+static bool
+header_lists(const char *value, const char *token)
+{
+	size_t len = strlen(token);
+	const char *p = value;
+
+	while (*p) {
+		size_t n;
+		while (*p == ',' || *p == ' ' || *p == '\t')
+			p++;
+		n = strcspn(p, ", \t");
+		if (n == len && strncasecmp(p, token, n) == 0)
+			return true;
+		p += n;
+	}
+	return false;
+}
+
+/* RFC 6455 4.1: the base64 of 16 bytes, 24 characters. */
+static bool
+key_valid(const char *k)
+{
+	static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop"
+				  "qrstuvwxyz0123456789+/";
+
+	if (strlen(k) != 24 || strcmp(k + 22, "==") != 0 ||
+	    strchr("AQgw", k[21]) == NULL)
+		return false;
+	for (int i = 0; i < 21; i++)
+		if (strchr(b64, k[i]) == NULL)
+			return false;
+	return true;
 }
 
 /* True when origin is one of the comma-separated list (case-insensitive,
@@ -121,18 +164,43 @@ origin_listed(const char *list, const char *origin)
 }
 
 int
-bg_http_confirm_upgrade(struct bg_worker *w, struct lws *wsi)
+bg_http_confirm_upgrade(struct bg_worker *w, struct lws *wsi,
+			const char *upgrade)
 {
 	const struct bg_config *cfg = w->srv->cfg;
-	char uri[256], origin[512];
+	char uri[256], origin[512], h[256];
 
+	/* Only WebSocket: "Upgrade: h2c" is served as plain HTTP/1.1
+	 * (libwebsockets is built without HTTP/2). */
+	if (upgrade == NULL || strcasecmp(upgrade, "websocket") != 0)
+		return 0;
 	if (lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI) <= 0 ||
 	    strcmp(uri, cfg->path) != 0)
 		return refuse_upgrade(wsi, "404 Not Found");
+	/* RFC 6455 4.2.2: any version but 13 gets 426 naming 13. */
+	if (lws_hdr_copy(wsi, h, sizeof(h), WSI_TOKEN_VERSION) <= 0 ||
+	    strcmp(h, "13") != 0)
+		return refuse_upgrade_with(wsi, "426 Upgrade Required",
+					   "Sec-WebSocket-Version: 13\r\n");
+	/* What libwebsockets would otherwise refuse with a bare close. */
+	if (lws_hdr_copy(wsi, h, sizeof(h), WSI_TOKEN_KEY) <= 0 ||
+	    !key_valid(h) ||
+	    lws_hdr_total_length(wsi, WSI_TOKEN_HOST) <= 0 ||
+	    lws_hdr_copy(wsi, h, sizeof(h), WSI_TOKEN_CONNECTION) <= 0 ||
+	    !header_lists(h, "upgrade"))
+		return refuse_upgrade(wsi, "400 Bad Request");
+	/* A client that asks for subprotocols must be offered one of them
+	 * (RFC 6455 4.1): ours is "bagou"; other lists get 400. */
+	if (lws_hdr_total_length(wsi, WSI_TOKEN_PROTOCOL) > 0 &&
+	    (lws_hdr_copy(wsi, h, 128, WSI_TOKEN_PROTOCOL) <= 0 ||
+	     !header_lists(h, "bagou")))
+		return refuse_upgrade(wsi, "400 Bad Request");
 	if (cfg->origins[0] != '\0' &&
 	    (lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN) <= 0
 	     || !origin_listed(cfg->origins, origin)))
 		return refuse_upgrade(wsi, "403 Forbidden");
+	if (w->stopping)
+		return refuse_upgrade(wsi, "503 Service Unavailable");
 	return 0;
 }
 

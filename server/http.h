@@ -19,9 +19,13 @@ struct bg_stats;
 
 #define BG_HTTP_METRICS_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
-/* LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: 0 to accept, -1 after answering
- * 404 (wrong path). */
-int bg_http_confirm_upgrade(struct bg_worker *w, struct lws *wsi);
+/* LWS_CALLBACK_HTTP_CONFIRM_UPGRADE (upgrade: the Upgrade header): 0 to
+ * accept (or, for anything but websocket, to serve plain HTTP/1.1), -1
+ * after answering an HTTP status: 404 wrong path, 426 version not 13, 400
+ * bad key, Host, Connection or subprotocol list, 403 Origin, 503
+ * stopping. */
+int bg_http_confirm_upgrade(struct bg_worker *w, struct lws *wsi,
+			    const char *upgrade);
 
 /* Every LWS_CALLBACK_HTTP* reason; returns what lws expects. */
 int bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/frame.h"
@@ -60,6 +61,18 @@ static const struct lws_protocols protocols[] = {
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
 };
 
+/* Closes for a reason of ours from inside lws's callbacks: the rest of
+ * what the client sends is ignored (closing) while lws finishes the write
+ * in progress; then the close frame (bg_conn_fail). Returning -1 instead
+ * made lws stop at once, and a client still sending could see a reset
+ * before the close frame. */
+static int
+fail(struct bg_conn *c, uint16_t code, const char *why)
+{
+	bg_conn_fail(c, code, why);
+	return 0;
+}
+
 static int
 close_with(struct lws *wsi, uint16_t code, const char *why)
 {
@@ -68,25 +81,62 @@ close_with(struct lws *wsi, uint16_t code, const char *why)
 	return -1;
 }
 
+static uint64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* A frame of a fragmented message ended (not the last one): bounds the
+ * message in frames and in time. 0, or the close code. */
+static uint16_t
+on_fragment(struct bg_conn *c)
+{
+	const struct bg_config *cfg = c->w->srv->cfg;
+
+	if (c->rx_frames++ == 0) {
+		c->rx_deadline_ms = mono_ms() +
+				    (uint64_t)cfg->fragment_timeout * 1000;
+		bg_conn_arm_timer(c);
+	}
+	if (c->rx_frames >= (uint32_t)cfg->max_fragments)
+		return 1009;
+	if (mono_ms() >= c->rx_deadline_ms)
+		return 1008;
+	return 0;
+}
+
 static int
 on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 {
 	size_t max = c->w->srv->cfg->max_message_size;
 	size_t remaining = lws_remaining_packet_payload(wsi);
-	bool complete = lws_is_final_fragment(wsi) && remaining == 0;
+	bool final = lws_is_final_fragment(wsi);
+	bool complete = final && remaining == 0;
+	uint16_t code;
 
 	if (!c->established || c->closing)
 		return 0;
 	if (lws_frame_is_binary(wsi))
-		return close_with(wsi, 1003, "binary frames are not "
-				  "supported");
+		return fail(c, 1003, "binary frames are not supported");
 	if (c->rx_len + len + remaining > max)
-		return close_with(wsi, 1009, "message too big");
+		return fail(c, 1009, "message too big");
+	if (remaining == 0 && !final && (code = on_fragment(c)) != 0)
+		return fail(c, code, code == 1009 ? "too many fragments" :
+			    "fragmented message too slow");
 	if (complete && c->rx_len == 0) {
+		if (c->rx_frames > 0) {
+			c->rx_frames = 0;
+			c->rx_deadline_ms = 0;
+			bg_conn_arm_timer(c);
+		}
 		bg_conn_receive(c, in, len); /* the common case: no copy */
 		return 0;
 	}
-	if (c->rx_len + len > c->rx_cap) {
+	if (len > 0 && c->rx_len + len > c->rx_cap) {
 		size_t cap = c->rx_len + len + remaining;
 		char *rx;
 		if (cap < 1024)
@@ -94,8 +144,8 @@ on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 		if (cap > max)
 			cap = max;
 		if (!bg_conn_budget_allows(c, cap - c->rx_cap))
-			return close_with(wsi, 1009, "message too big for the "
-					  "connection's memory budget");
+			return fail(c, 1009, "message too big for the "
+				    "connection's memory budget");
 		rx = realloc(c->rx, cap);
 		if (rx == NULL)
 			return close_with(wsi, 1011, "out of memory");
@@ -103,10 +153,16 @@ on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 		c->rx_cap = cap;
 		c->budget.rx = cap;
 	}
-	memcpy(c->rx + c->rx_len, in, len);
+	if (len > 0)
+		memcpy(c->rx + c->rx_len, in, len);
 	c->rx_len += len;
 	if (!complete)
 		return 0;
+	if (c->rx_frames > 0) {
+		c->rx_frames = 0;
+		c->rx_deadline_ms = 0;
+		bg_conn_arm_timer(c);
+	}
 	bg_conn_receive(c, c->rx, c->rx_len);
 	/* Idle connections keep no buffer: most messages need none. */
 	free(c->rx);
@@ -161,7 +217,7 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		return w->srv->tls != NULL &&
 		       bg_tls_vhost_setup(w->srv->tls, user) != BG_OK ? -1 : 0;
 	case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
-		return bg_http_confirm_upgrade(w, wsi);
+		return bg_http_confirm_upgrade(w, wsi, in);
 	case LWS_CALLBACK_ESTABLISHED:
 		bg_sock_established(w, wsi);
 		if (w->stopping)
@@ -173,8 +229,13 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 	case LWS_CALLBACK_TIMER:
 		if (c != NULL && c->is_broadcast)
 			return bg_http_body_timeout(w, wsi, c);
-		if (c->established && bg_conn_expired(c))
-			return close_with(wsi, 4002, "token expired");
+		if (c == NULL || !c->established || c->closing)
+			return 0;
+		if (bg_conn_expired(c))
+			return fail(c, 4002, "token expired");
+		if (c->rx_deadline_ms > 0 && mono_ms() >= c->rx_deadline_ms)
+			return fail(c, 1008, "fragmented message too slow");
+		bg_conn_arm_timer(c);
 		return 0;
 	case LWS_CALLBACK_RECEIVE:
 		return on_receive(c, wsi, in, len);
@@ -187,6 +248,21 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 	case LWS_CALLBACK_WSI_DESTROY:
 		bg_sock_destroyed(w, wsi);
 		return 0;
+	case LWS_CALLBACK_ADD_HEADERS:
+		/* /static files (lws serves them) end their connection:
+		 * lws 4.1.6 never answers requests pipelined behind a file,
+		 * so the client is told, and then sees the close. */
+		if (!lws_hdr_total_length(wsi, WSI_TOKEN_UPGRADE)) {
+			struct lws_process_html_args *a = in;
+			return lws_add_http_header_by_token(wsi,
+				WSI_TOKEN_CONNECTION,
+				(const unsigned char *)"close", 5,
+				(unsigned char **)&a->p,
+				(unsigned char *)a->p + a->max_len) ? -1 : 0;
+		}
+		return 0;
+	case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+		return -1; /* after "Connection: close", above */
 	case LWS_CALLBACK_HTTP:
 		bg_sock_http_request(w, wsi);
 		return bg_http_callback(w, wsi, (int)reason, c, in, len);
@@ -418,7 +494,9 @@ on_stop(evutil_socket_t fd, short what, void *arg)
 		return;
 	w->stopping = true;
 	for (struct bg_conn *c = w->conns; c != NULL; c = c->next)
-		bg_conn_begin_close(c, 1001);
+		bg_conn_fail(c, 1001, "server shutting down");
+	w->kick = false;
+	lws_cancel_service(w->lws); /* arms the close timeouts */
 	w->stop_timer = event_new(w->base, -1, EV_PERSIST, on_stop_tick, w);
 	if (w->stop_timer == NULL || event_add(w->stop_timer, &tick) != 0)
 		event_base_loopbreak(w->base);
@@ -485,13 +563,17 @@ setup(struct bg_worker *w)
 		m->origin = w->srv->static_root;
 		m->def = "index.html";
 		m->origin_protocol = LWSMPRO_FILE;
+		m->protocol = "bagou"; /* for LWS_CALLBACK_ADD_HEADERS */
 		w->mount = m;
 		info.mounts = m;
 	}
 	pthread_mutex_lock(&lws_create_lock);
 	w->lws = lws_create_context(&info);
-	if (w->lws != NULL)
+	if (w->lws != NULL) {
+		lws_context_set_close_timeout(w->lws,
+					      (unsigned int)cfg->close_timeout);
 		w->vhost = lws_create_vhost(w->lws, &info);
+	}
 	pthread_mutex_unlock(&lws_create_lock);
 	if (w->lws == NULL || w->vhost == NULL) {
 		bg_log_error("worker %d: cannot create the libwebsockets "

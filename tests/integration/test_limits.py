@@ -282,24 +282,20 @@ def test_ping_between_fragments(server):
         ws.close()
 
 
-@pytest.mark.xfail(reason="libwebsockets 4.1.6 accepts unmasked client "
-                   "frames (lib/roles/ws/ops-ws.c); outside PROTOCOL.md",
-                   strict=False)
 def test_unmasked_client_frame_closes(server):
-    """RFC 6455 §5.1: a server must close on an unmasked client frame."""
+    """RFC 6455 §5.1: a server must close on an unmasked client frame
+    (1002; deps/lws/0001-rfc6455-strict-rx-and-close.patch)."""
     srv = server()
     ws = raw_client(srv)
     try:
         ws.send_frame(OP_TEXT, b'{"event": "ping"}', mask=False)
-        try:
-            while True:
-                op, payload = ws.recv_message()
-                assert op != OP_TEXT, "unmasked frame was processed: %r" \
-                    % payload
-                if op == OP_CLOSE:
-                    break
-        except Closed:
-            pass    # a dropped connection is a close too
+        while True:
+            op, payload = ws.recv_message()
+            assert op != OP_TEXT, "unmasked frame was processed: %r" \
+                % payload
+            if op == OP_CLOSE:
+                break
+        assert ws.close_code == 1002
     finally:
         ws.close()
     wait_for(lambda: srv.health()["connections"] == 0,
@@ -478,8 +474,10 @@ def test_slow_consumer_close_reaches_idle_client(server):
     the server's end of the socket is watched in /proc/net/tcp, so the
     check itself causes no traffic on worker 0. Backpressure is off, so
     the close comes from the fan-out (with it on, the stall timer closes
-    the client: test_link.py)."""
-    srv = server({"limits": dict(SLOW_CONFIG["limits"], backpressure=0)},
+    the client: test_link.py). The client reads nothing, so the close
+    handshake ends at [limits] close_timeout (1 s here)."""
+    srv = server({"limits": dict(SLOW_CONFIG["limits"], backpressure=0,
+                                 close_timeout=1)},
                  workers=2)
     slow = subscribed_raw_client_rcvbuf(srv, "fire", 4096)
     client_port = slow.sock.getsockname()[1]
@@ -497,7 +495,7 @@ def test_slow_consumer_close_reaches_idle_client(server):
         assert metric_sum(srv.metrics(),
                           "bagou_slow_consumer_closes_total") == 1
         wait_for(lambda: server_side_tcp_state(srv.port, client_port) != 1,
-                 timeout=3, what="the server closing the slow consumer")
+                 timeout=4, what="the server closing the slow consumer")
     finally:
         slow.close()
 

@@ -114,6 +114,9 @@ test_defaults(void **state)
 	assert_int_equal(cfg.max_store_bytes, 4096);
 	assert_int_equal(cfg.max_queued_bytes, 1048576);
 	assert_int_equal(cfg.backpressure, 50);
+	assert_int_equal(cfg.close_timeout, 5);
+	assert_int_equal(cfg.max_fragments, 1024);
+	assert_int_equal(cfg.fragment_timeout, 30);
 	assert_int_equal(cfg.client_publish, BG_PUBLISH_NONE);
 	assert_string_equal(cfg.amqp_url,
 			    "amqp://guest:guest@localhost:5672/");
@@ -345,6 +348,15 @@ test_bad_ints(void **state)
 	expect_set_error("limits", "max_subscriptions", "0",
 			 "[limits] max_subscriptions: expected an integer "
 			 "from 1 to 1000000, got '0'");
+	expect_set_error("limits", "close_timeout", "0",
+			 "[limits] close_timeout: expected an integer from 1 "
+			 "to 600, got '0'");
+	expect_set_error("limits", "max_fragments", "1000001",
+			 "[limits] max_fragments: expected an integer from 1 "
+			 "to 1000000, got '1000001'");
+	expect_set_error("limits", "fragment_timeout", "3601",
+			 "[limits] fragment_timeout: expected an integer from "
+			 "1 to 3600, got '3601'");
 }
 
 static void
