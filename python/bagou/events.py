@@ -46,32 +46,32 @@ class Event:
 
     def __call__(self, handler: Optional[Handler] = None,
                  channel: Optional[str] = None) -> Any:
+        pattern = self._pattern(channel, handler)
         if handler is None:
             def bind(fn: Handler) -> Handler:
                 return self(fn, channel=channel)
-            if channel is not None and not self.supports_channels:
-                raise EventError("%s takes no channel filter (a client has "
-                                 "no channel when it opens, and %s runs "
-                                 "for every client)" % (self.name,
-                                                        self.name))
             return bind
         if not callable(handler):
             raise EventError("@%s decorates a function, not %r"
                              % (self.name, handler))
-        pattern = None
-        if channel is not None:
-            if not self.supports_channels:
-                raise EventError("%s takes no channel filter; handler %s "
-                                 "not registered"
-                                 % (self.name, getattr(handler, "__name__",
-                                                       handler)))
-            try:
-                pattern = re.compile(channel)
-            except re.error as e:
-                raise EventError("@%s(channel=%r): bad regular expression: "
-                                 "%s" % (self.name, channel, e)) from None
         self.handlers.append((handler, pattern))
         return handler
+
+    def _pattern(self, channel: Optional[str],
+                 handler: Optional[Handler]) -> Optional[Pattern[str]]:
+        if channel is None:
+            return None
+        if not self.supports_channels:
+            raise EventError("%s takes no channel filter (a client has no "
+                             "channel when it opens, and %s runs for every "
+                             "client); handler %s not registered"
+                             % (self.name, self.name,
+                                getattr(handler, "__name__", handler)))
+        try:
+            return re.compile(channel)
+        except re.error as e:
+            raise EventError("@%s(channel=%r): bad regular expression: %s"
+                             % (self.name, channel, e)) from None
 
     def matching(self, channels: Sequence[str],
                  target: Optional[str] = None

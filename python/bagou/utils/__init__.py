@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..publish import Names, message, send
+from .. import publish as _publish
+from ..publish import Names
 
 
 def broadcast(channels: Names = None, event: Optional[str] = None,
@@ -22,8 +23,8 @@ def broadcast(channels: Names = None, event: Optional[str] = None,
     does not take it."""
     if event is None:
         raise TypeError("broadcast() needs an event")
-    send(message(event, channels, data, clients=clients, exclude=exclude,
-                 callback_id=callback))
+    _publish.send(_publish.message(event, channels, data, clients=clients,
+                                   exclude=exclude, callback_id=callback))
 
 
 __all__ = ["broadcast"]
