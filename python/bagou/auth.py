@@ -67,8 +67,9 @@ def serialize_user(user: Any) -> Dict[str, Any]:
     """The user as django.core.serializers' JSON serializer writes it,
     {"model", "pk", "fields"}, without the password hash."""
     from django.core import serializers
-    fields = [f.name for f in user._meta.local_fields
-              if f.name != "password"]
+    meta = user._meta
+    fields = [f.name for f in list(meta.local_fields) +
+              list(meta.local_many_to_many) if f.name != "password"]
     text = serializers.serialize("json", [user], fields=fields)
     out: Dict[str, Any] = json.loads(text)[0]
     return out

@@ -202,8 +202,8 @@ def script_url_for(websocket_url: str) -> str:
     """Where the server serves the client script: /bagou.js on the same
     host and port as the WebSocket (ws -> http, wss -> https)."""
     u = urllib.parse.urlsplit(websocket_url)
-    scheme = {"ws": "http", "wss": "https"}.get(u.scheme, u.scheme)
-    if scheme not in ("http", "https"):
+    scheme = {"ws": "http", "wss": "https"}.get(u.scheme)
+    if scheme is None or not u.netloc:
         raise ConfigurationError("WEBSOCKET_URL %r is not a ws:// or wss:// "
                                  "URL" % websocket_url)
     return urllib.parse.urlunsplit((scheme, u.netloc, "/bagou.js", "", ""))

@@ -82,7 +82,7 @@ class Event:
         out: List[Tuple[Handler, Optional[str]]] = []
         for handler, pattern in self.handlers:
             if pattern is None:
-                out.append((handler, None))
+                out.append((handler, target))
             elif target is not None:
                 if pattern.match(target):
                     out.append((handler, target))
