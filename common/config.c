@@ -247,7 +247,7 @@ parse_origins(const struct key *k, struct bg_config *cfg, const char *v,
 }
 
 static const char *const lifecycle_names[] = {
-	"open", "close", "subscribe", "unsubscribe"
+	"open", "close", "subscribe", "unsubscribe", "store", "authenticate"
 };
 
 static int
@@ -275,7 +275,8 @@ parse_lifecycle(const struct key *k, struct bg_config *cfg, const char *v,
 		}
 		if (!found) {
 			seterr(msg, len, "expected a list of open, close, "
-			       "subscribe, unsubscribe; got '%.*s'", (int)n, p);
+			       "subscribe, unsubscribe, store, authenticate; "
+			       "got '%.*s'", (int)n, p);
 			return BG_ERR;
 		}
 		p += n;

@@ -25,6 +25,8 @@ enum bg_publish_policy {
 #define BG_FORWARD_CLOSE       (1u << 1)
 #define BG_FORWARD_SUBSCRIBE   (1u << 2)
 #define BG_FORWARD_UNSUBSCRIBE (1u << 3)
+#define BG_FORWARD_STORE       (1u << 4)
+#define BG_FORWARD_AUTHENTICATE (1u << 5)
 
 struct bg_config {
 	/* [server] */

@@ -375,6 +375,57 @@ free_names(char **names, int n)
 	free(names);
 }
 
+/* True when the broadcast's "client" names at least one client (its
+ * validity is checked later, with the other targets). */
+static bool
+names_clients(json_t *root)
+{
+	json_t *v = json_object_get(root, "client");
+
+	return json_is_string(v) || (json_is_array(v) &&
+				     json_array_size(v) > 0);
+}
+
+/*
+ * The payload of a reply to explicit clients: the broadcast as the
+ * application published it, every top-level field kept in its order,
+ * minus the fields that only route (client, exclude) or act on the
+ * server (auth); nothing added but the server's "from". One JSON
+ * serialization, as for a broadcast's data: no cost on the fan-out path.
+ */
+static int
+add_reply_payload(struct bg_msg *m, json_t *root, const char *from)
+{
+	json_t *out = json_object(), *v;
+	const char *key;
+	char *text;
+	int rc;
+
+	if (out == NULL)
+		return BG_ERR;
+	json_object_foreach(root, key, v) {
+		if (strcmp(key, "client") == 0 ||
+		    strcmp(key, "exclude") == 0 || strcmp(key, "auth") == 0)
+			continue;
+		if (json_object_set(out, key, v) != 0) {
+			json_decref(out);
+			return BG_ERR;
+		}
+	}
+	if (from != NULL &&
+	    json_object_set_new(out, "from", json_string(from)) != 0) {
+		json_decref(out);
+		return BG_ERR;
+	}
+	text = json_dumps(out, JSON_COMPACT);
+	json_decref(out);
+	if (text == NULL)
+		return BG_ERR;
+	rc = bg_msg_set_frame(m, 0, text, strlen(text));
+	free(text);
+	return rc;
+}
+
 struct bg_msg *
 bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
 		   char *err, size_t errlen)
@@ -391,8 +442,11 @@ bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
 		set_err(err, errlen, "a broadcast must be a JSON object");
 		return NULL;
 	}
+	/* A reply to explicit clients may leave "event" out (what the
+	 * original client.jsonify(**kwargs) sent); anything else needs it. */
 	ev = json_object_get(root, "event");
-	if (!json_is_string(ev) || json_string_length(ev) == 0) {
+	if ((ev != NULL || !names_clients(root)) &&
+	    (!json_is_string(ev) || json_string_length(ev) == 0)) {
 		set_err(err, errlen, "'event' must be a non-empty string");
 		return NULL;
 	}
@@ -454,18 +508,24 @@ bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
 		m->names[i] = names[i];
 		names[i] = NULL;
 	}
-	data = json_object_get(root, "data");
-	p.event = json_text(ev);
-	p.data = data ? json_text(data) : strdup("{}");
-	p.callback_id = cb && json_is_string(cb) ? json_text(cb) : NULL;
-	p.from = from ? quoted(from) : NULL;
-	if (p.event == NULL || p.data == NULL ||
-	    (cb && json_is_string(cb) && p.callback_id == NULL) ||
-	    (from && p.from == NULL))
-		goto oom;
 	if (excl != NULL && json_is_string(excl) &&
 	    (m->exclude = strdup(json_string_value(excl))) == NULL)
 		goto oom;
+	if (target == BG_MSG_CLIENTS) {
+		if (add_reply_payload(m, root, from) != BG_OK)
+			goto oom;
+	} else {
+		data = json_object_get(root, "data");
+		p.event = json_text(ev);
+		p.data = data ? json_text(data) : strdup("{}");
+		p.callback_id = cb && json_is_string(cb) ? json_text(cb)
+							  : NULL;
+		p.from = from ? quoted(from) : NULL;
+		if (p.event == NULL || p.data == NULL ||
+		    (cb && json_is_string(cb) && p.callback_id == NULL) ||
+		    (from && p.from == NULL))
+			goto oom;
+	}
 	if (target == BG_MSG_CHANNELS) {
 		size_t framed = 0;
 		for (uint32_t i = 0; i < m->n_names; i++) {
@@ -485,7 +545,8 @@ bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
 				goto out;
 			}
 		}
-	} else if (add_payload(m, 0, &p, NULL) != BG_OK) {
+	} else if (target == BG_MSG_ALL &&
+		   add_payload(m, 0, &p, NULL) != BG_OK) {
 		goto oom;
 	}
 	/* A reply that authenticates its clients (PROTOCOL.md §5). */

@@ -73,7 +73,9 @@ char *bg_proto_failure(const char *callback_id, const char *event,
 /*
  * Validates a broadcast (PROTOCOL.md §4) and builds the message: targets,
  * exclude, one frame per target channel (or one), and the canonical body.
- * from, when not NULL, is added as "from" (client publishes).
+ * from, when not NULL, is added as "from" (client publishes). A reply to
+ * explicit clients keeps every top-level field but client, exclude and
+ * auth, and may have no "event" (PROTOCOL.md §4, replies).
  * Returns the message (refs = 1), or NULL with *code and err set.
  */
 struct bg_msg *bg_proto_broadcast(json_t *root, const char *from,

@@ -142,6 +142,7 @@ on_store(const struct bg_hook_args *a)
 	}
 	bg_conn_reply_ok(c, a->req, NULL);
 	bg_handlers_run(BG_ON_STORE, a);
+	bg_forward_lifecycle_data(c, BG_FORWARD_STORE, "store", a->req->data);
 	return GO_ON;
 }
 
@@ -251,6 +252,7 @@ on_authenticate(const struct bg_hook_args *a)
 		return GO_ON;
 	}
 	bg_conn_authenticated(c, &id, req);
+	bg_forward_authenticated(c);
 	return GO_ON;
 }
 

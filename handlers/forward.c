@@ -33,9 +33,12 @@ client_object(struct bg_conn *c)
 	return o;
 }
 
-int
-bg_forward_event(struct bg_conn *c, const char *event, json_t *data,
-		 const char *callback_id, bool with_cookie)
+/* lifecycle: the server's own notice of something that happened, marked
+ * "lifecycle": true so the application never takes it for a client's
+ * request of the same name (an authenticate to answer). */
+static int
+forward(struct bg_conn *c, const char *event, json_t *data,
+	const char *callback_id, bool with_cookie, bool lifecycle)
 {
 	struct bg_msg *m;
 	json_t *body;
@@ -51,6 +54,8 @@ bg_forward_event(struct bg_conn *c, const char *event, json_t *data,
 				    json_string(callback_id));
 	if (with_cookie && c->cookie != NULL)
 		json_object_set_new(body, "cookie", json_string(c->cookie));
+	if (lifecycle)
+		json_object_set_new(body, "lifecycle", json_true());
 	text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
 	m = text ? bg_msg_new(BG_MSG_ALL, 0) : NULL;
@@ -68,6 +73,13 @@ bg_forward_event(struct bg_conn *c, const char *event, json_t *data,
 	return BG_OK;
 }
 
+int
+bg_forward_event(struct bg_conn *c, const char *event, json_t *data,
+		 const char *callback_id, bool with_cookie)
+{
+	return forward(c, event, data, callback_id, with_cookie, false);
+}
+
 void
 bg_forward_lifecycle(struct bg_conn *c, unsigned int bit, const char *event,
 		     const char *channel)
@@ -78,7 +90,17 @@ bg_forward_lifecycle(struct bg_conn *c, unsigned int bit, const char *event,
 		return;
 	data = channel ? json_pack("{s:s}", "channel", channel) :
 			 json_object();
-	if (bg_forward_event(c, event, data, NULL, false) != BG_OK) {
+	bg_forward_lifecycle_data(c, bit, event, data);
+	json_decref(data);
+}
+
+void
+bg_forward_lifecycle_data(struct bg_conn *c, unsigned int bit,
+			  const char *event, json_t *data)
+{
+	if (!(c->w->srv->cfg->forward_lifecycle & bit))
+		return;
+	if (forward(c, event, data, NULL, false, true) != BG_OK) {
 		/* Per thread, at most once a second: a node stopping with
 		 * many clients would otherwise log one line each. */
 		static __thread time_t last;
@@ -93,5 +115,23 @@ bg_forward_lifecycle(struct bg_conn *c, unsigned int bit, const char *event,
 			last = now;
 		}
 	}
+}
+
+void
+bg_forward_authenticated(struct bg_conn *c)
+{
+	json_t *user, *data;
+
+	if (!(c->w->srv->cfg->forward_lifecycle & BG_FORWARD_AUTHENTICATE) ||
+	    c->ident.user == NULL)
+		return;
+	user = json_pack("{s:s}", "id", c->ident.user);
+	if (user != NULL && c->ident.info != NULL)
+		json_object_set_new(user, "info",
+				    json_loads(c->ident.info, 0, NULL));
+	data = json_pack("{s:o}", "user", user ? user : json_null());
+	if (data != NULL)
+		bg_forward_lifecycle_data(c, BG_FORWARD_AUTHENTICATE,
+					  "authenticate", data);
 	json_decref(data);
 }

@@ -21,8 +21,18 @@ int bg_forward_event(struct bg_conn *c, const char *event, json_t *data,
 		     const char *callback_id, bool with_cookie);
 
 /* After a lifecycle event listed in [forward] lifecycle (bit is one of
- * BG_FORWARD_*): forwards it with {"channel":C} or {} as data. */
+ * BG_FORWARD_*): forwards it with {"channel":C} or {} as data, and
+ * "lifecycle": true. */
 void bg_forward_lifecycle(struct bg_conn *c, unsigned int bit,
 			  const char *event, const char *channel);
+
+/* The same with the given data (borrowed), e.g. for store. */
+void bg_forward_lifecycle_data(struct bg_conn *c, unsigned int bit,
+			       const char *event, json_t *data);
+
+/* After a successful authenticate (a token, or the application's reply
+ * with "auth"): forwards "authenticate" with {"user":{"id","info"?}}
+ * when [forward] lifecycle lists it. */
+void bg_forward_authenticated(struct bg_conn *c);
 
 #endif

@@ -23,8 +23,9 @@ declare namespace BagouWebSocket {
     channel?: string;
   }
 
-  /** What a callback receives: the data of the server's callback event,
-   *  or a local failure in the same shape. */
+  /** The data of the server's callback event, or of a local failure in
+   *  the same shape: what a Promise resolves with. An application's
+   *  answer may have no success field (e.g. {user: ...}). */
   interface Answer {
     success: boolean;
     error?: ErrorInfo;
@@ -41,7 +42,9 @@ declare namespace BagouWebSocket {
     data: Answer;
   }
 
-  /** A message from the server, e.g. a broadcast. */
+  /** A message from the server, e.g. a broadcast. A reply the
+   *  application sent to this client keeps every field it was published
+   *  with (and may even have no event: see the message option). */
   interface Message<D = any> {
     event: string;
     channel?: string;
@@ -49,11 +52,31 @@ declare namespace BagouWebSocket {
     /** The sender's client id, for client publishes. */
     from?: string;
     callbackId?: string;
+    [field: string]: any;
   }
 
-  type Callback = (this: BagouWebSocket, answer: Answer) => void;
+  /** What a callback receives: the whole callback message, as the
+   *  original client gave it (msg.data.success, msg.data.user). `data`
+   *  is absent when the server sent none. A failure the client detected
+   *  (timeout, queue_full, ...) comes in the same shape. */
+  interface CallbackMessage {
+    event: "callback";
+    /** The UUID the call was sent with. */
+    callbackId: string;
+    data?: Answer;
+    [field: string]: any;
+  }
+
+  type Callback = (this: BagouWebSocket, msg: CallbackMessage) => void;
+  /** on() and onChannel() handlers: data first. */
   type Handler<D = any> =
     (this: BagouWebSocket, data: D, msg: Message<D>) => void;
+  /** options.events handlers (the original form): the whole message; a
+   *  state event (open, close, connecting, reconnecting) passes its
+   *  argument instead, and the client's own errors come as
+   *  {event: "error", data: {code, message, ...}}. */
+  type EventHandler =
+    (this: BagouWebSocket, msg: Message & {[field: string]: any}) => void;
 
   interface CloseInfo {
     code: number;
@@ -85,10 +108,13 @@ declare namespace BagouWebSocket {
     /** The original callbacks. */
     open?: (this: BagouWebSocket, ev: any) => void;
     close?: (this: BagouWebSocket, ev: CloseInfo) => void;
-    /** Every message from the server except answered callbacks. */
-    message?: (this: BagouWebSocket, msg: Message) => void;
-    /** Handlers by event name, as with on(); also the state events. */
-    events?: {[event: string]: (this: BagouWebSocket, ...args: any[]) => void};
+    /** Every message from the server except answered callbacks, replies
+     *  without an event included (the only place those go). */
+    message?: (this: BagouWebSocket, msg: {[field: string]: any}) => void;
+    /** Handlers by event name, called with the whole message (the
+     *  original form); also the state events. "callback" is reserved
+     *  (ignored, with a console warning). */
+    events?: {[event: string]: EventHandler};
     /** WebSocket implementation (node: require("ws")). */
     WebSocket?: WebSocketConstructor | (new (...args: any[]) => any);
     /** ms before a callback/Promise fails with "timeout"; 0 = never.
@@ -136,9 +162,31 @@ declare class BagouWebSocket {
       token: null;
     }>;
 
+  static readonly CONNECTING: 0;
+  static readonly OPEN: 1;
+  static readonly CLOSING: 2;
+  static readonly CLOSED: 3;
+  readonly CONNECTING: 0;
+  readonly OPEN: 1;
+  readonly CLOSING: 2;
+  readonly CLOSED: 3;
+
   readonly url: string;
   readonly protocols: string | string[] | undefined;
   readonly options: BagouWebSocket.Options;
+  /** The same object as options (the original's name). */
+  readonly settings: BagouWebSocket.Options;
+  /** This connection is authenticated (the last authenticate succeeded;
+   *  false again after a disconnection until the re-sync succeeds). */
+  readonly authenticated: boolean;
+  /** The current socket's readyState; between connections CONNECTING
+   *  (a reconnection is on its way) or CLOSED (the client stopped). */
+  readonly readyState: number;
+  /** The sub-protocol the server chose ("bagou"), "" if none. */
+  readonly protocol: string;
+  readonly extensions: string;
+  readonly bufferedAmount: number;
+  readonly binaryType: string;
   /** Client id from the server's connect event (null before the first). */
   readonly id: string | null;
   readonly state: BagouWebSocket.State;
@@ -196,7 +244,9 @@ declare class BagouWebSocket {
   emit(event: string, callback: BagouWebSocket.Callback): this;
   emit(event: string, data?: any): Promise<BagouWebSocket.Answer>;
 
-  /** Fire and forget: no callbackId, failures come as "error" events. */
+  /** Fire and forget: no callbackId, failures come as "error" events.
+   *  send(text) with one JSON-object string sends it as is (the
+   *  WebSocket's own send). */
   send(event: string, data?: any): this;
 
   subscribe(channel: string, callback: BagouWebSocket.Callback): this;
@@ -215,8 +265,11 @@ declare class BagouWebSocket {
   store(key: string, value: any): Promise<BagouWebSocket.Answer>;
   store(values: {[key: string]: any}): Promise<BagouWebSocket.Answer>;
 
-  authenticate(token: string, callback: BagouWebSocket.Callback): this;
-  authenticate(token: string): Promise<BagouWebSocket.Answer>;
+  /** token: an HS256 JWT, or the data itself, e.g. {sessionId: KEY}. */
+  authenticate(token: string | {[key: string]: any},
+               callback: BagouWebSocket.Callback): this;
+  authenticate(token: string | {[key: string]: any}):
+    Promise<BagouWebSocket.Answer>;
 
   /** Authenticate without a token (session cookie, checked by the app). */
   auth(callback: BagouWebSocket.Callback): this;

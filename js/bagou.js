@@ -4,12 +4,16 @@
  * (CommonJS), or import it (bagou.mjs). docs/client.md is the reference.
  *
  *   const ws = new BagouWebSocket("wss://example.com/websocket", {
- *     events: { message: (data, msg) => console.log(msg.channel, data) },
+ *     events: { message: (msg) => console.log(msg.channel, msg.data) },
  *   });
  *   ws.onChannel("news", (data) => show(data));
- *   await ws.subscribe("news");               // Promise when no callback
- *   ws.emit("chat", {text: "hi"}, (res) => {}); // original callback style
+ *   await ws.subscribe("news");               // Promise of the data
+ *   ws.emit("chat", {text: "hi"}, (msg) => msg.data.success); // original
  *   ws.on("reconnecting", ({attempt, delay}) => {});
+ *
+ * Two forms, as docs/client.md §4 tabulates: what the original client
+ * took (options.events handlers, callbacks) gets the whole message, as the
+ * original did; what is new (on(), onChannel, Promises) gets data first.
  *
  * What it keeps across connections: the subscribed channels, the store and
  * the authentication. After a reconnect it re-sends them by itself, in that
@@ -48,11 +52,53 @@
   const STATE_EVENTS = {subscribe: 1, unsubscribe: 1, store: 1,
                         authenticate: 1};
 
-  const OPEN = 1;  // WebSocket.OPEN
+  const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;  // WebSocket's
   const noop = function () {};
 
   function failure(code, message) {
     return {success: false, error: {code: code, message: message}};
+  }
+
+  // callbackIds are UUID strings (version 4), as the original's were.
+  function uuid() {
+    const c = typeof crypto !== "undefined" ? crypto : null;
+    if (c && typeof c.randomUUID === "function") return c.randomUUID();
+    const b = new Uint8Array(16);
+    if (c && typeof c.getRandomValues === "function") {
+      c.getRandomValues(b);
+    } else {
+      for (let i = 0; i < 16; i++) b[i] = Math.floor(Math.random() * 256);
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = "";
+    for (let i = 0; i < 16; i++) h += (b[i] + 0x100).toString(16).slice(1);
+    return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) +
+      "-" + h.slice(16, 20) + "-" + h.slice(20);
+  }
+
+  // What a callback gets: the whole callback message, as the server sent
+  // it, or one in the same shape for a failure the client detected.
+  function callbackMessage(req, res) {
+    return {event: "callback", callbackId: req.id, data: res};
+  }
+
+  // An authenticate answer that authenticated: {success: true, ...}, or
+  // an application's answer with a user and no success field (the
+  // original session login answered {user: ...}, or {} when refused).
+  function authOk(res) {
+    return !!res && (res.success === true ||
+                     (res.success === undefined && res.user != null));
+  }
+
+  // An options.events handler: the whole message (for a state event,
+  // which is no message, its argument), `this` the client.
+  function wholeMessage(fn) {
+    const wrapper = function (a, b) {
+      return fn.call(this, b !== undefined ? b : a);
+    };
+    wrapper.listener = fn;
+    return wrapper;
   }
 
   // Run user code; an exception is reported (uncaught, asynchronously)
@@ -87,7 +133,8 @@
   /**
    * new BagouWebSocket(url, options, protocols): connects at once. The
    * options are described in docs/client.md; `open`, `close`, `message`
-   * and `events` are the original ones.
+   * and `events` are the original ones. protocols (the WebSocket
+   * sub-protocols) go to the WebSocket constructor on every connection.
    */
   function BagouWebSocket(url, options, protocols) {
     if (!(this instanceof BagouWebSocket)) {
@@ -97,6 +144,8 @@
     this.url = url;
     this.protocols = protocols;
     this.options = options;
+    this.settings = options;  // the original's name for them
+    this.authenticated = false;  // this connection is authenticated
     this.id = null;          // client id from the server's connect event
     this.state = "closed";   // connecting | open | reconnecting | closed
     this.socket = null;      // the current WebSocket, if any
@@ -119,7 +168,6 @@
     this._queue = [];           // requests waiting to be sent, in order
     this._queued = 0;           // new user messages among them (queueSize)
     this._pending = new Map();  // callbackId -> request, in sending order
-    this._nextId = 1;
     this._barrier = null;       // authenticate in flight: the rest waits
 
     // What the server holds for this client, re-sent after a reconnect.
@@ -135,11 +183,24 @@
     this._beatReq = null;
     this._inClose = false;      // firing "close" for a connection just lost
 
+    // The original's events: called with the whole message.
     const events = options.events || {};
     for (const name in events) {
-      if (Object.prototype.hasOwnProperty.call(events, name)) {
-        this.on(name, events[name]);
+      if (!Object.prototype.hasOwnProperty.call(events, name)) continue;
+      if (name === "callback") {
+        // Reserved: answers go to the call's own callback.
+        if (typeof console !== "undefined") {
+          console.warn("BagouWebSocket: \"callback\" is a reserved " +
+                       "event name; the events.callback handler is " +
+                       "ignored (pass a callback to the call instead)");
+        }
+        continue;
       }
+      if (typeof events[name] !== "function") {
+        throw new TypeError("BagouWebSocket: events." + name +
+                            " must be a function");
+      }
+      this.on(name, wholeMessage(events[name]));
     }
     this.connect();
   }
@@ -264,10 +325,10 @@
 
   /**
    * emit(event, data, callback): sends one message. With a callback,
-   * callback(answer) gets the callback data ({success: true, ...} or
-   * {success: false, error: {code, message}}) and emit returns this.
-   * Without, returns a Promise of the success data, rejected with an Error
-   * carrying .code.
+   * callback(msg) gets the whole callback message, {event: "callback",
+   * callbackId, data: {success: true, ...} or {success: false, error:
+   * {code, message}}}, and emit returns this. Without, returns a Promise
+   * of the data, rejected with an Error carrying .code.
    */
   proto.emit = function (event, data, callback) {
     if (typeof event !== "string" || !event) {
@@ -286,23 +347,35 @@
       }
       if (event === "authenticate") {
         extra.barrier = true;
-        extra.authWith = {token: data.token === undefined ? null :
-                                 data.token};
+        // What is sent again after a reconnect: the token, or the data
+        // as given (the original's {sessionId: ...}).
+        extra.authWith = typeof data.token === "string" ?
+          {token: data.token} : {data: Object.assign({}, data)};
       }
     }
     return this._request(event, data, callback, extra);
   };
 
   /** send(event, data): fire and forget (no callbackId, no answer). Queued
-   *  while disconnected; failures arrive as "error" events. */
+   *  while disconnected; failures arrive as "error" events.
+   *  send(text) with one string holding a JSON object is the WebSocket's
+   *  own send (the original returned the WebSocket): text goes as is. */
   proto.send = function (event, data) {
     if (typeof event !== "string" || !event) {
       throw new TypeError("BagouWebSocket.send: event must be a non-empty " +
                           "string");
     }
-    const req = {id: null, event: event, data: data === undefined ? {} : data,
+    let raw = null;
+    if (arguments.length === 1 && event.charAt(0) === "{") {
+      let parsed = null;
+      try { parsed = JSON.parse(event); } catch (e) { /* an event name */ }
+      if (parsed && typeof parsed === "object") raw = parsed;
+    }
+    const req = {id: null, event: raw ? raw.event : event,
+                 data: raw ? raw.data : data === undefined ? {} : data,
                  internal: false, counted: true, settled: false, done: null};
-    encode(req);
+    if (raw) req.text = event;
+    else encode(req);
     this._submit(req);
     return this;
   };
@@ -350,11 +423,17 @@
 
   /** authenticate(token, callback): HS256 JWT. Remembered on success and
    *  sent again first thing after a reconnect. Messages sent after it wait
-   *  for its answer. */
+   *  for its answer. authenticate({sessionId: KEY}, callback) sends that
+   *  object as the data instead (the original session login). */
   proto.authenticate = function (token, callback) {
+    if (token && typeof token === "object" && !Array.isArray(token)) {
+      const data = Object.assign({}, token);
+      return this._request("authenticate", data, callback,
+                           {barrier: true, authWith: {data: data}});
+    }
     if (typeof token !== "string") {
       throw new TypeError("BagouWebSocket.authenticate: token must be a " +
-                          "string");
+                          "string or an object");
     }
     return this._request("authenticate", {token: token}, callback,
                          {barrier: true, authWith: {token: token}});
@@ -394,18 +473,48 @@
     get: function () { return Object.assign({}, this._storeData); },
   });
 
+  /* The WebSocket's own properties, as the original (which returned the
+   * WebSocket itself) had them. readyState is the current socket's;
+   * between connections CONNECTING while a reconnection is on its way,
+   * CLOSED once the client stopped. */
+  Object.defineProperty(proto, "readyState", {
+    get: function () {
+      if (this.socket) return this.socket.readyState;
+      return this.state === "closed" ? CLOSED : CONNECTING;
+    },
+  });
+  ["protocol", "extensions", "bufferedAmount", "binaryType"].forEach(
+    function (name) {
+      Object.defineProperty(proto, name, {
+        get: function () {
+          const s = this.socket;
+          if (s && s[name] !== undefined) return s[name];
+          return name === "bufferedAmount" ? 0 :
+            name === "binaryType" ? "blob" : "";
+        },
+      });
+    });
+  [["CONNECTING", CONNECTING], ["OPEN", OPEN], ["CLOSING", CLOSING],
+   ["CLOSED", CLOSED]].forEach(function (kv) {
+    Object.defineProperty(proto, kv[0], {value: kv[1]});
+    Object.defineProperty(BagouWebSocket, kv[0], {value: kv[1]});
+  });
+
   /* ------------------------------------------------------ requests */
 
   proto._request = function (event, data, callback, extra) {
     const self = this;
     const req = Object.assign({
-      id: "c" + this._nextId++, event: event, data: data, internal: false,
+      id: uuid(), event: event, data: data, internal: false,
       counted: true, settled: false, done: null, timer: null, where: null,
     }, extra || {});
     encode(req);
     let promise = null;
     if (typeof callback === "function") {
-      req.done = function (res) { safely(callback, self, [res]); };
+      // The original form: the whole callback message.
+      req.done = function (res, msg) {
+        safely(callback, self, [msg || callbackMessage(req, res)]);
+      };
     } else if (callback !== undefined && callback !== null) {
       throw new TypeError("BagouWebSocket: callback must be a function");
     } else {
@@ -426,7 +535,7 @@
   proto._internal = function (event, data, extra) {
     const self = this;
     const req = Object.assign({
-      id: "c" + this._nextId++, event: event, data: data, internal: true,
+      id: uuid(), event: event, data: data, internal: true,
       counted: false, settled: false, timer: null, where: null,
     }, extra || {});
     encode(req);
@@ -451,17 +560,19 @@
   };
 
   // Settle once: a local failure is delivered asynchronously, so a
-  // callback never runs inside the call that made the request.
-  proto._settle = function (req, res, later) {
+  // callback never runs inside the call that made the request. res is
+  // the answer's data, msg the whole callback message (none for a local
+  // failure).
+  proto._settle = function (req, res, later, msg) {
     if (req.settled) return;
     req.settled = true;
     if (req.timer) clearTimeout(req.timer);
     req.timer = null;
     if (req.done) {
       if (later) {
-        Promise.resolve().then(function () { req.done(res); });
+        Promise.resolve().then(function () { req.done(res, msg); });
       } else {
-        req.done(res);
+        req.done(res, msg);
       }
     } else if (res && res.success === false && !req.internal) {
       // send(): nobody waits for an answer, so say it as an error event.
@@ -548,8 +659,9 @@
                               this._opt.timeout + " ms"));
   };
 
-  // The answer to one of our messages.
-  proto._answer = function (req, res) {
+  // The answer to one of our messages: res its data, msg the whole
+  // callback message.
+  proto._answer = function (req, res, msg) {
     this._pending.delete(req.id);
     req.where = null;
     const ok = !(res && res.success === false);
@@ -571,10 +683,16 @@
     } else if (req.event === "store" && ok && req.data &&
                typeof req.data === "object") {
       Object.assign(this._storeData, req.data);
-    } else if (req.event === "authenticate" && ok && req.authWith &&
-               !req.resync) {
-      this._auth = req.authWith;
-      this._authToken = null;
+    } else if (req.event === "authenticate") {
+      if (authOk(res)) {
+        this.authenticated = true;
+        if (req.authWith && !req.resync) {
+          this._auth = req.authWith;
+          this._authToken = null;
+        }
+      } else if (!ok) {
+        this.authenticated = false;
+      }
     }
     if (req.beat) {
       req.done(res);
@@ -582,7 +700,7 @@
     }
     const wasBarrier = this._barrier === req;
     if (wasBarrier) this._barrier = null;
-    this._settle(req, res || {});
+    this._settle(req, res || {}, false, msg);
     if (wasBarrier) this._flush();
   };
 
@@ -764,10 +882,13 @@
   proto._resync = function () {
     const front = [];
     if (this._auth) {
-      const token = typeof this._auth.token === "function" ?
-        this._authToken : this._auth.token;
-      front.push(this._internal("authenticate",
-                                token == null ? {} : {token: token},
+      let data = this._auth.data;
+      if (!data) {
+        const token = typeof this._auth.token === "function" ?
+          this._authToken : this._auth.token;
+        data = token == null ? {} : {token: token};
+      }
+      front.push(this._internal("authenticate", Object.assign({}, data),
                                 {barrier: true, resync: true}));
     }
     // A channel whose last queued request is an unsubscribe is not
@@ -798,6 +919,7 @@
     this._clearTimers();
     this.socket = null;
     this._barrier = null;
+    this.authenticated = false;  // until the re-sync authenticates again
     // Sent but unanswered: state events go again after the re-sync, the
     // rest fail with "disconnected" (they may or may not have been done).
     const again = [];
@@ -871,7 +993,7 @@
       return;
     }
     const s = this.socket;
-    const req = {id: "c" + this._nextId++, event: "ping", data: {},
+    const req = {id: uuid(), event: "ping", data: {},
                  beat: true, internal: true, settled: false};
     req.done = function () {
       req.settled = true;
@@ -895,7 +1017,12 @@
     } catch (e) {
       return;
     }
-    if (!msg || typeof msg !== "object" || typeof msg.event !== "string") {
+    if (!msg || typeof msg !== "object" || Array.isArray(msg)) return;
+    if (typeof msg.event !== "string") {
+      // A reply the application published without an event (the
+      // original's client.jsonify(success=True, ...)): only the
+      // catch-all message option sees it.
+      if (this.options.message) safely(this.options.message, this, [msg]);
       return;
     }
     if (msg.event === "connect" && msg.data && typeof msg.data === "object") {
@@ -904,7 +1031,7 @@
     if (msg.event === "callback" && typeof msg.callbackId === "string") {
       const req = this._pending.get(msg.callbackId);
       if (req) {
-        this._answer(req, msg.data);
+        this._answer(req, msg.data, msg);
         return;
       }
     }

@@ -574,9 +574,10 @@ bg_conn_apply_auth(struct bg_conn *c, const char *auth_json)
 	struct bg_identity id = { 0 };
 	char err[160];
 
-	if (bg_auth_from_json(auth, &id, err, sizeof(err)) == BG_OK)
+	if (bg_auth_from_json(auth, &id, err, sizeof(err)) == BG_OK) {
 		bg_conn_authenticated(c, &id, NULL);
-	else
+		bg_forward_authenticated(c);
+	} else
 		bg_log_warn("client %s: ignoring the application's auth "
 			    "reply: %s", c->id, err);
 	json_decref(auth);

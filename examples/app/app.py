@@ -30,9 +30,10 @@ that one connection, on whichever node holds it:
 * "chat" {"room":R,"text":T}: the relay
   {"event":"chat","channel":R,"data":{"name":..,"text":T,"from":id}} to the
   room, then the callback {"success":true};
-* "authenticate": the Django-style login. The "cookie" field (the
-  connection's Cookie header) holds sessionid=KEY; KEY is looked up in the
-  session table and the callback says success with
+* "authenticate": the Django-style login. The session key KEY is
+  data.sessionId (what the original Bagou page sent), else the
+  sessionid=KEY of the "cookie" field (the connection's Cookie header);
+  KEY is looked up in the session table and the callback says success with
   "auth":{"user":..,"info":{"name":..},"channels":["private-<user>"]} (the
   server then treats the connection as that user), or failure with code
   auth_failed;
@@ -189,6 +190,10 @@ class ChatApp:
             log.warning("ignoring a malformed forwarded event: %.200r", body)
             return []
         handler = getattr(self, "on_" + body["event"], None)
+        if body.get("lifecycle") is True and body["event"] not in LIFECYCLE:
+            # A server notice this app has no use for (store,
+            # authenticate: PROTOCOL.md §5.1); never a request to answer.
+            return []
         if body["event"] in LIFECYCLE and body.get("callbackId") is not None:
             # The server's lifecycle events never carry a callbackId: this
             # is a client event that borrowed the name ("open" and "close"
@@ -248,7 +253,9 @@ class ChatApp:
         return self.ok(body, {"echo": body.get("data")})
 
     def on_authenticate(self, body, client, data):
-        key = session_id(body.get("cookie"))
+        key = data.get("sessionId") if isinstance(data, dict) else None
+        if not isinstance(key, str) or not key:
+            key = session_id(body.get("cookie"))
         sess = self.sessions.get(key) if key is not None else None
         if not isinstance(sess, dict) or sess.get("user") in (None, ""):
             log.info("client %s: authentication failed (%s)", client["id"],

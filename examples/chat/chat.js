@@ -177,8 +177,10 @@
     const text = ui.text.value.trim();
     if (!text || !room) return;
     ui.text.value = "";
-    ws.emit("chat", {room: room, text: text}, function (res) {
-      if (!res.success) {
+    // The original callback form: the whole callback message.
+    ws.emit("chat", {room: room, text: text}, function (msg) {
+      const res = msg.data || {};
+      if (res.success === false) {
         line("error", "Not sent (" + res.error.code + "): " +
              res.error.message);
         if (!ui.text.value) ui.text.value = text;

@@ -5,10 +5,15 @@ declare const WS: BagouWebSocket.WebSocketConstructor;
 
 const ws = new BagouWebSocket("ws://localhost:9000/websocket", {
   WebSocket: WS,
-  open() { this.subscribe("news", (res) => console.log(res.success)); },
+  open() {
+    this.subscribe("news", (msg) => console.log(msg.data?.success));
+  },
   close(ev) { console.log(ev.code); },
-  message(msg) { console.log(msg.event, msg.channel, msg.data); },
-  events: {chat(data: unknown) { console.log(data); }},
+  message(msg) { console.log(msg.event, msg.channel, msg.data, msg.success); },
+  events: {
+    message(msg) { console.log(msg.data.name + ": " + msg.data.text); },
+    chat(msg) { console.log(msg.event, msg.channel, this.readyState); },
+  },
   timeout: 5000,
   reconnect: true,
   reconnectDelay: 500,
@@ -25,8 +30,20 @@ async function demo(): Promise<void> {
   const res: BagouWebSocket.Answer = await ws.subscribe("news");
   await ws.subscribe("room", {onMessage: (data, msg) => console.log(msg.from)});
   ws.subscribe("room", {onMessage() {}, callback(r) { console.log(r); }});
-  ws.emit("chat", {text: "hi"}, (r) => console.log(r.error?.code));
-  ws.emit("chat", (r) => console.log(r));
+  ws.emit("chat", {text: "hi"}, (m) => console.log(m.data?.error?.code));
+  ws.emit("chat", (m) => {
+    const cb: string = m.callbackId;
+    const ev: "callback" = m.event;
+    console.log(cb, ev, m.data?.success);
+  });
+  const rs: number = ws.readyState;
+  const open: boolean = ws.readyState === ws.OPEN &&
+    BagouWebSocket.CLOSED === 3;
+  const authed: boolean = ws.authenticated;
+  const proto: string = ws.protocol;
+  console.log(rs, open, authed, proto, ws.settings.timeout);
+  ws.authenticate({sessionId: "abc"}, (m) => console.log(m.data?.user));
+  ws.send('{"event":"raw","data":{}}');
   await ws.emit("chat", {text: "hi"});
   await ws.store("name", "Ada");
   await ws.store({a: 1});
@@ -53,8 +70,10 @@ async function demo(): Promise<void> {
   }
   ws.close();
   ws.connect();
-  // @ts-expect-error: a token is a string
+  // @ts-expect-error: a token is a string or an object
   ws.authenticate(42);
+  // @ts-expect-error: a callback gets the callback message
+  ws.emit("chat", {}, (m) => { const e: "error" = m.event; console.log(e); });
   // @ts-expect-error: the channel handler is a function
   ws.onChannel("news", "nope");
   // @ts-expect-error: unknown state

@@ -91,11 +91,19 @@ describe("callbacks and promises", function () {
   it("emit(event, data, callback) answers through the callback (original)",
      async function () {
     const ws = await opened();
+    const Rec = T.recorder();
+    const ws2 = await opened({WebSocket: Rec});
     const res = await new Promise(function (resolve) {
-      const ret = ws.emit("chat", {text: "hi"}, resolve);
-      assert.equal(ret, ws, "with a callback, emit returns the client");
+      const ret = ws2.emit("chat", {text: "hi"}, resolve);
+      assert.equal(ret, ws2, "with a callback, emit returns the client");
     });
-    assert.deepEqual(res, {success: true});
+    // The whole callback message, as the original client gave it.
+    const frame = Rec.last().sent.find(function (m) {
+      return m.event === "chat";
+    });
+    assert.deepEqual(res, {event: "callback", callbackId: frame.callbackId,
+                           data: {success: true}});
+    assert.equal(ws.state, "open");
   });
 
   it("emit without callback returns a Promise of the success data",
@@ -113,7 +121,8 @@ describe("callbacks and promises", function () {
     const res = await new Promise(function (resolve) {
       ws.subscribe("news", resolve);
     });
-    assert.deepEqual(res, {success: true, channel: "news"});
+    assert.equal(res.event, "callback");
+    assert.deepEqual(res.data, {success: true, channel: "news"});
     assert.deepEqual(ws.channels, ["news"]);
   });
 
@@ -131,8 +140,8 @@ describe("callbacks and promises", function () {
     const res = await new Promise(function (resolve) {
       ws.subscribe("bad*channel", resolve);
     });
-    assert.equal(res.success, false);
-    assert.equal(res.error.code, "invalid_channel");
+    assert.equal(res.data.success, false);
+    assert.equal(res.data.error.code, "invalid_channel");
     assert.deepEqual(ws.channels, []);
   });
 
@@ -214,7 +223,7 @@ describe("broadcasts and handlers", function () {
      async function () {
     const got = [];
     const ws = await opened({
-      events: {message: function (data, msg) { got.push(["events", data]); }},
+      events: {message: function (msg) { got.push(["events", msg.data]); }},
       message: function (msg) {
         if (msg.event === "message") got.push(["message", msg.channel]);
       },
@@ -264,7 +273,7 @@ describe("broadcasts and handlers", function () {
                                           callback: resolve});
       assert.equal(ret, ws);
     });
-    assert.equal(res.success, true);
+    assert.equal(res.data.success, true);
   });
 
   it("a failed subscribe drops the handler it added", async function () {

@@ -268,7 +268,8 @@ describe("queue while disconnected", function () {
     const overflow = await new Promise(function (resolve) {
       ws.emit("x", {}, resolve);
     });
-    assert.deepEqual(overflow.error.code, "queue_full");
+    assert.equal(overflow.event, "callback");
+    assert.deepEqual(overflow.data.error.code, "queue_full");
     const sendError = T.nextEvent(ws, "error", 2000);
     ws.send("y", {});
     assert.equal((await sendError).data.code, "queue_full");
@@ -282,7 +283,7 @@ describe("queue while disconnected", function () {
     await T.waitFor(function () { return got.length === 3 && cbAnswer; },
                     5000, "delivery");
     assert.deepEqual(got, [1, 2, 3]);
-    assert.deepEqual(cbAnswer, {success: true});
+    assert.deepEqual(cbAnswer.data, {success: true});
   });
 
   it("queues calls made before the first connection", async function () {
@@ -357,8 +358,10 @@ describe("timeouts", function () {
     const res = await new Promise(function (resolve) {
       ws.emit("slow", {}, resolve);
     });
-    assert.equal(res.success, false);
-    assert.equal(res.error.code, "timeout");
+    assert.equal(res.event, "callback");
+    assert.equal(typeof res.callbackId, "string");
+    assert.equal(res.data.success, false);
+    assert.equal(res.data.error.code, "timeout");
     const stray = [];
     ws.on("callback", function (data, msg) { stray.push(msg.callbackId); });
     sock.unmute();

@@ -200,10 +200,11 @@ def test_client_single_id(amqp_server, publisher):
 
     async def scenario():
         conns = await clients(srv, [[], ["news"], ["news"]])
-        # channel does not route when client is set.
+        # channel does not route when client is set (the reply keeps it).
         pub.publish({"event": "direct", "client": conns[0][1],
                      "channel": "news", "data": {"x": 1}})
         assert await recv_json(conns[0][0]) == {"event": "direct",
+                                                "channel": "news",
                                                 "data": {"x": 1}}
         await expect_silence(conns[1][0])
         await expect_silence(conns[2][0], 0.05)
@@ -223,7 +224,7 @@ def test_client_list(amqp_server, publisher):
         pub.publish({"event": "sentinel"})
         for i, (ws, _) in enumerate(conns):
             if i in (1, 3):
-                assert await recv_json(ws) == {"event": "some", "data": {}}
+                assert await recv_json(ws) == {"event": "some"}
             assert await recv_json(ws) == {"event": "sentinel", "data": {}}
         await close_all(conns)
 

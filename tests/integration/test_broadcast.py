@@ -133,10 +133,12 @@ def test_client_single_id(server):
     async def scenario():
         conns = await clients(srv, [[], ["news"], ["news"]])
         target = conns[0][1]
-        # channel is ignored when client is set.
+        # channel does not route when client is set; the reply keeps it
+        # as published (PROTOCOL.md §4, replies).
         await post(srv, {"event": "direct", "client": target,
                          "channel": "news", "data": {"x": 1}})
         assert await recv_json(conns[0][0]) == {"event": "direct",
+                                                "channel": "news",
                                                 "data": {"x": 1}}
         await expect_silence(conns[1][0])
         await expect_silence(conns[2][0], 0.05)
@@ -155,7 +157,8 @@ def test_client_list(server):
         await post(srv, {"event": "sentinel"})
         for i, (ws, _) in enumerate(conns):
             if i in (1, 3):
-                assert await recv_json(ws) == {"event": "some", "data": {}}
+                # A reply gets no default "data".
+                assert await recv_json(ws) == {"event": "some"}
             assert await recv_json(ws) == {"event": "sentinel", "data": {}}
         await close_all(conns)
 

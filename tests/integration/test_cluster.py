@@ -135,7 +135,7 @@ def test_client_targeted_broadcast_across_nodes(amqp_server):
         # would arrive before it.
         await asyncio.to_thread(a_node.broadcast, {"event": "sentinel"})
         assert await recv_json(conns["c_target"][0]) == {
-            "event": "direct", "data": {"secret": 1}}
+            "event": "direct", "channel": "news", "data": {"secret": 1}}
         for name, (ws, _) in conns.items():
             assert await recv_json(ws) == {"event": "sentinel",
                                            "data": {}}, name

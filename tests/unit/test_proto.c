@@ -869,8 +869,8 @@ test_broadcast_clients(void **state)
 	expect_frame_text(m, 0, "{\"event\":\"dm\",\"data\":1}");
 	bg_msg_unref(m);
 
-	/* A list, de-duplicated; channels then do not route and are not
-	 * in the payload. */
+	/* A list, de-duplicated; channels then do not route, and stay in
+	 * the payload as published (a label); no "data" is added. */
 	m = broadcast("{\"event\":\"dm\",\"client\":[\"x-1\",\"y-2\",\"x-1\"],"
 		      "\"channel\":\"news\"}", NULL, &code);
 	assert_non_null(m);
@@ -879,8 +879,51 @@ test_broadcast_clients(void **state)
 	assert_string_equal(m->names[0], "x-1");
 	assert_string_equal(m->names[1], "y-2");
 	assert_int_equal(m->n_frames, 1);
-	expect_frame_text(m, 0, "{\"event\":\"dm\",\"data\":{}}");
+	expect_frame_text(m, 0, "{\"event\":\"dm\",\"channel\":\"news\"}");
 	bg_msg_unref(m);
+}
+
+/* A reply to explicit clients (what client.jsonify(**kwargs) publishes)
+ * keeps every top-level field, in order, minus client, exclude, auth. */
+static void
+test_broadcast_client_reply_fields(void **state)
+{
+	enum bg_code code;
+	struct bg_msg *m;
+
+	m = broadcast("{\"success\":true,\"client\":\"n-0-1\",\"message\":"
+		      "\"Message received!\",\"n\":[1,{\"a\":null}]}", NULL,
+		      &code);
+	assert_non_null(m);
+	assert_int_equal(m->target, BG_MSG_CLIENTS);
+	expect_frame_text(m, 0, "{\"success\":true,\"message\":"
+			  "\"Message received!\",\"n\":[1,{\"a\":null}]}");
+	bg_msg_unref(m);
+
+	m = broadcast("{\"event\":\"callback\",\"callbackId\":\"u-1\","
+		      "\"client\":[\"n-0-1\"],\"exclude\":\"n-0-2\",\"auth\":"
+		      "{\"user\":\"42\"},\"data\":{\"user\":{\"pk\":42}},"
+		      "\"extra\":\"x\",\"from\":\"n-0-9\"}", NULL, &code);
+	assert_non_null(m);
+	assert_non_null(m->auth);
+	assert_string_equal(m->exclude, "n-0-2");
+	expect_frame_text(m, 0, "{\"event\":\"callback\",\"callbackId\":"
+			  "\"u-1\",\"data\":{\"user\":{\"pk\":42}},"
+			  "\"extra\":\"x\",\"from\":\"n-0-9\"}");
+	bg_msg_unref(m);
+
+	/* Without clients, "event" is still required; with a bad event
+	 * even a reply is refused. */
+	assert_null(broadcast("{\"success\":true}", NULL, &code));
+	assert_int_equal(code, BG_CODE_BAD_MESSAGE);
+	assert_null(broadcast("{\"success\":true,\"client\":[]}", NULL,
+			      &code));
+	assert_null(broadcast("{\"event\":5,\"client\":\"n-0-1\"}", NULL,
+			      &code));
+	assert_null(broadcast("{\"event\":\"\",\"client\":\"n-0-1\"}",
+			      NULL, &code));
+	assert_null(broadcast("{\"ok\":1,\"client\":\"a b\"}", NULL, &code));
+	assert_int_equal(code, BG_CODE_BAD_MESSAGE);
 }
 
 static void
@@ -1287,6 +1330,7 @@ main(void)
 		cmocka_unit_test(test_broadcast_duplicates),
 		cmocka_unit_test(test_broadcast_everyone),
 		cmocka_unit_test(test_broadcast_clients),
+		cmocka_unit_test(test_broadcast_client_reply_fields),
 		cmocka_unit_test(test_broadcast_exclude_callback_from),
 		cmocka_unit_test(test_broadcast_data),
 		cmocka_unit_test(test_broadcast_root_untouched),
