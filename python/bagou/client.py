@@ -8,9 +8,6 @@ from typing import Any, Callable, Dict, List, Optional, Set
 
 log = logging.getLogger("bagou")
 
-# jsonify() without an event: the server needs one to deliver a message.
-JSONIFY_DEFAULT_EVENT = "reply"
-
 _UNSET = object()
 
 
@@ -60,13 +57,14 @@ class Client:
 
     # ------------------------------------------------------------ send
     def jsonify(self, **kwargs: Any) -> None:
-        """Sends kwargs as one JSON message to this connection only, every
-        field kept: jsonify(event="message", data={...}), or the answer to
+        """Sends kwargs as one JSON message to this connection only, as
+        given (every field kept, `event` may be left out, e.g.
+        jsonify(success=True, message="Message received!")):
+        jsonify(event="message", data={...}), or the answer to
         a callback, jsonify(event="callback", callbackId=message[
         "callbackId"], data={...}). Raises BroadcastError when the broker
         does not take it."""
         msg = dict(kwargs)
-        msg.setdefault("event", JSONIFY_DEFAULT_EVENT)
         msg["client"] = self.id
         self._publish(msg)
         if msg.get("event") == "callback" and \

@@ -8,6 +8,8 @@ Routing key / "event" of the body:
 | subscribe, unsubscribe| on_subscribe, on_unsubscribe (lifecycle)|
 | store                 | on_store (lifecycle)                   |
 | authenticate          | session check (AUTH), on_authenticate  |
+| authenticate, notice  | on_authenticate (lifecycle: a token    |
+|                       | login; a session login ran them above) |
 | anything else         | on_message                             |
 
 Every message with a callbackId is answered exactly once: by a handler
@@ -18,14 +20,18 @@ of django-bagou, or with an error when a handler raised."""
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Optional
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import auth, conf, events
 from .client import Client
 
 log = logging.getLogger("bagou")
 
-LIFECYCLE = ("open", "close", "subscribe", "unsubscribe", "store")
+LIFECYCLE = ("open", "close", "subscribe", "unsubscribe", "store",
+             "authenticate")
 
 Publish = Callable[[Dict[str, Any]], None]
 
@@ -64,7 +70,12 @@ class Dispatch:
 
     def run(self) -> None:
         ev, c = self.event, self.client
-        lifecycle = ev in LIFECYCLE and self.callback_id is None
+        # The server marks what it forwards after the fact ("lifecycle":
+        # true); servers before that mark forwarded only these four, and
+        # clients cannot send them as events of their own.
+        lifecycle = self.body.get("lifecycle") is True or (
+            ev in ("open", "close", "subscribe", "unsubscribe") and
+            self.callback_id is None)
         data = self.body.get("data")
         target = data.get("channel") if isinstance(data, dict) else None
         if lifecycle and ev == "open":
@@ -82,6 +93,8 @@ class Dispatch:
         elif lifecycle and ev == "store":
             for h, _ in events.on_store.matching(c.channels):
                 self._call(h, c, self.message)
+        elif lifecycle and ev == "authenticate":
+            self._authenticated()
         elif ev == "authenticate":
             self._authenticate()
         else:
@@ -98,17 +111,25 @@ class Dispatch:
                        self.message)
 
     def _authenticate(self) -> None:
+        """A client's authenticate request: the session login (AUTH),
+        then the on_authenticate handlers, as django-bagou did."""
         c, s = self.client, self.settings
         session_id = auth.session_id_from(self.body.get("data"),
                                           self.body.get("cookie"))
-        # Forwarded after a token authentication ([forward] lifecycle):
-        # the connection is a user's already, nothing to check.
-        already = self.callback_id is None and session_id is None and \
-            c.user_id is not None
-        if s.auth and not already:
+        if s.auth:
             self._session_login(session_id)
         for h, _ in events.on_authenticate.matching(c.channels):
             self._call(h, c, self.message, session_id)
+
+    def _authenticated(self) -> None:
+        """The server's notice that the connection became a user's
+        ([forward] lifecycle = authenticate): a token login, or the
+        session login this runner answered, whose handlers ran then."""
+        c = self.client
+        if _logins.take(c.id, c.user_id):
+            return
+        for h, _ in events.on_authenticate.matching(c.channels):
+            self._call(h, c, self.message, None)
 
     def _session_login(self, session_id: Optional[str]) -> None:
         c, cb = self.client, self.callback_id
@@ -133,6 +154,8 @@ class Dispatch:
             log.info("client %s: %s", c.id,
                      "no session id" if session_id is None
                      else "unknown or expired session")
+        if user is not None:
+            _logins.put(c.id, c.user_id)
         if cb is not None:
             c.jsonify(event="callback", callbackId=cb, data=data, **extra)
         elif extra:
@@ -156,6 +179,36 @@ class Dispatch:
                 "message": "the application failed to handle '%s'"
                            % self.event,
                 "event": self.event})
+
+
+class _Logins:
+    """The session logins this process answered recently, so that the
+    server's authenticate notice that follows each does not run the
+    on_authenticate handlers a second time."""
+
+    TTL = 60.0
+    MAX = 10000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: "OrderedDict[Tuple[str, Optional[str]], float]" = \
+            OrderedDict()
+
+    def put(self, client_id: str, user_id: Optional[str]) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._seen[(client_id, user_id)] = now
+            while self._seen and (len(self._seen) > self.MAX or
+                                  next(iter(self._seen.values())) <
+                                  now - self.TTL):
+                self._seen.popitem(last=False)
+
+    def take(self, client_id: str, user_id: Optional[str]) -> bool:
+        with self._lock:
+            return self._seen.pop((client_id, user_id), None) is not None
+
+
+_logins = _Logins()
 
 
 def dispatch(body: Dict[str, Any], publish: Publish,

@@ -3,7 +3,8 @@
 import time
 
 
-def forwarding(ex, lifecycle="open,close,subscribe,unsubscribe",
+def forwarding(ex, lifecycle="open,close,subscribe,unsubscribe,store,"
+               "authenticate",
                **sections):
     cfg = {"forward": {"exchange": ex}}
     if lifecycle:

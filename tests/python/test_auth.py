@@ -68,8 +68,9 @@ def test_session_id_authenticates(srv):
         reply = await request(ws, "echo", 0, callback_id="e")
         assert reply["data"]["user"] == "alice", reply
         assert reply["data"]["authenticated"] is True, reply
-        # A private per-user channel reached from anywhere.
-        bagou.configure()      # Django's settings.BAGOU again
+        # on_authenticate ran once, when the runner answered; the
+        # server's notice that followed did not run it again.
+        await expect_silence(ws, 0.5)
         await ws.close()
 
     run(scenario())
@@ -175,6 +176,10 @@ def test_token_authenticates(amqp_server, exchanges, runner):
         assert reply["data"]["success"] is True, reply
         assert reply["data"]["user"] == {"id": "42",
                                          "info": {"name": "Alice"}}, reply
+        # The server's notice ([forward] lifecycle = authenticate) runs
+        # the on_authenticate handlers of a token login.
+        assert await recv_json(ws) == {"event": "hello", "data": {
+            "user": None, "authenticated": True, "session": False}}
         reply = await request(ws, "subscribe",
                               {"channel": "private-user-42"},
                               callback_id="p")

@@ -57,6 +57,7 @@ def test_callback_answered_by_handler_keeps_every_field(srv):
     async def scenario():
         ws, cid, _ = await connect(srv, ["news"])
         await request(ws, "store", {"name": "Ann"}, callback_id="s")
+        assert (await recv_json(ws))["event"] == "stored"
         reply = await request(ws, "echo", {"x": [1, 2], "channel": "news"},
                               callback_id="e1")
         assert reply == {
@@ -178,3 +179,31 @@ def test_on_open_and_on_close_refuse_a_filter():
             event(lambda c: None, channel="x")
     with pytest.raises(EventError):
         on_message(channel="(unclosed")
+
+
+def test_jsonify_as_given(srv):
+    """client.jsonify(success=True, message=...) of django-bagou's
+    introduction: the page receives exactly that object."""
+    async def scenario():
+        ws, _, _ = await connect(srv)
+        await send_json(ws, {"event": "intro", "data": {}})
+        assert await recv_json(ws) == {"success": True,
+                                       "message": "Message received!"}
+        await ws.close()
+
+    run(scenario())
+
+
+def test_on_store(srv):
+    async def scenario():
+        ws, _, _ = await connect(srv)
+        reply = await request(ws, "store", {"name": "Zoe"}, callback_id="s")
+        assert reply["data"]["success"] is True, reply
+        assert await recv_json(ws) == {"event": "stored", "data": {
+            "store": {"name": "Zoe"}, "merged": {"name": "Zoe"}}}
+        await request(ws, "store", {"age": 7}, callback_id="s2")
+        assert await recv_json(ws) == {"event": "stored", "data": {
+            "store": {"name": "Zoe", "age": 7}, "merged": {"age": 7}}}
+        await ws.close()
+
+    run(scenario())

@@ -57,6 +57,8 @@ def test_unknown_keys_are_ignored_not_fatal(caplog):
 
 
 def test_configure_and_environment(monkeypatch):
+    for var in conf.ENV_KEYS:
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("BAGOU_HTTP_URL", "http://127.0.0.1:1/broadcast")
     monkeypatch.setenv("BAGOU_AUTH", "true")
     monkeypatch.setattr(conf, "_django_settings", lambda: None)

@@ -31,6 +31,9 @@ def first(client, channel, message):
                              "authenticated": client.authenticated,
                              "store": client.store},
                        extra={"kept": True})
+    elif message["event"] == "intro":
+        # docs/intro.rst of django-bagou, word for word.
+        client.jsonify(success=True, message="Message received!")
     elif message["event"] == "boom":
         raise RuntimeError("boom, as asked")
 
