@@ -229,7 +229,8 @@ clean:
 # 4.2 is fetched with a private sources list under build/ and unpacked
 # into build/django42 (dpkg -x): the system's apt setup is not touched.
 PY_PKGS    := python3-django python3-venv python3-setuptools python3-wheel \
-              python3-pip python3-pika python3-pytest python3-websockets
+              python3-pip python3-pika python3-pytest python3-websockets \
+              chromium
 DJANGO42   := $(BUILD)/django42/usr/lib/python3/dist-packages
 VENV       := $(BUILD)/venv
 

@@ -61,7 +61,8 @@ class Runner:
     """`python -m django bagou` (the runner of manage.py) as a
     subprocess, with the test project's events.py."""
 
-    def __init__(self, tmpdir, env, name, argv=None):
+    def __init__(self, tmpdir, env, name, argv=None, cwd=HERE,
+                 ready=" consuming "):
         self.env = dict(os.environ)
         self.env.update(env)
         self.env["PYTHONPATH"] = os.pathsep.join(
@@ -69,6 +70,8 @@ class Runner:
         self.log_path = os.path.join(tmpdir, name + ".log")
         self.argv = argv or [sys.executable, "-m", "django", "bagou",
                              "--log-level", "debug"]
+        self.cwd = cwd
+        self.ready = ready
         self.proc = None
         self._log = None
 
@@ -77,7 +80,7 @@ class Runner:
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                      stdout=self._log,
                                      stderr=subprocess.STDOUT, env=self.env,
-                                     cwd=HERE)
+                                     cwd=self.cwd)
         self.wait_consuming(1)
         return self
 
@@ -93,8 +96,8 @@ class Runner:
             if self.proc.poll() is not None:
                 raise AssertionError("the runner exited with %s:\n%s"
                                      % (self.proc.returncode, self.log()))
-            return self.log().count(" consuming ") >= n
-        wait_for(ready, timeout=timeout, what="the runner consuming")
+            return self.log().count(self.ready) >= n
+        wait_for(ready, timeout=timeout, what="%r in the log" % self.ready)
 
     def stop(self):
         if self.proc is None:
