@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from typing import Any, Dict, Iterable, List, Optional, Union
@@ -25,6 +26,11 @@ from .exceptions import BroadcastError
 log = logging.getLogger("bagou")
 
 Names = Union[str, Iterable[str], None]
+
+# A connection unused for longer than this (seconds) is checked before a
+# publish (heartbeats serviced, a close by the broker noticed); one in
+# steady use is not, as a publish would notice it failing anyway.
+IDLE_CHECK = 1.0
 
 
 class _ConfirmTimeout(Exception):
@@ -111,6 +117,7 @@ class Publisher:
         self._conn: Optional[pika.BlockingConnection] = None
         self._ch: Any = None
         self._pid = os.getpid()
+        self._last = 0.0           # monotonic time of the last publish
         self.connects = 0          # connections opened (tests read it)
 
     # ---------------------------------------------------------- state
@@ -192,9 +199,11 @@ class Publisher:
             self.forget_after_fork()
         with self._lock:
             # A link that died while idle (broker restart, missed
-            # heartbeats) is noticed here, before anything is sent, so
-            # trying again on a new one cannot duplicate the message.
-            if self._conn is not None:
+            # heartbeats) is noticed here, before anything is sent.
+            now = time.monotonic()
+            idle = now - self._last
+            self._last = now
+            if self._conn is not None and idle > IDLE_CHECK:
                 try:
                     self._conn.process_data_events(time_limit=0)
                     if not self._ch.is_open:
