@@ -331,3 +331,18 @@ def test_no_socket_left_behind(amqp_server, bx, configured):
     with pytest.raises(OSError):
         sock.getpeername()
     assert isinstance(sock, socket.socket)
+
+
+def test_no_server_bound_is_a_warning(rabbitmq, publisher, caplog):
+    """The exchange exists but no node is connected: RabbitMQ took the
+    message and had nobody to give it to. Not an error (broadcasts are
+    not a mailbox), but said in the log."""
+    from rabbitmq import unique_exchange
+    lonely = unique_exchange("bagou-lonely")
+    publisher(lonely)                  # declares it, binds nothing
+    bagou.configure(AMQP_BROKER_URL=rabbitmq.url, EXCHANGE=lonely)
+    try:
+        bagou.broadcast("message", "news")
+        assert "no queue is bound to exchange '%s'" % lonely in caplog.text
+    finally:
+        bagou.configure()
