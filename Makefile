@@ -230,7 +230,7 @@ clean:
 # into build/django42 (dpkg -x): the system's apt setup is not touched.
 PY_PKGS    := python3-django python3-venv python3-setuptools python3-wheel \
               python3-pip python3-pika python3-pytest python3-websockets \
-              chromium
+              python3-mypy chromium
 DJANGO42   := $(BUILD)/django42/usr/lib/python3/dist-packages
 VENV       := $(BUILD)/venv
 
@@ -265,6 +265,9 @@ $(VENV)/bin/python:
 	$(Q)/usr/bin/python3 -m venv --system-site-packages $(VENV)
 
 test-python: $(OUT)/bagou-server $(VENV)/bin/python $(DJANGO42)/django/__init__.py
+	@echo "  MYPY   python/bagou"
+	$(Q)cd python && /usr/bin/python3 -m mypy \
+	  --cache-dir $(abspath $(BUILD)/mypy-cache) bagou
 	@echo "  PIP    ./python into $(VENV)"
 	$(Q)$(VENV)/bin/pip install -q --no-index --no-build-isolation \
 	  --force-reinstall --no-deps ./python; rm -rf python/build python/*.egg-info

@@ -26,7 +26,7 @@ def session_id_from(data: Any, cookie: Any) -> Optional[str]:
         name = settings.SESSION_COOKIE_NAME
     except ImportError:
         name = "sessionid"
-    jar = SimpleCookie()
+    jar: "SimpleCookie[str]" = SimpleCookie()
     try:
         jar.load(cookie)
         if name in jar:
@@ -57,7 +57,7 @@ def session_user(session_id: Optional[str]) -> Any:
     from django.contrib.auth import get_user
     engine = importlib.import_module(settings.SESSION_ENGINE)
     session = engine.SessionStore(session_key=session_id)
-    user = get_user(_Request(session))  # type: ignore[arg-type]
+    user = get_user(_Request(session))
     if user is None or not getattr(user, "is_authenticated", False):
         return None
     return user

@@ -49,7 +49,8 @@ class Event:
         pattern = self._pattern(channel, handler)
         if handler is None:
             def bind(fn: Handler) -> Handler:
-                return self(fn, channel=channel)
+                self(fn, channel=channel)
+                return fn
             return bind
         if not callable(handler):
             raise EventError("@%s decorates a function, not %r"

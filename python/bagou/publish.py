@@ -44,7 +44,8 @@ def _encoder() -> Optional[type]:
         from django.core.serializers.json import DjangoJSONEncoder
     except ImportError:
         return None
-    return DjangoJSONEncoder
+    encoder: type = DjangoJSONEncoder
+    return encoder
 
 
 def encode(message: Dict[str, Any]) -> bytes:

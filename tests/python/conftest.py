@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -22,7 +21,7 @@ sys.path.insert(0, IT)
 sys.path.insert(0, HERE)
 
 from rabbitmq import amqp_server, publisher, unique_exchange  # noqa: E402,F401
-from support import REPO, wait_for  # noqa: E402
+from support import wait_for  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(
     "bagou_integration_conftest", os.path.join(IT, "conftest.py"))

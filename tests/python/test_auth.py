@@ -6,7 +6,6 @@ import urllib.request
 
 import pytest
 
-import bagou
 from bagou.tokens import make_token
 from bghelpers import forwarding, session_for
 from support import (error_code, expect_silence, recv_json, request, run,

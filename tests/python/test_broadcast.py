@@ -13,8 +13,8 @@ import bagou
 from bagou import BroadcastError, publish
 from bagou.utils import broadcast
 from bagou.utils import message as early
-from support import (HOST, expect_silence, free_port, recv_json, request,
-                     run, subscribe, ws_connect)
+from support import (HOST, expect_silence, free_port, recv_json, run,
+                     subscribe, ws_connect)
 
 
 @pytest.fixture

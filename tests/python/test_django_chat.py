@@ -125,3 +125,46 @@ def test_two_users_chat(chat):
             await browser.close()
 
     run(scenario(), timeout=120)
+
+
+def test_run_sh(tmp_path, rabbitmq):
+    """examples/django_chat/run.sh, the example's one command: it
+    migrates, creates the demo users, starts the runner and Django, and
+    stops both on SIGINT."""
+    import signal
+    import subprocess
+    import urllib.request
+    port = free_port()
+    env = dict(os.environ, CHAT_DB=str(tmp_path / "chat.sqlite3"),
+               CHAT_ADDR="127.0.0.1:%d" % port, PYTHON=sys.executable,
+               BAGOU_AMQP_URL=rabbitmq.url, BAGOU_EXCHANGE="run-sh-bx",
+               BAGOU_FORWARD_EXCHANGE="run-sh-ex")
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([os.path.join(EXAMPLE, "run.sh")], env=env,
+                                stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        from support import wait_for
+
+        def up():
+            assert proc.poll() is None, log.read_text()
+            text = log.read_text()
+            return "Quit the server" in text and " consuming " in text
+        wait_for(up, timeout=60, what="run.sh serving")
+        with urllib.request.urlopen("http://127.0.0.1:%d/login/" % port,
+                                    timeout=10) as r:
+            assert r.status == 200
+            assert b"alice and bob" in r.read()
+        assert "user alice, password bagou-demo" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+    text = log.read_text()
+    assert "bagou.worker INFO stopped" in text, text
