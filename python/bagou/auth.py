@@ -42,6 +42,16 @@ def session_id_from(data: Any, cookie: Any) -> Optional[str]:
     return None
 
 
+def django_ready() -> bool:
+    """Whether Django is installed, configured and its apps loaded (no
+    sessions to check otherwise: AUTH then has no effect)."""
+    try:
+        from django.apps import apps
+    except ImportError:
+        return False
+    return bool(apps.ready)
+
+
 class _Request:
     """What django.contrib.auth.get_user() reads of a request."""
 

@@ -116,7 +116,7 @@ class Dispatch:
         c, s = self.client, self.settings
         session_id = auth.session_id_from(self.body.get("data"),
                                           self.body.get("cookie"))
-        if s.auth:
+        if s.auth and auth.django_ready():
             self._session_login(session_id)
         for h, _ in events.on_authenticate.matching(c.channels):
             self._call(h, c, self.message, session_id)
