@@ -14,6 +14,11 @@
  * (b) the chat example: two people join the same room, see each other's
  *     join notices, talk both ways, one leaves and the other sees it.
  *     Screenshot: build/e2e/chat.png.
+ * (c) a page written for the original Django Bagou (e2e/original/, served
+ *     by a second bagou-server on the same broker and app,
+ *     unchanged original-style code): whole-message events and callbacks,
+ *     the sessionId login, a RabbitMQ broadcast, a chat relay, a reply
+ *     without an event, the "bagou" sub-protocol.
  *
  * Needs /usr/bin/chromium, build/bagou-server, rabbitmq-server and
  * python3-pika. Missing any of them fails the test, unless
@@ -57,7 +62,8 @@ if (missing.length) {
   return;
 }
 
-const env = {broker: null, app: null, server: null, browser: null};
+const env = {broker: null, app: null, server: null, browser: null,
+             original: null};
 const pageErrors = [];       // uncaught exceptions in any page
 const consoleLines = [];     // console output of every page (diagnostics)
 let stopping = null;
@@ -66,9 +72,10 @@ async function stopAll() {
   if (stopping) return stopping;
   stopping = (async function () {
     await S.closeBrowser(env.browser).catch(function () {});
-    if (env.server) {
-      await env.server.stop().catch(function () {});
-      env.server.cleanup();
+    for (const srv of [env.server, env.original]) {
+      if (!srv) continue;
+      await srv.stop().catch(function () {});
+      srv.cleanup();
     }
     if (env.app) await env.app.stop().catch(function () {});
     if (env.broker) await env.broker.stop().catch(function () {});
@@ -93,6 +100,8 @@ for (const sig of ["SIGINT", "SIGTERM"]) {
 function diagnostics() {
   return [
     "---- bagou-server (last lines)", S.tail(env.server && env.server.log()),
+    "---- second bagou-server (last lines)",
+    S.tail(env.original && env.original.log()),
     "---- examples/app/app.py (last lines)", S.tail(env.app && env.app.log()),
     "---- page console (last lines)", S.tail(consoleLines.join("\n")),
     "---- page errors", pageErrors.join("\n") || "(none)",
@@ -354,5 +363,109 @@ describe("browser end-to-end", function () {
     });
     await pages.alice.context().close();
     await pages.bob.context().close();
+  });
+  it("a page written for the original client runs unchanged",
+     {timeout: 120000}, async function () {
+    const pages = {};
+    await withDiagnostics("original", pages, async function () {
+      // A second node on the same broker and app, serving the page.
+      env.original = new S.BagouServer(env.broker.url, CONFIG.replace(
+        "static_dir = examples/chat", "static_dir = js/e2e/original"));
+      await env.original.start();
+      async function openOriginal(name) {
+        const context = await env.browser.newContext();
+        const page = await context.newPage();
+        page.setDefaultTimeout(WAIT);
+        page.on("pageerror", function (err) {
+          pageErrors.push(name + ": " + err.message);
+        });
+        page.on("console", function (msg) {
+          consoleLines.push(name + " " + msg.type() + ": " + msg.text());
+        });
+        const res = await page.goto(env.original.origin +
+                                    "/static/index.html#" + name,
+                                    {waitUntil: "load", timeout: WAIT});
+        assert.equal(res.status(), 200, "GET /static/index.html");
+        await sees(page, "info", "subscribed to room-original");
+        await sees(page, "info", "I am " + name);
+        return page;
+      }
+      const lines = function (page) {
+        return page.$$eval("#log li", function (lis) {
+          return lis.map(function (li) {
+            return li.className + ": " + li.textContent;
+          });
+        });
+      };
+
+      const alice = pages.alice = await openOriginal("Alice");
+      const bob = pages.bob = await openOriginal("Bob");
+      // The join notice ([forward] lifecycle subscribe), read as
+      // msg.data.name and msg.channel.
+      await sees(alice, "join", "Bob joined room-original");
+      const state = await alice.evaluate(function () {
+        return {protocol: ws.protocol, readyState: ws.readyState,
+                open: ws.OPEN, settings: typeof ws.settings.events,
+                authenticated: ws.authenticated, id: ws.id};
+      });
+      assert.deepEqual(Object.assign({}, state, {id: null}),
+                       {protocol: "bagou", readyState: 1, open: 1,
+                        settings: "object", authenticated: false, id: null});
+
+      // The original session login: {sessionId}, answered by the app.
+      await alice.evaluate(function () { login("good"); });
+      await sees(alice, "info", "logged in as Alice");
+      assert.equal(await alice.evaluate(function () {
+        return ws.authenticated;
+      }), true);
+      await bob.evaluate(function () { login("nope"); });
+      await sees(bob, "error", "login refused");
+
+      // A broadcast through RabbitMQ, to events.message.
+      await S.publish(env.broker.url, "room-original", "message",
+                      {name: "Server", text: "Welcome!"});
+      await sees(alice, "message", "Server: Welcome!");
+      await sees(bob, "message", "Server: Welcome!");
+
+      // A chat relayed by the app; the callback reads msg.data.success.
+      await alice.fill("#text", "hi Bob");
+      await alice.click("#send");
+      await sees(alice, "ack", "sent: hi Bob");
+      await sees(bob, "chat", "Alice: hi Bob");
+
+      // What client.jsonify(success=True, message=...) published: a reply
+      // to Alice only, without an event, then a sentinel to the room.
+      await S.publishRaw(env.broker.url, {client: state.id, success: true,
+                                          message: "Message received!"});
+      await S.publish(env.broker.url, "room-original", "message",
+                      {name: "Server", text: "sentinel"});
+      await sees(alice, "reply", "Message received!");
+      await sees(bob, "message", "Server: sentinel");
+      await sees(alice, "message", "Server: sentinel");
+
+      assert.deepEqual(await lines(alice), [
+        "info: I am Alice",
+        "info: subscribed to room-original",
+        "join: Alice joined room-original",
+        "join: Bob joined room-original",
+        "info: logged in as Alice",
+        "message: Server: Welcome!",
+        "chat: Alice: hi Bob",
+        "ack: sent: hi Bob",
+        "reply: Message received!",
+        "message: Server: sentinel",
+      ]);
+      assert.deepEqual(await lines(bob), [
+        "info: I am Bob",
+        "info: subscribed to room-original",
+        "join: Bob joined room-original",
+        "error: login refused",
+        "message: Server: Welcome!",
+        "chat: Alice: hi Bob",
+        "message: Server: sentinel",
+      ]);
+      assert.deepEqual(pageErrors, []);
+    });
+    for (const p of Object.values(pages)) await p.context().close();
   });
 });

@@ -343,6 +343,13 @@ async function publish(amqpUrl, channel, event, data) {
   }
 }
 
+/** Publishes body (any JSON object, e.g. a reply with "client" set) to
+ *  the exchange "bagou" with pika, confirmed by the broker. */
+async function publishRaw(amqpUrl, body, routingKey) {
+  await run(PYTHON, ["-c", PIKA_PUBLISH, amqpUrl, "bagou", routingKey || "",
+                     JSON.stringify(body)], 20000);
+}
+
 /* ------------------------------------------------------------ the browser */
 
 const CHROMIUM_ARGS = [
@@ -407,6 +414,7 @@ function missing() {
 
 module.exports = {
   HOST, REPO, OUT_DIR, CHROMIUM, Broker, App, BagouServer, publish,
+  publishRaw,
   launchBrowser, closeBrowser, missing, tail, sleep: T.sleep,
   request: T.request,
 };

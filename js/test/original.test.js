@@ -14,7 +14,8 @@ const BagouWebSocket = require("../bagou.js");
 const T = require("../support/testing.js");
 
 const SECRET = "original-secret-0123456789";
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+const UUID = new RegExp("^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-" +
+                        "[89ab][0-9a-f]{3}-[0-9a-f]{12}$");
 
 let server;
 const clients = [];

@@ -19,6 +19,41 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define CHECK(cond) do { if (!(cond)) abort(); } while (0)
 
+/* The JSON object a frame carries (a new reference). */
+static json_t *
+frame_object(const struct bg_msg *m, uint32_t i)
+{
+	const struct bg_msg_frame *f = &m->frames[i];
+	uint8_t hdr[BG_FRAME_HDR_MAX];
+	size_t hlen, plen;
+	json_t *v;
+
+	CHECK(f->block != NULL && f->data == f->block + BG_FRAME_PRE);
+	CHECK(f->len >= 2 && f->data[0] == 0x81);
+	plen = f->len - (f->data[1] < 126 ? 2 : f->data[1] == 126 ? 4 : 10);
+	hlen = bg_frame_header(hdr, plen);
+	CHECK(hlen + plen == f->len && memcmp(hdr, f->data, hlen) == 0);
+	v = json_loadb((const char *)f->data + hlen, plen,
+		       JSON_REJECT_DUPLICATES, NULL);
+	CHECK(json_is_object(v));
+	return v;
+}
+
+/* A reply to explicit clients: the published object minus client,
+ * exclude and auth; "event", when there, a non-empty string. */
+static void
+check_reply(const struct bg_msg *m)
+{
+	json_t *v = frame_object(m, 0), *ev = json_object_get(v, "event");
+
+	CHECK(ev == NULL ||
+	      (json_is_string(ev) && json_string_length(ev) > 0));
+	CHECK(json_object_get(v, "client") == NULL);
+	CHECK(json_object_get(v, "exclude") == NULL);
+	CHECK(json_object_get(v, "auth") == NULL);
+	json_decref(v);
+}
+
 static void
 check_frame(const struct bg_msg *m, uint32_t i, const char *channel)
 {
@@ -86,7 +121,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		for (uint32_t i = 0; i < m->n_names; i++)
 			CHECK(bg_proto_client_id_valid(m->names[i],
 						       strlen(m->names[i])));
-		check_frame(m, 0, NULL);
+		check_reply(m);
 		break;
 	case BG_MSG_CHANNELS:
 		CHECK(m->n_names > 0 && m->n_frames == m->n_names);
