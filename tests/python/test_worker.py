@@ -112,3 +112,37 @@ def test_acked_only_after_the_handlers_ran(tmp_path, rabbitmq, exchanges,
         first.stop()
         if second is not None:
             assert second.stop() == 0, second.log()
+
+
+def test_runner_reconnects(tmp_path, rabbitmq, exchanges, amqp_server):
+    """RabbitMQ goes away and comes back: the runner binds its queue
+    again by itself and answers events."""
+    bx, ex = exchanges
+    (tmp_path / "plainhandlers.py").write_text(HANDLERS)
+    env = {"BAGOU_AMQP_URL": rabbitmq.url, "BAGOU_EXCHANGE": bx,
+           "BAGOU_FORWARD_EXCHANGE": ex}
+    r = Runner(str(tmp_path), env, "again",
+               argv=[sys.executable, "-m", "bagou.worker", "plainhandlers"])
+    r.env["PYTHONPATH"] = str(tmp_path)
+    r.env.pop("DJANGO_SETTINGS_MODULE", None)
+    srv = amqp_server(config=forwarding(ex, None), exchange=bx)
+    r.start()
+    try:
+        rabbitmq.stop_app()
+        try:
+            srv.wait_amqp("disconnected", 15)
+        finally:
+            rabbitmq.start_app()
+        srv.wait_amqp("connected", 30)
+        r.wait_consuming(2, timeout=30)
+        assert "RabbitMQ:" in r.log() and "reconnecting" in r.log()
+
+        async def scenario():
+            ws, _ = await ws_connect(srv)
+            reply = await request(ws, "slow", 0, callback_id="s")
+            assert reply["data"] == {"slept": 0}, reply
+            await ws.close()
+        run(scenario())
+    finally:
+        code = r.stop()
+    assert code == 0, r.log()
