@@ -123,7 +123,9 @@ def _django_settings() -> Optional[Mapping[str, Any]]:
         from django.conf import settings as dj
     except ImportError:
         return None
-    if not dj.configured:
+    # DJANGO_SETTINGS_MODULE set: the settings load on first access (a
+    # process that broadcasts before django.setup() gets them too).
+    if not dj.configured and not os.environ.get("DJANGO_SETTINGS_MODULE"):
         return None
     value = getattr(dj, "BAGOU", None)
     if value is None:

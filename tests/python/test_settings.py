@@ -1,6 +1,10 @@
 """ORIGINAL.md §1: settings.BAGOU keys keep their meaning (and the older
 ones still work); configure() and the environment without Django."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from bagou import conf
@@ -73,3 +77,18 @@ def test_configure_and_environment(monkeypatch):
             conf.configure(NOPE=1)
     finally:
         conf.configure()
+
+
+def test_django_settings_before_setup():
+    """A process with DJANGO_SETTINGS_MODULE that broadcasts before
+    anything touched Django's settings still reads settings.BAGOU."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="djproject.settings",
+               PYTHONPATH=os.pathsep.join(
+                   [here] + [p for p in [os.environ.get("PYTHONPATH")]
+                             if p]))
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "from bagou import conf; print(conf.get().auth)"],
+        env=env, capture_output=True, timeout=60, check=True)
+    assert out.stdout.strip() == b"True", out
