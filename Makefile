@@ -279,3 +279,61 @@ test-promises:
 # Rules that must always run (the libwebsockets stamp checks itself).
 FORCE:
 .PHONY: FORCE
+
+# ---------------------------------------------------------------- python
+# The Python package (python/) installed with pip into a venv that sees
+# Debian's packages, tested against the real server and RabbitMQ with
+# Debian's Django 3.2 and with Django 4.2 LTS from bookworm-backports.
+# 4.2 is fetched with a private sources list under build/ and unpacked
+# into build/django42 (dpkg -x): the system's apt setup is not touched.
+PY_PKGS    := python3-django python3-venv python3-setuptools python3-wheel \
+              python3-pip python3-pika python3-pytest python3-websockets \
+              python3-mypy chromium
+DJANGO42   := $(BUILD)/django42/usr/lib/python3/dist-packages
+VENV       := $(BUILD)/venv
+
+.PHONY: test-python python-packages
+test: test-python
+
+python-packages:
+	$(call apt_install,$(PY_PKGS) rabbitmq-server)
+
+$(DJANGO42)/django/__init__.py:
+	$(Q)$(MAKE) --no-print-directory python-packages
+	@echo "  APT    python3-django from bookworm-backports (once)"
+	$(Q)set -e; top=$$(pwd); apt=$$top/$(BUILD)/apt-backports; \
+	mkdir -p $$apt/lists/partial $$apt/archives/partial; \
+	uri=$$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources \
+	  2>/dev/null | head -n1 | cut -d' ' -f1); \
+	[ -n "$$uri" ] || uri=$$(awk '$$1 == "deb" {print ($$2 ~ /^\[/ ? $$3 : $$2); exit}' \
+	  /etc/apt/sources.list 2>/dev/null); \
+	suite=$$(. /etc/os-release && echo $$VERSION_CODENAME); \
+	[ -n "$$uri" ] && [ -n "$$suite" ] || { echo "cannot find the Debian mirror in /etc/apt"; exit 1; }; \
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $$uri $$suite-backports main" > $$apt/sources.list; \
+	A="-o Dir::Etc::SourceList=$$apt/sources.list -o Dir::Etc::SourceParts=/dev/null -o Dir::State::Lists=$$apt/lists -o Dir::Cache::Archives=$$apt/archives"; \
+	apt-get $$A update -qq >$(BUILD)/django42-fetch.log 2>&1; \
+	rm -f $$apt/python3-django_*.deb; \
+	(cd $$apt && apt-get $$A download python3-django/$$suite-backports) \
+	  >>$(BUILD)/django42-fetch.log 2>&1 || { cat $(BUILD)/django42-fetch.log; exit 1; }; \
+	rm -rf $(BUILD)/django42; dpkg -x $$apt/python3-django_*.deb $(BUILD)/django42; \
+	test -f $@
+
+$(VENV)/bin/python:
+	$(Q)$(MAKE) --no-print-directory python-packages
+	$(Q)/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+test-python: $(OUT)/bagou-server $(VENV)/bin/python $(DJANGO42)/django/__init__.py
+	@echo "  MYPY   python/bagou"
+	$(Q)cd python && /usr/bin/python3 -m mypy \
+	  --cache-dir $(abspath $(BUILD)/mypy-cache) bagou
+	@echo "  PIP    ./python into $(VENV)"
+	$(Q)$(VENV)/bin/pip install -q --no-index --no-build-isolation \
+	  --force-reinstall --no-deps ./python; rm -rf python/build python/*.egg-info
+	@echo "  PYTEST tests/python (Debian's Django 3.2)"
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) BAGOU_EXPECT_DJANGO=3.2 \
+	  BAGOU_EXPECT_INSTALLED=1 \
+	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/python
+	@echo "  PYTEST tests/python (Django 4.2 from bookworm-backports)"
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) BAGOU_EXPECT_DJANGO=4.2 \
+	  BAGOU_EXPECT_INSTALLED=1 PYTHONPATH=$(abspath $(DJANGO42)) \
+	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/python
