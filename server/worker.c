@@ -368,6 +368,9 @@ flush_dirty(struct bg_worker *w)
 			c->want_write = true;
 			lws_callback_on_writable(c->wsi);
 		} else if (bg_conn_write(c) < 0) {
+			if (!c->closing && c->established)
+				__atomic_add_fetch(&w->closing_conns, 1,
+						   __ATOMIC_RELAXED);
 			c->closing = true;
 			lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK,
 					LWS_TO_KILL_ASYNC);
@@ -753,6 +756,12 @@ bg_worker_congested(const struct bg_worker *w)
 	    __atomic_load_n(&w->bcast_bytes, __ATOMIC_RELAXED) >
 	    w->srv->cfg->max_queued_bytes / 2)
 		return true;
-	return n > 0 && n * 100 > pct * __atomic_load_n(&w->conns_gauge,
-							__ATOMIC_RELAXED);
+	/* Connections in their close handshake read nothing more: they are
+	 * not the readers whose share decides. */
+	uint64_t open = __atomic_load_n(&w->conns_gauge, __ATOMIC_RELAXED);
+	uint64_t closing = __atomic_load_n(&w->closing_conns,
+					   __ATOMIC_RELAXED);
+
+	open = open > closing ? open - closing : 0;
+	return n > 0 && n * 100 > pct * open;
 }
