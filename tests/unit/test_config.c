@@ -1057,8 +1057,8 @@ static void
 test_env_errors(void **state)
 {
 	static const char *const cases[][2] = {
-		{ "BAGOU_SERVER_LISTENS=*:1", "environment BAGOU_SERVER_LISTENS:"
-		  " unknown key 'LISTENS' in [server]" },
+		{ "BAGOU_SERVER_LISTENS=*:1", "environment "
+		  "BAGOU_SERVER_LISTENS: unknown key 'LISTENS' in [server]" },
 		{ "BAGOU_AUTH_SECRETS=x", "environment BAGOU_AUTH_SECRETS: "
 		  "unknown key 'SECRETS' in [auth]" },
 		{ "BAGOU_HTTP_API=x", "environment BAGOU_HTTP_API: unknown key "
