@@ -271,6 +271,76 @@ host_char(char c)
 	return isalnum((unsigned char)c) || c == '-' || c == '.';
 }
 
+#define ORIGIN_FORM "expected null or SCHEME://HOST[:PORT], with no path, " \
+	"as in https://example.com"
+
+/* The scheme of an origins entry, e up to sep ("://"): letters, digits,
+ * '+', '-', '.'; not empty. */
+static bool
+scheme_ok(const char *e, const char *sep)
+{
+	if (sep == NULL || sep == e)
+		return false;
+	for (const char *p = e; p < sep; p++)
+		if (!isalnum((unsigned char)*p) && !strchr("+-.", *p))
+			return false;
+	return true;
+}
+
+/* What follows the host of an origins entry, p to end: nothing, or
+ * ":PORT". NULL when valid, else what is wrong. */
+static const char *
+port_error(const char *p, const char *end)
+{
+	unsigned long long port;
+	const char *pe;
+	char buf[8];
+	size_t pn = (size_t)(end - p - 1);
+
+	if (p == end)
+		return NULL;
+	if (*p != ':')
+		return ORIGIN_FORM;
+	if (pn == 0 || pn >= sizeof(buf))
+		return "expected a port from 1 to 65535";
+	memcpy(buf, p + 1, pn);
+	buf[pn] = '\0';
+	if (!parse_digits(buf, &port, &pe) || *pe != '\0' || port < 1 ||
+	    port > 65535)
+		return "expected a port from 1 to 65535";
+	return NULL;
+}
+
+/* One origins entry of n bytes at e without a '*': null (what a browser
+ * sends from a file or a sandbox), or SCHEME://HOST[:PORT], HOST a name,
+ * an IPv4 address or [IPv6]: what an Origin header can hold. NULL when
+ * valid, else what is wrong. */
+static const char *
+exact_error(const char *e, size_t n)
+{
+	const char *sep = memmem(e, n, "://", 3), *end = e + n, *h, *p;
+
+	if (n == 4 && strncasecmp(e, "null", 4) == 0)
+		return NULL;
+	if (!scheme_ok(e, sep))
+		return ORIGIN_FORM;
+	h = p = sep + 3;
+	if (h < end && *h == '[') {
+		for (p = h + 1; p < end && *p != ']'; p++)
+			if (!isxdigit((unsigned char)*p) && !strchr(":.", *p))
+				return ORIGIN_FORM;
+		if (p == end || p == h + 1)
+			return ORIGIN_FORM;
+		p++;
+	} else {
+		while (p < end && (host_char(*p) || *p == '_'))
+			p++;
+	}
+	if (p == h)
+		return ORIGIN_FORM;
+	return port_error(p, end);
+}
+
 /*
  * One origins entry of n bytes at e that holds a '*': valid only as
  * SCHEME "://" "*." DOMAIN [":" PORT], DOMAIN being two or more labels. NULL
@@ -280,13 +350,9 @@ static const char *
 wildcard_error(const char *e, size_t n)
 {
 	const char *sep = memmem(e, n, "://", 3), *end = e + n, *h, *p;
-	unsigned long long port;
 
-	if (sep == NULL || sep == e)
+	if (!scheme_ok(e, sep))
 		return "expected SCHEME://*.DOMAIN[:PORT]";
-	for (p = e; p < sep; p++)
-		if (!isalnum((unsigned char)*p) && !strchr("+-.", *p))
-			return "expected SCHEME://*.DOMAIN[:PORT]";
 	h = sep + 3;
 	if (end - h < 2 || h[0] != '*' || h[1] != '.')
 		return "a '*' may only stand for whole labels at the start of "
@@ -302,24 +368,12 @@ wildcard_error(const char *e, size_t n)
 	if (memchr(h, '.', (size_t)(p - h)) == NULL)
 		return "the domain after '*.' needs two labels or more "
 		       "(*.example.com, not *.com)";
-	if (p < end) {
-		char buf[8];
-		const char *pe;
-		size_t pn = (size_t)(end - p - 1);
-
-		if (pn == 0 || pn >= sizeof(buf))
-			return "expected a port from 1 to 65535";
-		memcpy(buf, p + 1, pn);
-		buf[pn] = '\0';
-		if (!parse_digits(buf, &port, &pe) || *pe != '\0' ||
-		    port < 1 || port > 65535)
-			return "expected a port from 1 to 65535";
-	}
-	return NULL;
+	return port_error(p, end);
 }
 
-/* A comma-separated list of origins (no spaces inside one); an entry with
- * a '*' must be a wildcard that bg_config_origin_allowed can match. */
+/* A comma-separated list of origins (no spaces inside one), each of a
+ * form an Origin header can match; an entry with a '*' must be a
+ * wildcard that bg_config_origin_allowed can match. */
 static int
 parse_origins(const struct key *k, struct bg_config *cfg, const char *v,
 	      char *msg, size_t len)
@@ -338,8 +392,11 @@ parse_origins(const struct key *k, struct bg_config *cfg, const char *v,
 	for (; *p; p += n) {
 		p += strspn(p, LIST_SEP);
 		n = strcspn(p, LIST_SEP);
-		if (n > 0 && memchr(p, '*', n) != NULL &&
-		    (why = wildcard_error(p, n)) != NULL) {
+		if (n == 0)
+			break;
+		why = memchr(p, '*', n) != NULL ? wildcard_error(p, n) :
+		      exact_error(p, n);
+		if (why != NULL) {
 			seterr(msg, len, "'%.*s': %s", (int)n, p, why);
 			return BG_ERR;
 		}

@@ -169,6 +169,12 @@ def test_check_config_shipped_ini():
      "[server] origins: 'https://*foo.example.com': a '*' may only stand "
      "for whole labels at the start of the host, as in "
      "https://*.example.com"),
+    ("[server]\norigins = https://a.example/\n", 2,
+     "[server] origins: 'https://a.example/': expected null or "
+     "SCHEME://HOST[:PORT], with no path, as in https://example.com"),
+    ("[server]\norigins = https://a.example\n  workers = 2\n", 3,
+     "[server] origins: 'workers': expected null or SCHEME://HOST[:PORT], "
+     "with no path, as in https://example.com"),
     ("[server]\npath = /a\n  /b\n", 3,
      "indented line: only list keys (origins, lifecycle) may go on over "
      "indented lines"),

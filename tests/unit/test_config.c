@@ -959,6 +959,49 @@ test_origin_wildcard_errors(void **state)
 			 bad[i][0], bad[i][1]);
 		expect_set_error("server", "origins", bad[i][0], want);
 	}
+	/* Entries without a '*': what an Origin header can hold. */
+	static const char *const exact_bad[] = {
+		"example.com", "https://", "https://a.example/",
+		"https://a.example/path", "://a.example", "ht tp://a",
+		"https://user@a.example", "https://a.example?x", "workers",
+		"=", "https://[]", "https://[::1", "https://[zz]",
+	};
+	for (size_t i = 0; i < BG_ARRAY_LEN(exact_bad); i++) {
+		struct bg_config cfg;
+		char err[512];
+
+		bg_config_defaults(&cfg);
+		assert_int_equal(bg_config_set(&cfg, "server", "origins",
+					       exact_bad[i], err, sizeof(err)),
+				 BG_ERR);
+		assert_non_null(strstr(err, "expected null or "
+				       "SCHEME://HOST[:PORT], with no path, as "
+				       "in https://example.com"));
+	}
+	expect_set_error("server", "origins", "https://a.example:99999",
+			 "[server] origins: 'https://a.example:99999': "
+			 "expected a port from 1 to 65535");
+	{
+		struct bg_config cfg;
+		char err[512];
+		const char *ok = "null, https://a.example:8443, "
+				 "http://127.0.0.1:9000, http://[::1]:80, "
+				 "app+x.y-z://a_b.example";
+
+		bg_config_defaults(&cfg);
+		assert_int_equal(bg_config_set(&cfg, "server", "origins", ok,
+					       err, sizeof(err)), BG_OK);
+		assert_true(bg_config_origin_allowed(cfg.origins,
+						     "http://[::1]:80"));
+		assert_true(bg_config_origin_allowed(cfg.origins, "null"));
+	}
+	/* A key indented after a list key would be read as more of the
+	 * list: refused, not taken as origins. */
+	expect_load_error("[server]\norigins = https://a.example\n"
+			  "  workers = 2\n", 3,
+			  "[server] origins: 'workers': expected null or "
+			  "SCHEME://HOST[:PORT], with no path, as in "
+			  "https://example.com");
 	/* In a list, the bad entry is named. */
 	expect_set_error("server", "origins",
 			 "https://a.example, https://*, https://b.example",
