@@ -274,6 +274,16 @@ main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	if (check_only) {
+		/* What the start would refuse below, refused here too. */
+		char *dir = cfg.static_dir[0] != '\0' ?
+			    realpath(cfg.static_dir, NULL) : NULL;
+
+		if (cfg.static_dir[0] != '\0' && dir == NULL) {
+			fprintf(stderr, "bagou-server: [http] static_dir "
+				"'%s': %s\n", cfg.static_dir, strerror(errno));
+			return EXIT_USAGE;
+		}
+		free(dir);
 		printf("%s: ok\n", path_given || access(path, F_OK) == 0 ?
 		       path : "(built-in defaults)");
 		return EXIT_SUCCESS;

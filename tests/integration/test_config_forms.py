@@ -203,3 +203,17 @@ def test_check_config_unknown_env_key(tmp_path):
                            "unknown key 'LISTN' in [server]")
     code, out, err = check_config(path, clean_env(BAGOU_LIMITS_RATE="5"))
     assert (code, err) == (0, "")
+
+
+def test_check_config_static_dir(tmp_path):
+    """A static_dir the start would refuse fails --check-config too."""
+    path = str(tmp_path / "static.ini")
+    with open(path, "w") as f:
+        f.write("[http]\nstatic_dir = %s\n" % (tmp_path / "missing"))
+    code, _, err = check_config(path)
+    assert code == 2
+    assert err.strip() == ("bagou-server: [http] static_dir '%s': No such "
+                           "file or directory" % (tmp_path / "missing"))
+    with open(path, "w") as f:
+        f.write("[http]\nstatic_dir = %s\n" % tmp_path)
+    assert check_config(path)[0] == 0
