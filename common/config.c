@@ -1,18 +1,25 @@
 /*
  * config.c - owns struct bg_config's defaults, the table of every
  * "[section] key", the strict parsing of each value, and the loading of
- * an ini file through inih.
+ * an ini file through inih, then of the BAGOU_<SECTION>_<KEY> environment
+ * overrides; the origin matcher of [server] origins.
  *
  * Threads: only the main thread enters, at start-up, before the other
  * threads exist. No globals are written (inih's own settings are left
- * alone); everything lives in the caller's struct and a stack context.
+ * alone); everything lives in the caller's struct and a stack context
+ * (the list values being built are on the heap, freed before the loader
+ * returns). bg_config_origin_allowed only reads, from any thread.
  *
  * inih 55 gives the handler no line number, so the loader reads the file
  * through its own line reader: it counts lines, and it rejects up front
  * what inih would silently accept or misread (unknown or empty [section]s,
  * lines that are neither a section nor "key = value", over-long lines that
- * inih would split, and indented lines that inih would glue to the previous
- * value as a continuation). Parsing stops at the first error.
+ * inih would split). Debian's inih runs with multi-line values on (its
+ * ini_allow_multiline, default true): an indented line after a key comes
+ * to the handler as that key again with the line as its value. The line
+ * reader marks such lines, and the handler accepts them for list keys
+ * only, appending, as it appends a repeated list key. Parsing stops at
+ * the first error.
  */
 #include "common/config.h"
 
