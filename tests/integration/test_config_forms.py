@@ -66,7 +66,9 @@ def env_server(request, tmp_path, monkeypatch):
     """Factory like `server`, environment-listening; always stopped."""
     started = []
     request.node.bagou_servers = started
-    monkeypatch.setenv("BAGOU_SERVER_LISTEN", "")
+    # Recorded by monkeypatch, so that the value argv() sets is undone
+    # (delenv of an unset variable records nothing).
+    monkeypatch.setenv("BAGOU_SERVER_LISTEN", "127.0.0.1:1")
 
     def start(config):
         srv = EnvListenServer(str(tmp_path), config=config,
