@@ -1,18 +1,25 @@
 /*
  * config.c - owns struct bg_config's defaults, the table of every
  * "[section] key", the strict parsing of each value, and the loading of
- * an ini file through inih.
+ * an ini file through inih, then of the BAGOU_<SECTION>_<KEY> environment
+ * overrides; the origin matcher of [server] origins.
  *
  * Threads: only the main thread enters, at start-up, before the other
  * threads exist. No globals are written (inih's own settings are left
- * alone); everything lives in the caller's struct and a stack context.
+ * alone); everything lives in the caller's struct and a stack context
+ * (the list values being built are on the heap, freed before the loader
+ * returns). bg_config_origin_allowed only reads, from any thread.
  *
  * inih 55 gives the handler no line number, so the loader reads the file
  * through its own line reader: it counts lines, and it rejects up front
  * what inih would silently accept or misread (unknown or empty [section]s,
  * lines that are neither a section nor "key = value", over-long lines that
- * inih would split, and indented lines that inih would glue to the previous
- * value as a continuation). Parsing stops at the first error.
+ * inih would split). Debian's inih runs with multi-line values on (its
+ * ini_allow_multiline, default true): an indented line after a key comes
+ * to the handler as that key again with the line as its value. The line
+ * reader marks such lines, and the handler accepts them for list keys
+ * only, appending, as it appends a repeated list key. Parsing stops at
+ * the first error.
  */
 #include "common/config.h"
 
@@ -262,19 +269,193 @@ parse_amqp_name(const struct key *k, struct bg_config *cfg, const char *v,
 	return parse_str(k, cfg, v, msg, len);
 }
 
-/* A comma-separated list of http(s) origins (no spaces inside one). */
+/* Separators between the entries of a list value. */
+#define LIST_SEP ", \t"
+
+static bool
+host_char(char c)
+{
+	return isalnum((unsigned char)c) || c == '-' || c == '.';
+}
+
+#define ORIGIN_FORM "expected null or SCHEME://HOST[:PORT], with no path, " \
+	"as in https://example.com"
+
+/* The scheme of an origins entry, e up to sep ("://"): letters, digits,
+ * '+', '-', '.'; not empty. */
+static bool
+scheme_ok(const char *e, const char *sep)
+{
+	if (sep == NULL || sep == e)
+		return false;
+	for (const char *p = e; p < sep; p++)
+		if (!isalnum((unsigned char)*p) && !strchr("+-.", *p))
+			return false;
+	return true;
+}
+
+/* What follows the host of an origins entry, p to end: nothing, or
+ * ":PORT". NULL when valid, else what is wrong. */
+static const char *
+port_error(const char *p, const char *end)
+{
+	unsigned long long port;
+	const char *pe;
+	char buf[8];
+	size_t pn = (size_t)(end - p - 1);
+
+	if (p == end)
+		return NULL;
+	if (*p != ':')
+		return ORIGIN_FORM;
+	if (pn == 0 || pn >= sizeof(buf))
+		return "expected a port from 1 to 65535";
+	memcpy(buf, p + 1, pn);
+	buf[pn] = '\0';
+	if (!parse_digits(buf, &port, &pe) || *pe != '\0' || port < 1 ||
+	    port > 65535)
+		return "expected a port from 1 to 65535";
+	return NULL;
+}
+
+/* One origins entry of n bytes at e without a '*': null (what a browser
+ * sends from a file or a sandbox), or SCHEME://HOST[:PORT], HOST a name,
+ * an IPv4 address or [IPv6]: what an Origin header can hold. NULL when
+ * valid, else what is wrong. */
+static const char *
+exact_error(const char *e, size_t n)
+{
+	const char *sep = memmem(e, n, "://", 3), *end = e + n, *h, *p;
+
+	if (n == 4 && strncasecmp(e, "null", 4) == 0)
+		return NULL;
+	if (!scheme_ok(e, sep))
+		return ORIGIN_FORM;
+	h = p = sep + 3;
+	if (h < end && *h == '[') {
+		for (p = h + 1; p < end && *p != ']'; p++)
+			if (!isxdigit((unsigned char)*p) && !strchr(":.", *p))
+				return ORIGIN_FORM;
+		if (p == end || p == h + 1)
+			return ORIGIN_FORM;
+		p++;
+	} else {
+		while (p < end && (host_char(*p) || *p == '_'))
+			p++;
+	}
+	if (p == h)
+		return ORIGIN_FORM;
+	return port_error(p, end);
+}
+
+/*
+ * One origins entry of n bytes at e that holds a '*': valid only as
+ * SCHEME "://" "*." DOMAIN [":" PORT], DOMAIN being two or more labels. NULL
+ * when valid, else what is wrong.
+ */
+static const char *
+wildcard_error(const char *e, size_t n)
+{
+	const char *sep = memmem(e, n, "://", 3), *end = e + n, *h, *p;
+
+	if (!scheme_ok(e, sep))
+		return "expected SCHEME://*.DOMAIN[:PORT]";
+	h = sep + 3;
+	if (end - h < 2 || h[0] != '*' || h[1] != '.')
+		return "a '*' may only stand for whole labels at the start of "
+		       "the host, as in https://*.example.com";
+	h += 2;
+	for (p = h; p < end && *p != ':'; p++)
+		if (!host_char(*p))
+			return "a '*' may only stand for whole labels at the "
+			       "start of the host, as in https://*.example.com";
+	if (p == h || h[0] == '.' || p[-1] == '.' ||
+	    memmem(h, (size_t)(p - h), "..", 2) != NULL)
+		return "expected a domain after '*.'";
+	if (memchr(h, '.', (size_t)(p - h)) == NULL)
+		return "the domain after '*.' needs two labels or more "
+		       "(*.example.com, not *.com)";
+	return port_error(p, end);
+}
+
+/* A comma-separated list of origins (no spaces inside one), each of a
+ * form an Origin header can match; an entry with a '*' must be a
+ * wildcard that bg_config_origin_allowed can match. */
 static int
 parse_origins(const struct key *k, struct bg_config *cfg, const char *v,
 	      char *msg, size_t len)
 {
-	for (const char *p = v; *p; p++) {
-		if (iscntrl((unsigned char)*p) || *p == '"' || *p == '\\') {
+	const char *p = v, *why;
+	size_t n;
+
+	for (const char *c = v; *c; c++) {
+		if ((iscntrl((unsigned char)*c) && *c != '\t') || *c == '"' ||
+		    *c == '\\') {
 			seterr(msg, len, "expected origins such as "
 			       "https://example.com, comma-separated");
 			return BG_ERR;
 		}
 	}
+	for (; *p; p += n) {
+		p += strspn(p, LIST_SEP);
+		n = strcspn(p, LIST_SEP);
+		if (n == 0)
+			break;
+		why = memchr(p, '*', n) != NULL ? wildcard_error(p, n) :
+		      exact_error(p, n);
+		if (why != NULL) {
+			seterr(msg, len, "'%.*s': %s", (int)n, p, why);
+			return BG_ERR;
+		}
+	}
+	if (strlen(v) > k->max) {
+		seterr(msg, len, "the list is longer than %llu bytes", k->max);
+		return BG_ERR;
+	}
 	return parse_str(k, cfg, v, msg, len);
+}
+
+/* Does origin (o, on) match the wildcard entry (e, en) checked by
+ * wildcard_error? Same scheme, then LABELS.DOMAIN[:PORT] exactly. */
+static bool
+wildcard_match(const char *e, size_t en, const char *o, size_t on)
+{
+	const char *sep = memmem(e, en, "://", 3);
+	size_t scheme = (size_t)(sep - e) + 3;
+	const char *tail = sep + 4;     /* ".DOMAIN[:PORT]" */
+	size_t tn = en - scheme - 1, ln;
+
+	if (on <= scheme + tn || strncasecmp(e, o, scheme) != 0 ||
+	    strncasecmp(o + on - tn, tail, tn) != 0)
+		return false;
+	/* The labels that stand for '*': o + scheme, ln bytes. */
+	o += scheme;
+	ln = on - scheme - tn;
+	if (o[0] == '.' || o[ln - 1] == '.' || memmem(o, ln, "..", 2))
+		return false;
+	for (size_t i = 0; i < ln; i++)
+		if (!host_char(o[i]))
+			return false;
+	return true;
+}
+
+bool
+bg_config_origin_allowed(const char *list, const char *origin)
+{
+	size_t len = strlen(origin), n;
+
+	for (const char *p = list; *p; p += n) {
+		p += strspn(p, LIST_SEP);
+		n = strcspn(p, LIST_SEP);
+		if (n == 0)
+			break;
+		if (memchr(p, '*', n) != NULL ?
+		    wildcard_error(p, n) == NULL &&
+		    wildcard_match(p, n, origin, len) :
+		    n == len && strncasecmp(p, origin, n) == 0)
+			return true;
+	}
+	return false;
 }
 
 /* A file path ([server] tls_*): no control characters; "" = unset. The
@@ -308,9 +489,8 @@ parse_lifecycle(const struct key *k, struct bg_config *cfg, const char *v,
 		size_t n;
 		bool found = false;
 
-		while (*p == ' ' || *p == ',')
-			p++;
-		n = strcspn(p, ", ");
+		p += strspn(p, LIST_SEP);
+		n = strcspn(p, LIST_SEP);
 		if (n == 0)
 			break;
 		for (size_t i = 0; i < BG_ARRAY_LEN(lifecycle_names); i++) {
@@ -500,6 +680,24 @@ find_key(const char *section, const char *name)
 	return NULL;
 }
 
+/* List keys: a comma-separated value that a repeated key or an indented
+ * continuation line extends instead of replacing. */
+static bool
+is_list(const struct key *k)
+{
+	return k->parse == parse_origins || k->parse == parse_lifecycle;
+}
+
+bool
+bg_config_key_at(size_t i, const char **section, const char **key)
+{
+	if (i >= BG_ARRAY_LEN(keys))
+		return false;
+	*section = keys[i].section;
+	*key = keys[i].name;
+	return true;
+}
+
 static bool
 known_section(const char *section)
 {
@@ -540,7 +738,10 @@ struct load {
 	int lineno;
 	bool failed;
 	bool after_key;                  /* a key since the last [section] */
+	bool continuation;               /* this line is indented after a
+	                                    key: inih appends it to it */
 	int seen[BG_ARRAY_LEN(keys)];    /* line each key was set on */
+	char *list[BG_ARRAY_LEN(keys)];  /* list keys: the value so far */
 };
 
 static void
@@ -585,11 +786,11 @@ check_line(struct load *l, char *line)
 		l->after_key = false;
 		return !l->failed;
 	}
-	if (s > line && l->after_key) {
-		load_fail(l, "indented line: continuation lines are not "
-			  "supported");
-		return false;
-	}
+	/* inih hands an indented line after a key to on_key as more of
+	 * that key's value. */
+	l->continuation = s > line && l->after_key;
+	if (l->continuation)
+		return true;
 	if (strpbrk(s, "=:") == NULL) {
 		load_fail(l, "expected [section] or key = value");
 		return false;
@@ -610,11 +811,50 @@ read_line(char *str, int num, void *stream)
 	l->lineno++;
 	if (strchr(str, '\n') == NULL && (c = getc(l->fp)) != EOF) {
 		if (c != '\n') {
-			load_fail(l, "line longer than %d bytes", num - 2);
+			load_fail(l, "line longer than %d bytes (a list "
+				  "may go on over indented lines)", num - 2);
 			return NULL;
 		}
 	}
 	return check_line(l, str) ? str : NULL;
+}
+
+/* A list key, its continuation line or its repetition: the value so far
+ * plus ",value", set whole (so the last error names the line that broke
+ * it). 1 on success, as inih wants. */
+static int
+list_add(struct load *l, const struct key *k, const char *value)
+{
+	char **acc = &l->list[k - keys], *all, msg[MSG_MAX];
+	size_t old = *acc != NULL ? strlen(*acc) : 0, n;
+
+	/* inih 55 leaves " ; comment" on a continuation line: cut it as it
+	 * cuts it after a key. */
+	for (n = 0; value[n] != '\0'; n++)
+		if (value[n] == ';' && n > 0 && isspace((unsigned char)
+							value[n - 1]))
+			break;
+	while (n > 0 && isspace((unsigned char)value[n - 1]))
+		n--;
+	all = malloc(old + n + 2);
+	if (all == NULL) {
+		load_fail(l, "out of memory");
+		return 0;
+	}
+	if (old > 0)
+		memcpy(all, *acc, old), all[old++] = ',';
+	memcpy(all + old, value, n);
+	all[old + n] = '\0';
+	free(*acc);
+	*acc = all;
+	if (bg_config_set(l->cfg, k->section, k->name, all, msg, sizeof(msg))
+	    != BG_OK) {
+		load_fail(l, "%s", msg);
+		return 0;
+	}
+	if (!l->seen[k - keys])
+		l->seen[k - keys] = l->lineno;
+	return 1;
 }
 
 static int
@@ -632,11 +872,18 @@ on_key(void *user, const char *section, const char *name,
 		return 0;
 	}
 	k = find_key(section, name);
-	if (k != NULL && l->seen[k - keys]) {
+	if (k != NULL && l->continuation && !is_list(k)) {
+		load_fail(l, "indented line: only list keys (origins, "
+			  "lifecycle) may go on over indented lines");
+		return 0;
+	}
+	if (k != NULL && l->seen[k - keys] && !is_list(k)) {
 		load_fail(l, "duplicate key '%s' in [%s] (first set on line "
 			  "%d)", name, section, l->seen[k - keys]);
 		return 0;
 	}
+	if (k != NULL && is_list(k))
+		return list_add(l, k, value);
 	if (bg_config_set(l->cfg, section, name, value, msg, sizeof(msg))
 	    != BG_OK) {
 		load_fail(l, "%s", msg);
@@ -705,7 +952,80 @@ bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		load_fail(&l, "expected [section] or key = value");
 	}
 	resolve_paths(&l);
+	for (size_t i = 0; i < BG_ARRAY_LEN(keys); i++)
+		free(l.list[i]);
 	return l.failed ? BG_ERR : BG_OK;
+}
+
+#define ENV_PREFIX "BAGOU_"
+
+/* Set by the client tools (python/bagou, bagou-broadcast) for themselves,
+ * under a server section's name: never a server setting. */
+static const char *const env_foreign[] = { "BAGOU_HTTP_URL" };
+
+/*
+ * One BAGOU_* variable (name n bytes at var, then '=' and the value).
+ * Every known section that prefixes the rest with a '_' after it is tried
+ * (a section may be a prefix of another, say "http" and "http_api"): the
+ * one with such a key wins; with none, the error names the variable.
+ */
+static int
+env_apply(struct bg_config *cfg, const char *var, size_t n, char *err,
+	  size_t errlen)
+{
+	const char *rest = var + strlen(ENV_PREFIX), *value = var + n + 1;
+	size_t rn = n - strlen(ENV_PREFIX);
+	const struct key *named = NULL;
+	char msg[MSG_MAX];
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(env_foreign); i++)
+		if (strlen(env_foreign[i]) == n &&
+		    strncmp(var, env_foreign[i], n) == 0)
+			return BG_OK;
+	for (size_t i = 0; i < BG_ARRAY_LEN(keys); i++) {
+		const struct key *k = &keys[i];
+		size_t sn = strlen(k->section);
+
+		if (rn <= sn + 1 || rest[sn] != '_' ||
+		    strncasecmp(rest, k->section, sn) != 0)
+			continue;
+		if (named == NULL || strlen(named->section) < sn)
+			named = k;
+		if (strlen(k->name) != rn - sn - 1 ||
+		    strncasecmp(rest + sn + 1, k->name, rn - sn - 1) != 0)
+			continue;
+		if (k->parse(k, cfg, value, msg, sizeof(msg)) != BG_OK) {
+			seterr(err, errlen, "environment %.*s: [%s] %s: %s",
+			       (int)n, var, k->section, k->name, msg);
+			return BG_ERR;
+		}
+		return BG_OK;
+	}
+	if (named != NULL) {
+		seterr(err, errlen, "environment %.*s: unknown key '%.*s' in "
+		       "[%s]", (int)n, var,
+		       (int)(rn - strlen(named->section) - 1),
+		       rest + strlen(named->section) + 1, named->section);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+int
+bg_config_load_env(struct bg_config *cfg, char *const *envp, char *err,
+		   size_t errlen)
+{
+	for (; envp != NULL && *envp != NULL; envp++) {
+		const char *eq = strchr(*envp, '=');
+
+		if (eq == NULL || strncmp(*envp, ENV_PREFIX,
+					  strlen(ENV_PREFIX)) != 0)
+			continue;
+		if (env_apply(cfg, *envp, (size_t)(eq - *envp), err, errlen)
+		    != BG_OK)
+			return BG_ERR;
+	}
+	return BG_OK;
 }
 
 int

@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 #define BG_CONFIG_STR 256
+#define BG_CONFIG_ORIGINS 8192  /* [server] origins, bytes with its NUL */
 
 enum bg_publish_policy {
 	BG_PUBLISH_NONE,        /* clients may not publish (default) */
@@ -37,8 +38,9 @@ struct bg_config {
 	int max_connections;             /* per node, every accepted socket;
 	                                    0 = from RLIMIT_NOFILE (main.c) */
 	int ping_interval;               /* seconds between lws pings, 0=off */
-	char origins[1024];              /* allowed Origins, comma-separated;
-	                                    "" = any */
+	char origins[BG_CONFIG_ORIGINS]; /* allowed Origins, comma-separated;
+	                                    "" = any; see
+	                                    bg_config_origin_allowed */
 	char tls_cert[1024];             /* PEM certificate (+ chain) of the
 	                                    public listener; "" = plain */
 	char tls_key[1024];              /* PEM private key of tls_cert */
@@ -119,6 +121,33 @@ int bg_config_set(struct bg_config *cfg, const char *section,
  */
 int bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		   size_t errlen);
+
+/*
+ * Applies the environment overrides in envp (NULL-terminated "NAME=value"
+ * strings, e.g. environ) over cfg: BAGOU_<SECTION>_<KEY>=value sets
+ * "[section] key" (names matched case-insensitively). Variables that name
+ * no known section (BAGOU_BIN, ...) and BAGOU_HTTP_URL (the client tools'
+ * own) are ignored. Returns BG_OK, or BG_ERR with err set to
+ * "environment NAME: message" for a known section with an unknown key or
+ * a bad value. Precedence: defaults < ini < environment < command line.
+ */
+int bg_config_load_env(struct bg_config *cfg, char *const *envp, char *err,
+		       size_t errlen);
+
+/*
+ * True when origin (an Origin header) is allowed by list ([server]
+ * origins, non-empty): an entry equal to it (case-insensitive), or a
+ * wildcard entry, SCHEME "://" "*." DOMAIN [":" PORT], that it matches
+ * with one or more labels in place of the '*' and the same scheme and
+ * port (none if the entry has none).
+ */
+bool bg_config_origin_allowed(const char *list, const char *origin);
+
+/*
+ * The i-th "[section] key" of the table (for tests and tools): true and
+ * *section, *key set, or false past the last.
+ */
+bool bg_config_key_at(size_t i, const char **section, const char **key);
 
 /*
  * Checks cross-field rules after all sources were applied. BG_OK or BG_ERR

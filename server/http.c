@@ -143,26 +143,6 @@ key_valid(const char *k)
 	return true;
 }
 
-/* True when origin is one of the comma-separated list (case-insensitive,
- * whole entries). */
-static bool
-origin_listed(const char *list, const char *origin)
-{
-	size_t len = strlen(origin);
-	const char *p = list;
-
-	while (*p) {
-		size_t n;
-		while (*p == ',' || *p == ' ')
-			p++;
-		n = strcspn(p, ", ");
-		if (n == len && n > 0 && strncasecmp(p, origin, n) == 0)
-			return true;
-		p += n;
-	}
-	return false;
-}
-
 int
 bg_http_confirm_upgrade(struct bg_worker *w, struct lws *wsi,
 			const char *upgrade)
@@ -197,7 +177,7 @@ bg_http_confirm_upgrade(struct bg_worker *w, struct lws *wsi,
 		return refuse_upgrade(wsi, "400 Bad Request");
 	if (cfg->origins[0] != '\0' &&
 	    (lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN) <= 0
-	     || !origin_listed(cfg->origins, origin)))
+	     || !bg_config_origin_allowed(cfg->origins, origin)))
 		return refuse_upgrade(wsi, "403 Forbidden");
 	if (w->stopping)
 		return refuse_upgrade(wsi, "503 Service Unavailable");

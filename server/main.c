@@ -47,7 +47,9 @@ usage(FILE *out)
 "      --check-config     validate the configuration and exit\n"
 "  -V, --version          print the version and exit\n"
 "  -h, --help             this help\n"
-"Command-line options override the configuration file.\n");
+"Precedence: built-in defaults < the configuration file < environment\n"
+"variables BAGOU_<SECTION>_<KEY> (e.g. BAGOU_SERVER_LISTEN=*:9000)\n"
+"< command-line options.\n");
 }
 
 struct cli_override {
@@ -87,7 +89,10 @@ make_node_id(char out[17])
 		snprintf(out + 2 * i, 3, "%02x", r[i]);
 }
 
-/* Loads the file and the overrides into cfg; exits on error. */
+extern char **environ;
+
+/* Loads the file, the environment and the command-line overrides into
+ * cfg, in that order; exits on error. */
 static void
 load_config(struct bg_config *cfg, const char *path, bool path_given,
 	    const struct cli_override *ov, int n_ov)
@@ -100,6 +105,10 @@ load_config(struct bg_config *cfg, const char *path, bool path_given,
 			fprintf(stderr, "bagou-server: %s\n", err);
 			exit(EXIT_USAGE);
 		}
+	}
+	if (bg_config_load_env(cfg, environ, err, sizeof(err)) != BG_OK) {
+		fprintf(stderr, "bagou-server: %s\n", err);
+		exit(EXIT_USAGE);
 	}
 	for (int i = 0; i < n_ov; i++) {
 		if (bg_config_set(cfg, ov[i].section, ov[i].key, ov[i].value,
@@ -265,6 +274,16 @@ main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	if (check_only) {
+		/* What the start would refuse below, refused here too. */
+		char *dir = cfg.static_dir[0] != '\0' ?
+			    realpath(cfg.static_dir, NULL) : NULL;
+
+		if (cfg.static_dir[0] != '\0' && dir == NULL) {
+			fprintf(stderr, "bagou-server: [http] static_dir "
+				"'%s': %s\n", cfg.static_dir, strerror(errno));
+			return EXIT_USAGE;
+		}
+		free(dir);
 		printf("%s: ok\n", path_given || access(path, F_OK) == 0 ?
 		       path : "(built-in defaults)");
 		return EXIT_SUCCESS;
