@@ -299,14 +299,18 @@ bg_asset_serve(struct lws *wsi, const struct bg_asset *a)
 	size_t len;
 	int n;
 
-	/* A 304 names the representation the client holds, whichever it
-	 * is: a cache merges the 304's headers into what it stored. */
-	if (fresh && a->gz != NULL && bg_asset_etag_matches(inm, a->gz_etag))
-		gz = true;
-	else if (fresh && bg_asset_etag_matches(inm, a->etag))
-		gz = false;
-	else
-		fresh = false;
+	/* A 304 names the representation the client holds (the one its
+	 * Accept-Encoding selects if it holds both): a cache merges the
+	 * 304's headers into what it stored. */
+	if (fresh && !bg_asset_etag_matches(inm, gz ? a->gz_etag : a->etag)) {
+		if (gz && bg_asset_etag_matches(inm, a->etag))
+			gz = false;
+		else if (!gz && a->gz != NULL &&
+			 bg_asset_etag_matches(inm, a->gz_etag))
+			gz = true;
+		else
+			fresh = false;
+	}
 	body = gz ? (const char *)a->gz : a->body;
 	len = gz ? a->gz_len : a->len;
 	/* 304: the validators and caching headers a 200 would carry, a
