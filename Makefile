@@ -150,8 +150,10 @@ $(OUT)/obj/%.o: %.c | $(LWS_LIB)
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
 # The browser client is compiled into the binary so /bagou.js always
-# matches the server that serves it.
-$(OUT)/obj/server/bagou_js.o: server/bagou_js.S js/bagou.js
+# matches the server that serves it: the committed minified build (see
+# js-dist) and the readable source.
+$(OUT)/obj/server/bagou_js.o: server/bagou_js.S js/bagou.js \
+                              js/dist/bagou.min.js js/dist/bagou.min.js.map
 	@mkdir -p $(dir $@)
 	@echo "  AS     $<"
 	$(Q)$(CC) -c -o $@ $<
@@ -337,3 +339,14 @@ test-python: $(OUT)/bagou-server $(VENV)/bin/python $(DJANGO42)/django/__init__.
 	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) BAGOU_EXPECT_DJANGO=4.2 \
 	  BAGOU_EXPECT_INSTALLED=1 PYTHONPATH=$(abspath $(DJANGO42)) \
 	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/python
+
+# The minified client the server embeds (js/dist/bagou.min.js and its
+# map), rebuilt with the pinned terser after editing js/bagou.js; the
+# outputs are committed so building the server needs no node, and
+# js/test/dist.test.js (make test-js) fails when they are stale.
+.PHONY: js-dist
+js-dist:
+	$(Q)cd js && { [ -d node_modules ] && \
+	  [ node_modules/.package-lock.json -nt package-lock.json ] || \
+	  npm ci --no-audit --no-fund --loglevel=error; }
+	$(Q)cd js && npm run dist --silent

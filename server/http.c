@@ -22,11 +22,9 @@
 #include "common/log.h"
 #include "server/api.h"
 #include "server/acceptor.h"
+#include "server/asset.h"
 #include "server/conn.h"
 #include "server/worker.h"
-
-/* The browser client, linked in from js/bagou.js by server/bagou_js.S. */
-extern const char bg_js_start[], bg_js_end[];
 
 #define JSON_TYPE "application/json"
 
@@ -685,6 +683,7 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 		 struct bg_conn *c, void *in, size_t len)
 {
 	const char *uri = in;
+	const struct bg_asset *asset;
 
 	/* A client that leaves before a whole request has no session data
 	 * yet: lws still reports the close. */
@@ -707,11 +706,8 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 			return serve_health(w, wsi, false);
 		if (strcmp(uri, "/health/live") == 0)
 			return serve_health(w, wsi, true);
-		if (strcmp(uri, "/bagou.js") == 0)
-			return respond(wsi, 200, "application/javascript; "
-				       "charset=utf-8", bg_js_start,
-				       (size_t)(bg_js_end - bg_js_start),
-				       false);
+		if ((asset = bg_asset_find(uri)) != NULL)
+			return bg_asset_serve(wsi, asset);
 		if (strcmp(uri, w->srv->cfg->path) == 0)
 			return respond_error(wsi, 426, "bad_message",
 					     "this is a WebSocket endpoint",

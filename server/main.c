@@ -24,6 +24,7 @@
 #include "handlers/handlers.h"
 #include "server/acceptor.h"
 #include "server/api.h"
+#include "server/asset.h"
 #include "server/server.h"
 #include "server/tls.h"
 #include "server/worker.h"
@@ -320,6 +321,10 @@ main(int argc, char **argv)
 		bg_log_error("handlers: %s", err);
 		return EXIT_FAILURE;
 	}
+	if (bg_asset_init(err, sizeof(err)) != BG_OK) {
+		bg_log_error("/bagou.js: %s", err);
+		return EXIT_FAILURE;
+	}
 	srv.acceptor = bg_acceptor_new(&srv, err, sizeof(err));
 	if (srv.acceptor == NULL) {
 		bg_log_error("%s", err);
@@ -414,6 +419,7 @@ main(int argc, char **argv)
 	bg_bus_free(srv.bus);
 	bg_acceptor_free(srv.acceptor);
 	bg_handlers_free();
+	bg_asset_free();
 	bg_tls_free(tls);
 	free(srv.workers);
 	bg_log_info("stopped");
