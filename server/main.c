@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 #include "common/bg.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "common/notify.h"
 #include "handlers/handlers.h"
 #include "server/acceptor.h"
 #include "server/api.h"
@@ -117,6 +119,21 @@ load_config(struct bg_config *cfg, const char *path, bool path_given,
 			fprintf(stderr, "bagou-server: %s\n", err);
 		exit(EXIT_USAGE);
 	}
+}
+
+/* Names the file the configuration came from, absolute, so an operator
+ * sees which one a service (started in /) read. */
+static void
+log_config_path(const char *path, bool loaded)
+{
+	char abs[PATH_MAX];
+
+	if (!loaded)
+		bg_log_info("config: none (built-in defaults)");
+	else if (realpath(path, abs) != NULL)
+		bg_log_info("config %s", abs);
+	else
+		bg_log_info("config %s", path);
 }
 
 /* SIGHUP: the TLS certificate files are read again; new connections get
@@ -271,6 +288,7 @@ main(int argc, char **argv)
 	}
 	bg_log_set_level((enum bg_log_level)cfg.log_level);
 	lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
+	log_config_path(path, path_given || access(path, F_OK) == 0);
 	if (cfg.workers == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		cfg.workers = n > 0 ? (int)n : 1;
@@ -345,14 +363,22 @@ main(int argc, char **argv)
 			    cfg.api_port);
 	else
 		bg_log_info("no API listener ([http] api_listen is empty)");
+	/* systemd (Type=notify): listening now; the watchdog from here. */
+	bg_notify_send("READY=1");
+	if (bg_notify_watchdog_start() != BG_OK)
+		bg_log_warn("cannot start the systemd watchdog thread");
 
 	for (;;) {
 		if (sigwait(&sigs, &sig) != 0)
 			continue;
 		if (sig != SIGHUP)
 			break;
+		bg_notify_reloading();
 		reload(&srv);
+		bg_notify_send("READY=1");
 	}
+	bg_notify_send("STOPPING=1");
+	bg_notify_watchdog_stop();
 	bg_log_info("%s: closing connections and stopping",
 		    sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	/* Stop every thread first, free afterwards: a worker may read the
