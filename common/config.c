@@ -293,6 +293,15 @@ parse_file(const struct key *k, struct bg_config *cfg, const char *v,
 	return parse_str(k, cfg, v, msg, len);
 }
 
+/* A credential file ([http] api_key_file, [auth] secret_file): a path
+ * like parse_file; the loader resolves it and reads the secret. */
+static int
+parse_credential(const struct key *k, struct bg_config *cfg, const char *v,
+		 char *msg, size_t len)
+{
+	return parse_file(k, cfg, v, msg, len);
+}
+
 static const char *const lifecycle_names[] = {
 	"open", "close", "subscribe", "unsubscribe", "store", "authenticate"
 };
@@ -455,7 +464,8 @@ static const struct key keys[] = {
 	{ "amqp", "queue", parse_amqp_name, OFF(amqp_queue), STR(amqp_queue) },
 	{ "amqp", "prefetch", parse_int, OFF(amqp_prefetch), 1, 65535 },
 	{ "amqp", "heartbeat", parse_int, OFF(amqp_heartbeat), 0, 600 },
-	{ "amqp", "ca_file", parse_str, OFF(amqp_ca_file), STR(amqp_ca_file) },
+	{ "amqp", "ca_file", parse_file, OFF(amqp_ca_file),
+	  STR(amqp_ca_file) },
 	{ "server", "origins", parse_origins, OFF(origins), STR(origins) },
 	{ "server", "tls_cert", parse_file, OFF(tls_cert), STR(tls_cert) },
 	{ "server", "tls_key", parse_file, OFF(tls_key), STR(tls_key) },
@@ -484,10 +494,15 @@ static const struct key keys[] = {
 	  STR(forward_exchange) },
 	{ "forward", "lifecycle", parse_lifecycle, 0, 0, 0 },
 	{ "http", "api_key", parse_str, OFF(api_key), STR(api_key) },
-	{ "http", "static_dir", parse_str, OFF(static_dir), STR(static_dir) },
+	{ "http", "static_dir", parse_file, OFF(static_dir),
+	  STR(static_dir) },
 	{ "http", "api_listen", parse_api_listen, 0, 0, 0 },
 	{ "http", "body_timeout", parse_int, OFF(body_timeout), 1, 3600 },
 	{ "log", "level", parse_level, OFF(log_level), 0, 0 },
+	{ "http", "api_key_file", parse_credential, OFF(api_key_file),
+	  STR(api_key_file) },
+	{ "auth", "secret_file", parse_credential, OFF(auth_secret_file),
+	  STR(auth_secret_file) },
 };
 
 static const struct key *
@@ -647,22 +662,33 @@ on_key(void *user, const char *section, const char *name,
 }
 
 /* The file paths set by the file at l (parse_file keys) that are
- * relative: prefixed with the file's folder. */
+ * relative: prefixed with the file's folder; credential files with
+ * $CREDENTIALS_DIRECTORY when it is set. */
 static void
 resolve_paths(struct load *l)
 {
 	const char *slash = strrchr(l->path, '/');
 	int dir_len = slash != NULL ? (int)(slash - l->path) + 1 : 0;
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
 
 	for (size_t i = 0; i < BG_ARRAY_LEN(keys) && !l->failed; i++) {
 		char *v = (char *)l->cfg + keys[i].off;
 		char buf[1024];
+		int n;
 
-		if (keys[i].parse != parse_file || !l->seen[i] ||
-		    v[0] == '\0' || v[0] == '/' || dir_len == 0)
+		if ((keys[i].parse != parse_file &&
+		     keys[i].parse != parse_credential) || !l->seen[i] ||
+		    v[0] == '\0' || v[0] == '/')
 			continue;
-		if (snprintf(buf, sizeof(buf), "%.*s%s", dir_len, l->path, v)
-		    > (int)keys[i].max) {
+		if (keys[i].parse == parse_credential && creds != NULL &&
+		    creds[0] != '\0')
+			n = snprintf(buf, sizeof(buf), "%s/%s", creds, v);
+		else if (dir_len == 0)
+			continue;
+		else
+			n = snprintf(buf, sizeof(buf), "%.*s%s", dir_len,
+				     l->path, v);
+		if (n > (int)keys[i].max) {
 			l->lineno = l->seen[i];
 			load_fail(l, "[%s] %s: the path relative to this "
 				  "file's folder is too long", keys[i].section,
@@ -670,6 +696,68 @@ resolve_paths(struct load *l)
 			return;
 		}
 		strcpy(v, buf);
+	}
+}
+
+/* Reads the secret of credential key i (set on its line of the file at
+ * l) into dst: the file's one line, without its line end. */
+static void
+read_credential(struct load *l, size_t i, char *dst, size_t dst_size,
+		const char *inline_key)
+{
+	const char *file = (const char *)l->cfg + keys[i].off;
+	char buf[1024];
+	size_t n;
+	FILE *fp;
+
+	if (l->failed || file[0] == '\0')
+		return;
+	l->lineno = l->seen[i];
+	if (dst[0] != '\0') {
+		load_fail(l, "[%s] %s and %s: set one of them, not both",
+			  keys[i].section, inline_key, keys[i].name);
+		return;
+	}
+	fp = fopen(file, "r");
+	if (fp == NULL) {
+		load_fail(l, "[%s] %s: cannot read '%s': %s",
+			  keys[i].section, keys[i].name, file,
+			  strerror(errno));
+		return;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[n] = '\0';
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		buf[--n] = '\0';
+	if (n == 0 || strlen(buf) != n || strpbrk(buf, "\r\n") != NULL) {
+		load_fail(l, "[%s] %s: '%s' must hold the secret on one "
+			  "line", keys[i].section, keys[i].name, file);
+		return;
+	}
+	if (n >= dst_size) {
+		load_fail(l, "[%s] %s: the secret in '%s' is longer than "
+			  "%zu bytes", keys[i].section, keys[i].name, file,
+			  dst_size - 1);
+		return;
+	}
+	memcpy(dst, buf, n + 1);
+	explicit_bzero(buf, sizeof(buf));
+}
+
+static void
+read_credentials(struct load *l)
+{
+	for (size_t i = 0; i < BG_ARRAY_LEN(keys); i++) {
+		if (keys[i].parse != parse_credential || !l->seen[i])
+			continue;
+		if (keys[i].off == OFF(api_key_file))
+			read_credential(l, i, l->cfg->api_key,
+					sizeof(l->cfg->api_key), "api_key");
+		else
+			read_credential(l, i, l->cfg->auth_secret,
+					sizeof(l->cfg->auth_secret),
+					"secret");
 	}
 }
 
@@ -705,6 +793,7 @@ bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		load_fail(&l, "expected [section] or key = value");
 	}
 	resolve_paths(&l);
+	read_credentials(&l);
 	return l.failed ? BG_ERR : BG_OK;
 }
 

@@ -83,6 +83,8 @@ struct bg_config {
 	/* [auth] */
 	char auth_secret[BG_CONFIG_STR]; /* HS256 secret; "" = no tokens */
 	char private_prefix[BG_CONFIG_STR]; /* "private-" */
+	char auth_secret_file[1024];     /* file holding secret (read by
+	                                    bg_config_load); "" = none */
 
 	/* [forward] */
 	char forward_exchange[BG_CONFIG_STR]; /* "" = no forwarding */
@@ -95,6 +97,8 @@ struct bg_config {
 	char api_host[BG_CONFIG_STR];    /* API listener, "127.0.0.1" */
 	int api_port;                    /* 9001; 0 = no API listener */
 	int body_timeout;                /* seconds for a whole request, 10 */
+	char api_key_file[1024];         /* file holding api_key (read by
+	                                    bg_config_load); "" = none */
 
 	/* [log] */
 	int log_level;                   /* enum bg_log_level, info */
@@ -114,8 +118,12 @@ int bg_config_set(struct bg_config *cfg, const char *section,
 /*
  * Loads an ini file over cfg. Returns BG_OK, or BG_ERR with err set to
  * "FILE:LINE: message" (or "FILE: cannot open: strerror") ; on error cfg
- * may be partly changed. Relative [server] tls_* paths set in the file are
- * made relative to the file's folder.
+ * may be partly changed. Relative paths set in the file (tls_*, static_dir,
+ * ca_file) are made relative to the file's folder. The credential keys
+ * ([http] api_key_file, [auth] secret_file) name a file whose content
+ * (one line) becomes api_key / secret; a relative name is looked up in
+ * $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when that is set,
+ * else in the file's folder. The files are read here, on every load.
  */
 int bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		   size_t errlen);
