@@ -707,6 +707,53 @@ test_api_listen(void **state)
 	assert_int_equal(cfg.body_timeout, 2);
 }
 
+/* static_dir and ca_file follow the ini file's folder like tls_*; the
+ * credential keys read their file, from $CREDENTIALS_DIRECTORY when set. */
+static void
+test_relative_paths_and_credentials(void **state)
+{
+	struct bg_config cfg;
+	char err[512] = "", cred[64], text[1024], want[256];
+	FILE *fp;
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, "[http]\nstatic_dir = www\n"
+		"[amqp]\nca_file = ca.pem\n", err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.static_dir, "/tmp/www");
+	assert_string_equal(cfg.amqp_ca_file, "/tmp/ca.pem");
+
+	snprintf(cred, sizeof(cred), "bagou-test-cred-%d", (int)getpid());
+	snprintf(want, sizeof(want), "/tmp/%s", cred);
+	fp = fopen(want, "w");
+	assert_non_null(fp);
+	fputs("k3y-from-file\n", fp);
+	fclose(fp);
+	snprintf(text, sizeof(text), "[http]\napi_key_file = %s\n"
+		 "[auth]\nsecret_file = %s\n", cred, want);
+	setenv("CREDENTIALS_DIRECTORY", "/nonexistent", 1);
+	bg_config_defaults(&cfg);
+	/* Relative: looked up in $CREDENTIALS_DIRECTORY, not found there. */
+	assert_int_equal(load_text(&cfg, text, err, sizeof(err)), BG_ERR);
+	assert_non_null(strstr(err, ":2: [http] api_key_file: cannot read "
+			       "'/nonexistent/bagou-test-cred-"));
+	assert_non_null(strstr(err, "No such file or directory"));
+	setenv("CREDENTIALS_DIRECTORY", "/tmp", 1);
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, text, err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.api_key, "k3y-from-file");
+	assert_string_equal(cfg.auth_secret, "k3y-from-file");
+	unsetenv("CREDENTIALS_DIRECTORY");
+	/* Without it: the ini's folder (/tmp as well). */
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, text, err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.api_key, "k3y-from-file");
+	snprintf(text, sizeof(text), "[http]\napi_key = x\n"
+		 "api_key_file = %s\n", cred);
+	expect_load_error(text, 3, "[http] api_key and api_key_file: set "
+			  "one of them, not both");
+	unlink(want);
+}
+
 int
 main(void)
 {
@@ -732,6 +779,7 @@ main(void)
 		cmocka_unit_test(test_small_err_buffer),
 		cmocka_unit_test(test_tls_keys),
 		cmocka_unit_test(test_api_listen),
+		cmocka_unit_test(test_relative_paths_and_credentials),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
