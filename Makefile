@@ -352,6 +352,10 @@ DATADIR    ?= $(PREFIX)/share/bagou
 MANDIR     ?= $(PREFIX)/share/man
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 
+# tests/integration/test_service.py renders the man page (man -l) and
+# scores the unit (systemd-analyze security --offline=true).
+TEST_PKGS  += man-db systemd
+
 .PHONY: install
 install: $(OUT)/bagou-server $(BROADCAST_BIN)
 	@echo "  INSTALL $(DESTDIR)$(PREFIX)"
