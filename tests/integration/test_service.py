@@ -161,6 +161,26 @@ def test_unit_exposure_at_most_2():
     assert float(m.group(1)) <= 2.0, p.stdout
 
 
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="systemd-analyze is not installed")
+def test_installed_unit_verifies(tmp_path):
+    """systemd parses every line of the installed unit (an unknown or
+    misspelt setting would only be warned about, then ignored)."""
+    prefix = tmp_path / "prefix"
+    p = make_install("", "PREFIX=%s" % prefix,
+                     "SYSCONFDIR=%s" % (prefix / "etc"))
+    assert p.returncode == 0, p.stdout
+    unit = prefix / "lib/systemd/system/bagou.service"
+    assert "ExecStart=%s/bin/bagou-server --config %s/etc/bagou/bagou.ini" \
+        % (prefix, prefix) in unit.read_text()
+    p = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                        str(unit)], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout
+    for bad in ("Unknown key", "Failed to parse", "ignoring", "Invalid"):
+        assert bad not in p.stdout, p.stdout
+
+
 # ---------------------------------------------------------------- notify
 
 class NotifySocket:
