@@ -364,7 +364,9 @@ main(int argc, char **argv)
 	else
 		bg_log_info("no API listener ([http] api_listen is empty)");
 	/* systemd (Type=notify): listening now; the watchdog from here. */
-	bg_notify_send("READY=1");
+	if (bg_notify_send("READY=1") == BG_ERR)
+		bg_log_warn("systemd: cannot notify NOTIFY_SOCKET=%s: %s",
+			    getenv("NOTIFY_SOCKET"), strerror(errno));
 	if (bg_notify_watchdog_start() != BG_OK)
 		bg_log_warn("cannot start the systemd watchdog thread");
 

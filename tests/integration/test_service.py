@@ -263,6 +263,15 @@ def test_notify_no_watchdog_without_watchdog_usec(server, notify):
     assert srv.wait_exit(10) == 0
 
 
+def test_notify_socket_nobody_listens_on_is_a_warning(server, monkeypatch):
+    monkeypatch.setenv("NOTIFY_SOCKET", "@bagou-test-nobody-%d-%d"
+                       % (os.getpid(), time.monotonic_ns()))
+    srv = server()          # serves all the same
+    wait_for(lambda: "cannot notify NOTIFY_SOCKET=@bagou-test-nobody-"
+             in srv.log(), what="the warning")
+    assert "Connection refused" in srv.log()
+
+
 # ---------------------------------------------------------------- secrets
 
 def test_api_key_from_credentials_directory(server, tmp_path, monkeypatch):
