@@ -726,6 +726,14 @@ read_credential(struct load *l, size_t i, char *dst, size_t dst_size,
 		return;
 	}
 	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	if (ferror(fp)) {
+		int e = errno;
+
+		fclose(fp);
+		load_fail(l, "[%s] %s: cannot read '%s': %s",
+			  keys[i].section, keys[i].name, file, strerror(e));
+		return;
+	}
 	fclose(fp);
 	buf[n] = '\0';
 	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))

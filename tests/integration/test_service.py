@@ -358,6 +358,11 @@ def test_secret_and_secret_file_together_is_an_error(tmp_path):
     p = run_start_failure([server_binary(), "--check-config", "--config",
                            str(ini)])
     assert p.returncode == 2 and "on one line" in p.stderr, p.stderr
+    (tmp_path / "dir").mkdir()
+    ini.write_text("[http]\napi_key_file = dir\n")
+    p = run_start_failure([server_binary(), "--check-config", "--config",
+                           str(ini)])
+    assert p.returncode == 2 and "Is a directory" in p.stderr, p.stderr
 
 
 # ---------------------------------------------------------------- paths
