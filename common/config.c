@@ -293,13 +293,75 @@ parse_file(const struct key *k, struct bg_config *cfg, const char *v,
 	return parse_str(k, cfg, v, msg, len);
 }
 
-/* A credential file ([http] api_key_file, [auth] secret_file): a path
- * like parse_file; the loader resolves it and reads the secret. */
+/*
+ * A credential file ([http] api_key_file, [auth] secret_file): its one
+ * line (a final newline ignored) becomes api_key / auth_secret, read now,
+ * whatever the source (ini, environment, reload). A relative name is
+ * looked up in $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when it
+ * is set; the loader has made names from the ini relative to its folder
+ * otherwise. "" = none (the secret is left as it is).
+ */
 static int
 parse_credential(const struct key *k, struct bg_config *cfg, const char *v,
 		 char *msg, size_t len)
 {
-	return parse_file(k, cfg, v, msg, len);
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	bool api = k->off == offsetof(struct bg_config, api_key_file);
+	char *dst = api ? cfg->api_key : cfg->auth_secret;
+	size_t dst_size = api ? sizeof(cfg->api_key) :
+				sizeof(cfg->auth_secret);
+	char path[1024], buf[1024];
+	size_t n;
+	FILE *fp;
+	int e;
+
+	for (const char *p = v; *p; p++) {
+		if (iscntrl((unsigned char)*p)) {
+			seterr(msg, len, "must not contain control "
+			       "characters");
+			return BG_ERR;
+		}
+	}
+	if (v[0] == '\0')
+		return parse_str(k, cfg, v, msg, len);
+	if (v[0] != '/' && creds != NULL && creds[0] != '\0')
+		n = (size_t)snprintf(path, sizeof(path), "%s/%s", creds, v);
+	else
+		n = (size_t)snprintf(path, sizeof(path), "%s", v);
+	if (n > k->max) {
+		seterr(msg, len, "the path is longer than %llu bytes", k->max);
+		return BG_ERR;
+	}
+	fp = fopen(path, "r");
+	if (fp == NULL) {
+		seterr(msg, len, "cannot read '%s': %s", path,
+		       strerror(errno));
+		return BG_ERR;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	e = ferror(fp) ? errno : 0;
+	fclose(fp);
+	if (e != 0) {
+		seterr(msg, len, "cannot read '%s': %s", path, strerror(e));
+		return BG_ERR;
+	}
+	buf[n] = '\0';
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		buf[--n] = '\0';
+	if (n == 0 || strlen(buf) != n || strpbrk(buf, "\r\n") != NULL) {
+		seterr(msg, len, "'%s' must hold the secret on one line",
+		       path);
+	} else if (n >= dst_size) {
+		seterr(msg, len, "the secret in '%s' is longer than %zu bytes",
+		       path, dst_size - 1);
+	} else {
+		memcpy(dst, buf, n + 1);
+		strcpy((char *)cfg + k->off, path);
+		explicit_bzero(buf, sizeof(buf));
+		return BG_OK;
+	}
+	explicit_bzero(buf, sizeof(buf));
+	return BG_ERR;
 }
 
 static const char *const lifecycle_names[] = {
@@ -556,6 +618,8 @@ struct load {
 	bool failed;
 	bool after_key;                  /* a key since the last [section] */
 	int seen[BG_ARRAY_LEN(keys)];    /* line each key was set on */
+	int filled[BG_ARRAY_LEN(keys)];  /* line each key got a value
+	                                    other than "" on */
 };
 
 static void
@@ -632,13 +696,31 @@ read_line(char *str, int num, void *stream)
 	return check_line(l, str) ? str : NULL;
 }
 
+/* A credential name from the file at l: relative to the file's folder
+ * when relative and there is no $CREDENTIALS_DIRECTORY to look in. NULL
+ * when that path would be too long. */
+static const char *
+credential_name(const struct load *l, const char *v, char *buf, size_t size)
+{
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	const char *slash = strrchr(l->path, '/');
+
+	if (v[0] == '\0' || v[0] == '/' || slash == NULL ||
+	    (creds != NULL && creds[0] != '\0'))
+		return v;
+	if (snprintf(buf, size, "%.*s%s", (int)(slash - l->path) + 1,
+		     l->path, v) >= (int)size)
+		return NULL;
+	return buf;
+}
+
 static int
 on_key(void *user, const char *section, const char *name,
        const char *value)
 {
 	struct load *l = user;
 	const struct key *k;
-	char msg[MSG_MAX];
+	char msg[MSG_MAX], path[1024];
 
 	if (l->failed || name == NULL)
 		return !l->failed;
@@ -652,43 +734,40 @@ on_key(void *user, const char *section, const char *name,
 			  "%d)", name, section, l->seen[k - keys]);
 		return 0;
 	}
+	if (k != NULL && k->parse == parse_credential &&
+	    (value = credential_name(l, value, path, sizeof(path))) == NULL) {
+		load_fail(l, "[%s] %s: the path relative to this file's "
+			  "folder is too long", section, name);
+		return 0;
+	}
 	if (bg_config_set(l->cfg, section, name, value, msg, sizeof(msg))
 	    != BG_OK) {
 		load_fail(l, "%s", msg);
 		return 0;
 	}
 	l->seen[k - keys] = l->lineno;
+	if (value[0] != '\0')
+		l->filled[k - keys] = l->lineno;
 	return 1;
 }
 
 /* The file paths set by the file at l (parse_file keys) that are
- * relative: prefixed with the file's folder; credential files with
- * $CREDENTIALS_DIRECTORY when it is set. */
+ * relative: prefixed with the file's folder. */
 static void
 resolve_paths(struct load *l)
 {
 	const char *slash = strrchr(l->path, '/');
 	int dir_len = slash != NULL ? (int)(slash - l->path) + 1 : 0;
-	const char *creds = getenv("CREDENTIALS_DIRECTORY");
 
 	for (size_t i = 0; i < BG_ARRAY_LEN(keys) && !l->failed; i++) {
 		char *v = (char *)l->cfg + keys[i].off;
 		char buf[1024];
-		int n;
 
-		if ((keys[i].parse != parse_file &&
-		     keys[i].parse != parse_credential) || !l->seen[i] ||
-		    v[0] == '\0' || v[0] == '/')
+		if (keys[i].parse != parse_file || !l->seen[i] ||
+		    v[0] == '\0' || v[0] == '/' || dir_len == 0)
 			continue;
-		if (keys[i].parse == parse_credential && creds != NULL &&
-		    creds[0] != '\0')
-			n = snprintf(buf, sizeof(buf), "%s/%s", creds, v);
-		else if (dir_len == 0)
-			continue;
-		else
-			n = snprintf(buf, sizeof(buf), "%.*s%s", dir_len,
-				     l->path, v);
-		if (n > (int)keys[i].max) {
+		if (snprintf(buf, sizeof(buf), "%.*s%s", dir_len, l->path, v)
+		    > (int)keys[i].max) {
 			l->lineno = l->seen[i];
 			load_fail(l, "[%s] %s: the path relative to this "
 				  "file's folder is too long", keys[i].section,
@@ -699,73 +778,25 @@ resolve_paths(struct load *l)
 	}
 }
 
-/* Reads the secret of credential key i (set on its line of the file at
- * l) into dst: the file's one line, without its line end. */
+/* A secret given in the file both inline and as a credential file:
+ * which one was meant is unclear, so it is an error at the later line. */
 static void
-read_credential(struct load *l, size_t i, char *dst, size_t dst_size,
-		const char *inline_key)
+check_credentials(struct load *l)
 {
-	const char *file = (const char *)l->cfg + keys[i].off;
-	char buf[1024];
-	size_t n;
-	FILE *fp;
+	static const char *const pairs[][3] = {
+		{ "http", "api_key", "api_key_file" },
+		{ "auth", "secret", "secret_file" },
+	};
 
-	if (l->failed || file[0] == '\0')
-		return;
-	l->lineno = l->seen[i];
-	if (dst[0] != '\0') {
-		load_fail(l, "[%s] %s and %s: set one of them, not both",
-			  keys[i].section, inline_key, keys[i].name);
-		return;
-	}
-	fp = fopen(file, "r");
-	if (fp == NULL) {
-		load_fail(l, "[%s] %s: cannot read '%s': %s",
-			  keys[i].section, keys[i].name, file,
-			  strerror(errno));
-		return;
-	}
-	n = fread(buf, 1, sizeof(buf) - 1, fp);
-	if (ferror(fp)) {
-		int e = errno;
+	for (size_t i = 0; i < BG_ARRAY_LEN(pairs) && !l->failed; i++) {
+		int a = l->filled[find_key(pairs[i][0], pairs[i][1]) - keys];
+		int b = l->filled[find_key(pairs[i][0], pairs[i][2]) - keys];
 
-		fclose(fp);
-		load_fail(l, "[%s] %s: cannot read '%s': %s",
-			  keys[i].section, keys[i].name, file, strerror(e));
-		return;
-	}
-	fclose(fp);
-	buf[n] = '\0';
-	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-		buf[--n] = '\0';
-	if (n == 0 || strlen(buf) != n || strpbrk(buf, "\r\n") != NULL) {
-		load_fail(l, "[%s] %s: '%s' must hold the secret on one "
-			  "line", keys[i].section, keys[i].name, file);
-		return;
-	}
-	if (n >= dst_size) {
-		load_fail(l, "[%s] %s: the secret in '%s' is longer than "
-			  "%zu bytes", keys[i].section, keys[i].name, file,
-			  dst_size - 1);
-		return;
-	}
-	memcpy(dst, buf, n + 1);
-	explicit_bzero(buf, sizeof(buf));
-}
-
-static void
-read_credentials(struct load *l)
-{
-	for (size_t i = 0; i < BG_ARRAY_LEN(keys); i++) {
-		if (keys[i].parse != parse_credential || !l->seen[i])
+		if (a == 0 || b == 0)
 			continue;
-		if (keys[i].off == OFF(api_key_file))
-			read_credential(l, i, l->cfg->api_key,
-					sizeof(l->cfg->api_key), "api_key");
-		else
-			read_credential(l, i, l->cfg->auth_secret,
-					sizeof(l->cfg->auth_secret),
-					"secret");
+		l->lineno = a > b ? a : b;
+		load_fail(l, "[%s] %s and %s: set one of them, not both",
+			  pairs[i][0], pairs[i][1], pairs[i][2]);
 	}
 }
 
@@ -801,7 +832,7 @@ bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		load_fail(&l, "expected [section] or key = value");
 	}
 	resolve_paths(&l);
-	read_credentials(&l);
+	check_credentials(&l);
 	return l.failed ? BG_ERR : BG_OK;
 }
 

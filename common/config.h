@@ -83,8 +83,8 @@ struct bg_config {
 	/* [auth] */
 	char auth_secret[BG_CONFIG_STR]; /* HS256 secret; "" = no tokens */
 	char private_prefix[BG_CONFIG_STR]; /* "private-" */
-	char auth_secret_file[1024];     /* file holding secret (read by
-	                                    bg_config_load); "" = none */
+	char auth_secret_file[1024];     /* file secret was read from (by
+	                                    bg_config_set); "" = none */
 
 	/* [forward] */
 	char forward_exchange[BG_CONFIG_STR]; /* "" = no forwarding */
@@ -97,8 +97,8 @@ struct bg_config {
 	char api_host[BG_CONFIG_STR];    /* API listener, "127.0.0.1" */
 	int api_port;                    /* 9001; 0 = no API listener */
 	int body_timeout;                /* seconds for a whole request, 10 */
-	char api_key_file[1024];         /* file holding api_key (read by
-	                                    bg_config_load); "" = none */
+	char api_key_file[1024];         /* file api_key was read from (by
+	                                    bg_config_set); "" = none */
 
 	/* [log] */
 	int log_level;                   /* enum bg_log_level, info */
@@ -123,7 +123,10 @@ int bg_config_set(struct bg_config *cfg, const char *section,
  * ([http] api_key_file, [auth] secret_file) name a file whose content
  * (one line) becomes api_key / secret; a relative name is looked up in
  * $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when that is set,
- * else in the file's folder. The files are read here, on every load.
+ * else in the file's folder. bg_config_set reads such a file at once, so
+ * every source (file, environment, reload) reads it, and a relative name
+ * set outside a file without $CREDENTIALS_DIRECTORY is relative to the
+ * working directory.
  */
 int bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		   size_t errlen);

@@ -751,6 +751,15 @@ test_relative_paths_and_credentials(void **state)
 		 "api_key_file = %s\n", cred);
 	expect_load_error(text, 3, "[http] api_key and api_key_file: set "
 			  "one of them, not both");
+	/* Any source reads the file (the environment, the command line). */
+	bg_config_defaults(&cfg);
+	assert_int_equal(bg_config_set(&cfg, "auth", "secret_file", want, err,
+				       sizeof(err)), BG_OK);
+	assert_string_equal(cfg.auth_secret, "k3y-from-file");
+	assert_string_equal(cfg.auth_secret_file, want);
+	expect_set_error("http", "api_key_file", "/nonexistent/k",
+			 "[http] api_key_file: cannot read '/nonexistent/k': "
+			 "No such file or directory");
 	unlink(want);
 }
 
