@@ -94,6 +94,8 @@ static struct {
 	bool running;                   /* main thread */
 	bool stop;                      /* under lock */
 	uint64_t interval_us;           /* immutable while running */
+	bool (*healthy)(void *);        /* immutable while running */
+	void *arg;                      /* immutable while running */
 } wd = {
 	.lock = PTHREAD_MUTEX_INITIALIZER,
 };
@@ -107,7 +109,8 @@ watchdog_main(void *arg)
 	pthread_mutex_lock(&wd.lock);
 	while (!wd.stop) {
 		pthread_mutex_unlock(&wd.lock);
-		bg_notify_send("WATCHDOG=1");
+		if (wd.healthy == NULL || wd.healthy(wd.arg))
+			bg_notify_send("WATCHDOG=1");
 		pthread_mutex_lock(&wd.lock);
 		clock_gettime(CLOCK_MONOTONIC, &at);
 		at.tv_sec += (time_t)(wd.interval_us / 1000000);
@@ -126,7 +129,7 @@ watchdog_main(void *arg)
 }
 
 int
-bg_notify_watchdog_start(void)
+bg_notify_watchdog_start(bool (*healthy)(void *arg), void *arg)
 {
 	pthread_condattr_t ca;
 	uint64_t interval = bg_notify_watchdog_interval();
@@ -138,6 +141,8 @@ bg_notify_watchdog_start(void)
 	pthread_cond_init(&wd.cond, &ca);
 	pthread_condattr_destroy(&ca);
 	wd.interval_us = interval;
+	wd.healthy = healthy;
+	wd.arg = arg;
 	wd.stop = false;
 	if (pthread_create(&wd.thread, NULL, watchdog_main, NULL) != 0) {
 		pthread_cond_destroy(&wd.cond);

@@ -11,6 +11,7 @@
 #ifndef BG_NOTIFY_H
 #define BG_NOTIFY_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /*
@@ -30,9 +31,14 @@ int bg_notify_reloading(void);
  */
 uint64_t bg_notify_watchdog_interval(void);
 
-/* Starts the watchdog thread when bg_notify_watchdog_interval() is not 0;
- * BG_OK (also when there is nothing to start) or BG_ERR. */
-int bg_notify_watchdog_start(void);
+/*
+ * Starts the watchdog thread when bg_notify_watchdog_interval() is not 0;
+ * BG_OK (also when there is nothing to start) or BG_ERR. Before each
+ * WATCHDOG=1 the thread calls healthy(arg) (when not NULL): while it
+ * returns false no ping is sent, so systemd restarts a process whose
+ * event loops stopped turning. healthy must be safe from any thread.
+ */
+int bg_notify_watchdog_start(bool (*healthy)(void *arg), void *arg);
 
 /* Stops and joins the watchdog thread, if one runs. */
 void bg_notify_watchdog_stop(void);

@@ -121,6 +121,32 @@ load_config(struct bg_config *cfg, const char *path, bool path_given,
 	}
 }
 
+/* The systemd watchdog's health check (any thread): every worker's loop
+ * ticked (once a second) within the last WORKER_STALL_MS. */
+#define WORKER_STALL_MS 10000
+
+static bool
+workers_alive(void *arg)
+{
+	const struct bg_server *srv = arg;
+	struct timespec ts;
+	uint64_t now;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	for (int i = 0; i < srv->n_workers; i++) {
+		uint64_t at = __atomic_load_n(&srv->workers[i]->alive_ms,
+					      __ATOMIC_RELAXED);
+		if (now - at > WORKER_STALL_MS) {
+			bg_log_error("watchdog: worker %d has not turned its "
+				     "loop for %llu ms; no WATCHDOG=1 until it "
+				     "does", i, (unsigned long long)(now - at));
+			return false;
+		}
+	}
+	return true;
+}
+
 /* Names the file the configuration came from, absolute, so an operator
  * sees which one a service (started in /) read. */
 static void
@@ -367,7 +393,7 @@ main(int argc, char **argv)
 	if (bg_notify_send("READY=1") == BG_ERR)
 		bg_log_warn("systemd: cannot notify NOTIFY_SOCKET=%s: %s",
 			    getenv("NOTIFY_SOCKET"), strerror(errno));
-	if (bg_notify_watchdog_start() != BG_OK)
+	if (bg_notify_watchdog_start(workers_alive, &srv) != BG_OK)
 		bg_log_warn("cannot start the systemd watchdog thread");
 
 	for (;;) {

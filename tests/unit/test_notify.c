@@ -3,7 +3,8 @@
  * abstract socket ('@name') and a path socket, nothing is sent without
  * $NOTIFY_SOCKET, a malformed one is an error, RELOADING carries
  * MONOTONIC_USEC, the watchdog interval is half of $WATCHDOG_USEC (and
- * only for this pid), and the watchdog thread pings until stopped.
+ * only for this pid), and the watchdog thread pings until stopped, and
+ * only while its health check passes.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -149,7 +150,7 @@ test_watchdog_interval(void **state)
 	assert_int_equal(bg_notify_watchdog_interval(), 0);
 	unsetenv("WATCHDOG_USEC");
 	/* Nothing to start without the variable. */
-	assert_int_equal(bg_notify_watchdog_start(), BG_OK);
+	assert_int_equal(bg_notify_watchdog_start(NULL, NULL), BG_OK);
 	bg_notify_watchdog_stop();
 }
 
@@ -163,7 +164,7 @@ test_watchdog_thread(void **state)
 	(void)state;
 	setenv("NOTIFY_SOCKET", env, 1);
 	setenv("WATCHDOG_USEC", "100000", 1);     /* pings every 50 ms */
-	assert_int_equal(bg_notify_watchdog_start(), BG_OK);
+	assert_int_equal(bg_notify_watchdog_start(NULL, NULL), BG_OK);
 	for (int i = 0; i < 3; i++) {
 		recv_one(fd, buf, sizeof(buf));
 		assert_string_equal(buf, "WATCHDOG=1");
@@ -173,6 +174,38 @@ test_watchdog_thread(void **state)
 	while (poll(&p, 1, 0) == 1)
 		recv(fd, buf, sizeof(buf), 0);
 	assert_int_equal(poll(&p, 1, 200), 0);
+	unsetenv("WATCHDOG_USEC");
+	unsetenv("NOTIFY_SOCKET");
+	close(fd);
+}
+
+static bool
+sick_until_flag(void *arg)
+{
+	return __atomic_load_n((bool *)arg, __ATOMIC_ACQUIRE);
+}
+
+/* No WATCHDOG=1 while the health check fails; pings again once it
+ * passes. */
+static void
+test_watchdog_health_check(void **state)
+{
+	char env[64], buf[256];
+	int fd = bind_abstract(env, sizeof(env));
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	bool healthy = false;
+
+	(void)state;
+	setenv("NOTIFY_SOCKET", env, 1);
+	setenv("WATCHDOG_USEC", "40000", 1);      /* checks every 20 ms */
+	assert_int_equal(bg_notify_watchdog_start(sick_until_flag, &healthy),
+			 BG_OK);
+	/* Ten intervals of silence. */
+	assert_int_equal(poll(&p, 1, 200), 0);
+	__atomic_store_n(&healthy, true, __ATOMIC_RELEASE);
+	recv_one(fd, buf, sizeof(buf));
+	assert_string_equal(buf, "WATCHDOG=1");
+	bg_notify_watchdog_stop();
 	unsetenv("WATCHDOG_USEC");
 	unsetenv("NOTIFY_SOCKET");
 	close(fd);
@@ -188,6 +221,7 @@ main(void)
 		cmocka_unit_test(test_reloading),
 		cmocka_unit_test(test_watchdog_interval),
 		cmocka_unit_test(test_watchdog_thread),
+		cmocka_unit_test(test_watchdog_health_check),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
