@@ -350,3 +350,44 @@ js-dist:
 	  [ node_modules/.package-lock.json -nt package-lock.json ] || \
 	  npm ci --no-audit --no-fund --loglevel=error; }
 	$(Q)cd js && npm run dist --silent
+
+# ---------------------------------------------------------------- install
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binaries, the systemd
+# unit (its paths rewritten for BINDIR and SYSCONFDIR), the man page,
+# bagou.js (the minified client the server serves, its source map, and
+# the readable source as bagou.src.js) and a copy of the default ini. The ini goes to
+# $(SYSCONFDIR)/bagou/bagou.ini, /etc/bagou by default whatever PREFIX is
+# (where the unit and the docs look); an existing one is kept, never
+# overwritten (the new defaults are in share/bagou/bagou.ini.example).
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+DATADIR    ?= $(PREFIX)/share/bagou
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+
+# tests/integration/test_service.py renders the man page (man -l) and
+# scores the unit (systemd-analyze security --offline=true).
+TEST_PKGS  += man-db systemd
+
+.PHONY: install
+install: $(OUT)/bagou-server $(BROADCAST_BIN)
+	@echo "  INSTALL $(DESTDIR)$(PREFIX)"
+	$(Q)set -e; d='$(DESTDIR)'; \
+	install -d "$$d$(BINDIR)" "$$d$(DATADIR)" "$$d$(MANDIR)/man8" \
+	  "$$d$(UNITDIR)" "$$d$(SYSCONFDIR)/bagou"; \
+	install -m 755 $(OUT)/bagou-server $(BROADCAST_BIN) "$$d$(BINDIR)/"; \
+	install -m 644 js/dist/bagou.min.js "$$d$(DATADIR)/bagou.js"; \
+	install -m 644 js/dist/bagou.min.js.map "$$d$(DATADIR)/bagou.js.map"; \
+	install -m 644 js/bagou.js "$$d$(DATADIR)/bagou.src.js"; \
+	install -m 644 etc/bagou.ini "$$d$(DATADIR)/bagou.ini.example"; \
+	gzip -9nc docs/man/bagou-server.8 > "$$d$(MANDIR)/man8/bagou-server.8.gz"; \
+	chmod 644 "$$d$(MANDIR)/man8/bagou-server.8.gz"; \
+	sed -e 's|/usr/local/bin/|$(BINDIR)/|g' \
+	    -e 's|/etc/bagou/|$(SYSCONFDIR)/bagou/|g' etc/bagou.service \
+	  > "$$d$(UNITDIR)/bagou.service"; \
+	chmod 644 "$$d$(UNITDIR)/bagou.service"; \
+	if [ -e "$$d$(SYSCONFDIR)/bagou/bagou.ini" ]; then \
+	  echo "  KEEP   $$d$(SYSCONFDIR)/bagou/bagou.ini (the new defaults:" \
+	       "$(DATADIR)/bagou.ini.example)"; \
+	else install -m 644 etc/bagou.ini "$$d$(SYSCONFDIR)/bagou/bagou.ini"; fi

@@ -474,6 +474,77 @@ parse_file(const struct key *k, struct bg_config *cfg, const char *v,
 	return parse_str(k, cfg, v, msg, len);
 }
 
+/*
+ * A credential file ([http] api_key_file, [auth] secret_file): its one
+ * line (a final newline ignored) becomes api_key / auth_secret, read now,
+ * whatever the source (ini, environment, reload). A relative name is
+ * looked up in $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when it
+ * is set; the loader has made names from the ini relative to its folder
+ * otherwise. "" = none (the secret is left as it is).
+ */
+static int
+parse_credential(const struct key *k, struct bg_config *cfg, const char *v,
+		 char *msg, size_t len)
+{
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	bool api = k->off == offsetof(struct bg_config, api_key_file);
+	char *dst = api ? cfg->api_key : cfg->auth_secret;
+	size_t dst_size = api ? sizeof(cfg->api_key) :
+				sizeof(cfg->auth_secret);
+	char path[1024], buf[1024];
+	size_t n;
+	FILE *fp;
+	int e;
+
+	for (const char *p = v; *p; p++) {
+		if (iscntrl((unsigned char)*p)) {
+			seterr(msg, len, "must not contain control "
+			       "characters");
+			return BG_ERR;
+		}
+	}
+	if (v[0] == '\0')
+		return parse_str(k, cfg, v, msg, len);
+	if (v[0] != '/' && creds != NULL && creds[0] != '\0')
+		n = (size_t)snprintf(path, sizeof(path), "%s/%s", creds, v);
+	else
+		n = (size_t)snprintf(path, sizeof(path), "%s", v);
+	if (n > k->max) {
+		seterr(msg, len, "the path is longer than %llu bytes", k->max);
+		return BG_ERR;
+	}
+	fp = fopen(path, "r");
+	if (fp == NULL) {
+		seterr(msg, len, "cannot read '%s': %s", path,
+		       strerror(errno));
+		return BG_ERR;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	e = ferror(fp) ? errno : 0;
+	fclose(fp);
+	if (e != 0) {
+		seterr(msg, len, "cannot read '%s': %s", path, strerror(e));
+		return BG_ERR;
+	}
+	buf[n] = '\0';
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		buf[--n] = '\0';
+	if (n == 0 || strlen(buf) != n || strpbrk(buf, "\r\n") != NULL) {
+		seterr(msg, len, "'%s' must hold the secret on one line",
+		       path);
+	} else if (n >= dst_size) {
+		seterr(msg, len, "the secret in '%s' is longer than %zu bytes",
+		       path, dst_size - 1);
+	} else {
+		memcpy(dst, buf, n + 1);
+		strcpy((char *)cfg + k->off, path);
+		explicit_bzero(buf, sizeof(buf));
+		return BG_OK;
+	}
+	explicit_bzero(buf, sizeof(buf));
+	return BG_ERR;
+}
+
 static const char *const lifecycle_names[] = {
 	"open", "close", "subscribe", "unsubscribe", "store", "authenticate"
 };
@@ -635,7 +706,8 @@ static const struct key keys[] = {
 	{ "amqp", "queue", parse_amqp_name, OFF(amqp_queue), STR(amqp_queue) },
 	{ "amqp", "prefetch", parse_int, OFF(amqp_prefetch), 1, 65535 },
 	{ "amqp", "heartbeat", parse_int, OFF(amqp_heartbeat), 0, 600 },
-	{ "amqp", "ca_file", parse_str, OFF(amqp_ca_file), STR(amqp_ca_file) },
+	{ "amqp", "ca_file", parse_file, OFF(amqp_ca_file),
+	  STR(amqp_ca_file) },
 	{ "server", "origins", parse_origins, OFF(origins), STR(origins) },
 	{ "server", "tls_cert", parse_file, OFF(tls_cert), STR(tls_cert) },
 	{ "server", "tls_key", parse_file, OFF(tls_key), STR(tls_key) },
@@ -664,10 +736,15 @@ static const struct key keys[] = {
 	  STR(forward_exchange) },
 	{ "forward", "lifecycle", parse_lifecycle, 0, 0, 0 },
 	{ "http", "api_key", parse_str, OFF(api_key), STR(api_key) },
-	{ "http", "static_dir", parse_str, OFF(static_dir), STR(static_dir) },
+	{ "http", "static_dir", parse_file, OFF(static_dir),
+	  STR(static_dir) },
 	{ "http", "api_listen", parse_api_listen, 0, 0, 0 },
 	{ "http", "body_timeout", parse_int, OFF(body_timeout), 1, 3600 },
 	{ "log", "level", parse_level, OFF(log_level), 0, 0 },
+	{ "http", "api_key_file", parse_credential, OFF(api_key_file),
+	  STR(api_key_file) },
+	{ "auth", "secret_file", parse_credential, OFF(auth_secret_file),
+	  STR(auth_secret_file) },
 };
 
 static const struct key *
@@ -742,6 +819,8 @@ struct load {
 	                                    key: inih appends it to it */
 	int seen[BG_ARRAY_LEN(keys)];    /* line each key was set on */
 	char *list[BG_ARRAY_LEN(keys)];  /* list keys: the value so far */
+	int filled[BG_ARRAY_LEN(keys)];  /* line each key got a value
+	                                    other than "" on */
 };
 
 static void
@@ -857,13 +936,31 @@ list_add(struct load *l, const struct key *k, const char *value)
 	return 1;
 }
 
+/* A credential name from the file at l: relative to the file's folder
+ * when relative and there is no $CREDENTIALS_DIRECTORY to look in. NULL
+ * when that path would be too long. */
+static const char *
+credential_name(const struct load *l, const char *v, char *buf, size_t size)
+{
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	const char *slash = strrchr(l->path, '/');
+
+	if (v[0] == '\0' || v[0] == '/' || slash == NULL ||
+	    (creds != NULL && creds[0] != '\0'))
+		return v;
+	if (snprintf(buf, size, "%.*s%s", (int)(slash - l->path) + 1,
+		     l->path, v) >= (int)size)
+		return NULL;
+	return buf;
+}
+
 static int
 on_key(void *user, const char *section, const char *name,
        const char *value)
 {
 	struct load *l = user;
 	const struct key *k;
-	char msg[MSG_MAX];
+	char msg[MSG_MAX], path[1024];
 
 	if (l->failed || name == NULL)
 		return !l->failed;
@@ -882,6 +979,12 @@ on_key(void *user, const char *section, const char *name,
 			  "%d)", name, section, l->seen[k - keys]);
 		return 0;
 	}
+	if (k != NULL && k->parse == parse_credential &&
+	    (value = credential_name(l, value, path, sizeof(path))) == NULL) {
+		load_fail(l, "[%s] %s: the path relative to this file's "
+			  "folder is too long", section, name);
+		return 0;
+	}
 	if (k != NULL && is_list(k))
 		return list_add(l, k, value);
 	if (bg_config_set(l->cfg, section, name, value, msg, sizeof(msg))
@@ -890,6 +993,8 @@ on_key(void *user, const char *section, const char *name,
 		return 0;
 	}
 	l->seen[k - keys] = l->lineno;
+	if (value[0] != '\0')
+		l->filled[k - keys] = l->lineno;
 	return 1;
 }
 
@@ -917,6 +1022,28 @@ resolve_paths(struct load *l)
 			return;
 		}
 		strcpy(v, buf);
+	}
+}
+
+/* A secret given in the file both inline and as a credential file:
+ * which one was meant is unclear, so it is an error at the later line. */
+static void
+check_credentials(struct load *l)
+{
+	static const char *const pairs[][3] = {
+		{ "http", "api_key", "api_key_file" },
+		{ "auth", "secret", "secret_file" },
+	};
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(pairs) && !l->failed; i++) {
+		int a = l->filled[find_key(pairs[i][0], pairs[i][1]) - keys];
+		int b = l->filled[find_key(pairs[i][0], pairs[i][2]) - keys];
+
+		if (a == 0 || b == 0)
+			continue;
+		l->lineno = a > b ? a : b;
+		load_fail(l, "[%s] %s and %s: set one of them, not both",
+			  pairs[i][0], pairs[i][1], pairs[i][2]);
 	}
 }
 
@@ -954,6 +1081,7 @@ bg_config_load(struct bg_config *cfg, const char *path, char *err,
 	resolve_paths(&l);
 	for (size_t i = 0; i < BG_ARRAY_LEN(keys); i++)
 		free(l.list[i]);
+	check_credentials(&l);
 	return l.failed ? BG_ERR : BG_OK;
 }
 

@@ -85,6 +85,8 @@ struct bg_config {
 	/* [auth] */
 	char auth_secret[BG_CONFIG_STR]; /* HS256 secret; "" = no tokens */
 	char private_prefix[BG_CONFIG_STR]; /* "private-" */
+	char auth_secret_file[1024];     /* file secret was read from (by
+	                                    bg_config_set); "" = none */
 
 	/* [forward] */
 	char forward_exchange[BG_CONFIG_STR]; /* "" = no forwarding */
@@ -97,6 +99,8 @@ struct bg_config {
 	char api_host[BG_CONFIG_STR];    /* API listener, "127.0.0.1" */
 	int api_port;                    /* 9001; 0 = no API listener */
 	int body_timeout;                /* seconds for a whole request, 10 */
+	char api_key_file[1024];         /* file api_key was read from (by
+	                                    bg_config_set); "" = none */
 
 	/* [log] */
 	int log_level;                   /* enum bg_log_level, info */
@@ -116,8 +120,15 @@ int bg_config_set(struct bg_config *cfg, const char *section,
 /*
  * Loads an ini file over cfg. Returns BG_OK, or BG_ERR with err set to
  * "FILE:LINE: message" (or "FILE: cannot open: strerror") ; on error cfg
- * may be partly changed. Relative [server] tls_* paths set in the file are
- * made relative to the file's folder.
+ * may be partly changed. Relative paths set in the file (tls_*, static_dir,
+ * ca_file) are made relative to the file's folder. The credential keys
+ * ([http] api_key_file, [auth] secret_file) name a file whose content
+ * (one line) becomes api_key / secret; a relative name is looked up in
+ * $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when that is set,
+ * else in the file's folder. bg_config_set reads such a file at once, so
+ * every source (file, environment, reload) reads it, and a relative name
+ * set outside a file without $CREDENTIALS_DIRECTORY is relative to the
+ * working directory.
  */
 int bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		   size_t errlen);

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 #include "common/bg.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "common/notify.h"
 #include "handlers/handlers.h"
 #include "server/acceptor.h"
 #include "server/api.h"
@@ -127,6 +129,47 @@ load_config(struct bg_config *cfg, const char *path, bool path_given,
 			fprintf(stderr, "bagou-server: %s\n", err);
 		exit(EXIT_USAGE);
 	}
+}
+
+/* The systemd watchdog's health check (any thread): every worker's loop
+ * ticked (once a second) within the last WORKER_STALL_MS. */
+#define WORKER_STALL_MS 10000
+
+static bool
+workers_alive(void *arg)
+{
+	const struct bg_server *srv = arg;
+	struct timespec ts;
+	uint64_t now;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	for (int i = 0; i < srv->n_workers; i++) {
+		uint64_t at = __atomic_load_n(&srv->workers[i]->alive_ms,
+					      __ATOMIC_RELAXED);
+		if (now - at > WORKER_STALL_MS) {
+			bg_log_error("watchdog: worker %d has not turned its "
+				     "loop for %llu ms; no WATCHDOG=1 until it "
+				     "does", i, (unsigned long long)(now - at));
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Names the file the configuration came from, absolute, so an operator
+ * sees which one a service (started in /) read. */
+static void
+log_config_path(const char *path, bool loaded)
+{
+	char abs[PATH_MAX];
+
+	if (!loaded)
+		bg_log_info("config: none (built-in defaults)");
+	else if (realpath(path, abs) != NULL)
+		bg_log_info("config %s", abs);
+	else
+		bg_log_info("config %s", path);
 }
 
 /* SIGHUP: the TLS certificate files are read again; new connections get
@@ -291,6 +334,7 @@ main(int argc, char **argv)
 	}
 	bg_log_set_level((enum bg_log_level)cfg.log_level);
 	lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
+	log_config_path(path, path_given || access(path, F_OK) == 0);
 	if (cfg.workers == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		cfg.workers = n > 0 ? (int)n : 1;
@@ -369,14 +413,24 @@ main(int argc, char **argv)
 			    cfg.api_port);
 	else
 		bg_log_info("no API listener ([http] api_listen is empty)");
+	/* systemd (Type=notify): listening now; the watchdog from here. */
+	if (bg_notify_send("READY=1") == BG_ERR)
+		bg_log_warn("systemd: cannot notify NOTIFY_SOCKET=%s: %s",
+			    getenv("NOTIFY_SOCKET"), strerror(errno));
+	if (bg_notify_watchdog_start(workers_alive, &srv) != BG_OK)
+		bg_log_warn("cannot start the systemd watchdog thread");
 
 	for (;;) {
 		if (sigwait(&sigs, &sig) != 0)
 			continue;
 		if (sig != SIGHUP)
 			break;
+		bg_notify_reloading();
 		reload(&srv);
+		bg_notify_send("READY=1");
 	}
+	bg_notify_send("STOPPING=1");
+	bg_notify_watchdog_stop();
 	bg_log_info("%s: closing connections and stopping",
 		    sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	/* Stop every thread first, free afterwards: a worker may read the

@@ -464,6 +464,7 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	__atomic_store_n(&w->alive_ms, now, __ATOMIC_RELAXED);
 	bg_sock_sweep(w, now);
 	if (w->kick) {
 		w->kick = false;
@@ -601,6 +602,7 @@ setup(struct bg_worker *w)
 		bg_log_error("worker %d: cannot register events", w->index);
 		return BG_ERR;
 	}
+	on_tick(-1, 0, w);              /* alive_ms from the start */
 	return BG_OK;
 }
 

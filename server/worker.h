@@ -53,6 +53,9 @@ struct bg_worker {
 	                                  broadcast in bcast, not yet fanned
 	                                  out */
 	struct bg_stats stats;         /* worker writes, any reads */
+	uint64_t alive_ms;             /* atomic: worker writes each tick
+	                                  (CLOCK_MONOTONIC ms), main's
+	                                  watchdog (notify.c) reads */
 
 	/* Everything below: worker thread only. */
 	struct event_base *base;

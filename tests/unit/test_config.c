@@ -1182,6 +1182,62 @@ test_ini_documents_every_key(void **state)
 	assert_int_equal(n_seen, n_keys);
 }
 
+/* static_dir and ca_file follow the ini file's folder like tls_*; the
+ * credential keys read their file, from $CREDENTIALS_DIRECTORY when set. */
+static void
+test_relative_paths_and_credentials(void **state)
+{
+	struct bg_config cfg;
+	char err[512] = "", cred[64], text[1024], want[256];
+	FILE *fp;
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, "[http]\nstatic_dir = www\n"
+		"[amqp]\nca_file = ca.pem\n", err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.static_dir, "/tmp/www");
+	assert_string_equal(cfg.amqp_ca_file, "/tmp/ca.pem");
+
+	snprintf(cred, sizeof(cred), "bagou-test-cred-%d", (int)getpid());
+	snprintf(want, sizeof(want), "/tmp/%s", cred);
+	fp = fopen(want, "w");
+	assert_non_null(fp);
+	fputs("k3y-from-file\n", fp);
+	fclose(fp);
+	snprintf(text, sizeof(text), "[http]\napi_key_file = %s\n"
+		 "[auth]\nsecret_file = %s\n", cred, want);
+	setenv("CREDENTIALS_DIRECTORY", "/nonexistent", 1);
+	bg_config_defaults(&cfg);
+	/* Relative: looked up in $CREDENTIALS_DIRECTORY, not found there. */
+	assert_int_equal(load_text(&cfg, text, err, sizeof(err)), BG_ERR);
+	assert_non_null(strstr(err, ":2: [http] api_key_file: cannot read "
+			       "'/nonexistent/bagou-test-cred-"));
+	assert_non_null(strstr(err, "No such file or directory"));
+	setenv("CREDENTIALS_DIRECTORY", "/tmp", 1);
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, text, err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.api_key, "k3y-from-file");
+	assert_string_equal(cfg.auth_secret, "k3y-from-file");
+	unsetenv("CREDENTIALS_DIRECTORY");
+	/* Without it: the ini's folder (/tmp as well). */
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, text, err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.api_key, "k3y-from-file");
+	snprintf(text, sizeof(text), "[http]\napi_key = x\n"
+		 "api_key_file = %s\n", cred);
+	expect_load_error(text, 3, "[http] api_key and api_key_file: set "
+			  "one of them, not both");
+	/* Any source reads the file (the environment, the command line). */
+	bg_config_defaults(&cfg);
+	assert_int_equal(bg_config_set(&cfg, "auth", "secret_file", want, err,
+				       sizeof(err)), BG_OK);
+	assert_string_equal(cfg.auth_secret, "k3y-from-file");
+	assert_string_equal(cfg.auth_secret_file, want);
+	expect_set_error("http", "api_key_file", "/nonexistent/k",
+			 "[http] api_key_file: cannot read '/nonexistent/k': "
+			 "No such file or directory");
+	unlink(want);
+}
+
 int
 main(void)
 {
@@ -1216,6 +1272,7 @@ main(void)
 		cmocka_unit_test(test_env_over_ini),
 		cmocka_unit_test(test_env_errors),
 		cmocka_unit_test(test_ini_documents_every_key),
+		cmocka_unit_test(test_relative_paths_and_credentials),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
