@@ -7,6 +7,7 @@
 #                     sanitizer builds of the unit tests)
 #   make test-integration-tsan   the integration suite against the
 #                     ThreadSanitizer build of the server
+#   make test-sanitizers-full    both: ASan+UBSan, then TSan
 #   make bench        the load benchmarks of bench/
 #   make SANITIZER=address|undefined|thread ...   build into build/<san>/
 #   V=1               show the commands
@@ -64,7 +65,7 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(OUT)/tests/%)
 
 .PHONY: all deps packages test-packages run test test-unit test-fuzz \
         test-integration test-js js-packages test-sanitizers fuzz bench \
-        test-integration-asan test-integration-tsan \
+        test-integration-asan test-integration-tsan test-sanitizers-full \
         clean
 
 BROADCAST_BIN := $(if $(wildcard amqp/bagou_broadcast.c),$(OUT)/bagou-broadcast)
@@ -229,6 +230,10 @@ test-integration-asan: deps
 test-integration-tsan: deps
 	$(Q)$(MAKE) --no-print-directory SANITIZER=thread \
 	  BAGOU_START_TIMEOUT=30 test-integration
+
+# Both (issue 8's name for it): the whole integration suite under
+# ASan+UBSan, then under TSan.
+test-sanitizers-full: test-integration-asan test-integration-tsan
 
 # The browser client: node's test runner against the real server, then
 # the end-to-end test in Debian's headless chromium (playwright-core, no
