@@ -93,6 +93,14 @@ int bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		   size_t errlen);
 
 /*
+ * The same from len bytes of ini text in memory (NUL bytes allowed; text
+ * is only read), name standing for the path in messages. Pure: the config
+ * fuzzer's entry point.
+ */
+int bg_config_load_text(struct bg_config *cfg, const char *text, size_t len,
+			const char *name, char *err, size_t errlen);
+
+/*
  * Checks cross-field rules after all sources were applied. BG_OK or BG_ERR
  * with err set.
  */
