@@ -39,6 +39,24 @@ CONFIG = {"channels": {"client_publish": "all"},
 # A handshake or HTTP request unfinished after this many seconds must have
 # been closed by the server (its deadline plus slack).
 SLOW_BOUND = float(os.environ.get("BAGOU_SLOW_BOUND", "30"))
+# When set, each test appends what it saw (one JSON line) to this file:
+# the table of docs/STRESS.md.
+REPORT = os.environ.get("BAGOU_ATTACK_REPORT")
+
+
+def report(canary, **seen):
+    """Records the canary's summary and what the attack saw, then checks
+    the canary (every broadcast, p99 under CANARY_P99_MS)."""
+    r = canary.stop()
+    if REPORT:
+        with open(REPORT, "a") as f:
+            f.write(json.dumps({
+                "test": os.environ.get("PYTEST_CURRENT_TEST", "?").split(
+                    " ")[0].split("::")[-1],
+                "canary": {k: r.get(k) for k in ("sent", "n_missing",
+                                                 "p50", "p99", "max")},
+                "seen": seen}, default=str) + "\n")
+    canary.check(CANARY_P99_MS)
 
 
 def client(srv):
@@ -71,7 +89,7 @@ def test_reset_storm_1000_three_times(server):
     pid = srv.proc.pid
     with Canary(srv.port) as canary:
         res = reset_storm(srv.port, pid, n, rounds=3, settle_timeout=30)
-    canary.check(CANARY_P99_MS)
+    report(canary, storm=res)
     base = res["base"]
     for r in res["rounds"]:
         assert r["fds_peak"] >= base["fds"] + n, res   # they were open
@@ -95,7 +113,8 @@ def test_slowloris_handshakes_time_out(server):
     base = proc_stats(srv.proc.pid)
     with Canary(srv.port) as canary:
         res = slowloris(srv.port, 100, interval=2.0, max_wait=SLOW_BOUND)
-    canary.check(CANARY_P99_MS)
+    report(canary, closed=res["closed"], close_s=res["close_s"][-1:],
+           probes=res["probe_ok"], probe_max_s=res["probe_max_s"])
     assert res["closed"] == res["n"], res
     assert not res["probe_failed"] and res["probe_max_s"] < 2.0, res
     after = settle(srv.proc.pid, base, 10, 10)
@@ -111,7 +130,9 @@ def test_slow_post_bodies_time_out(server):
     with Canary(srv.port) as canary:
         res = slow_posts(srv.port, 100, API_KEY, interval=2.0,
                          max_wait=SLOW_BOUND)
-    canary.check(CANARY_P99_MS)
+    report(canary, closed=res["closed"], close_s=res["close_s"][-1:],
+           answers=res["answers"], probes=res["probe_ok"],
+           probe_max_s=res["probe_max_s"])
     assert res["closed"] == res["n"], res
     assert not res["probe_failed"] and res["probe_max_s"] < 2.0, res
     after = settle(srv.proc.pid, base, 10, 10)
@@ -134,6 +155,7 @@ def test_h2c_upgrade_refused(server, path):
                % (path, HOST, srv.port, H2C_SETTINGS)).encode()
         answer, _ = http_exchange(srv.port, req, timeout=3)
         status = status_of(answer)
+        seen = {"upgrade": answer[:40]}
         assert status != 101 and b"h2c" not in answer.split(
             b"\r\n\r\n")[0].lower(), answer[:300]
         assert answer == b"" or answer.startswith(b"HTTP/1.1 "), \
@@ -142,11 +164,12 @@ def test_h2c_upgrade_refused(server, path):
         preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + \
             b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
         answer, _ = http_exchange(srv.port, preface, timeout=3)
+        seen["preface"] = answer[:40]
         assert not (len(answer) >= 9 and answer[3] == 0x04), answer[:60]
         assert answer == b"" or (answer.startswith(b"HTTP/1.") and
                                  400 <= (status_of(answer) or 0) < 500), \
             answer[:300]
-    canary.check(CANARY_P99_MS)
+    report(canary, **seen)
     still_serves(srv)
 
 
@@ -176,8 +199,8 @@ def test_header_flood(server, kind):
             assert st == 431 or (st is None and closed), answer[:200]
             if i == 0:
                 first = proc_stats(pid)
-    canary.check(CANARY_P99_MS)
     after = settle(pid, base, 10, 10)
+    report(canary, statuses=statuses, base=base, after=after)
     assert after["fds"] <= base["fds"] + 10, (base, after)
     assert after["rss_kb"] <= first["rss_kb"] + 4096, (base, first, after)
     still_serves(srv)
@@ -204,7 +227,7 @@ def test_huge_frame_length_closed(server, length):
             code = ws.wait_close(timeout=5)
         finally:
             ws.close()
-    canary.check(CANARY_P99_MS)
+    report(canary, close_code=code)
     assert code in (1002, 1009), code
     still_serves(srv)
 
@@ -225,7 +248,7 @@ def test_fragment_flood_over_limit_closed_1009(server):
             code = ws.wait_close(timeout=5)
         finally:
             ws.close()
-    canary.check(CANARY_P99_MS)
+    report(canary, close_code=code)
     assert code == 1009, code
     still_serves(srv)
 
@@ -250,7 +273,7 @@ def test_fragment_flood_empty_fragments(server):
                 ws.close_code = ws.close_code or ws.wait_close(5)
         finally:
             ws.close()
-    canary.check(CANARY_P99_MS)
+    report(canary, op=op, close_code=ws.close_code, reply=payload[:60])
     if op == OP_CLOSE:
         assert ws.close_code in (1008, 1009), ws.close_code
     else:
@@ -281,6 +304,7 @@ def test_deep_json(server, where):
         try:
             ws.send_text(text)
             op, payload = ws.recv_message(timeout=10)
+            seen = {"close_code": ws.close_code, "reply": payload[:90]}
             if op == OP_CLOSE:
                 assert ws.close_code == 1009, ws.close_code
             else:
@@ -292,7 +316,7 @@ def test_deep_json(server, where):
                 assert json.loads(payload)["callbackId"] == "after"
         finally:
             ws.close()
-    canary.check(CANARY_P99_MS)
+    report(canary, **seen)
     still_serves(srv)
 
 
@@ -320,7 +344,7 @@ def test_ping_flood_unread_pongs(server):
             pass                    # cut: allowed
         finally:
             ws.close()
-    canary.check(CANARY_P99_MS)
+    report(canary, pings_sent=sent, base=base, peak=peak)
     # 100,000 queued pongs would be 12.7 MB.
     assert peak["rss_kb"] <= base["rss_kb"] + 8 * 1024, (base, peak, sent)
     still_serves(srv)
@@ -358,7 +382,7 @@ def test_1000_long_subscriptions_per_client(server):
         finally:
             for ws in clients:
                 ws.close()
-    canary.check(CANARY_P99_MS)
+    report(canary, base=base, full=full)
     grown = full["rss_kb"] - base["rss_kb"]
     assert grown <= 20 * 1000 * 2, (base, full)
     wait_for(lambda: srv.health()["connections"] == 0, timeout=10,
