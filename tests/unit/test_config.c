@@ -576,6 +576,29 @@ test_small_err_buffer(void **state)
 				       0), BG_ERR);
 }
 
+/* bg_config_load_text: the file loader's checks, over text in memory. */
+static void
+test_load_text(void **state)
+{
+	static const char good[] = "[server]\nworkers = 3\n";
+	static const char bad[] = "[server]\nworkers = 3\n  path = /x\n";
+	struct bg_config cfg;
+	char err[256];
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(bg_config_load_text(&cfg, good, sizeof(good) - 1,
+					     "mem.ini", err, sizeof(err)),
+			 BG_OK);
+	assert_int_equal(cfg.workers, 3);
+	assert_int_equal(bg_config_load_text(&cfg, "", 0, "mem.ini", err,
+					     sizeof(err)), BG_OK);
+	assert_int_equal(bg_config_load_text(&cfg, bad, sizeof(bad) - 1,
+					     "mem.ini", err, sizeof(err)),
+			 BG_ERR);
+	assert_string_equal(err, "mem.ini:3: indented line: continuation "
+			    "lines are not supported");
+}
+
 int
 main(void)
 {
@@ -599,6 +622,7 @@ main(void)
 		cmocka_unit_test(test_load_missing),
 		cmocka_unit_test(test_validate),
 		cmocka_unit_test(test_small_err_buffer),
+		cmocka_unit_test(test_load_text),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
