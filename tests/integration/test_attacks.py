@@ -11,10 +11,8 @@ deadlines". BAGOU_BIN selects the server under test.
 
 import json
 import os
-import socket
 import struct
 import sys
-import time
 
 import pytest
 
@@ -25,8 +23,8 @@ from support import HOST, error_code, wait_for
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "stress"))
 
-from attacks import (connect_client, http_exchange, proc_stats,  # noqa
-                     raise_fd_limit, reset_storm, settle, slow_posts,
+from attacks import (http_exchange, proc_stats, raise_fd_limit,  # noqa
+                     reset_storm, settle, slow_posts,
                      slowloris, status_of)
 from canary import Canary  # noqa: E402
 
