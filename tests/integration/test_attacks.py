@@ -77,13 +77,14 @@ def still_serves(srv):
     assert srv.alive()
 
 
-def send_until_answered(ws, chunks):
+def send_until_answered(ws, chunks, pause=0.0):
     """Sends chunks in turn, stopping as soon as the server has sent
     something (its close frame, read before any reset can drop it) or
-    the connection fails. Returns how many chunks went out."""
+    the connection fails; waits up to pause seconds for an answer between
+    chunks. Returns how many chunks went out."""
     n = 0
     for chunk in chunks:
-        if select.select([ws.sock], [], [], 0)[0]:
+        if select.select([ws.sock], [], [], pause)[0]:
             break
         try:
             ws.send_raw(chunk)
@@ -273,9 +274,10 @@ def test_fragment_flood_empty_fragments(server):
         try:
             ws.send_frame(OP_TEXT, b'{"event":"ping",', fin=False)
             empty = build_frame(OP_CONT, b"", fin=False)
-            sent = send_until_answered(ws, [empty * 1000] * 50)
+            sent = send_until_answered(ws, [empty * 100] * 500,
+                                       pause=0.002)
             try:
-                if sent == 50:
+                if sent == 500:
                     ws.send_frame(OP_CONT, b'"callbackId":"f"}', fin=True)
                 op, payload = ws.recv_message(timeout=10)
             except (OSError, Closed):
