@@ -396,3 +396,35 @@ install: $(OUT)/bagou-server $(BROADCAST_BIN)
 	  echo "  KEEP   $$d$(SYSCONFDIR)/bagou/bagou.ini (the new defaults:" \
 	       "$(DATADIR)/bagou.ini.example)"; \
 	else install -m 644 etc/bagou.ini "$$d$(SYSCONFDIR)/bagou/bagou.ini"; fi
+
+# ---------------------------------------------------------------- stress
+# The long forms of tests/integration/test_attacks.py (docs/STRESS.md):
+# each starts its own server on 127.0.0.1 and prints a JSON report.
+# Run them alone on the machine: they measure latency.
+STRESS_RUN = BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice \
+  /usr/bin/python3 tests/stress/stress.py
+
+.PHONY: stress stress-churn stress-slow stress-soak fuzz-run
+
+stress: stress-churn stress-slow stress-soak
+
+stress-churn: $(OUT)/bagou-server
+	$(Q)$(STRESS_RUN) reset --conns 15000 --rounds 3
+
+stress-slow: $(OUT)/bagou-server
+	$(Q)$(STRESS_RUN) slow --conns 2000
+
+stress-soak: $(OUT)/bagou-server
+	$(Q)$(STRESS_RUN) soak --seconds 600 --csv $(BUILD)/stress/soak.csv
+
+# Every fuzzer FUZZ_RUNS executions from its committed corpus (new inputs
+# go to build/fuzz-work/, not the corpus; see docs/STRESS.md to merge).
+FUZZ_RUNS ?= 10000000
+fuzz-run: fuzz
+	$(Q)set -e; for t in $(FUZZ_SRC:tests/fuzz/fuzz_%.c=%); do \
+	  mkdir -p $(BUILD)/fuzz-work/$$t; echo "  FUZZ   $$t"; \
+	  nice -n 19 "./$(BUILD)/fuzzer,address/tests/fuzz_$$t" \
+	    $(BUILD)/fuzz-work/$$t tests/fuzz/corpus/$$t \
+	    -runs=$(FUZZ_RUNS) -max_len=4096 -timeout=10 \
+	    -rss_limit_mb=2048 -print_final_stats=1 \
+	    -artifact_prefix=$(BUILD)/fuzz-work/$$t-; done

@@ -1047,23 +1047,17 @@ check_credentials(struct load *l)
 	}
 }
 
-int
-bg_config_load(struct bg_config *cfg, const char *path, char *err,
-	       size_t errlen)
+/* Reads fp (named path in messages) through inih; closes nothing. */
+static int
+load_stream(struct bg_config *cfg, FILE *fp, const char *path, char *err,
+	    size_t errlen)
 {
-	struct load l = { .cfg = cfg, .path = path, .err = err,
+	struct load l = { .cfg = cfg, .fp = fp, .path = path, .err = err,
 			  .errlen = errlen };
 	int rc, read_errno;
 
-	l.fp = fopen(path, "r");
-	if (l.fp == NULL) {
-		seterr(err, errlen, "%s: cannot open: %s", path,
-		       strerror(errno));
-		return BG_ERR;
-	}
 	rc = ini_parse_stream(read_line, &l, on_key, &l);
 	read_errno = ferror(l.fp) ? errno : 0;
-	fclose(l.fp);
 	if (read_errno != 0) {
 		seterr(err, errlen, "%s: cannot read: %s", path,
 		       strerror(read_errno));
@@ -1154,6 +1148,43 @@ bg_config_load_env(struct bg_config *cfg, char *const *envp, char *err,
 			return BG_ERR;
 	}
 	return BG_OK;
+}
+
+int
+bg_config_load(struct bg_config *cfg, const char *path, char *err,
+	       size_t errlen)
+{
+	FILE *fp = fopen(path, "r");
+	int rc;
+
+	if (fp == NULL) {
+		seterr(err, errlen, "%s: cannot open: %s", path,
+		       strerror(errno));
+		return BG_ERR;
+	}
+	rc = load_stream(cfg, fp, path, err, errlen);
+	fclose(fp);
+	return rc;
+}
+
+int
+bg_config_load_text(struct bg_config *cfg, const char *text, size_t len,
+		    const char *name, char *err, size_t errlen)
+{
+	FILE *fp;
+	int rc;
+
+	if (len == 0)
+		return BG_OK;   /* an empty file sets nothing */
+	fp = fmemopen((void *)text, len, "r");
+	if (fp == NULL) {
+		seterr(err, errlen, "%s: cannot open: %s", name,
+		       strerror(errno));
+		return BG_ERR;
+	}
+	rc = load_stream(cfg, fp, name, err, errlen);
+	fclose(fp);
+	return rc;
 }
 
 int

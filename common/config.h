@@ -134,6 +134,14 @@ int bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		   size_t errlen);
 
 /*
+ * The same from len bytes of ini text in memory (NUL bytes allowed; text
+ * is only read), name standing for the path in messages. Pure: the config
+ * fuzzer's entry point.
+ */
+int bg_config_load_text(struct bg_config *cfg, const char *text, size_t len,
+			const char *name, char *err, size_t errlen);
+
+/*
  * Applies the environment overrides in envp (NULL-terminated "NAME=value"
  * strings, e.g. environ) over cfg: BAGOU_<SECTION>_<KEY>=value sets
  * "[section] key" (names matched case-insensitively). Variables that name

@@ -1238,6 +1238,30 @@ test_relative_paths_and_credentials(void **state)
 	unlink(want);
 }
 
+/* bg_config_load_text: the file loader's checks, over text in memory. */
+static void
+test_load_text(void **state)
+{
+	static const char good[] = "[server]\nworkers = 3\n";
+	static const char bad[] = "[server]\nworkers = 3\n  path = /x\n";
+	struct bg_config cfg;
+	char err[256];
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(bg_config_load_text(&cfg, good, sizeof(good) - 1,
+					     "mem.ini", err, sizeof(err)),
+			 BG_OK);
+	assert_int_equal(cfg.workers, 3);
+	assert_int_equal(bg_config_load_text(&cfg, "", 0, "mem.ini", err,
+					     sizeof(err)), BG_OK);
+	assert_int_equal(bg_config_load_text(&cfg, bad, sizeof(bad) - 1,
+					     "mem.ini", err, sizeof(err)),
+			 BG_ERR);
+	assert_string_equal(err, "mem.ini:3: indented line: only list keys "
+			    "(origins, lifecycle) may go on over indented "
+			    "lines");
+}
+
 int
 main(void)
 {
@@ -1273,6 +1297,7 @@ main(void)
 		cmocka_unit_test(test_env_errors),
 		cmocka_unit_test(test_ini_documents_every_key),
 		cmocka_unit_test(test_relative_paths_and_credentials),
+		cmocka_unit_test(test_load_text),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
