@@ -281,8 +281,13 @@ admit(struct bg_acceptor *a, const struct sockaddr_storage *ss,
 		*why = BG_ADMIT_REFUSED_CONNECTIONS;
 		return false;
 	}
+	/* Past max_handshakes the node is under handshake pressure: new
+	 * sockets still come in (a real client finishes its handshake in
+	 * milliseconds) and the workers cut every handshake older than
+	 * BG_PRESSURE_AGE_MS at their next tick (bg_sock_sweep), so slow
+	 * clients cannot lock real ones out. Twice the limit is refused. */
 	if (cfg->max_handshakes > 0 && bg_acceptor_handshakes(a) >=
-	    (unsigned int)cfg->max_handshakes) {
+	    2u * (unsigned int)cfg->max_handshakes) {
 		*why = BG_ADMIT_REFUSED_HANDSHAKES;
 		return false;
 	}
@@ -774,15 +779,35 @@ bg_sock_destroyed(struct bg_worker *w, struct lws *wsi)
 void
 bg_sock_sweep(struct bg_worker *w, uint64_t now)
 {
+	const struct bg_config *cfg = w->srv->cfg;
+	uint64_t span = (uint64_t)cfg->handshake_timeout * 1000;
+	bool pressure = cfg->max_handshakes > 0 &&
+		bg_acceptor_handshakes(w->srv->acceptor) >=
+		(unsigned int)cfg->max_handshakes;
 	struct bg_sock *s;
 
-	while ((s = w->hs_head) != NULL && s->deadline_ms <= now) {
+	/* The list is in accept order (every deadline is accept time +
+	 * span): expired ones first, and under pressure every one accepted
+	 * BG_PRESSURE_AGE_MS ago or more. */
+	while ((s = w->hs_head) != NULL && (s->deadline_ms <= now ||
+	       (pressure && s->deadline_ms - span + BG_PRESSURE_AGE_MS <=
+		now))) {
+		bool expired = s->deadline_ms <= now;
+
 		list_remove(w, s);
 		stat_add(w->srv->acceptor, BG_ADMIT_HANDSHAKE_TIMEOUTS);
-		bg_log_throttled(&timeout_throttle, BG_LOG_INFO, "closing a "
-				 "connection still not a WebSocket after %d s "
-				 "(handshake_timeout)",
-				 w->srv->cfg->handshake_timeout);
+		if (expired)
+			bg_log_throttled(&timeout_throttle, BG_LOG_INFO,
+					 "closing a connection still not a "
+					 "WebSocket after %d s "
+					 "(handshake_timeout)",
+					 cfg->handshake_timeout);
+		else
+			bg_log_throttled(&timeout_throttle, BG_LOG_INFO,
+					 "closing a connection still not a "
+					 "WebSocket after %d ms: max_handshakes "
+					 "(%d) reached", BG_PRESSURE_AGE_MS,
+					 cfg->max_handshakes);
 		/* Synchronous: WSI_DESTROY frees s before this returns. */
 		lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK,
 				LWS_TO_KILL_SYNC);

@@ -90,8 +90,13 @@ void bg_sock_http_request(struct bg_worker *w, struct lws *wsi);
 void bg_sock_established(struct bg_worker *w, struct lws *wsi);
 void bg_sock_destroyed(struct bg_worker *w, struct lws *wsi);
 
+/* How old a handshake may be while max_handshakes is reached before the
+ * workers cut it (admission goes on up to twice that limit). */
+#define BG_PRESSURE_AGE_MS 1000
+
 /* Worker, about once a second: closes sockets past their handshake
- * deadline. */
+ * deadline, and while max_handshakes is reached every socket that has
+ * been a handshake for BG_PRESSURE_AGE_MS or more. */
 void bg_sock_sweep(struct bg_worker *w, uint64_t now_ms);
 
 /* Worker: frees a socket never adopted (worker stopping). */

@@ -96,7 +96,9 @@ def test_max_handshakes_leaves_websockets_alone(server):
     clients = [client(srv) for _ in range(6)]
     socks = []
     try:
-        socks = [raw_socket(srv) for _ in range(4)]
+        # Twice max_handshakes is the hard limit (past max_handshakes the
+        # oldest are cut: test_handshake_pressure_cuts_slow_sockets).
+        socks = [raw_socket(srv) for _ in range(8)]
         time.sleep(0.3)
         assert upgrade_status(srv) == 503
         status, _, body = http_get(srv.port, "/health")
@@ -117,6 +119,29 @@ def test_max_handshakes_leaves_websockets_alone(server):
         close_all(socks)
         for ws in clients:
             ws.close()
+
+
+def test_handshake_pressure_cuts_slow_sockets(server):
+    """At max_handshakes, silent sockets do not lock real clients out: a
+    new client still upgrades, and while the limit is reached the
+    workers close sockets that have been handshakes for a second or more
+    at their next tick, long before handshake_timeout (60 s here), until
+    the count is below the limit again."""
+    srv = server({"limits": {"max_handshakes": 4, "max_per_address": 0,
+                             "handshake_timeout": 60}})
+    socks = [raw_socket(srv) for _ in range(4)]
+    try:
+        time.sleep(0.3)
+        assert upgrade_status(srv) == 101
+        t0 = time.monotonic()
+        wait_for(lambda: metric_sum(srv.metrics(), "bagou_handshakes") < 4,
+                 timeout=10, what="handshakes below max_handshakes")
+        assert time.monotonic() - t0 < 5
+        assert metric_sum(srv.metrics(),
+                          "bagou_handshake_timeouts_total") >= 1
+        assert upgrade_status(srv) == 101
+    finally:
+        close_all(socks)
 
 
 def cpu_seconds(pid):
