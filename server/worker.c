@@ -754,9 +754,12 @@ bg_worker_congested(const struct bg_worker *w)
 
 	if (pct == 0)
 		return false;
+	/* A quarter: a connection is backed up at half of max_queued_bytes,
+	 * and what is in flight to the worker when the bus stops must still
+	 * fit in its queue on top of that. */
 	if (bg_ring_count(w->bcast) > BCAST_RING / 2 ||
 	    __atomic_load_n(&w->bcast_bytes, __ATOMIC_RELAXED) >
-	    w->srv->cfg->max_queued_bytes / 2)
+	    w->srv->cfg->max_queued_bytes / 4)
 		return true;
 	/* Connections in their close handshake read nothing more: they are
 	 * not the readers whose share decides. */
