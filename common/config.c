@@ -3,8 +3,8 @@
  * "[section] key", the strict parsing of each value, and the loading of
  * an ini file through inih.
  *
- * Threads: only the main thread enters, at start-up, before the other
- * threads exist. No globals are written (inih's own settings are left
+ * Threads: only the main thread enters: at start-up, before the other
+ * threads exist, and on SIGHUP into a fresh struct (server/main.c). No globals are written (inih's own settings are left
  * alone); everything lives in the caller's struct and a stack context.
  *
  * inih 55 gives the handler no line number, so the loader reads the file
@@ -293,6 +293,14 @@ parse_file(const struct key *k, struct bg_config *cfg, const char *v,
 	return parse_str(k, cfg, v, msg, len);
 }
 
+/* [log] file: a path like parse_file's, which need not exist yet. */
+static int
+parse_logfile(const struct key *k, struct bg_config *cfg, const char *v,
+	      char *msg, size_t len)
+{
+	return parse_file(k, cfg, v, msg, len);
+}
+
 static const char *const lifecycle_names[] = {
 	"open", "close", "subscribe", "unsubscribe", "store", "authenticate"
 };
@@ -488,6 +496,10 @@ static const struct key keys[] = {
 	{ "http", "api_listen", parse_api_listen, 0, 0, 0 },
 	{ "http", "body_timeout", parse_int, OFF(body_timeout), 1, 3600 },
 	{ "log", "level", parse_level, OFF(log_level), 0, 0 },
+	{ "server", "drain_delay", parse_int, OFF(drain_delay), 0, 300 },
+	{ "auth", "previous_secret", parse_str, OFF(auth_previous_secret),
+	  STR(auth_previous_secret) },
+	{ "log", "file", parse_logfile, OFF(log_file), STR(log_file) },
 };
 
 static const struct key *
@@ -658,7 +670,8 @@ resolve_paths(struct load *l)
 		char *v = (char *)l->cfg + keys[i].off;
 		char buf[1024];
 
-		if (keys[i].parse != parse_file || !l->seen[i] ||
+		if ((keys[i].parse != parse_file &&
+		     keys[i].parse != parse_logfile) || !l->seen[i] ||
 		    v[0] == '\0' || v[0] == '/' || dir_len == 0)
 			continue;
 		if (snprintf(buf, sizeof(buf), "%.*s%s", dir_len, l->path, v)
@@ -732,6 +745,12 @@ bg_config_validate(const struct bg_config *cfg, char *err, size_t errlen)
 	if (cfg->tls_ca[0] != '\0' && cfg->tls_cert[0] == '\0') {
 		seterr(err, errlen, "[server] tls_ca needs [server] tls_cert "
 		       "and tls_key");
+		return BG_ERR;
+	}
+	if (cfg->auth_previous_secret[0] != '\0' &&
+	    cfg->auth_secret[0] == '\0') {
+		seterr(err, errlen, "[auth] previous_secret needs [auth] "
+		       "secret (the new one)");
 		return BG_ERR;
 	}
 	if (cfg->forward_lifecycle != 0 && cfg->forward_exchange[0] == '\0') {

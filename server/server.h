@@ -1,9 +1,24 @@
 /*
- * server.h - the node: its immutable configuration, its workers, its bus,
- * and the counters /metrics and /health read.
+ * server.h - the node: its configuration, its workers, its bus, and the
+ * counters /metrics and /health read.
  *
  * Built by the main thread before any other thread starts; afterwards the
  * fields are immutable except those marked atomic.
+ *
+ * The configuration (cfg) is swapped on SIGHUP. Thread rules:
+ * - Only the main thread stores cfg (bg_server_cfg_publish), a complete
+ *   struct that is never written again.
+ * - Any thread reads it with bg_server_cfg(), once per callback or
+ *   loop turn, and never keeps the pointer, or a pointer into it, past
+ *   the callback: a later read may give the new one. Keys that need a
+ *   restart (listen addresses, workers, [amqp], tls_* paths, path,
+ *   static_dir, ping_interval, forward exchange) are read only at
+ *   start-up; modules that keep a pointer to the start-up config (tls.c,
+ *   amqp/consumer.c) keep that one, which lives until exit.
+ * - A replaced config is not freed while threads run: main.c keeps every
+ *   retired one until exit (one struct, about 10 KB, per reload that
+ *   changed something), so a reader in the middle of a callback never
+ *   sees freed memory.
  */
 #ifndef BG_SERVER_H
 #define BG_SERVER_H
@@ -39,7 +54,8 @@ struct bg_stats {
 };
 
 struct bg_server {
-	const struct bg_config *cfg;
+	const struct bg_config *cfg;    /* atomic: bg_server_cfg() */
+	int draining;                   /* atomic: 1 after SIGTERM */
 	char node_id[17];               /* random hex, unique per start */
 	int n_workers;
 	struct bg_worker **workers;
@@ -50,6 +66,20 @@ struct bg_server {
 	uint64_t started_ms;            /* CLOCK_REALTIME at start */
 	char static_root[4096];         /* realpath of [http] static_dir */
 };
+
+/* The configuration now in force. Any thread; see the rules above. */
+static inline const struct bg_config *
+bg_server_cfg(const struct bg_server *srv)
+{
+	return __atomic_load_n(&srv->cfg, __ATOMIC_ACQUIRE);
+}
+
+/* Publishes a new configuration. Main thread only. */
+static inline void
+bg_server_cfg_publish(struct bg_server *srv, const struct bg_config *cfg)
+{
+	__atomic_store_n(&srv->cfg, cfg, __ATOMIC_RELEASE);
+}
 
 /* Adds n to an owner-written counter. Owner thread only. */
 static inline void
