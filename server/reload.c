@@ -194,6 +194,9 @@ bg_reload_config(struct bg_reload *r, struct bg_server *srv)
 		return BG_ERR;
 	}
 	bg_reload_settle(cfg, r->nofile);
+	/* The reload's own lines show at the lower of both levels. */
+	if (cfg->log_level < old->log_level)
+		bg_log_set_level((enum bg_log_level)cfg->log_level);
 	if (compare(old, cfg) == 0) {
 		bg_log_info("reload: %s read again, nothing that applies "
 			    "live changed", r->use_file ? r->path :
@@ -208,13 +211,13 @@ bg_reload_config(struct bg_reload *r, struct bg_server *srv)
 		snprintf(cfg->log_file, sizeof(cfg->log_file), "%s",
 			 old->log_file);
 	}
-	bg_log_set_level((enum bg_log_level)cfg->log_level);
 	/* Readers may still hold old for the rest of a callback: it stays
 	 * allocated (in retired, or main's start-up one) until exit. */
 	r->retired[r->n_retired++] = cfg;
 	bg_server_cfg_publish(srv, cfg);
 	bg_log_info("reload: %s applied", r->use_file ? r->path :
 		    "(built-in defaults)");
+	bg_log_set_level((enum bg_log_level)cfg->log_level);
 	return BG_OK;
 refuse:
 	bg_log_error("reload refused, the running configuration stays: %s",
