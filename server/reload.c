@@ -55,7 +55,7 @@ static const struct field fields[] = {
 	F("[limits] limit_loopback", limit_loopback, K_BOOL, true),
 	F("[limits] handshake_timeout", handshake_timeout, K_INT, true),
 	F("[limits] backpressure", backpressure, K_INT, true),
-	F("[limits] close_timeout", close_timeout, K_INT, true),
+	F("[limits] close_timeout", close_timeout, K_INT, false),
 	F("[limits] max_fragments", max_fragments, K_INT, true),
 	F("[limits] fragment_timeout", fragment_timeout, K_INT, true),
 	F("[channels] client_publish", client_publish, K_INT, true),
