@@ -420,6 +420,7 @@ amqp_loop(struct bg_bus *b)
 	int timeout, n;
 
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
+		bg_server_quiescent(b->srv, BG_SEEN_BUS);
 		now = now_ms();
 		if (!bg_link_up(b->link) && now >= b->next_try_ms &&
 		    !__atomic_load_n(&b->quiet, __ATOMIC_RELAXED)) {
@@ -496,7 +497,9 @@ bus_main(void *arg)
 		return NULL;
 	}
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
-		if (poll(fds, 2, -1) < 0) {
+		/* Once a second at least: a replaced config waits for it. */
+		bg_server_quiescent(b->srv, BG_SEEN_BUS);
+		if (poll(fds, 2, 1000) < 0) {
 			if (errno != EINTR)
 				bg_log_errno("bus: poll()");
 			continue;

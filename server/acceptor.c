@@ -548,6 +548,7 @@ acceptor_main(void *arg)
 
 	pthread_setname_np(pthread_self(), "bg-acceptor");
 	for (;;) {
+		bg_server_quiescent(a->srv, BG_SEEN_ACCEPTOR);
 		now = now_ms();
 		fds[0] = (struct pollfd){ .fd = a->fd,
 			.events = now >= paused_until ? POLLIN : 0 };

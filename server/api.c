@@ -82,7 +82,7 @@ struct bg_api {
 	/* API thread only. */
 	struct event_base *base;
 	struct evconnlistener *listener;
-	struct event *stop_ev, *resume_ev;
+	struct event *stop_ev, *resume_ev, *tick_ev;
 	struct api_conn *conns;
 	time_t last_warn, last_auth_log;
 };
@@ -579,6 +579,15 @@ on_accept_error(struct evconnlistener *l, void *arg)
 	evtimer_add(a->resume_ev, &tv);
 }
 
+/* Once a second, between callbacks: no config pointer is held. */
+static void
+on_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct bg_api *a = arg;
+
+	bg_server_quiescent(a->srv, BG_SEEN_API);
+}
+
 static void
 on_stop(evutil_socket_t fd, short what, void *arg)
 {
@@ -667,9 +676,12 @@ bg_api_new(struct bg_server *srv, char *err, size_t errlen)
 		a->stop_ev = event_new(a->base, a->stop_efd, EV_READ, on_stop,
 				       a);
 		a->resume_ev = evtimer_new(a->base, on_resume, a);
+		a->tick_ev = event_new(a->base, -1, EV_PERSIST, on_tick, a);
 	}
 	if (a->listener == NULL || a->stop_ev == NULL ||
-	    a->resume_ev == NULL || event_add(a->stop_ev, NULL) != 0) {
+	    a->resume_ev == NULL || a->tick_ev == NULL ||
+	    event_add(a->stop_ev, NULL) != 0 ||
+	    event_add(a->tick_ev, &(struct timeval){ 1, 0 }) != 0) {
 		snprintf(err, errlen, "API listener: cannot set up its event "
 			 "loop");
 		if (a->listener == NULL)
@@ -723,10 +735,12 @@ bg_api_stop(struct bg_api *a)
 		event_free(a->stop_ev);
 	if (a->resume_ev != NULL)
 		event_free(a->resume_ev);
+	if (a->tick_ev != NULL)
+		event_free(a->tick_ev);
 	event_base_free(a->base);
 	a->base = NULL;
 	a->listener = NULL;
-	a->stop_ev = a->resume_ev = NULL;
+	a->stop_ev = a->resume_ev = a->tick_ev = NULL;
 	if (a->stop_efd >= 0)
 		close(a->stop_efd);
 	a->stop_efd = -1;

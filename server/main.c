@@ -363,6 +363,10 @@ main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	srv.workers = calloc((size_t)cfg.workers, sizeof(*srv.workers));
+	srv.cfg_seen = calloc((size_t)BG_SEEN_SLOTS(cfg.workers),
+			      sizeof(*srv.cfg_seen));
+	if (srv.cfg_seen == NULL)
+		return EXIT_FAILURE;
 	if (bg_handlers_init(err, sizeof(err)) != BG_OK) {
 		bg_log_error("handlers: %s", err);
 		return EXIT_FAILURE;
@@ -382,6 +386,9 @@ main(int argc, char **argv)
 			free(srv.workers);
 			return EXIT_FAILURE;
 		}
+	} else {
+		/* No API thread: nothing to wait for in its slot. */
+		srv.cfg_seen[BG_SEEN_API] = UINT64_MAX;
 	}
 	srv.bus = bg_bus_new(&srv);
 	if (srv.workers == NULL || srv.bus == NULL)
@@ -413,7 +420,14 @@ main(int argc, char **argv)
 		bg_log_info("no API listener ([http] api_listen is empty)");
 
 	for (;;) {
-		if (sigwait(&sigs, &sig) != 0)
+		/* A replaced config waits for every thread to move past it:
+		 * look again each second until none waits. */
+		if (bg_reload_reclaim(&rl, &srv) > 0)
+			sig = sigtimedwait(&sigs, NULL,
+					   &(struct timespec){ 1, 0 });
+		else if (sigwait(&sigs, &sig) != 0)
+			continue;
+		if (sig < 0)
 			continue;
 		if (sig == SIGUSR1) {
 			reopen_log(&srv);
@@ -470,6 +484,7 @@ main(int argc, char **argv)
 	bg_tls_free(tls);
 	free(srv.workers);
 	bg_reload_free(&rl);
+	free(srv.cfg_seen);
 	bg_log_info("stopped");
 	return rc;
 }

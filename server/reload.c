@@ -157,7 +157,9 @@ int
 bg_reload_config(struct bg_reload *r, struct bg_server *srv)
 {
 	const struct bg_config *old = bg_server_cfg(srv);
-	struct bg_config *cfg, **more;
+	struct bg_retired *more;
+	struct bg_config *cfg;
+	uint64_t gen;
 	char err[512];
 
 	cfg = malloc(sizeof(*cfg));
@@ -211,10 +213,14 @@ bg_reload_config(struct bg_reload *r, struct bg_server *srv)
 		snprintf(cfg->log_file, sizeof(cfg->log_file), "%s",
 			 old->log_file);
 	}
-	/* Readers may still hold old for the rest of a callback: it stays
-	 * allocated (in retired, or main's start-up one) until exit. */
-	r->retired[r->n_retired++] = cfg;
 	bg_server_cfg_publish(srv, cfg);
+	/* Readers may still hold old for the rest of a callback: it is freed
+	 * once every thread has seen this generation (bg_reload_reclaim). */
+	gen = __atomic_add_fetch(&srv->cfg_gen, 1, __ATOMIC_SEQ_CST);
+	for (size_t i = 0; i < r->n_retired; i++)
+		if (r->retired[i].cfg == old)
+			r->retired[i].gen = gen;
+	r->retired[r->n_retired++] = (struct bg_retired){ cfg, 0 };
 	bg_log_info("reload: %s applied", r->use_file ? r->path :
 		    "(built-in defaults)");
 	bg_log_set_level((enum bg_log_level)cfg->log_level);
@@ -250,11 +256,40 @@ bg_reload_log_open(const char *path, char *err, size_t errlen)
 	return BG_OK;
 }
 
+size_t
+bg_reload_reclaim(struct bg_reload *r, struct bg_server *srv)
+{
+	uint64_t seen = UINT64_MAX;
+	size_t kept = 0, waiting = 0;
+
+	for (int i = 0; i < BG_SEEN_SLOTS(srv->n_workers); i++) {
+		uint64_t s = __atomic_load_n(&srv->cfg_seen[i],
+					     __ATOMIC_ACQUIRE);
+		if (s < seen)
+			seen = s;
+	}
+	for (size_t i = 0; i < r->n_retired; i++) {
+		struct bg_retired *e = &r->retired[i];
+
+		if (e->gen != 0 && e->gen <= seen) {
+			bg_log_debug("reload: the config replaced at generation "
+				     "%llu is freed (no thread can read it)",
+				     (unsigned long long)e->gen);
+			free(e->cfg);
+			continue;
+		}
+		waiting += e->gen != 0;
+		r->retired[kept++] = *e;
+	}
+	r->n_retired = kept;
+	return waiting;
+}
+
 void
 bg_reload_free(struct bg_reload *r)
 {
 	for (size_t i = 0; i < r->n_retired; i++)
-		free(r->retired[i]);
+		free(r->retired[i].cfg);
 	free(r->retired);
 	r->retired = NULL;
 	r->n_retired = 0;

@@ -4,13 +4,14 @@
  *
  * Threads: main thread only (main.c calls these from its sigwait loop).
  * Other threads see the result through bg_server_cfg (server.h), whose
- * rules say why a replaced config is kept until bg_reload_free.
+ * rules say when a replaced config may be freed (bg_reload_reclaim).
  */
 #ifndef BG_RELOAD_H
 #define BG_RELOAD_H
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/config.h"
 
@@ -28,9 +29,13 @@ struct bg_reload {
 	int n_ov;
 	long nofile;                    /* RLIMIT_NOFILE, for max_connections
 	                                   = 0 */
-	/* owned, main thread: every config a reload published, the one in
-	 * force included (server.h: none is freed while threads run) */
-	struct bg_config **retired;
+	/* owned, main thread: configs a reload published, the one in force
+	 * included until replaced, each with the cfg_gen that retired it
+	 * (0: still in force) */
+	struct bg_retired {
+		struct bg_config *cfg;
+		uint64_t gen;
+	} *retired;
 	size_t n_retired;
 };
 
@@ -59,7 +64,15 @@ int bg_reload_config(struct bg_reload *r, struct bg_server *srv);
  */
 int bg_reload_log_open(const char *path, char *err, size_t errlen);
 
-/* Frees the retired configs. Main thread, once every other is joined. */
+/*
+ * Frees the replaced configs that no thread can read any more: every slot
+ * of srv->cfg_seen has passed the generation that retired them (server.h).
+ * Returns how many replaced configs are still waiting. Main thread.
+ */
+size_t bg_reload_reclaim(struct bg_reload *r, struct bg_server *srv);
+
+/* Frees every config a reload made. Main thread, once every other thread
+ * is joined. */
 void bg_reload_free(struct bg_reload *r);
 
 #endif

@@ -459,6 +459,8 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 	struct timespec ts;
 	uint64_t now;
 
+	/* Between callbacks: no config pointer is held (server.h). */
+	bg_server_quiescent(w->srv, BG_SEEN_WORKER(w->index));
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 	bg_sock_sweep(w, now);

@@ -74,6 +74,8 @@ def reload_server(request, tmp_path):
         srv.start()
         return srv
 
+    start.started = started
+    start.tmpdir = str(tmp_path)
     yield start
     stop_servers(started)
 
@@ -402,3 +404,37 @@ def test_sigusr1_reopens_the_log_file(reload_server, tmp_path):
     srv.reload(moved, expect="nothing", log=other)
     assert "nothing that applies" not in read(path).split(
         "[log] file changed")[-1]
+
+
+# ------------------------------------------------- config reclamation
+
+@pytest.mark.parametrize("api", [True, False])
+def test_replaced_configs_are_freed(reload_server, api):
+    """A replaced config is freed once every thread (workers, acceptor,
+    API, bus) has passed a quiescent point, within a couple of seconds,
+    while clients keep working; the log says so at debug level."""
+    cfg = {"server": {"workers": 2}, "log": {"level": "debug"},
+           "limits": {"rate": 0}}
+    srv = reload_server(cfg) if api else None
+    if not api:
+        # No API listener: its slot must not hold the reclamation back.
+        srv = ReloadServer(reload_server.tmpdir, config=cfg,
+                           api_listen="", name="noapi")
+        reload_server.started.append(srv)
+        srv.start()
+
+    async def scenario():
+        ws, _ = await ws_connect(srv)
+        await subscribe(ws, "room")
+        for gen in (1, 2, 3):
+            cfg["limits"]["rate"] = 1000 + gen
+            await asyncio.to_thread(srv.reload, cfg)
+            if gen == 1:
+                continue    # it replaced the start-up config: main's own
+            mark = "the config replaced at generation %d is freed" % gen
+            await asyncio.to_thread(wait_for, lambda: mark in srv.log(),
+                                    5.0, 0.05, mark)
+            assert (await request(ws, "ping", callback_id="p"))[
+                "data"]["success"] is True
+        await ws.close()
+    run(scenario())
