@@ -195,7 +195,9 @@ drain(struct bg_server *srv, const sigset_t *sigs, int sig)
 		sig = sigtimedwait(sigs, NULL, &left);
 		if (sig >= 0 && sigismember(&stop, sig))
 			return;
-		/* SIGHUP and SIGUSR1 wait: the node is going away. */
+		if (sig == SIGUSR1)
+			reopen_log(srv);
+		/* SIGHUP is ignored: the node is going away. */
 	}
 }
 
