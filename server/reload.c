@@ -110,7 +110,7 @@ show(const struct field *f, const struct bg_config *cfg, char *out,
 }
 
 void
-bg_reload_settle(struct bg_config *cfg, long nofile)
+bg_reload_settle(struct bg_config *cfg, long nofile, int running)
 {
 	if (cfg->workers == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -118,16 +118,33 @@ bg_reload_settle(struct bg_config *cfg, long nofile)
 	}
 	if (cfg->max_connections == 0)
 		cfg->max_connections = bg_acceptor_auto_max(nofile,
-							    cfg->workers);
+			running > 0 ? running : cfg->workers);
 }
 
 /* Logs what differs; restart-only keys get their running value back.
- * Returns how many live keys changed. */
+ * Returns how many live keys changed. A key missing from fields[] that
+ * changed counts as live, with a warning (both structs start from
+ * bg_config_defaults' zeroed memory, so memcmp sees only real changes). */
 static int
 compare(const struct bg_config *old, struct bg_config *cfg)
 {
+	struct bg_config *rest = malloc(sizeof(*rest));
 	char a[160], b[160];
 	int live = 0;
+
+	if (rest != NULL) {
+		memcpy(rest, cfg, sizeof(*rest));
+		for (size_t i = 0; i < BG_ARRAY_LEN(fields); i++)
+			memcpy((char *)rest + fields[i].off,
+			       (const char *)old + fields[i].off,
+			       fields[i].size);
+		if (memcmp(rest, old, sizeof(*rest)) != 0) {
+			bg_log_warn("reload: a key that server/reload.c does "
+				    "not list changed; it applies as read");
+			live++;
+		}
+		free(rest);
+	}
 
 	for (size_t i = 0; i < BG_ARRAY_LEN(fields); i++) {
 		const struct field *f = &fields[i];
@@ -195,7 +212,7 @@ bg_reload_config(struct bg_reload *r, struct bg_server *srv)
 		free(cfg);
 		return BG_ERR;
 	}
-	bg_reload_settle(cfg, r->nofile);
+	bg_reload_settle(cfg, r->nofile, old->workers);
 	/* The reload's own lines show at the lower of both levels. */
 	if (cfg->log_level < old->log_level)
 		bg_log_set_level((enum bg_log_level)cfg->log_level);

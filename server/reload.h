@@ -40,11 +40,11 @@ struct bg_reload {
 };
 
 /*
- * Makes cfg what it would be for a running node of `workers` workers:
- * workers = 0 (all cores) and max_connections = 0 (from nofile) become
- * numbers. Main thread; at start-up and on reload.
+ * Makes cfg's automatic values numbers: workers = 0 (all cores), and
+ * max_connections = 0 (from nofile, for `running` workers: the count in
+ * force, since a new one needs a restart; 0 = cfg's own). Main thread.
  */
-void bg_reload_settle(struct bg_config *cfg, long nofile);
+void bg_reload_settle(struct bg_config *cfg, long nofile, int running);
 
 /*
  * Reads the ini again (with the command-line overrides), and when it is
