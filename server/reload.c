@@ -289,9 +289,9 @@ bg_reload_reclaim(struct bg_reload *r, struct bg_server *srv)
 		struct bg_retired *e = &r->retired[i];
 
 		if (e->gen != 0 && e->gen <= seen) {
-			bg_log_debug("reload: the config replaced at generation "
-				     "%llu is freed (no thread can read it)",
-				     (unsigned long long)e->gen);
+			bg_log_debug("reload: the config replaced at "
+				     "generation %llu is freed (no thread can "
+				     "read it)", (unsigned long long)e->gen);
 			free(e->cfg);
 			continue;
 		}
