@@ -7,6 +7,7 @@
 #                     sanitizer builds of the unit tests)
 #   make test-integration-tsan   the integration suite against the
 #                     ThreadSanitizer build of the server
+#   make test-sanitizers-full    both: ASan+UBSan, then TSan
 #   make bench        the load benchmarks of bench/
 #   make SANITIZER=address|undefined|thread ...   build into build/<san>/
 #   V=1               show the commands
@@ -64,7 +65,7 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(OUT)/tests/%)
 
 .PHONY: all deps packages test-packages run test test-unit test-fuzz \
         test-integration test-js js-packages test-sanitizers fuzz bench \
-        test-integration-asan test-integration-tsan \
+        test-integration-asan test-integration-tsan test-sanitizers-full \
         clean
 
 BROADCAST_BIN := $(if $(wildcard amqp/bagou_broadcast.c),$(OUT)/bagou-broadcast)
@@ -150,8 +151,10 @@ $(OUT)/obj/%.o: %.c | $(LWS_LIB)
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
 # The browser client is compiled into the binary so /bagou.js always
-# matches the server that serves it.
-$(OUT)/obj/server/bagou_js.o: server/bagou_js.S js/bagou.js
+# matches the server that serves it: the committed minified build (see
+# js-dist) and the readable source.
+$(OUT)/obj/server/bagou_js.o: server/bagou_js.S js/bagou.js \
+                              js/dist/bagou.min.js js/dist/bagou.min.js.map
 	@mkdir -p $(dir $@)
 	@echo "  AS     $<"
 	$(Q)$(CC) -c -o $@ $<
@@ -227,6 +230,10 @@ test-integration-asan: deps
 test-integration-tsan: deps
 	$(Q)$(MAKE) --no-print-directory SANITIZER=thread \
 	  BAGOU_START_TIMEOUT=30 test-integration
+
+# Both (issue 8's name for it): the whole integration suite under
+# ASan+UBSan, then under TSan.
+test-sanitizers-full: test-integration-asan test-integration-tsan
 
 # The browser client: node's test runner against the real server, then
 # the end-to-end test in Debian's headless chromium (playwright-core, no
@@ -337,3 +344,87 @@ test-python: $(OUT)/bagou-server $(VENV)/bin/python $(DJANGO42)/django/__init__.
 	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) BAGOU_EXPECT_DJANGO=4.2 \
 	  BAGOU_EXPECT_INSTALLED=1 PYTHONPATH=$(abspath $(DJANGO42)) \
 	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/python
+
+# The minified client the server embeds (js/dist/bagou.min.js and its
+# map), rebuilt with the pinned terser after editing js/bagou.js; the
+# outputs are committed so building the server needs no node, and
+# js/test/dist.test.js (make test-js) fails when they are stale.
+.PHONY: js-dist
+js-dist:
+	$(Q)cd js && { [ -d node_modules ] && \
+	  [ node_modules/.package-lock.json -nt package-lock.json ] || \
+	  npm ci --no-audit --no-fund --loglevel=error; }
+	$(Q)cd js && npm run dist --silent
+
+# ---------------------------------------------------------------- install
+# make install [PREFIX=/usr/local] [DESTDIR=]: the binaries, the systemd
+# unit (its paths rewritten for BINDIR and SYSCONFDIR), the man page,
+# bagou.js (the minified client the server serves, its source map, and
+# the readable source as bagou.src.js) and a copy of the default ini. The ini goes to
+# $(SYSCONFDIR)/bagou/bagou.ini, /etc/bagou by default whatever PREFIX is
+# (where the unit and the docs look); an existing one is kept, never
+# overwritten (the new defaults are in share/bagou/bagou.ini.example).
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+DATADIR    ?= $(PREFIX)/share/bagou
+MANDIR     ?= $(PREFIX)/share/man
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+
+# tests/integration/test_service.py renders the man page (man -l) and
+# scores the unit (systemd-analyze security --offline=true).
+TEST_PKGS  += man-db systemd
+
+.PHONY: install
+install: $(OUT)/bagou-server $(BROADCAST_BIN)
+	@echo "  INSTALL $(DESTDIR)$(PREFIX)"
+	$(Q)set -e; d='$(DESTDIR)'; \
+	install -d "$$d$(BINDIR)" "$$d$(DATADIR)" "$$d$(MANDIR)/man8" \
+	  "$$d$(UNITDIR)" "$$d$(SYSCONFDIR)/bagou"; \
+	install -m 755 $(OUT)/bagou-server $(BROADCAST_BIN) "$$d$(BINDIR)/"; \
+	install -m 644 js/dist/bagou.min.js "$$d$(DATADIR)/bagou.js"; \
+	install -m 644 js/dist/bagou.min.js.map "$$d$(DATADIR)/bagou.js.map"; \
+	install -m 644 js/bagou.js "$$d$(DATADIR)/bagou.src.js"; \
+	install -m 644 etc/bagou.ini "$$d$(DATADIR)/bagou.ini.example"; \
+	gzip -9nc docs/man/bagou-server.8 > "$$d$(MANDIR)/man8/bagou-server.8.gz"; \
+	chmod 644 "$$d$(MANDIR)/man8/bagou-server.8.gz"; \
+	sed -e 's|/usr/local/bin/|$(BINDIR)/|g' \
+	    -e 's|/etc/bagou/|$(SYSCONFDIR)/bagou/|g' etc/bagou.service \
+	  > "$$d$(UNITDIR)/bagou.service"; \
+	chmod 644 "$$d$(UNITDIR)/bagou.service"; \
+	if [ -e "$$d$(SYSCONFDIR)/bagou/bagou.ini" ]; then \
+	  echo "  KEEP   $$d$(SYSCONFDIR)/bagou/bagou.ini (the new defaults:" \
+	       "$(DATADIR)/bagou.ini.example)"; \
+	else install -m 644 etc/bagou.ini "$$d$(SYSCONFDIR)/bagou/bagou.ini"; fi
+
+# ---------------------------------------------------------------- stress
+# The long forms of tests/integration/test_attacks.py (docs/STRESS.md):
+# each starts its own server on 127.0.0.1 and prints a JSON report.
+# Run them alone on the machine: they measure latency.
+STRESS_RUN = BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice \
+  /usr/bin/python3 tests/stress/stress.py
+
+.PHONY: stress stress-churn stress-slow stress-soak fuzz-run
+
+stress: stress-churn stress-slow stress-soak
+
+stress-churn: $(OUT)/bagou-server
+	$(Q)$(STRESS_RUN) reset --conns 15000 --rounds 3
+
+stress-slow: $(OUT)/bagou-server
+	$(Q)$(STRESS_RUN) slow --conns 2000
+
+stress-soak: $(OUT)/bagou-server
+	$(Q)$(STRESS_RUN) soak --seconds 600 --csv $(BUILD)/stress/soak.csv
+
+# Every fuzzer FUZZ_RUNS executions from its committed corpus (new inputs
+# go to build/fuzz-work/, not the corpus; see docs/STRESS.md to merge).
+FUZZ_RUNS ?= 10000000
+fuzz-run: fuzz
+	$(Q)set -e; for t in $(FUZZ_SRC:tests/fuzz/fuzz_%.c=%); do \
+	  mkdir -p $(BUILD)/fuzz-work/$$t; echo "  FUZZ   $$t"; \
+	  nice -n 19 "./$(BUILD)/fuzzer,address/tests/fuzz_$$t" \
+	    $(BUILD)/fuzz-work/$$t tests/fuzz/corpus/$$t \
+	    -runs=$(FUZZ_RUNS) -max_len=4096 -timeout=10 \
+	    -rss_limit_mb=2048 -print_final_stats=1 \
+	    -artifact_prefix=$(BUILD)/fuzz-work/$$t-; done

@@ -1,18 +1,26 @@
 /*
  * config.c - owns struct bg_config's defaults, the table of every
  * "[section] key", the strict parsing of each value, and the loading of
- * an ini file through inih.
+ * an ini file through inih, then of the BAGOU_<SECTION>_<KEY> environment
+ * overrides; the origin matcher of [server] origins.
  *
  * Threads: only the main thread enters: at start-up, before the other
- * threads exist, and on SIGHUP into a fresh struct (server/main.c). No globals are written (inih's own settings are left
- * alone); everything lives in the caller's struct and a stack context.
+ * threads exist, and on SIGHUP into a fresh struct (server/reload.c). No
+ * globals are written (inih's own settings are left alone); everything
+ * lives in the caller's struct and a stack context (the list values being
+ * built are on the heap, freed before the loader returns).
+ * bg_config_origin_allowed only reads, from any thread.
  *
  * inih 55 gives the handler no line number, so the loader reads the file
  * through its own line reader: it counts lines, and it rejects up front
  * what inih would silently accept or misread (unknown or empty [section]s,
  * lines that are neither a section nor "key = value", over-long lines that
- * inih would split, and indented lines that inih would glue to the previous
- * value as a continuation). Parsing stops at the first error.
+ * inih would split). Debian's inih runs with multi-line values on (its
+ * ini_allow_multiline, default true): an indented line after a key comes
+ * to the handler as that key again with the line as its value. The line
+ * reader marks such lines, and the handler accepts them for list keys
+ * only, appending, as it appends a repeated list key. Parsing stops at
+ * the first error.
  */
 #include "common/config.h"
 
@@ -262,19 +270,193 @@ parse_amqp_name(const struct key *k, struct bg_config *cfg, const char *v,
 	return parse_str(k, cfg, v, msg, len);
 }
 
-/* A comma-separated list of http(s) origins (no spaces inside one). */
+/* Separators between the entries of a list value. */
+#define LIST_SEP ", \t"
+
+static bool
+host_char(char c)
+{
+	return isalnum((unsigned char)c) || c == '-' || c == '.';
+}
+
+#define ORIGIN_FORM "expected null or SCHEME://HOST[:PORT], with no path, " \
+	"as in https://example.com"
+
+/* The scheme of an origins entry, e up to sep ("://"): letters, digits,
+ * '+', '-', '.'; not empty. */
+static bool
+scheme_ok(const char *e, const char *sep)
+{
+	if (sep == NULL || sep == e)
+		return false;
+	for (const char *p = e; p < sep; p++)
+		if (!isalnum((unsigned char)*p) && !strchr("+-.", *p))
+			return false;
+	return true;
+}
+
+/* What follows the host of an origins entry, p to end: nothing, or
+ * ":PORT". NULL when valid, else what is wrong. */
+static const char *
+port_error(const char *p, const char *end)
+{
+	unsigned long long port;
+	const char *pe;
+	char buf[8];
+	size_t pn = (size_t)(end - p - 1);
+
+	if (p == end)
+		return NULL;
+	if (*p != ':')
+		return ORIGIN_FORM;
+	if (pn == 0 || pn >= sizeof(buf))
+		return "expected a port from 1 to 65535";
+	memcpy(buf, p + 1, pn);
+	buf[pn] = '\0';
+	if (!parse_digits(buf, &port, &pe) || *pe != '\0' || port < 1 ||
+	    port > 65535)
+		return "expected a port from 1 to 65535";
+	return NULL;
+}
+
+/* One origins entry of n bytes at e without a '*': null (what a browser
+ * sends from a file or a sandbox), or SCHEME://HOST[:PORT], HOST a name,
+ * an IPv4 address or [IPv6]: what an Origin header can hold. NULL when
+ * valid, else what is wrong. */
+static const char *
+exact_error(const char *e, size_t n)
+{
+	const char *sep = memmem(e, n, "://", 3), *end = e + n, *h, *p;
+
+	if (n == 4 && strncasecmp(e, "null", 4) == 0)
+		return NULL;
+	if (!scheme_ok(e, sep))
+		return ORIGIN_FORM;
+	h = p = sep + 3;
+	if (h < end && *h == '[') {
+		for (p = h + 1; p < end && *p != ']'; p++)
+			if (!isxdigit((unsigned char)*p) && !strchr(":.", *p))
+				return ORIGIN_FORM;
+		if (p == end || p == h + 1)
+			return ORIGIN_FORM;
+		p++;
+	} else {
+		while (p < end && (host_char(*p) || *p == '_'))
+			p++;
+	}
+	if (p == h)
+		return ORIGIN_FORM;
+	return port_error(p, end);
+}
+
+/*
+ * One origins entry of n bytes at e that holds a '*': valid only as
+ * SCHEME "://" "*." DOMAIN [":" PORT], DOMAIN being two or more labels. NULL
+ * when valid, else what is wrong.
+ */
+static const char *
+wildcard_error(const char *e, size_t n)
+{
+	const char *sep = memmem(e, n, "://", 3), *end = e + n, *h, *p;
+
+	if (!scheme_ok(e, sep))
+		return "expected SCHEME://*.DOMAIN[:PORT]";
+	h = sep + 3;
+	if (end - h < 2 || h[0] != '*' || h[1] != '.')
+		return "a '*' may only stand for whole labels at the start of "
+		       "the host, as in https://*.example.com";
+	h += 2;
+	for (p = h; p < end && *p != ':'; p++)
+		if (!host_char(*p))
+			return "a '*' may only stand for whole labels at the "
+			       "start of the host, as in https://*.example.com";
+	if (p == h || h[0] == '.' || p[-1] == '.' ||
+	    memmem(h, (size_t)(p - h), "..", 2) != NULL)
+		return "expected a domain after '*.'";
+	if (memchr(h, '.', (size_t)(p - h)) == NULL)
+		return "the domain after '*.' needs two labels or more "
+		       "(*.example.com, not *.com)";
+	return port_error(p, end);
+}
+
+/* A comma-separated list of origins (no spaces inside one), each of a
+ * form an Origin header can match; an entry with a '*' must be a
+ * wildcard that bg_config_origin_allowed can match. */
 static int
 parse_origins(const struct key *k, struct bg_config *cfg, const char *v,
 	      char *msg, size_t len)
 {
-	for (const char *p = v; *p; p++) {
-		if (iscntrl((unsigned char)*p) || *p == '"' || *p == '\\') {
+	const char *p = v, *why;
+	size_t n;
+
+	for (const char *c = v; *c; c++) {
+		if ((iscntrl((unsigned char)*c) && *c != '\t') || *c == '"' ||
+		    *c == '\\') {
 			seterr(msg, len, "expected origins such as "
 			       "https://example.com, comma-separated");
 			return BG_ERR;
 		}
 	}
+	for (; *p; p += n) {
+		p += strspn(p, LIST_SEP);
+		n = strcspn(p, LIST_SEP);
+		if (n == 0)
+			break;
+		why = memchr(p, '*', n) != NULL ? wildcard_error(p, n) :
+		      exact_error(p, n);
+		if (why != NULL) {
+			seterr(msg, len, "'%.*s': %s", (int)n, p, why);
+			return BG_ERR;
+		}
+	}
+	if (strlen(v) > k->max) {
+		seterr(msg, len, "the list is longer than %llu bytes", k->max);
+		return BG_ERR;
+	}
 	return parse_str(k, cfg, v, msg, len);
+}
+
+/* Does origin (o, on) match the wildcard entry (e, en) checked by
+ * wildcard_error? Same scheme, then LABELS.DOMAIN[:PORT] exactly. */
+static bool
+wildcard_match(const char *e, size_t en, const char *o, size_t on)
+{
+	const char *sep = memmem(e, en, "://", 3);
+	size_t scheme = (size_t)(sep - e) + 3;
+	const char *tail = sep + 4;     /* ".DOMAIN[:PORT]" */
+	size_t tn = en - scheme - 1, ln;
+
+	if (on <= scheme + tn || strncasecmp(e, o, scheme) != 0 ||
+	    strncasecmp(o + on - tn, tail, tn) != 0)
+		return false;
+	/* The labels that stand for '*': o + scheme, ln bytes. */
+	o += scheme;
+	ln = on - scheme - tn;
+	if (o[0] == '.' || o[ln - 1] == '.' || memmem(o, ln, "..", 2))
+		return false;
+	for (size_t i = 0; i < ln; i++)
+		if (!host_char(o[i]))
+			return false;
+	return true;
+}
+
+bool
+bg_config_origin_allowed(const char *list, const char *origin)
+{
+	size_t len = strlen(origin), n;
+
+	for (const char *p = list; *p; p += n) {
+		p += strspn(p, LIST_SEP);
+		n = strcspn(p, LIST_SEP);
+		if (n == 0)
+			break;
+		if (memchr(p, '*', n) != NULL ?
+		    wildcard_error(p, n) == NULL &&
+		    wildcard_match(p, n, origin, len) :
+		    n == len && strncasecmp(p, origin, n) == 0)
+			return true;
+	}
+	return false;
 }
 
 /* A file path ([server] tls_*): no control characters; "" = unset. The
@@ -301,6 +483,77 @@ parse_logfile(const struct key *k, struct bg_config *cfg, const char *v,
 	return parse_file(k, cfg, v, msg, len);
 }
 
+/*
+ * A credential file ([http] api_key_file, [auth] secret_file): its one
+ * line (a final newline ignored) becomes api_key / auth_secret, read now,
+ * whatever the source (ini, environment, reload). A relative name is
+ * looked up in $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when it
+ * is set; the loader has made names from the ini relative to its folder
+ * otherwise. "" = none (the secret is left as it is).
+ */
+static int
+parse_credential(const struct key *k, struct bg_config *cfg, const char *v,
+		 char *msg, size_t len)
+{
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	bool api = k->off == offsetof(struct bg_config, api_key_file);
+	char *dst = api ? cfg->api_key : cfg->auth_secret;
+	size_t dst_size = api ? sizeof(cfg->api_key) :
+				sizeof(cfg->auth_secret);
+	char path[1024], buf[1024];
+	size_t n;
+	FILE *fp;
+	int e;
+
+	for (const char *p = v; *p; p++) {
+		if (iscntrl((unsigned char)*p)) {
+			seterr(msg, len, "must not contain control "
+			       "characters");
+			return BG_ERR;
+		}
+	}
+	if (v[0] == '\0')
+		return parse_str(k, cfg, v, msg, len);
+	if (v[0] != '/' && creds != NULL && creds[0] != '\0')
+		n = (size_t)snprintf(path, sizeof(path), "%s/%s", creds, v);
+	else
+		n = (size_t)snprintf(path, sizeof(path), "%s", v);
+	if (n > k->max) {
+		seterr(msg, len, "the path is longer than %llu bytes", k->max);
+		return BG_ERR;
+	}
+	fp = fopen(path, "r");
+	if (fp == NULL) {
+		seterr(msg, len, "cannot read '%s': %s", path,
+		       strerror(errno));
+		return BG_ERR;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	e = ferror(fp) ? errno : 0;
+	fclose(fp);
+	if (e != 0) {
+		seterr(msg, len, "cannot read '%s': %s", path, strerror(e));
+		return BG_ERR;
+	}
+	buf[n] = '\0';
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+		buf[--n] = '\0';
+	if (n == 0 || strlen(buf) != n || strpbrk(buf, "\r\n") != NULL) {
+		seterr(msg, len, "'%s' must hold the secret on one line",
+		       path);
+	} else if (n >= dst_size) {
+		seterr(msg, len, "the secret in '%s' is longer than %zu bytes",
+		       path, dst_size - 1);
+	} else {
+		memcpy(dst, buf, n + 1);
+		strcpy((char *)cfg + k->off, path);
+		explicit_bzero(buf, sizeof(buf));
+		return BG_OK;
+	}
+	explicit_bzero(buf, sizeof(buf));
+	return BG_ERR;
+}
+
 static const char *const lifecycle_names[] = {
 	"open", "close", "subscribe", "unsubscribe", "store", "authenticate"
 };
@@ -316,9 +569,8 @@ parse_lifecycle(const struct key *k, struct bg_config *cfg, const char *v,
 		size_t n;
 		bool found = false;
 
-		while (*p == ' ' || *p == ',')
-			p++;
-		n = strcspn(p, ", ");
+		p += strspn(p, LIST_SEP);
+		n = strcspn(p, LIST_SEP);
 		if (n == 0)
 			break;
 		for (size_t i = 0; i < BG_ARRAY_LEN(lifecycle_names); i++) {
@@ -463,7 +715,8 @@ static const struct key keys[] = {
 	{ "amqp", "queue", parse_amqp_name, OFF(amqp_queue), STR(amqp_queue) },
 	{ "amqp", "prefetch", parse_int, OFF(amqp_prefetch), 1, 65535 },
 	{ "amqp", "heartbeat", parse_int, OFF(amqp_heartbeat), 0, 600 },
-	{ "amqp", "ca_file", parse_str, OFF(amqp_ca_file), STR(amqp_ca_file) },
+	{ "amqp", "ca_file", parse_file, OFF(amqp_ca_file),
+	  STR(amqp_ca_file) },
 	{ "server", "origins", parse_origins, OFF(origins), STR(origins) },
 	{ "server", "tls_cert", parse_file, OFF(tls_cert), STR(tls_cert) },
 	{ "server", "tls_key", parse_file, OFF(tls_key), STR(tls_key) },
@@ -492,10 +745,15 @@ static const struct key keys[] = {
 	  STR(forward_exchange) },
 	{ "forward", "lifecycle", parse_lifecycle, 0, 0, 0 },
 	{ "http", "api_key", parse_str, OFF(api_key), STR(api_key) },
-	{ "http", "static_dir", parse_str, OFF(static_dir), STR(static_dir) },
+	{ "http", "static_dir", parse_file, OFF(static_dir),
+	  STR(static_dir) },
 	{ "http", "api_listen", parse_api_listen, 0, 0, 0 },
 	{ "http", "body_timeout", parse_int, OFF(body_timeout), 1, 3600 },
 	{ "log", "level", parse_level, OFF(log_level), 0, 0 },
+	{ "http", "api_key_file", parse_credential, OFF(api_key_file),
+	  STR(api_key_file) },
+	{ "auth", "secret_file", parse_credential, OFF(auth_secret_file),
+	  STR(auth_secret_file) },
 	{ "server", "drain_delay", parse_int, OFF(drain_delay), 0, 300 },
 	{ "auth", "previous_secret", parse_str, OFF(auth_previous_secret),
 	  STR(auth_previous_secret) },
@@ -510,6 +768,24 @@ find_key(const char *section, const char *name)
 		    strcmp(keys[i].name, name) == 0)
 			return &keys[i];
 	return NULL;
+}
+
+/* List keys: a comma-separated value that a repeated key or an indented
+ * continuation line extends instead of replacing. */
+static bool
+is_list(const struct key *k)
+{
+	return k->parse == parse_origins || k->parse == parse_lifecycle;
+}
+
+bool
+bg_config_key_at(size_t i, const char **section, const char **key)
+{
+	if (i >= BG_ARRAY_LEN(keys))
+		return false;
+	*section = keys[i].section;
+	*key = keys[i].name;
+	return true;
 }
 
 static bool
@@ -552,7 +828,12 @@ struct load {
 	int lineno;
 	bool failed;
 	bool after_key;                  /* a key since the last [section] */
+	bool continuation;               /* this line is indented after a
+	                                    key: inih appends it to it */
 	int seen[BG_ARRAY_LEN(keys)];    /* line each key was set on */
+	char *list[BG_ARRAY_LEN(keys)];  /* list keys: the value so far */
+	int filled[BG_ARRAY_LEN(keys)];  /* line each key got a value
+	                                    other than "" on */
 };
 
 static void
@@ -597,11 +878,11 @@ check_line(struct load *l, char *line)
 		l->after_key = false;
 		return !l->failed;
 	}
-	if (s > line && l->after_key) {
-		load_fail(l, "indented line: continuation lines are not "
-			  "supported");
-		return false;
-	}
+	/* inih hands an indented line after a key to on_key as more of
+	 * that key's value. */
+	l->continuation = s > line && l->after_key;
+	if (l->continuation)
+		return true;
 	if (strpbrk(s, "=:") == NULL) {
 		load_fail(l, "expected [section] or key = value");
 		return false;
@@ -622,11 +903,68 @@ read_line(char *str, int num, void *stream)
 	l->lineno++;
 	if (strchr(str, '\n') == NULL && (c = getc(l->fp)) != EOF) {
 		if (c != '\n') {
-			load_fail(l, "line longer than %d bytes", num - 2);
+			load_fail(l, "line longer than %d bytes (a list "
+				  "may go on over indented lines)", num - 2);
 			return NULL;
 		}
 	}
 	return check_line(l, str) ? str : NULL;
+}
+
+/* A list key, its continuation line or its repetition: the value so far
+ * plus ",value", set whole (so the last error names the line that broke
+ * it). 1 on success, as inih wants. */
+static int
+list_add(struct load *l, const struct key *k, const char *value)
+{
+	char **acc = &l->list[k - keys], *all, msg[MSG_MAX];
+	size_t old = *acc != NULL ? strlen(*acc) : 0, n;
+
+	/* inih 55 leaves " ; comment" on a continuation line: cut it as it
+	 * cuts it after a key. */
+	for (n = 0; value[n] != '\0'; n++)
+		if (value[n] == ';' && n > 0 && isspace((unsigned char)
+							value[n - 1]))
+			break;
+	while (n > 0 && isspace((unsigned char)value[n - 1]))
+		n--;
+	all = malloc(old + n + 2);
+	if (all == NULL) {
+		load_fail(l, "out of memory");
+		return 0;
+	}
+	if (old > 0)
+		memcpy(all, *acc, old), all[old++] = ',';
+	memcpy(all + old, value, n);
+	all[old + n] = '\0';
+	free(*acc);
+	*acc = all;
+	if (bg_config_set(l->cfg, k->section, k->name, all, msg, sizeof(msg))
+	    != BG_OK) {
+		load_fail(l, "%s", msg);
+		return 0;
+	}
+	if (!l->seen[k - keys])
+		l->seen[k - keys] = l->lineno;
+	return 1;
+}
+
+/* A credential name from the file at l: relative to the file's folder
+ * when relative and there is no $CREDENTIALS_DIRECTORY to look in. NULL
+ * when that path would be too long. */
+static const char *
+credential_name(const struct load *l, const char *v, char *buf, size_t size)
+{
+	const char *creds = getenv("CREDENTIALS_DIRECTORY");
+	const char *slash = strrchr(l->path, '/');
+
+	if (v[0] == '\0' || v[0] == '/' || slash == NULL ||
+	    (creds != NULL && creds[0] != '\0'))
+		return v;
+	if (snprintf(buf, size, "%.*s%s", (int)(slash - l->path) + 1,
+		     l->path, v) >= (int)size)
+		return NULL;
+	return buf;
 }
 
 static int
@@ -635,7 +973,7 @@ on_key(void *user, const char *section, const char *name,
 {
 	struct load *l = user;
 	const struct key *k;
-	char msg[MSG_MAX];
+	char msg[MSG_MAX], path[1024];
 
 	if (l->failed || name == NULL)
 		return !l->failed;
@@ -644,17 +982,32 @@ on_key(void *user, const char *section, const char *name,
 		return 0;
 	}
 	k = find_key(section, name);
-	if (k != NULL && l->seen[k - keys]) {
+	if (k != NULL && l->continuation && !is_list(k)) {
+		load_fail(l, "indented line: only list keys (origins, "
+			  "lifecycle) may go on over indented lines");
+		return 0;
+	}
+	if (k != NULL && l->seen[k - keys] && !is_list(k)) {
 		load_fail(l, "duplicate key '%s' in [%s] (first set on line "
 			  "%d)", name, section, l->seen[k - keys]);
 		return 0;
 	}
+	if (k != NULL && k->parse == parse_credential &&
+	    (value = credential_name(l, value, path, sizeof(path))) == NULL) {
+		load_fail(l, "[%s] %s: the path relative to this file's "
+			  "folder is too long", section, name);
+		return 0;
+	}
+	if (k != NULL && is_list(k))
+		return list_add(l, k, value);
 	if (bg_config_set(l->cfg, section, name, value, msg, sizeof(msg))
 	    != BG_OK) {
 		load_fail(l, "%s", msg);
 		return 0;
 	}
 	l->seen[k - keys] = l->lineno;
+	if (value[0] != '\0')
+		l->filled[k - keys] = l->lineno;
 	return 1;
 }
 
@@ -686,23 +1039,39 @@ resolve_paths(struct load *l)
 	}
 }
 
-int
-bg_config_load(struct bg_config *cfg, const char *path, char *err,
-	       size_t errlen)
+/* A secret given in the file both inline and as a credential file:
+ * which one was meant is unclear, so it is an error at the later line. */
+static void
+check_credentials(struct load *l)
 {
-	struct load l = { .cfg = cfg, .path = path, .err = err,
+	static const char *const pairs[][3] = {
+		{ "http", "api_key", "api_key_file" },
+		{ "auth", "secret", "secret_file" },
+	};
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(pairs) && !l->failed; i++) {
+		int a = l->filled[find_key(pairs[i][0], pairs[i][1]) - keys];
+		int b = l->filled[find_key(pairs[i][0], pairs[i][2]) - keys];
+
+		if (a == 0 || b == 0)
+			continue;
+		l->lineno = a > b ? a : b;
+		load_fail(l, "[%s] %s and %s: set one of them, not both",
+			  pairs[i][0], pairs[i][1], pairs[i][2]);
+	}
+}
+
+/* Reads fp (named path in messages) through inih; closes nothing. */
+static int
+load_stream(struct bg_config *cfg, FILE *fp, const char *path, char *err,
+	    size_t errlen)
+{
+	struct load l = { .cfg = cfg, .fp = fp, .path = path, .err = err,
 			  .errlen = errlen };
 	int rc, read_errno;
 
-	l.fp = fopen(path, "r");
-	if (l.fp == NULL) {
-		seterr(err, errlen, "%s: cannot open: %s", path,
-		       strerror(errno));
-		return BG_ERR;
-	}
 	rc = ini_parse_stream(read_line, &l, on_key, &l);
 	read_errno = ferror(l.fp) ? errno : 0;
-	fclose(l.fp);
 	if (read_errno != 0) {
 		seterr(err, errlen, "%s: cannot read: %s", path,
 		       strerror(read_errno));
@@ -718,7 +1087,118 @@ bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		load_fail(&l, "expected [section] or key = value");
 	}
 	resolve_paths(&l);
+	for (size_t i = 0; i < BG_ARRAY_LEN(keys); i++)
+		free(l.list[i]);
+	check_credentials(&l);
 	return l.failed ? BG_ERR : BG_OK;
+}
+
+#define ENV_PREFIX "BAGOU_"
+
+/* Set by the client tools (python/bagou, bagou-broadcast) for themselves,
+ * under a server section's name: never a server setting. */
+static const char *const env_foreign[] = { "BAGOU_HTTP_URL" };
+
+/*
+ * One BAGOU_* variable (name n bytes at var, then '=' and the value).
+ * Every known section that prefixes the rest with a '_' after it is tried
+ * (a section may be a prefix of another, say "http" and "http_api"): the
+ * one with such a key wins; with none, the error names the variable.
+ */
+static int
+env_apply(struct bg_config *cfg, const char *var, size_t n, char *err,
+	  size_t errlen)
+{
+	const char *rest = var + strlen(ENV_PREFIX), *value = var + n + 1;
+	size_t rn = n - strlen(ENV_PREFIX);
+	const struct key *named = NULL;
+	char msg[MSG_MAX];
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(env_foreign); i++)
+		if (strlen(env_foreign[i]) == n &&
+		    strncmp(var, env_foreign[i], n) == 0)
+			return BG_OK;
+	for (size_t i = 0; i < BG_ARRAY_LEN(keys); i++) {
+		const struct key *k = &keys[i];
+		size_t sn = strlen(k->section);
+
+		if (rn <= sn + 1 || rest[sn] != '_' ||
+		    strncasecmp(rest, k->section, sn) != 0)
+			continue;
+		if (named == NULL || strlen(named->section) < sn)
+			named = k;
+		if (strlen(k->name) != rn - sn - 1 ||
+		    strncasecmp(rest + sn + 1, k->name, rn - sn - 1) != 0)
+			continue;
+		if (k->parse(k, cfg, value, msg, sizeof(msg)) != BG_OK) {
+			seterr(err, errlen, "environment %.*s: [%s] %s: %s",
+			       (int)n, var, k->section, k->name, msg);
+			return BG_ERR;
+		}
+		return BG_OK;
+	}
+	if (named != NULL) {
+		seterr(err, errlen, "environment %.*s: unknown key '%.*s' in "
+		       "[%s]", (int)n, var,
+		       (int)(rn - strlen(named->section) - 1),
+		       rest + strlen(named->section) + 1, named->section);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+int
+bg_config_load_env(struct bg_config *cfg, char *const *envp, char *err,
+		   size_t errlen)
+{
+	for (; envp != NULL && *envp != NULL; envp++) {
+		const char *eq = strchr(*envp, '=');
+
+		if (eq == NULL || strncmp(*envp, ENV_PREFIX,
+					  strlen(ENV_PREFIX)) != 0)
+			continue;
+		if (env_apply(cfg, *envp, (size_t)(eq - *envp), err, errlen)
+		    != BG_OK)
+			return BG_ERR;
+	}
+	return BG_OK;
+}
+
+int
+bg_config_load(struct bg_config *cfg, const char *path, char *err,
+	       size_t errlen)
+{
+	FILE *fp = fopen(path, "r");
+	int rc;
+
+	if (fp == NULL) {
+		seterr(err, errlen, "%s: cannot open: %s", path,
+		       strerror(errno));
+		return BG_ERR;
+	}
+	rc = load_stream(cfg, fp, path, err, errlen);
+	fclose(fp);
+	return rc;
+}
+
+int
+bg_config_load_text(struct bg_config *cfg, const char *text, size_t len,
+		    const char *name, char *err, size_t errlen)
+{
+	FILE *fp;
+	int rc;
+
+	if (len == 0)
+		return BG_OK;   /* an empty file sets nothing */
+	fp = fmemopen((void *)text, len, "r");
+	if (fp == NULL) {
+		seterr(err, errlen, "%s: cannot open: %s", name,
+		       strerror(errno));
+		return BG_ERR;
+	}
+	rc = load_stream(cfg, fp, name, err, errlen);
+	fclose(fp);
+	return rc;
 }
 
 int

@@ -14,6 +14,7 @@
 #include <stddef.h>
 
 #define BG_CONFIG_STR 256
+#define BG_CONFIG_ORIGINS 8192  /* [server] origins, bytes with its NUL */
 
 enum bg_publish_policy {
 	BG_PUBLISH_NONE,        /* clients may not publish (default) */
@@ -38,8 +39,9 @@ struct bg_config {
 	int max_connections;             /* per node, every accepted socket;
 	                                    0 = from RLIMIT_NOFILE (main.c) */
 	int ping_interval;               /* seconds between lws pings, 0=off */
-	char origins[1024];              /* allowed Origins, comma-separated;
-	                                    "" = any */
+	char origins[BG_CONFIG_ORIGINS]; /* allowed Origins, comma-separated;
+	                                    "" = any; see
+	                                    bg_config_origin_allowed */
 	char tls_cert[1024];             /* PEM certificate (+ chain) of the
 	                                    public listener; "" = plain */
 	char tls_key[1024];              /* PEM private key of tls_cert */
@@ -88,6 +90,8 @@ struct bg_config {
 	char auth_previous_secret[BG_CONFIG_STR]; /* also accepted, for
 	                                    rotation; "" = none */
 	char private_prefix[BG_CONFIG_STR]; /* "private-" */
+	char auth_secret_file[1024];     /* file secret was read from (by
+	                                    bg_config_set); "" = none */
 
 	/* [forward] */
 	char forward_exchange[BG_CONFIG_STR]; /* "" = no forwarding */
@@ -100,6 +104,8 @@ struct bg_config {
 	char api_host[BG_CONFIG_STR];    /* API listener, "127.0.0.1" */
 	int api_port;                    /* 9001; 0 = no API listener */
 	int body_timeout;                /* seconds for a whole request, 10 */
+	char api_key_file[1024];         /* file api_key was read from (by
+	                                    bg_config_set); "" = none */
 
 	/* [log] */
 	int log_level;                   /* enum bg_log_level, info */
@@ -120,11 +126,54 @@ int bg_config_set(struct bg_config *cfg, const char *section,
 /*
  * Loads an ini file over cfg. Returns BG_OK, or BG_ERR with err set to
  * "FILE:LINE: message" (or "FILE: cannot open: strerror") ; on error cfg
- * may be partly changed. Relative [server] tls_* paths set in the file are
- * made relative to the file's folder, as is [log] file.
+ * may be partly changed. Relative paths set in the file (tls_*, static_dir,
+ * ca_file, [log] file) are made relative to the file's folder. The
+ * credential keys
+ * ([http] api_key_file, [auth] secret_file) name a file whose content
+ * (one line) becomes api_key / secret; a relative name is looked up in
+ * $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when that is set,
+ * else in the file's folder. bg_config_set reads such a file at once, so
+ * every source (file, environment, reload) reads it, and a relative name
+ * set outside a file without $CREDENTIALS_DIRECTORY is relative to the
+ * working directory.
  */
 int bg_config_load(struct bg_config *cfg, const char *path, char *err,
 		   size_t errlen);
+
+/*
+ * The same from len bytes of ini text in memory (NUL bytes allowed; text
+ * is only read), name standing for the path in messages. Pure: the config
+ * fuzzer's entry point.
+ */
+int bg_config_load_text(struct bg_config *cfg, const char *text, size_t len,
+			const char *name, char *err, size_t errlen);
+
+/*
+ * Applies the environment overrides in envp (NULL-terminated "NAME=value"
+ * strings, e.g. environ) over cfg: BAGOU_<SECTION>_<KEY>=value sets
+ * "[section] key" (names matched case-insensitively). Variables that name
+ * no known section (BAGOU_BIN, ...) and BAGOU_HTTP_URL (the client tools'
+ * own) are ignored. Returns BG_OK, or BG_ERR with err set to
+ * "environment NAME: message" for a known section with an unknown key or
+ * a bad value. Precedence: defaults < ini < environment < command line.
+ */
+int bg_config_load_env(struct bg_config *cfg, char *const *envp, char *err,
+		       size_t errlen);
+
+/*
+ * True when origin (an Origin header) is allowed by list ([server]
+ * origins, non-empty): an entry equal to it (case-insensitive), or a
+ * wildcard entry, SCHEME "://" "*." DOMAIN [":" PORT], that it matches
+ * with one or more labels in place of the '*' and the same scheme and
+ * port (none if the entry has none).
+ */
+bool bg_config_origin_allowed(const char *list, const char *origin);
+
+/*
+ * The i-th "[section] key" of the table (for tests and tools): true and
+ * *section, *key set, or false past the last.
+ */
+bool bg_config_key_at(size_t i, const char **section, const char **key);
 
 /*
  * Checks cross-field rules after all sources were applied. BG_OK or BG_ERR

@@ -9,6 +9,7 @@
 #include "handlers/auth.h"
 
 #include <jwt.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -262,10 +263,11 @@ bg_auth_verify_jwt(const char *secret, const char *token, int64_t now,
 	}
 	if (read_claims(claims, "sub", id, err, errlen) != BG_OK)
 		goto out;
-	/* Rounded up: the connection never outlives its token. */
-	id->exp = exp ? (int64_t)json_number_value(exp) +
-			(json_number_value(exp) >
-			 (double)(int64_t)json_number_value(exp)) : 0;
+	/* Rounded up: the connection never outlives its token. Clamped,
+	 * so a far "exp" (1e300) neither overflows the conversion nor the
+	 * expiry timer's microseconds. */
+	id->exp = exp ? (int64_t)ceil(fmin(json_number_value(exp),
+					   (double)BG_AUTH_EXP_MAX)) : 0;
 	rc = BG_OK;
 out:
 	json_decref(claims);

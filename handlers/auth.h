@@ -15,6 +15,9 @@
 
 /* Longest token accepted (bytes). */
 #define BG_AUTH_TOKEN_MAX 8192
+/* Latest expiry an identity keeps (9999-12-31T23:59:59Z); a token's later
+ * "exp" is clamped to it. */
+#define BG_AUTH_EXP_MAX INT64_C(253402300799)
 /* Most private-channel patterns one identity may carry. */
 #define BG_AUTH_MAX_CHANNELS 256
 
@@ -23,7 +26,8 @@ struct bg_identity {
 	char *info;           /* "info" as JSON text, or NULL */
 	char **channels;      /* allowed private channels; "x*" = prefix */
 	uint32_t n_channels;
-	int64_t exp;          /* expiry, seconds since the epoch; 0 = none */
+	int64_t exp;          /* expiry, seconds since the epoch; 0 = none;
+	                         at most BG_AUTH_EXP_MAX */
 };
 
 /*

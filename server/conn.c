@@ -132,6 +132,8 @@ want_writable(struct bg_conn *c)
 static void
 start_close(struct bg_conn *c, uint16_t code, const char *why, bool drop)
 {
+	if (!c->closing && c->established)
+		__atomic_add_fetch(&c->w->closing_conns, 1, __ATOMIC_RELAXED);
 	c->closing = true;
 	c->close_code = code;
 	c->close_why = why;
@@ -519,6 +521,9 @@ bg_conn_close(struct bg_conn *c)
 		bg_chan_unsubscribe(w->ids, c->id_sub);
 		bg_stat_add(&w->stats.connections, (uint64_t)-1);
 		__atomic_sub_fetch(&w->conns_gauge, 1, __ATOMIC_RELAXED);
+		if (c->closing)
+			__atomic_sub_fetch(&w->closing_conns, 1,
+					   __ATOMIC_RELAXED);
 		c->established = false;
 	}
 	q_clear(c);

@@ -22,11 +22,9 @@
 #include "common/log.h"
 #include "server/api.h"
 #include "server/acceptor.h"
+#include "server/asset.h"
 #include "server/conn.h"
 #include "server/worker.h"
-
-/* The browser client, linked in from js/bagou.js by server/bagou_js.S. */
-extern const char bg_js_start[], bg_js_end[];
 
 #define JSON_TYPE "application/json"
 
@@ -143,26 +141,6 @@ key_valid(const char *k)
 	return true;
 }
 
-/* True when origin is one of the comma-separated list (case-insensitive,
- * whole entries). */
-static bool
-origin_listed(const char *list, const char *origin)
-{
-	size_t len = strlen(origin);
-	const char *p = list;
-
-	while (*p) {
-		size_t n;
-		while (*p == ',' || *p == ' ')
-			p++;
-		n = strcspn(p, ", ");
-		if (n == len && n > 0 && strncasecmp(p, origin, n) == 0)
-			return true;
-		p += n;
-	}
-	return false;
-}
-
 int
 bg_http_confirm_upgrade(struct bg_worker *w, struct lws *wsi,
 			const char *upgrade)
@@ -197,7 +175,7 @@ bg_http_confirm_upgrade(struct bg_worker *w, struct lws *wsi,
 		return refuse_upgrade(wsi, "400 Bad Request");
 	if (cfg->origins[0] != '\0' &&
 	    (lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN) <= 0
-	     || !origin_listed(cfg->origins, origin)))
+	     || !bg_config_origin_allowed(cfg->origins, origin)))
 		return refuse_upgrade(wsi, "403 Forbidden");
 	if (w->stopping)
 		return refuse_upgrade(wsi, "503 Service Unavailable");
@@ -721,6 +699,7 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 		 struct bg_conn *c, void *in, size_t len)
 {
 	const char *uri = in;
+	const struct bg_asset *asset;
 
 	/* A client that leaves before a whole request has no session data
 	 * yet: lws still reports the close. */
@@ -743,11 +722,8 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 			return serve_health(w, wsi, false);
 		if (strcmp(uri, "/health/live") == 0)
 			return serve_health(w, wsi, true);
-		if (strcmp(uri, "/bagou.js") == 0)
-			return respond(wsi, 200, "application/javascript; "
-				       "charset=utf-8", bg_js_start,
-				       (size_t)(bg_js_end - bg_js_start),
-				       false);
+		if ((asset = bg_asset_find(uri)) != NULL)
+			return bg_asset_serve(wsi, asset);
 		if (strcmp(uri, bg_server_cfg(w->srv)->path) == 0)
 			return respond_error(wsi, 426, "bad_message",
 					     "this is a WebSocket endpoint",

@@ -8,6 +8,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <libwebsockets.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,9 +23,11 @@
 #include "common/bg.h"
 #include "common/config.h"
 #include "common/log.h"
+#include "common/notify.h"
 #include "handlers/handlers.h"
 #include "server/acceptor.h"
 #include "server/api.h"
+#include "server/asset.h"
 #include "server/reload.h"
 #include "server/server.h"
 #include "server/tls.h"
@@ -49,7 +52,9 @@ usage(FILE *out)
 "      --check-config     validate the configuration and exit\n"
 "  -V, --version          print the version and exit\n"
 "  -h, --help             this help\n"
-"Command-line options override the configuration file.\n");
+"Precedence: built-in defaults < the configuration file < environment\n"
+"variables BAGOU_<SECTION>_<KEY> (e.g. BAGOU_SERVER_LISTEN=*:9000)\n"
+"< command-line options.\n");
 }
 
 /* Any client can make lws log (a bad request, a reset): throttled. */
@@ -85,7 +90,10 @@ make_node_id(char out[17])
 		snprintf(out + 2 * i, 3, "%02x", r[i]);
 }
 
-/* Loads the file and the overrides into cfg; exits on error. */
+extern char **environ;
+
+/* Loads the file, the environment and the command-line overrides into
+ * cfg, in that order; exits on error. */
 static void
 load_config(struct bg_config *cfg, const char *path, bool path_given,
 	    const struct bg_cli_override *ov, int n_ov)
@@ -98,6 +106,10 @@ load_config(struct bg_config *cfg, const char *path, bool path_given,
 			fprintf(stderr, "bagou-server: %s\n", err);
 			exit(EXIT_USAGE);
 		}
+	}
+	if (bg_config_load_env(cfg, environ, err, sizeof(err)) != BG_OK) {
+		fprintf(stderr, "bagou-server: %s\n", err);
+		exit(EXIT_USAGE);
 	}
 	for (int i = 0; i < n_ov; i++) {
 		if (bg_config_set(cfg, ov[i].section, ov[i].key, ov[i].value,
@@ -115,6 +127,47 @@ load_config(struct bg_config *cfg, const char *path, bool path_given,
 			fprintf(stderr, "bagou-server: %s\n", err);
 		exit(EXIT_USAGE);
 	}
+}
+
+/* The systemd watchdog's health check (any thread): every worker's loop
+ * ticked (once a second) within the last WORKER_STALL_MS. */
+#define WORKER_STALL_MS 10000
+
+static bool
+workers_alive(void *arg)
+{
+	const struct bg_server *srv = arg;
+	struct timespec ts;
+	uint64_t now;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	for (int i = 0; i < srv->n_workers; i++) {
+		uint64_t at = __atomic_load_n(&srv->workers[i]->alive_ms,
+					      __ATOMIC_RELAXED);
+		if (now - at > WORKER_STALL_MS) {
+			bg_log_error("watchdog: worker %d has not turned its "
+				     "loop for %llu ms; no WATCHDOG=1 until it "
+				     "does", i, (unsigned long long)(now - at));
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Names the file the configuration came from, absolute, so an operator
+ * sees which one a service (started in /) read. */
+static void
+log_config_path(const char *path, bool loaded)
+{
+	char abs[PATH_MAX];
+
+	if (!loaded)
+		bg_log_info("config: none (built-in defaults)");
+	else if (realpath(path, abs) != NULL)
+		bg_log_info("config %s", abs);
+	else
+		bg_log_info("config %s", path);
 }
 
 /* SIGHUP: the TLS certificate files are read again; new connections get
@@ -323,6 +376,16 @@ main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	if (check_only) {
+		/* What the start would refuse below, refused here too. */
+		char *dir = cfg.static_dir[0] != '\0' ?
+			    realpath(cfg.static_dir, NULL) : NULL;
+
+		if (cfg.static_dir[0] != '\0' && dir == NULL) {
+			fprintf(stderr, "bagou-server: [http] static_dir "
+				"'%s': %s\n", cfg.static_dir, strerror(errno));
+			return EXIT_USAGE;
+		}
+		free(dir);
 		printf("%s: ok\n", path_given || access(path, F_OK) == 0 ?
 		       path : "(built-in defaults)");
 		return EXIT_SUCCESS;
@@ -333,6 +396,7 @@ main(int argc, char **argv)
 	}
 	bg_log_set_level((enum bg_log_level)cfg.log_level);
 	lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
+	log_config_path(path, path_given || access(path, F_OK) == 0);
 	if (cfg.workers == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		cfg.workers = n > 0 ? (int)n : 1;
@@ -371,6 +435,10 @@ main(int argc, char **argv)
 		return EXIT_FAILURE;
 	if (bg_handlers_init(err, sizeof(err)) != BG_OK) {
 		bg_log_error("handlers: %s", err);
+		return EXIT_FAILURE;
+	}
+	if (bg_asset_init(err, sizeof(err)) != BG_OK) {
+		bg_log_error("/bagou.js: %s", err);
 		return EXIT_FAILURE;
 	}
 	srv.acceptor = bg_acceptor_new(&srv, err, sizeof(err));
@@ -420,6 +488,12 @@ main(int argc, char **argv)
 			    cfg.api_port);
 	else
 		bg_log_info("no API listener ([http] api_listen is empty)");
+	/* systemd (Type=notify): listening now; the watchdog from here. */
+	if (bg_notify_send("READY=1") == BG_ERR)
+		bg_log_warn("systemd: cannot notify NOTIFY_SOCKET=%s: %s",
+			    getenv("NOTIFY_SOCKET"), strerror(errno));
+	if (bg_notify_watchdog_start(workers_alive, &srv) != BG_OK)
+		bg_log_warn("cannot start the systemd watchdog thread");
 
 	for (;;) {
 		/* A replaced config waits for every thread to move past it:
@@ -437,10 +511,15 @@ main(int argc, char **argv)
 		}
 		if (sig != SIGHUP)
 			break;
+		bg_notify_reloading();
 		bg_reload_config(&rl, &srv);
 		reload(&srv);
+		bg_notify_send("READY=1");
 	}
+	bg_notify_send("STOPPING=1");
+	/* The workers still turn while draining: the watchdog goes on. */
 	drain(&srv, &sigs, sig);
+	bg_notify_watchdog_stop();
 	bg_log_info("%s: closing connections and stopping",
 		    sig == SIGTERM ? "SIGTERM" : "SIGINT");
 	/* Stop every thread first, free afterwards: a worker may read the
@@ -483,6 +562,7 @@ main(int argc, char **argv)
 	bg_bus_free(srv.bus);
 	bg_acceptor_free(srv.acceptor);
 	bg_handlers_free();
+	bg_asset_free();
 	bg_tls_free(tls);
 	free(srv.workers);
 	bg_reload_free(&rl);

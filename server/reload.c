@@ -17,6 +17,8 @@
 #include "server/acceptor.h"
 #include "server/server.h"
 
+extern char **environ;
+
 enum kind { K_STR, K_SECRET, K_INT, K_SIZE, K_BOOL, K_UINT };
 
 /* Every key of struct bg_config, and whether a change applies live. */
@@ -68,6 +70,7 @@ static const struct field fields[] = {
 	F("[auth] secret", auth_secret, K_SECRET, true),
 	F("[auth] previous_secret", auth_previous_secret, K_SECRET, true),
 	F("[auth] private_prefix", private_prefix, K_STR, true),
+	F("[auth] secret_file", auth_secret_file, K_STR, true),
 	F("[forward] exchange", forward_exchange, K_STR, false),
 	F("[forward] lifecycle", forward_lifecycle, K_UINT, true),
 	F("[http] api_key", api_key, K_SECRET, true),
@@ -75,6 +78,7 @@ static const struct field fields[] = {
 	F("[http] api_listen (host)", api_host, K_STR, false),
 	F("[http] api_listen (port)", api_port, K_INT, false),
 	F("[http] body_timeout", body_timeout, K_INT, true),
+	F("[http] api_key_file", api_key_file, K_STR, true),
 	F("[log] level", log_level, K_INT, true),
 	F("[log] file", log_file, K_STR, true),
 };
@@ -193,6 +197,9 @@ bg_reload_config(struct bg_reload *r, struct bg_server *srv)
 	bg_config_defaults(cfg);
 	if (r->use_file &&
 	    bg_config_load(cfg, r->path, err, sizeof(err)) != BG_OK)
+		goto refuse;
+	/* The same precedence as at start-up: file < environment < CLI. */
+	if (bg_config_load_env(cfg, environ, err, sizeof(err)) != BG_OK)
 		goto refuse;
 	for (int i = 0; i < r->n_ov; i++) {
 		char msg[400];

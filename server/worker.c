@@ -368,6 +368,9 @@ flush_dirty(struct bg_worker *w)
 			c->want_write = true;
 			lws_callback_on_writable(c->wsi);
 		} else if (bg_conn_write(c) < 0) {
+			if (!c->closing && c->established)
+				__atomic_add_fetch(&w->closing_conns, 1,
+						   __ATOMIC_RELAXED);
 			c->closing = true;
 			lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK,
 					LWS_TO_KILL_ASYNC);
@@ -463,6 +466,7 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 	bg_server_quiescent(w->srv, BG_SEEN_WORKER(w->index));
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	__atomic_store_n(&w->alive_ms, now, __ATOMIC_RELAXED);
 	bg_sock_sweep(w, now);
 	if (w->kick) {
 		w->kick = false;
@@ -600,6 +604,7 @@ setup(struct bg_worker *w)
 		bg_log_error("worker %d: cannot register events", w->index);
 		return BG_ERR;
 	}
+	on_tick(-1, 0, w);              /* alive_ms from the start */
 	return BG_OK;
 }
 
@@ -755,6 +760,12 @@ bg_worker_congested(const struct bg_worker *w)
 	    __atomic_load_n(&w->bcast_bytes, __ATOMIC_RELAXED) >
 	    bg_server_cfg(w->srv)->max_queued_bytes / 2)
 		return true;
-	return n > 0 && n * 100 > pct * __atomic_load_n(&w->conns_gauge,
-							__ATOMIC_RELAXED);
+	/* Connections in their close handshake read nothing more: they are
+	 * not the readers whose share decides. */
+	uint64_t open = __atomic_load_n(&w->conns_gauge, __ATOMIC_RELAXED);
+	uint64_t closing = __atomic_load_n(&w->closing_conns,
+					   __ATOMIC_RELAXED);
+
+	open = open > closing ? open - closing : 0;
+	return n > 0 && n * 100 > pct * open;
 }

@@ -41,6 +41,10 @@ struct bg_worker {
 	int stop_efd;                  /* main -> worker: eventfd */
 	unsigned int conns_gauge;      /* atomic: worker writes, acceptor
 	                                  reads to balance */
+	unsigned int closing_conns;    /* atomic: worker writes, bus reads:
+	                                  established connections in their
+	                                  close handshake (not counted as
+	                                  readers by backpressure) */
 	unsigned int backed_up;        /* atomic: worker writes, bus reads:
 	                                  conns with a queue over half of
 	                                  max_queued_bytes (bg_conn_push) */
@@ -49,6 +53,9 @@ struct bg_worker {
 	                                  broadcast in bcast, not yet fanned
 	                                  out */
 	struct bg_stats stats;         /* worker writes, any reads */
+	uint64_t alive_ms;             /* atomic: worker writes each tick
+	                                  (CLOCK_MONOTONIC ms), main's
+	                                  watchdog (notify.c) reads */
 
 	/* Everything below: worker thread only. */
 	struct event_base *base;

@@ -149,6 +149,8 @@ async function openChat(label) {
   page.on("response", function (res) {
     loaded[new URL(res.url()).pathname] = {
       status: res.status(), type: res.headers()["content-type"] || "",
+      encoding: res.headers()["content-encoding"] || "",
+      cache: res.headers()["cache-control"] || "",
     };
   });
   const res = await page.goto(env.server.origin + "/static/index.html",
@@ -167,6 +169,9 @@ async function openChat(label) {
     assert.equal(loaded[p].status, 200, p);
     assert.match(loaded[p].type, new RegExp(type), p + " content type");
   }
+  // The browser got the minified client gzipped, to be revalidated.
+  assert.equal(loaded["/bagou.js"].encoding, "gzip", "/bagou.js encoding");
+  assert.equal(loaded["/bagou.js"].cache, "no-cache", "/bagou.js caching");
   // The stylesheet applied, the client connected.
   const bg = await page.$eval("header", function (h) {
     return getComputedStyle(h).backgroundColor;

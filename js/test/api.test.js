@@ -378,17 +378,21 @@ describe("broadcasts and handlers", function () {
 });
 
 describe("packaging", function () {
-  it("is served at GET /bagou.js as JavaScript, byte for byte",
-     async function () {
-    const r = await T.request(server.port, "GET", "/bagou.js");
-    assert.equal(r.status, 200);
-    assert.match(r.headers["content-type"], /^application\/javascript/);
+  it("is served at GET /bagou.js minified and /bagou.src.js as is, " +
+     "byte for byte", async function () {
     const fs = require("node:fs");
     const path = require("node:path");
-    const mine = fs.readFileSync(path.join(__dirname, "..", "bagou.js"),
-                                 "utf8");
-    assert.ok(r.body === mine, "GET /bagou.js differs from js/bagou.js: " +
-              "rebuild the server (make build/bagou-server)");
+    const root = path.join(__dirname, "..");
+    for (const [url, file] of [["/bagou.js", "dist/bagou.min.js"],
+                               ["/bagou.src.js", "bagou.js"]]) {
+      const r = await T.request(server.port, "GET", url);
+      assert.equal(r.status, 200, url);
+      assert.match(r.headers["content-type"], /^application\/javascript/);
+      const mine = fs.readFileSync(path.join(root, file), "utf8");
+      assert.ok(r.body === mine, "GET " + url + " differs from js/" + file +
+                ": make js-dist, then rebuild the server " +
+                "(make build/bagou-server)");
+    }
   });
 
   it("defines a global BagouWebSocket when loaded by a <script> tag",
@@ -399,12 +403,16 @@ describe("packaging", function () {
     const window = {};
     window.self = window;
     vm.createContext(window);
-    vm.runInContext(fs.readFileSync(path.join(__dirname, "..", "bagou.js"),
-                                    "utf8"), window);
-    assert.equal(typeof window.BagouWebSocket, "function");
-    assert.throws(function () {
-      return new window.BagouWebSocket("ws://x/");
-    }, /no WebSocket/);
+    // The readable source and the minified build alike.
+    for (const file of ["bagou.js", "dist/bagou.min.js"]) {
+      delete window.BagouWebSocket;
+      vm.runInContext(fs.readFileSync(path.join(__dirname, "..", file),
+                                      "utf8"), window);
+      assert.equal(typeof window.BagouWebSocket, "function", file);
+      assert.throws(function () {
+        return new window.BagouWebSocket("ws://x/");
+      }, /no WebSocket/);
+    }
   });
 
   it("loads as CommonJS and as an ES module through package exports",

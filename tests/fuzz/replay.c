@@ -7,7 +7,8 @@
  * Each PATH is a file or a directory (walked recursively, in name order);
  * every regular file is read into a buffer of exactly its size (so ASan
  * sees any over-read) and passed to LLVMFuzzerTestOneInput. Prints
- * "replayed N inputs" and exits 0; exits 1 when a path cannot be read.
+ * "replayed N inputs" and exits 0; exits 1 when a path cannot be read or
+ * holds no input at all (a missing or emptied corpus must not pass).
  *
  * main() is weak: with clang -fsanitize=fuzzer (make fuzz), libFuzzer's
  * own main() takes over.
@@ -144,9 +145,16 @@ main(int argc, char **argv)
 		fprintf(stderr, "usage: %s FILE_OR_DIR...\n", argv[0]);
 		return 2;
 	}
-	for (int i = 1; i < argc; i++)
+	for (int i = 1; i < argc; i++) {
+		unsigned long before = replayed;
+
 		if (replay_path(argv[i]) != 0)
 			rc = 1;
+		else if (replayed == before) {
+			fprintf(stderr, "%s: no inputs to replay\n", argv[i]);
+			rc = 1;
+		}
+	}
 	printf("replayed %lu inputs\n", replayed);
 	return rc;
 }

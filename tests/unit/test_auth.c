@@ -241,6 +241,29 @@ test_valid_full_claims(void **state)
 	free(token);
 }
 
+/* A far "exp" (up to 1e308) is clamped to BG_AUTH_EXP_MAX, never
+ * converted out of int64's range (found by fuzz_token). */
+static void
+test_far_exp_clamped(void **state)
+{
+	static const char *const payloads[] = {
+		"{\"sub\":\"a\",\"exp\":1e300}",
+		"{\"sub\":\"a\",\"exp\":1e15}",
+		"{\"sub\":\"a\",\"exp\":9223372036854775807}",
+	};
+	struct bg_identity id = { 0 };
+	char err[256];
+
+	for (size_t i = 0; i < sizeof(payloads) / sizeof(*payloads); i++) {
+		char *token = hs256(payloads[i]);
+
+		assert_int_equal(verify(token, &id, err, sizeof(err)), BG_OK);
+		assert_int_equal(id.exp, BG_AUTH_EXP_MAX);
+		bg_identity_clear(&id);
+		free(token);
+	}
+}
+
 static void
 test_valid_without_typ_and_with_extra_header(void **state)
 {
@@ -1232,6 +1255,7 @@ main(void)
 		cmocka_unit_test(test_channel_allowed_from_token),
 		cmocka_unit_test(test_identity_clear),
 		cmocka_unit_test(test_identity_move),
+		cmocka_unit_test(test_far_exp_clamped),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,6 +13,7 @@
 #include "common/config.h"
 #include "common/log.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -542,8 +543,8 @@ test_load_syntax(void **state)
 	expect_load_error("[server\nworkers = 1\n", 1,
 			  "missing ']' in section header");
 	expect_load_error("[server]\nlisten = *:1\n  workers = 1\n", 3,
-			  "indented line: continuation lines are not "
-			  "supported");
+			  "indented line: only list keys (origins, "
+			  "lifecycle) may go on over indented lines");
 	/* inih's own rejection: the comment hides the '='. */
 	expect_load_error("[server]\nworkers ; = 1\n", 2,
 			  "expected [section] or key = value");
@@ -553,7 +554,8 @@ test_load_syntax(void **state)
 	strcpy(text, "[http]\napi_key = ");
 	memset(text + strlen(text), 'k', 250);
 	strcat(text, "\n");
-	expect_load_error(text, 2, "line longer than 198 bytes");
+	expect_load_error(text, 2, "line longer than 198 bytes (a list may "
+			  "go on over indented lines)");
 }
 
 static void
@@ -710,6 +712,559 @@ test_api_listen(void **state)
 	assert_int_equal(cfg.body_timeout, 2);
 }
 
+/* ------------------------------------------------ lists, origins, env */
+
+/* 47 bytes: "https://", 27 letters, ".example.org". */
+#define LONG_ORIGIN(c) "https://" c c c c c c c c c c c c c c c c c c c \
+	c c c c c c c c ".example.org"
+
+static void
+test_list_multiline(void **state)
+{
+	struct bg_config cfg;
+	char err[512] = "";
+
+	bg_config_defaults(&cfg);
+	/* inih hands each indented line to the loader as more of the key
+	 * above it; blank and comment lines in between are skipped. */
+	assert_int_equal(load_text(&cfg,
+		"[server]\n"
+		"origins = https://a.example,\n"
+		"    https://b.example\n"
+		"\n"
+		"    ; a comment inside the list\n"
+		"\thttps://*.c.example:8443 ; and after an entry\n"
+		"workers = 2\n"
+		"[forward]\n"
+		"exchange = ex\n"
+		"lifecycle =\n"
+		"  open\n"
+		"  close, store\n", err, sizeof(err)), BG_OK);
+	assert_string_equal(err, "");
+	assert_string_equal(cfg.origins, "https://a.example,,"
+			    "https://b.example,https://*.c.example:8443");
+	assert_int_equal(cfg.workers, 2);
+	assert_int_equal(cfg.forward_lifecycle, BG_FORWARD_OPEN |
+			 BG_FORWARD_CLOSE | BG_FORWARD_STORE);
+	assert_true(bg_config_origin_allowed(cfg.origins,
+					     "https://b.example"));
+	assert_true(bg_config_origin_allowed(cfg.origins,
+					     "https://x.c.example:8443"));
+	/* A bad entry on a continuation line: that line is named. */
+	expect_load_error("[server]\norigins = https://a.example\n"
+			  "  https://*\n", 3,
+			  "[server] origins: 'https://*': a '*' may only "
+			  "stand for whole labels at the start of the host, "
+			  "as in https://*.example.com");
+	expect_load_error("[forward]\nexchange = e\nlifecycle = open\n"
+			  "  bogus\n", 4,
+			  "[forward] lifecycle: expected a list of open, "
+			  "close, subscribe, unsubscribe, store, "
+			  "authenticate; got 'bogus'");
+	/* Only list keys continue. */
+	expect_load_error("[http]\napi_key = a\n  b\n", 3,
+			  "indented line: only list keys (origins, "
+			  "lifecycle) may go on over indented lines");
+}
+
+static void
+test_list_repeated(void **state)
+{
+	struct bg_config cfg;
+	char err[512] = "";
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg,
+		"[server]\n"
+		"origins = https://a.example\n"
+		"origins = https://b.example\n"
+		"[forward]\n"
+		"exchange = ex\n"
+		"lifecycle = open\n"
+		"[server]\n"
+		"origins = https://*.c.example\n"
+		"[forward]\n"
+		"lifecycle = subscribe\n", err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.origins, "https://a.example,"
+			    "https://b.example,https://*.c.example");
+	assert_int_equal(cfg.forward_lifecycle, BG_FORWARD_OPEN |
+			 BG_FORWARD_SUBSCRIBE);
+	/* An empty first value, then entries. */
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, "[server]\norigins =\n"
+				   "origins = https://a.example\n", err,
+				   sizeof(err)), BG_OK);
+	assert_string_equal(cfg.origins, "https://a.example");
+	/* A repeated non-list key is still an error. */
+	expect_load_error("[server]\norigins = https://a.example\n"
+			  "path = /a\norigins = https://b.example\n"
+			  "path = /b\n", 5,
+			  "duplicate key 'path' in [server] (first set on "
+			  "line 3)");
+	/* bg_config_set (command line, environment) replaces a list. */
+	assert_int_equal(bg_config_set(&cfg, "server", "origins",
+				       "https://z.example", err, sizeof(err)),
+			 BG_OK);
+	assert_string_equal(cfg.origins, "https://z.example");
+}
+
+static void
+test_list_long(void **state)
+{
+	static const char *const five[] = {
+		LONG_ORIGIN("a"), LONG_ORIGIN("b"), LONG_ORIGIN("c"),
+		LONG_ORIGIN("d"), LONG_ORIGIN("e"),
+	};
+	struct bg_config cfg;
+	char text[4096], err[512] = "";
+	char *big;
+	size_t n;
+
+	assert_int_equal(strlen(five[0]), 47);
+	/* Over indented lines, and by repeating the key. */
+	for (int form = 0; form < 2; form++) {
+		strcpy(text, "[server]\norigins =\n");
+		for (size_t i = 0; i < BG_ARRAY_LEN(five); i++) {
+			strcat(text, form == 0 ? "  " : "origins = ");
+			strcat(text, five[i]);
+			strcat(text, form == 0 ? ",\n" : "\n");
+		}
+		bg_config_defaults(&cfg);
+		assert_int_equal(load_text(&cfg, text, err, sizeof(err)),
+				 BG_OK);
+		for (size_t i = 0; i < BG_ARRAY_LEN(five); i++)
+			assert_true(bg_config_origin_allowed(cfg.origins,
+							     five[i]));
+		assert_false(bg_config_origin_allowed(cfg.origins,
+			"https://ffffffffffffffffffffffffff.example.org"));
+	}
+	/* Five on one line is longer than inih's lines: an error that says
+	 * so, with the line, never a value cut short. */
+	strcpy(text, "[server]\norigins = ");
+	for (size_t i = 0; i < BG_ARRAY_LEN(five); i++)
+		strcat(strcat(text, five[i]), ",");
+	strcat(text, "\n");
+	expect_load_error(text, 2, "line longer than 198 bytes (a list may "
+			  "go on over indented lines)");
+	/* Past the field, over however many lines: a clear error. */
+	n = BG_CONFIG_ORIGINS / 20;
+	big = malloc(32 + n * 60);
+	assert_non_null(big);
+	strcpy(big, "[server]\norigins =\n");
+	for (size_t i = 0; i < n; i++)
+		sprintf(big + strlen(big), "  https://host%05zu.example.org"
+			"\n", i);
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, big, err, sizeof(err)), BG_ERR);
+	assert_non_null(strstr(err, "[server] origins: the list is longer "
+			       "than 8191 bytes"));
+	free(big);
+}
+
+static void
+test_origin_match(void **state)
+{
+	static const struct {
+		const char *list, *origin;
+		bool ok;
+	} cases[] = {
+		{ "https://a.example", "https://a.example", true },
+		{ "https://a.example", "HTTPS://A.Example", true },
+		{ "https://a.example", "https://a.example:443", false },
+		{ "https://a.example", "https://a.exampl", false },
+		{ "https://a.example , http://b.example", "http://b.example",
+		  true },
+		{ "https://*.example.com", "https://a.example.com", true },
+		{ "https://*.example.com", "https://a.b.example.com", true },
+		{ "https://*.example.com", "https://A-1.Example.COM", true },
+		{ "https://*.example.com", "https://example.com", false },
+		{ "https://*.example.com", "https://.example.com", false },
+		{ "https://*.example.com", "https://a..example.com", false },
+		{ "https://*.example.com", "https://evilexample.com", false },
+		{ "https://*.example.com", "https://example.com.evil.com",
+		  false },
+		{ "https://*.example.com", "https://a.example.com.evil.com",
+		  false },
+		{ "https://*.example.com", "http://a.example.com", false },
+		{ "https://*.example.com", "https://a.example.com:8443",
+		  false },
+		{ "https://*.example.com", "https://x@a.example.com", false },
+		{ "https://*.example.com", "https://e.com/a.example.com",
+		  false },
+		{ "https://*.example.com", "https://a.example.com/", false },
+		{ "https://*.example.com", "null", false },
+		{ "https://*.example.com", "", false },
+		{ "https://*.example.com:8443", "https://a.example.com:8443",
+		  true },
+		{ "https://*.example.com:8443", "https://a.example.com",
+		  false },
+		{ "https://*.example.com:8443", "https://a.example.com:844",
+		  false },
+		{ "https://*.example.com:8443", "https://a.example.com:84430",
+		  false },
+		/* An invalid wildcard (only bg_config_set refuses it) never
+		 * matches anything. */
+		{ "https://*", "https://a.example.com", false },
+		{ "https://a.*.com", "https://a.b.com", false },
+		{ "https://*a.example.com", "https://ba.example.com", false },
+		{ "https://x.example,https://*.example.com",
+		  "https://y.example.com", true },
+	};
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(cases); i++) {
+		if (bg_config_origin_allowed(cases[i].list, cases[i].origin)
+		    != cases[i].ok)
+			fail_msg("'%s' vs '%s': expected %s", cases[i].list,
+				 cases[i].origin, cases[i].ok ? "match" :
+				 "no match");
+	}
+}
+
+static void
+test_origin_wildcard_errors(void **state)
+{
+	static const char *const bad[][2] = {
+		{ "https://*", "a '*' may only stand for whole labels at the "
+		  "start of the host, as in https://*.example.com" },
+		{ "*", "expected SCHEME://*.DOMAIN[:PORT]" },
+		{ "*.example.com", "expected SCHEME://*.DOMAIN[:PORT]" },
+		{ "https://*foo.example.com", "a '*' may only stand for whole "
+		  "labels at the start of the host, as in "
+		  "https://*.example.com" },
+		{ "https://foo.*.example.com", "a '*' may only stand for "
+		  "whole labels at the start of the host, as in "
+		  "https://*.example.com" },
+		{ "https://*.*.example.com", "a '*' may only stand for whole "
+		  "labels at the start of the host, as in "
+		  "https://*.example.com" },
+		{ "https://a*b.example.com", "a '*' may only stand for whole "
+		  "labels at the start of the host, as in "
+		  "https://*.example.com" },
+		{ "https://*.com", "the domain after '*.' needs two labels or "
+		  "more (*.example.com, not *.com)" },
+		{ "https://*.", "expected a domain after '*.'" },
+		{ "https://*.example..com", "expected a domain after '*.'" },
+		{ "https://*.example.com:", "expected a port from 1 to "
+		  "65535" },
+		{ "https://*.example.com:0", "expected a port from 1 to "
+		  "65535" },
+		{ "https://*.example.com:65536", "expected a port from 1 to "
+		  "65535" },
+		{ "https://*.example.com/", "a '*' may only stand for whole "
+		  "labels at the start of the host, as in "
+		  "https://*.example.com" },
+		{ "*://a.example.com", "expected SCHEME://*.DOMAIN[:PORT]" },
+	};
+	char want[512];
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(bad); i++) {
+		snprintf(want, sizeof(want), "[server] origins: '%s': %s",
+			 bad[i][0], bad[i][1]);
+		expect_set_error("server", "origins", bad[i][0], want);
+	}
+	/* Entries without a '*': what an Origin header can hold. */
+	static const char *const exact_bad[] = {
+		"example.com", "https://", "https://a.example/",
+		"https://a.example/path", "://a.example", "ht tp://a",
+		"https://user@a.example", "https://a.example?x", "workers",
+		"=", "https://[]", "https://[::1", "https://[zz]",
+	};
+	for (size_t i = 0; i < BG_ARRAY_LEN(exact_bad); i++) {
+		struct bg_config cfg;
+		char err[512];
+
+		bg_config_defaults(&cfg);
+		assert_int_equal(bg_config_set(&cfg, "server", "origins",
+					       exact_bad[i], err, sizeof(err)),
+				 BG_ERR);
+		assert_non_null(strstr(err, "expected null or "
+				       "SCHEME://HOST[:PORT], with no path, as "
+				       "in https://example.com"));
+	}
+	expect_set_error("server", "origins", "https://a.example:99999",
+			 "[server] origins: 'https://a.example:99999': "
+			 "expected a port from 1 to 65535");
+	{
+		struct bg_config cfg;
+		char err[512];
+		const char *ok = "null, https://a.example:8443, "
+				 "http://127.0.0.1:9000, http://[::1]:80, "
+				 "app+x.y-z://a_b.example";
+
+		bg_config_defaults(&cfg);
+		assert_int_equal(bg_config_set(&cfg, "server", "origins", ok,
+					       err, sizeof(err)), BG_OK);
+		assert_true(bg_config_origin_allowed(cfg.origins,
+						     "http://[::1]:80"));
+		assert_true(bg_config_origin_allowed(cfg.origins, "null"));
+	}
+	/* A key indented after a list key would be read as more of the
+	 * list: refused, not taken as origins. */
+	expect_load_error("[server]\norigins = https://a.example\n"
+			  "  workers = 2\n", 3,
+			  "[server] origins: 'workers': expected null or "
+			  "SCHEME://HOST[:PORT], with no path, as in "
+			  "https://example.com");
+	/* In a list, the bad entry is named. */
+	expect_set_error("server", "origins",
+			 "https://a.example, https://*, https://b.example",
+			 "[server] origins: 'https://*': a '*' may only stand "
+			 "for whole labels at the start of the host, as in "
+			 "https://*.example.com");
+}
+
+/* Applies envp over the defaults; returns bg_config_load_env's code. */
+static int
+env_load(struct bg_config *cfg, char *const *envp, char *err, size_t len)
+{
+	bg_config_defaults(cfg);
+	err[0] = '\0';
+	return bg_config_load_env(cfg, envp, err, len);
+}
+
+static void
+test_env_overrides(void **state)
+{
+	struct bg_config cfg, def;
+	char err[512];
+	char *const env[] = {
+		"PATH=/usr/bin",
+		"BAGOU_SERVER_LISTEN=127.0.0.1:9100",
+		"BAGOU_AUTH_SECRET=s3cr3t=with=equals",
+		"BAGOU_LIMITS_MAX_MESSAGE_SIZE=32k",
+		"BAGOU_SERVER_ORIGINS=https://a.example, https://*.b.example",
+		"BAGOU_HTTP_API_LISTEN=",
+		"BAGOU_LOG_LEVEL=debug",
+		"BAGOU_FORWARD_LIFECYCLE=open,close",
+		/* Other tools' own variables, ignored. */
+		"BAGOU_BIN=/x/bagou-server",
+		"BAGOU_START_TIMEOUT=30",
+		"BAGOU_HTTP_URL=http://127.0.0.1:9001",
+		"BAGOU_EXCHANGE=bx",
+		"BAGOU_AUTH=true",
+		"BAGOU_=x",
+		"BAGOU_SERVER=x",
+		"BAGOU_SERVER_=x",
+		"BAGOUX_SERVER_LISTEN=nonsense",
+		"XBAGOU_SERVER_LISTEN=nonsense",
+		NULL,
+	};
+
+	assert_int_equal(env_load(&cfg, env, err, sizeof(err)), BG_OK);
+	assert_string_equal(err, "");
+	assert_string_equal(cfg.listen_host, "127.0.0.1");
+	assert_int_equal(cfg.listen_port, 9100);
+	assert_string_equal(cfg.auth_secret, "s3cr3t=with=equals");
+	assert_int_equal(cfg.max_message_size, 32768);
+	assert_true(bg_config_origin_allowed(cfg.origins,
+					     "https://x.b.example"));
+	assert_int_equal(cfg.api_port, 0);
+	assert_int_equal(cfg.log_level, BG_LOG_DEBUG);
+	assert_int_equal(cfg.forward_lifecycle, BG_FORWARD_OPEN |
+			 BG_FORWARD_CLOSE);
+	/* Nothing else moved. */
+	bg_config_defaults(&def);
+	assert_int_equal(cfg.workers, def.workers);
+	assert_string_equal(cfg.amqp_exchange, def.amqp_exchange);
+	assert_string_equal(cfg.path, def.path);
+	/* No environment, or no BAGOU_ in it: nothing changes. */
+	assert_int_equal(env_load(&cfg, NULL, err, sizeof(err)), BG_OK);
+	assert_memory_equal(&cfg, &def, sizeof(cfg));
+	assert_int_equal(env_load(&cfg, env + 8, err, sizeof(err)), BG_OK);
+	assert_memory_equal(&cfg, &def, sizeof(cfg));
+}
+
+static void
+test_env_over_ini(void **state)
+{
+	struct bg_config cfg;
+	char err[512] = "";
+	char *const env[] = { "BAGOU_SERVER_WORKERS=7",
+			      "BAGOU_SERVER_ORIGINS=https://env.example",
+			      NULL };
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, "[server]\nworkers = 3\n"
+				   "path = /ini\norigins = https://ini.example"
+				   "\n", err, sizeof(err)), BG_OK);
+	assert_int_equal(bg_config_load_env(&cfg, env, err, sizeof(err)),
+			 BG_OK);
+	assert_int_equal(cfg.workers, 7);
+	assert_string_equal(cfg.path, "/ini");
+	/* The environment replaces a list, it does not extend it. */
+	assert_string_equal(cfg.origins, "https://env.example");
+	/* The command line (bg_config_set after it) wins. */
+	assert_int_equal(bg_config_set(&cfg, "server", "workers", "1", err,
+				       sizeof(err)), BG_OK);
+	assert_int_equal(cfg.workers, 1);
+}
+
+static void
+test_env_errors(void **state)
+{
+	static const char *const cases[][2] = {
+		{ "BAGOU_SERVER_LISTENS=*:1", "environment "
+		  "BAGOU_SERVER_LISTENS: unknown key 'LISTENS' in [server]" },
+		{ "BAGOU_AUTH_SECRETS=x", "environment BAGOU_AUTH_SECRETS: "
+		  "unknown key 'SECRETS' in [auth]" },
+		{ "BAGOU_HTTP_API=x", "environment BAGOU_HTTP_API: unknown key "
+		  "'API' in [http]" },
+		{ "BAGOU_LOG_LEVEL=loud", "environment BAGOU_LOG_LEVEL: [log] "
+		  "level: expected debug, info, warn or error, got 'loud'" },
+		{ "BAGOU_SERVER_LISTEN=nowhere", "environment "
+		  "BAGOU_SERVER_LISTEN: [server] listen: expected HOST:PORT "
+		  "(e.g. *:9000, 127.0.0.1:9000, [::1]:9000), got 'nowhere'" },
+		{ "BAGOU_SERVER_ORIGINS=https://*", "environment "
+		  "BAGOU_SERVER_ORIGINS: [server] origins: 'https://*': a '*' "
+		  "may only stand for whole labels at the start of the host, "
+		  "as in https://*.example.com" },
+		{ "BAGOU_LIMITS_MAX_MESSAGE_SIZE=", "environment "
+		  "BAGOU_LIMITS_MAX_MESSAGE_SIZE: [limits] max_message_size: "
+		  "expected a size in bytes (16 to 67108864), got ''" },
+	};
+	struct bg_config cfg;
+	char err[512];
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(cases); i++) {
+		char *const env[] = { "BAGOU_BIN=x", (char *)cases[i][0],
+				      NULL };
+
+		assert_int_equal(env_load(&cfg, env, err, sizeof(err)),
+				 BG_ERR);
+		assert_string_equal(err, cases[i][1]);
+	}
+}
+
+/* Every "[section] key" of the table is documented in etc/bagou.ini as a
+ * "key = default" line under its section, and the ini has no other. */
+static void
+test_ini_documents_every_key(void **state)
+{
+	char line[512], section[64] = "", seen[256][96], want[96];
+	const char *sec, *key;
+	size_t n_seen = 0, n_keys = 0;
+	FILE *fp = fopen("etc/bagou.ini", "r");
+
+	assert_non_null(fp);
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		char name[64];
+
+		if (sscanf(line, "[%63[^]]]", section) == 1)
+			continue;
+		if (line[0] == ';' || line[0] == '#' || isspace(line[0]) ||
+		    sscanf(line, "%63[a-z0-9_] =", name) != 1)
+			continue;
+		assert_true(n_seen < BG_ARRAY_LEN(seen));
+		snprintf(seen[n_seen++], sizeof(seen[0]), "[%s] %s", section,
+			 name);
+	}
+	fclose(fp);
+	for (size_t i = 0; bg_config_key_at(i, &sec, &key); i++, n_keys++) {
+		bool found = false;
+
+		snprintf(want, sizeof(want), "[%s] %s", sec, key);
+		for (size_t j = 0; j < n_seen && !found; j++)
+			found = strcmp(seen[j], want) == 0;
+		if (!found)
+			fail_msg("%s is not documented in etc/bagou.ini",
+				 want);
+	}
+	for (size_t j = 0; j < n_seen; j++) {
+		bool found = false;
+
+		for (size_t i = 0; bg_config_key_at(i, &sec, &key) && !found;
+		     i++) {
+			snprintf(want, sizeof(want), "[%s] %s", sec, key);
+			found = strcmp(seen[j], want) == 0;
+		}
+		if (!found)
+			fail_msg("etc/bagou.ini sets %s, not a key of the "
+				 "table", seen[j]);
+	}
+	/* Each key once. */
+	assert_int_equal(n_seen, n_keys);
+}
+
+/* static_dir and ca_file follow the ini file's folder like tls_*; the
+ * credential keys read their file, from $CREDENTIALS_DIRECTORY when set. */
+static void
+test_relative_paths_and_credentials(void **state)
+{
+	struct bg_config cfg;
+	char err[512] = "", cred[64], text[1024], want[256];
+	FILE *fp;
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, "[http]\nstatic_dir = www\n"
+		"[amqp]\nca_file = ca.pem\n", err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.static_dir, "/tmp/www");
+	assert_string_equal(cfg.amqp_ca_file, "/tmp/ca.pem");
+
+	snprintf(cred, sizeof(cred), "bagou-test-cred-%d", (int)getpid());
+	snprintf(want, sizeof(want), "/tmp/%s", cred);
+	fp = fopen(want, "w");
+	assert_non_null(fp);
+	fputs("k3y-from-file\n", fp);
+	fclose(fp);
+	snprintf(text, sizeof(text), "[http]\napi_key_file = %s\n"
+		 "[auth]\nsecret_file = %s\n", cred, want);
+	setenv("CREDENTIALS_DIRECTORY", "/nonexistent", 1);
+	bg_config_defaults(&cfg);
+	/* Relative: looked up in $CREDENTIALS_DIRECTORY, not found there. */
+	assert_int_equal(load_text(&cfg, text, err, sizeof(err)), BG_ERR);
+	assert_non_null(strstr(err, ":2: [http] api_key_file: cannot read "
+			       "'/nonexistent/bagou-test-cred-"));
+	assert_non_null(strstr(err, "No such file or directory"));
+	setenv("CREDENTIALS_DIRECTORY", "/tmp", 1);
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, text, err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.api_key, "k3y-from-file");
+	assert_string_equal(cfg.auth_secret, "k3y-from-file");
+	unsetenv("CREDENTIALS_DIRECTORY");
+	/* Without it: the ini's folder (/tmp as well). */
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, text, err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.api_key, "k3y-from-file");
+	snprintf(text, sizeof(text), "[http]\napi_key = x\n"
+		 "api_key_file = %s\n", cred);
+	expect_load_error(text, 3, "[http] api_key and api_key_file: set "
+			  "one of them, not both");
+	/* Any source reads the file (the environment, the command line). */
+	bg_config_defaults(&cfg);
+	assert_int_equal(bg_config_set(&cfg, "auth", "secret_file", want, err,
+				       sizeof(err)), BG_OK);
+	assert_string_equal(cfg.auth_secret, "k3y-from-file");
+	assert_string_equal(cfg.auth_secret_file, want);
+	expect_set_error("http", "api_key_file", "/nonexistent/k",
+			 "[http] api_key_file: cannot read '/nonexistent/k': "
+			 "No such file or directory");
+	unlink(want);
+}
+
+/* bg_config_load_text: the file loader's checks, over text in memory. */
+static void
+test_load_text(void **state)
+{
+	static const char good[] = "[server]\nworkers = 3\n";
+	static const char bad[] = "[server]\nworkers = 3\n  path = /x\n";
+	struct bg_config cfg;
+	char err[256];
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(bg_config_load_text(&cfg, good, sizeof(good) - 1,
+					     "mem.ini", err, sizeof(err)),
+			 BG_OK);
+	assert_int_equal(cfg.workers, 3);
+	assert_int_equal(bg_config_load_text(&cfg, "", 0, "mem.ini", err,
+					     sizeof(err)), BG_OK);
+	assert_int_equal(bg_config_load_text(&cfg, bad, sizeof(bad) - 1,
+					     "mem.ini", err, sizeof(err)),
+			 BG_ERR);
+	assert_string_equal(err, "mem.ini:3: indented line: only list keys "
+			    "(origins, lifecycle) may go on over indented "
+			    "lines");
+}
+
 /* The reload keys (issue 11): [server] drain_delay, [auth]
  * previous_secret (needs secret), [log] file (relative to the ini). */
 static void
@@ -768,6 +1323,17 @@ main(void)
 		cmocka_unit_test(test_small_err_buffer),
 		cmocka_unit_test(test_tls_keys),
 		cmocka_unit_test(test_api_listen),
+		cmocka_unit_test(test_list_multiline),
+		cmocka_unit_test(test_list_repeated),
+		cmocka_unit_test(test_list_long),
+		cmocka_unit_test(test_origin_match),
+		cmocka_unit_test(test_origin_wildcard_errors),
+		cmocka_unit_test(test_env_overrides),
+		cmocka_unit_test(test_env_over_ini),
+		cmocka_unit_test(test_env_errors),
+		cmocka_unit_test(test_ini_documents_every_key),
+		cmocka_unit_test(test_relative_paths_and_credentials),
+		cmocka_unit_test(test_load_text),
 		cmocka_unit_test(test_reload_keys),
 	};
 
