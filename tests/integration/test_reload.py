@@ -441,3 +441,24 @@ def test_replaced_configs_are_freed(reload_server, api):
                 "data"]["success"] is True
         await ws.close()
     run(scenario())
+
+
+def test_sighup_rereads_the_api_key_file(reload_server, tmp_path):
+    """[http] api_key_file (a credential file next to the ini) is read
+    again on SIGHUP: a rotated key applies without a restart."""
+    keyfile = tmp_path / "api-key"
+    keyfile.write_text("key-one\n")
+    cfg = {"http": {"api_key_file": "api-key"}}
+    srv = reload_server(cfg)
+    assert post(srv, "key-one", {"event": "e", "channel": "c"}) == 202
+    keyfile.write_text("key-two\n")
+    lines = srv.reload(cfg)
+    assert "[http] api_key changed: (set) -> (set)" in lines, lines
+    assert "key-two" not in lines
+    assert post(srv, "key-two", {"event": "e", "channel": "c"}) == 202
+    assert post(srv, "key-one", {"event": "e", "channel": "c"}) == 403
+    # A credential file that went missing: refused, the key stays.
+    keyfile.unlink()
+    lines = srv.reload(cfg, expect="refused")
+    assert "api_key_file" in lines, lines
+    assert post(srv, "key-two", {"event": "e", "channel": "c"}) == 202
