@@ -115,9 +115,9 @@ bg_bus_new(struct bg_server *srv)
 		return NULL;
 	b->srv = srv;
 	b->state = STATE_DISABLED;
-	if (!bg_config_standalone(srv->cfg)) {
+	if (!bg_config_standalone(bg_server_cfg(srv))) {
 		char err[512];
-		b->link = bg_link_new(srv->cfg, err, sizeof(err));
+		b->link = bg_link_new(bg_server_cfg(srv), err, sizeof(err));
 		if (b->link == NULL) {
 			bg_log_error("%s", err);
 			free(b);
@@ -260,13 +260,14 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag)
 	struct bg_msg *m;
 	char err[200];
 	time_t now;
+	size_t max = bg_server_cfg(b->srv)->max_message_size;
 
-	if (len > b->srv->cfg->max_message_size) {
+	if (len > max) {
 		/* The same limit as POST /broadcast: one node's clients must
 		 * not receive what another node's publishers cannot send. */
 		code = BG_CODE_BAD_MESSAGE;
 		snprintf(err, sizeof(err), "larger than max_message_size "
-			 "(%zu bytes)", b->srv->cfg->max_message_size);
+			 "(%zu bytes)", max);
 		m = NULL;
 	} else {
 		m = bg_proto_broadcast_text(body, len, NULL, &code, err,
@@ -419,6 +420,7 @@ amqp_loop(struct bg_bus *b)
 	int timeout, n;
 
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
+		bg_server_quiescent(b->srv, BG_SEEN_BUS);
 		now = now_ms();
 		if (!bg_link_up(b->link) && now >= b->next_try_ms &&
 		    !__atomic_load_n(&b->quiet, __ATOMIC_RELAXED)) {
@@ -495,7 +497,9 @@ bus_main(void *arg)
 		return NULL;
 	}
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
-		if (poll(fds, 2, -1) < 0) {
+		/* Once a second at least: a replaced config waits for it. */
+		bg_server_quiescent(b->srv, BG_SEEN_BUS);
+		if (poll(fds, 2, 1000) < 0) {
 			if (errno != EINTR)
 				bg_log_errno("bus: poll()");
 			continue;

@@ -4,11 +4,12 @@
  * an ini file through inih, then of the BAGOU_<SECTION>_<KEY> environment
  * overrides; the origin matcher of [server] origins.
  *
- * Threads: only the main thread enters, at start-up, before the other
- * threads exist. No globals are written (inih's own settings are left
- * alone); everything lives in the caller's struct and a stack context
- * (the list values being built are on the heap, freed before the loader
- * returns). bg_config_origin_allowed only reads, from any thread.
+ * Threads: only the main thread enters: at start-up, before the other
+ * threads exist, and on SIGHUP into a fresh struct (server/reload.c). No
+ * globals are written (inih's own settings are left alone); everything
+ * lives in the caller's struct and a stack context (the list values being
+ * built are on the heap, freed before the loader returns).
+ * bg_config_origin_allowed only reads, from any thread.
  *
  * inih 55 gives the handler no line number, so the loader reads the file
  * through its own line reader: it counts lines, and it rejects up front
@@ -474,6 +475,14 @@ parse_file(const struct key *k, struct bg_config *cfg, const char *v,
 	return parse_str(k, cfg, v, msg, len);
 }
 
+/* [log] file: a path like parse_file's, which need not exist yet. */
+static int
+parse_logfile(const struct key *k, struct bg_config *cfg, const char *v,
+	      char *msg, size_t len)
+{
+	return parse_file(k, cfg, v, msg, len);
+}
+
 /*
  * A credential file ([http] api_key_file, [auth] secret_file): its one
  * line (a final newline ignored) becomes api_key / auth_secret, read now,
@@ -745,6 +754,10 @@ static const struct key keys[] = {
 	  STR(api_key_file) },
 	{ "auth", "secret_file", parse_credential, OFF(auth_secret_file),
 	  STR(auth_secret_file) },
+	{ "server", "drain_delay", parse_int, OFF(drain_delay), 0, 300 },
+	{ "auth", "previous_secret", parse_str, OFF(auth_previous_secret),
+	  STR(auth_previous_secret) },
+	{ "log", "file", parse_logfile, OFF(log_file), STR(log_file) },
 };
 
 static const struct key *
@@ -1010,7 +1023,8 @@ resolve_paths(struct load *l)
 		char *v = (char *)l->cfg + keys[i].off;
 		char buf[1024];
 
-		if (keys[i].parse != parse_file || !l->seen[i] ||
+		if ((keys[i].parse != parse_file &&
+		     keys[i].parse != parse_logfile) || !l->seen[i] ||
 		    v[0] == '\0' || v[0] == '/' || dir_len == 0)
 			continue;
 		if (snprintf(buf, sizeof(buf), "%.*s%s", dir_len, l->path, v)
@@ -1211,6 +1225,12 @@ bg_config_validate(const struct bg_config *cfg, char *err, size_t errlen)
 	if (cfg->tls_ca[0] != '\0' && cfg->tls_cert[0] == '\0') {
 		seterr(err, errlen, "[server] tls_ca needs [server] tls_cert "
 		       "and tls_key");
+		return BG_ERR;
+	}
+	if (cfg->auth_previous_secret[0] != '\0' &&
+	    cfg->auth_secret[0] == '\0') {
+		seterr(err, errlen, "[auth] previous_secret needs [auth] "
+		       "secret (the new one)");
 		return BG_ERR;
 	}
 	if (cfg->forward_lifecycle != 0 && cfg->forward_exchange[0] == '\0') {

@@ -3,8 +3,9 @@
  * command-line overrides, validation.
  *
  * Pure: no threads, no sockets. The main thread fills one struct bg_config
- * at start-up; after the threads start it is immutable and every thread may
- * read it without a lock.
+ * at start-up, and a new one on each SIGHUP; once published (server.h,
+ * bg_server_cfg) a struct bg_config is immutable and every thread may read
+ * it without a lock.
  */
 #ifndef BG_CONFIG_H
 #define BG_CONFIG_H
@@ -46,6 +47,8 @@ struct bg_config {
 	char tls_key[1024];              /* PEM private key of tls_cert */
 	char tls_ca[1024];               /* PEM intermediates sent after
 	                                    tls_cert; "" = none */
+	int drain_delay;                 /* s /health answers 503 "draining"
+	                                    after SIGTERM before closing, 0 */
 
 	/* [limits] */
 	size_t max_message_size;         /* 65536 */
@@ -84,6 +87,8 @@ struct bg_config {
 
 	/* [auth] */
 	char auth_secret[BG_CONFIG_STR]; /* HS256 secret; "" = no tokens */
+	char auth_previous_secret[BG_CONFIG_STR]; /* also accepted, for
+	                                    rotation; "" = none */
 	char private_prefix[BG_CONFIG_STR]; /* "private-" */
 	char auth_secret_file[1024];     /* file secret was read from (by
 	                                    bg_config_set); "" = none */
@@ -104,6 +109,7 @@ struct bg_config {
 
 	/* [log] */
 	int log_level;                   /* enum bg_log_level, info */
+	char log_file[1024];             /* append here; "" = stderr */
 };
 
 /* Fills every field with its documented default. */
@@ -121,7 +127,8 @@ int bg_config_set(struct bg_config *cfg, const char *section,
  * Loads an ini file over cfg. Returns BG_OK, or BG_ERR with err set to
  * "FILE:LINE: message" (or "FILE: cannot open: strerror") ; on error cfg
  * may be partly changed. Relative paths set in the file (tls_*, static_dir,
- * ca_file) are made relative to the file's folder. The credential keys
+ * ca_file, [log] file) are made relative to the file's folder. The
+ * credential keys
  * ([http] api_key_file, [auth] secret_file) name a file whose content
  * (one line) becomes api_key / secret; a relative name is looked up in
  * $CREDENTIALS_DIRECTORY (systemd's LoadCredential=) when that is set,

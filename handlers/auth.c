@@ -181,6 +181,28 @@ oom:
 	return BG_ERR;
 }
 
+#define BAD_SIGNATURE "invalid token signature or encoding"
+
+int
+bg_auth_verify_jwt_rotating(const char *secret, const char *previous,
+			    const char *token, int64_t now,
+			    struct bg_identity *id, char *err, size_t errlen)
+{
+	char err2[160];
+
+	if (bg_auth_verify_jwt(secret, token, now, id, err, errlen) == BG_OK)
+		return BG_OK;
+	if (previous == NULL || previous[0] == '\0' || err == NULL ||
+	    strcmp(err, BAD_SIGNATURE) != 0)
+		return BG_ERR;
+	if (bg_auth_verify_jwt(previous, token, now, id, err2,
+			       sizeof(err2)) == BG_OK)
+		return BG_OK;
+	if (strcmp(err2, BAD_SIGNATURE) != 0)
+		snprintf(err, errlen, "%s", err2);
+	return BG_ERR;
+}
+
 int
 bg_auth_verify_jwt(const char *secret, const char *token, int64_t now,
 		   struct bg_identity *id, char *err, size_t errlen)
@@ -204,7 +226,7 @@ bg_auth_verify_jwt(const char *secret, const char *token, int64_t now,
 		return BG_ERR;
 	if (jwt_decode(&jwt, token, (const unsigned char *)secret,
 		       (int)strlen(secret)) != 0 || jwt == NULL) {
-		set_err(err, errlen, "invalid token signature or encoding");
+		set_err(err, errlen, BAD_SIGNATURE);
 		return BG_ERR;
 	}
 	if (jwt_get_alg(jwt) != JWT_ALG_HS256) {

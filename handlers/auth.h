@@ -41,6 +41,18 @@ int bg_auth_verify_jwt(const char *secret, const char *token, int64_t now,
 		       struct bg_identity *id, char *err, size_t errlen);
 
 /*
+ * bg_auth_verify_jwt with secret, then, when previous is not empty and
+ * the token's signature did not match secret, with previous: a rotation
+ * accepts tokens signed with the old and the new secret side by side.
+ * The error is the one of the secret that matched the signature, else
+ * secret's.
+ */
+int bg_auth_verify_jwt_rotating(const char *secret, const char *previous,
+				const char *token, int64_t now,
+				struct bg_identity *id, char *err,
+				size_t errlen);
+
+/*
  * Reads an identity from a forwarded reply's "auth" object
  * {"user":ID,"info":{..},"channels":[..]} (PROTOCOL.md §5). BG_OK, or
  * BG_ERR with err set.

@@ -48,7 +48,7 @@ reply_channel(struct bg_conn *c, const struct bg_request *req,
 static bool
 is_private(const struct bg_conn *c, const char *channel)
 {
-	const char *prefix = c->w->srv->cfg->private_prefix;
+	const char *prefix = bg_server_cfg(c->w->srv)->private_prefix;
 
 	return prefix[0] != '\0' &&
 	       strncmp(channel, prefix, strlen(prefix)) == 0;
@@ -136,7 +136,7 @@ on_store(const struct bg_hook_args *a)
 	}
 	if (bg_conn_store(c, a->req->data) != BG_OK) {
 		snprintf(msg, sizeof(msg), "the store would exceed %zu bytes",
-			 c->w->srv->cfg->max_store_bytes);
+			 bg_server_cfg(c->w->srv)->max_store_bytes);
 		bg_conn_reply_error(c, a->req, BG_CODE_BAD_MESSAGE, msg);
 		return GO_ON;
 	}
@@ -166,7 +166,7 @@ on_publish(const struct bg_hook_args *a)
 {
 	struct bg_conn *c = a->c;
 	const struct bg_request *req = a->req;
-	const struct bg_config *cfg = c->w->srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(c->w->srv);
 	json_t *ev = json_object_get(req->data, "event");
 	json_t *b, *data, *empty;
 	const char *name;
@@ -235,7 +235,7 @@ on_authenticate(const struct bg_hook_args *a)
 {
 	struct bg_conn *c = a->c;
 	const struct bg_request *req = a->req;
-	const struct bg_config *cfg = c->w->srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(c->w->srv);
 	json_t *tok = json_object_get(req->data, "token");
 	struct bg_identity id = { 0 };
 	char err[160];
@@ -256,9 +256,11 @@ on_authenticate(const struct bg_hook_args *a)
 				    "data.token must be a string");
 		return GO_ON;
 	}
-	if (bg_auth_verify_jwt(cfg->auth_secret, json_string_value(tok),
-			       (int64_t)time(NULL), &id, err,
-			       sizeof(err)) != BG_OK) {
+	if (bg_auth_verify_jwt_rotating(cfg->auth_secret,
+					cfg->auth_previous_secret,
+					json_string_value(tok),
+					(int64_t)time(NULL), &id, err,
+					sizeof(err)) != BG_OK) {
 		bg_conn_reply_error(c, req, BG_CODE_AUTH_FAILED, err);
 		return GO_ON;
 	}

@@ -111,7 +111,7 @@ bg_forward_lifecycle(struct bg_conn *c, unsigned int bit, const char *event,
 {
 	json_t *data;
 
-	if (!(c->w->srv->cfg->forward_lifecycle & bit))
+	if (!(bg_server_cfg(c->w->srv)->forward_lifecycle & bit))
 		return;
 	data = channel ? json_pack("{s:s}", "channel", channel) :
 			 json_object();
@@ -123,7 +123,7 @@ void
 bg_forward_lifecycle_data(struct bg_conn *c, unsigned int bit,
 			  const char *event, json_t *data)
 {
-	if (!(c->w->srv->cfg->forward_lifecycle & bit))
+	if (!(bg_server_cfg(c->w->srv)->forward_lifecycle & bit))
 		return;
 	if (forward(c, event, data, NULL, false, true) != BG_OK) {
 		/* Per thread, at most once a second: a node stopping with
@@ -147,7 +147,8 @@ bg_forward_authenticated(struct bg_conn *c)
 {
 	json_t *user, *data;
 
-	if (!(c->w->srv->cfg->forward_lifecycle & BG_FORWARD_AUTHENTICATE) ||
+	if (!(bg_server_cfg(c->w->srv)->forward_lifecycle &
+	      BG_FORWARD_AUTHENTICATE) ||
 	    c->ident.user == NULL)
 		return;
 	user = json_pack("{s:s}", "id", c->ident.user);

@@ -121,7 +121,7 @@ bg_handlers_dispatch(struct bg_conn *c, const struct bg_request *req)
 			return;
 		}
 	}
-	if (c->w->srv->cfg->forward_exchange[0] != '\0') {
+	if (bg_server_cfg(c->w->srv)->forward_exchange[0] != '\0') {
 		/* Lifecycle names are the server's to send: a client must
 		 * not fake its own open or close to the application. */
 		if (strcmp(req->event, "open") == 0 ||

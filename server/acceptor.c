@@ -101,7 +101,7 @@ stat_add(struct bg_acceptor *a, enum bg_admit_stat which)
 struct bg_acceptor *
 bg_acceptor_new(struct bg_server *srv, char *err, size_t errlen)
 {
-	const struct bg_config *cfg = srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(srv);
 	struct addrinfo hints, *res = NULL, *ai;
 	struct bg_acceptor *a;
 	char port[16];
@@ -273,7 +273,7 @@ static bool
 admit(struct bg_acceptor *a, const struct sockaddr_storage *ss,
       struct bg_peer **peer, enum bg_admit_stat *why)
 {
-	const struct bg_config *cfg = a->srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(a->srv);
 	uint8_t key[16];
 
 	*peer = NULL;
@@ -359,7 +359,7 @@ refusal_body(enum bg_admit_stat why)
 static void
 refused_log(struct bg_acceptor *a, enum bg_admit_stat why)
 {
-	const struct bg_config *cfg = a->srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(a->srv);
 
 	stat_add(a, why);
 	if (why == BG_ADMIT_REFUSED_CONNECTIONS)
@@ -383,12 +383,13 @@ refusal_finish(struct bg_acceptor *a, int i)
 {
 	struct refusal *r = &a->refused[i];
 	char body[512];
+	unsigned int status;
 
 	r->buf[r->len] = '\0';
 	if ((strncmp(r->buf, "GET /health ", 12) == 0 ||
 	     strncmp(r->buf, "GET /health?", 12) == 0) &&
-	    bg_http_health(a->srv, false, body, sizeof(body)) > 0) {
-		answer_close(a, r->fd, 200, body);
+	    bg_http_health(a->srv, false, body, sizeof(body), &status) > 0) {
+		answer_close(a, r->fd, status, body);
 	} else {
 		refused_log(a, r->why);
 		answer_close(a, r->fd, r->why == BG_ADMIT_REFUSED_ADDRESS ?
@@ -552,6 +553,7 @@ acceptor_main(void *arg)
 
 	pthread_setname_np(pthread_self(), "bg-acceptor");
 	for (;;) {
+		bg_server_quiescent(a->srv, BG_SEEN_ACCEPTOR);
 		now = now_ms();
 		fds[0] = (struct pollfd){ .fd = a->fd,
 			.events = now >= paused_until ? POLLIN : 0 };
@@ -674,7 +676,7 @@ list_remove(struct bg_worker *w, struct bg_sock *s)
 static void
 list_append(struct bg_worker *w, struct bg_sock *s)
 {
-	int secs = w->srv->cfg->handshake_timeout;
+	int secs = bg_server_cfg(w->srv)->handshake_timeout;
 
 	if (secs <= 0)
 		return;
@@ -779,7 +781,7 @@ bg_sock_destroyed(struct bg_worker *w, struct lws *wsi)
 void
 bg_sock_sweep(struct bg_worker *w, uint64_t now)
 {
-	const struct bg_config *cfg = w->srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(w->srv);
 	uint64_t span = (uint64_t)cfg->handshake_timeout * 1000;
 	bool pressure = cfg->max_handshakes > 0 &&
 		bg_acceptor_handshakes(w->srv->acceptor) >=

@@ -82,7 +82,7 @@ struct bg_api {
 	/* API thread only. */
 	struct event_base *base;
 	struct evconnlistener *listener;
-	struct event *stop_ev, *resume_ev;
+	struct event *stop_ev, *resume_ev, *tick_ev;
 	struct api_conn *conns;
 	time_t last_warn, last_auth_log;
 };
@@ -205,7 +205,8 @@ find_route(const char *path)
 static bool
 serve_get(struct api_conn *c, enum route r, bool close)
 {
-	char body[256];
+	char body[384];
+	unsigned int status;
 	size_t n;
 	char *text;
 	bool alive;
@@ -220,8 +221,10 @@ serve_get(struct api_conn *c, enum route r, bool close)
 		free(text);
 		return alive;
 	}
-	n = bg_http_health(c->api->srv, r == R_LIVE, body, sizeof(body));
-	return reply(c, 200, JSON_TYPE, body, n, NULL, close);
+	n = bg_http_health(c->api->srv, r == R_LIVE, body, sizeof(body),
+			   &status);
+	return reply(c, status, JSON_TYPE, body, n, status == 503 ?
+		     "Retry-After: 1\r\n" : NULL, close);
 }
 
 /* 0 when the request may go on; else it was answered. */
@@ -229,7 +232,7 @@ static unsigned int
 check_key(struct api_conn *c, const struct bg_httpreq *req)
 {
 	struct bg_api *a = c->api;
-	unsigned int st = bg_http_check_key(a->srv->cfg->api_key,
+	unsigned int st = bg_http_check_key(bg_server_cfg(a->srv)->api_key,
 					    req->authorization);
 
 	if (st == 0)
@@ -258,7 +261,7 @@ serve_broadcast(struct api_conn *c, const char *body, size_t len)
 static bool
 on_head(struct api_conn *c, char *head, size_t len)
 {
-	const struct bg_config *cfg = c->api->srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(c->api->srv);
 	struct bg_httpreq req;
 	char err[160];
 	enum route r;
@@ -357,7 +360,7 @@ process(struct api_conn *c)
 			if (avail == 0)
 				return;
 			c->state = S_HEAD;
-			arm(c, c->api->srv->cfg->body_timeout);
+			arm(c, bg_server_cfg(c->api->srv)->body_timeout);
 		}
 		if (c->state == S_HEAD) {
 			end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
@@ -576,6 +579,15 @@ on_accept_error(struct evconnlistener *l, void *arg)
 	evtimer_add(a->resume_ev, &tv);
 }
 
+/* Once a second, between callbacks: no config pointer is held. */
+static void
+on_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct bg_api *a = arg;
+
+	bg_server_quiescent(a->srv, BG_SEEN_API);
+}
+
 static void
 on_stop(evutil_socket_t fd, short what, void *arg)
 {
@@ -641,7 +653,7 @@ listen_on(const char *host, int port, char *err, size_t errlen)
 struct bg_api *
 bg_api_new(struct bg_server *srv, char *err, size_t errlen)
 {
-	const struct bg_config *cfg = srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(srv);
 	struct bg_api *a;
 	int fd = listen_on(cfg->api_host, cfg->api_port, err, errlen);
 
@@ -664,9 +676,12 @@ bg_api_new(struct bg_server *srv, char *err, size_t errlen)
 		a->stop_ev = event_new(a->base, a->stop_efd, EV_READ, on_stop,
 				       a);
 		a->resume_ev = evtimer_new(a->base, on_resume, a);
+		a->tick_ev = event_new(a->base, -1, EV_PERSIST, on_tick, a);
 	}
 	if (a->listener == NULL || a->stop_ev == NULL ||
-	    a->resume_ev == NULL || event_add(a->stop_ev, NULL) != 0) {
+	    a->resume_ev == NULL || a->tick_ev == NULL ||
+	    event_add(a->stop_ev, NULL) != 0 ||
+	    event_add(a->tick_ev, &(struct timeval){ 1, 0 }) != 0) {
 		snprintf(err, errlen, "API listener: cannot set up its event "
 			 "loop");
 		if (a->listener == NULL)
@@ -720,10 +735,12 @@ bg_api_stop(struct bg_api *a)
 		event_free(a->stop_ev);
 	if (a->resume_ev != NULL)
 		event_free(a->resume_ev);
+	if (a->tick_ev != NULL)
+		event_free(a->tick_ev);
 	event_base_free(a->base);
 	a->base = NULL;
 	a->listener = NULL;
-	a->stop_ev = a->resume_ev = NULL;
+	a->stop_ev = a->resume_ev = a->tick_ev = NULL;
 	if (a->stop_efd >= 0)
 		close(a->stop_efd);
 	a->stop_efd = -1;

@@ -69,7 +69,7 @@ q_grow(struct bg_conn *c)
 static void
 q_backlog(struct bg_conn *c)
 {
-	size_t max = c->w->srv->cfg->max_queued_bytes;
+	size_t max = bg_server_cfg(c->w->srv)->max_queued_bytes;
 	bool on = c->backed_up ? c->q_bytes > max / 4 : c->q_bytes > max / 2;
 
 	if (on == c->backed_up)
@@ -141,7 +141,7 @@ start_close(struct bg_conn *c, uint16_t code, const char *why, bool drop)
 		q_clear(c);
 	want_writable(c);
 	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK,
-			c->w->srv->cfg->close_timeout);
+			bg_server_cfg(c->w->srv)->close_timeout);
 	/* lws arms its timers only after one of its own events: the worker
 	 * wakes it once its current batch is done (flush_dirty). */
 	c->w->kick = true;
@@ -164,10 +164,11 @@ bg_conn_push(struct bg_conn *c, struct bg_wframe *f, const uint8_t *data,
 	     uint32_t len, bool direct)
 {
 	struct bg_worker *w = c->w;
+	size_t max_queued = bg_server_cfg(w->srv)->max_queued_bytes;
 
 	if (c->closing)
 		return false;
-	if (c->q_bytes + len > w->srv->cfg->max_queued_bytes && c->in_dirty &&
+	if (c->q_bytes + len > max_queued && c->in_dirty &&
 	    !c->want_write && !lws_partial_buffered(c->wsi)) {
 		/* Queued this batch but never offered to the socket yet: the
 		 * limit is about what the client leaves unread, so write
@@ -179,10 +180,10 @@ bg_conn_push(struct bg_conn *c, struct bg_wframe *f, const uint8_t *data,
 	}
 	/* One message always fits: the limits bound a backlog. */
 	if (c->q_count > 0 &&
-	    (c->q_bytes + len > w->srv->cfg->max_queued_bytes ||
+	    (c->q_bytes + len > max_queued ||
 	     !bg_budget_allows(&c->budget, c->q_bytes, len))) {
 		/* A slow consumer must not hold memory or delay others. */
-		if (c->q_bytes + len > w->srv->cfg->max_queued_bytes)
+		if (c->q_bytes + len > max_queued)
 			bg_stat_add(&w->stats.slow_consumer_closes, 1);
 		else
 			bg_stat_add(&w->stats.memory_closes, 1);
@@ -373,7 +374,7 @@ bg_conn_subscribe(struct bg_conn *c, const char *channel, size_t len,
 	*added = false;
 	if (find_sub(c, channel, len) != NULL)
 		return BG_CODE_COUNT; /* already: success */
-	if (c->n_subs >= (uint32_t)w->srv->cfg->max_subscriptions ||
+	if (c->n_subs >= (uint32_t)bg_server_cfg(w->srv)->max_subscriptions ||
 	    !bg_budget_allows(&c->budget, c->q_bytes,
 			      bg_budget_sub_cost(len)))
 		return BG_CODE_TOO_MANY_SUBSCRIPTIONS;
@@ -437,7 +438,7 @@ bg_conn_store(struct bg_conn *c, json_t *obj)
 		return BG_ERR;
 	}
 	size = json_dumpb(next, NULL, 0, JSON_COMPACT);
-	if (size == 0 || size > c->w->srv->cfg->max_store_bytes ||
+	if (size == 0 || size > bg_server_cfg(c->w->srv)->max_store_bytes ||
 	    (size > c->budget.store &&
 	     !bg_budget_allows(&c->budget, c->q_bytes,
 			       size - c->budget.store))) {
@@ -481,8 +482,8 @@ bg_conn_open(struct bg_conn *c, struct bg_worker *w, struct lws *wsi)
 		w->conns->prev = c;
 	w->conns = c;
 	c->established = true;
-	c->tokens = w->srv->cfg->burst;
-	c->budget.limit = w->srv->cfg->max_connection_memory;
+	c->tokens = bg_server_cfg(w->srv)->burst;
+	c->budget.limit = bg_server_cfg(w->srv)->max_connection_memory;
 	c->tokens_ms = now_ms();
 	bg_stat_add(&w->stats.connections, 1);
 	bg_stat_add(&w->stats.connections_total, 1);
@@ -567,7 +568,7 @@ bool
 bg_conn_rate_ok(struct bg_conn *c, const struct bg_request *req,
 		bool *close_now)
 {
-	const struct bg_config *cfg = c->w->srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(c->w->srv);
 	uint64_t now;
 
 	if (cfg->rate <= 0)
@@ -621,7 +622,7 @@ bg_conn_broadcast(struct bg_conn *c, struct bg_msg *m)
 static void
 drop_forbidden_private(struct bg_conn *c)
 {
-	const char *prefix = c->w->srv->cfg->private_prefix;
+	const char *prefix = bg_server_cfg(c->w->srv)->private_prefix;
 	size_t plen = strlen(prefix);
 
 	if (plen == 0)
@@ -676,14 +677,16 @@ bg_conn_apply_auth(struct bg_conn *c, const char *auth_json)
 void
 bg_conn_token_at_connect(struct bg_conn *c, const char *token)
 {
-	const char *secret = c->w->srv->cfg->auth_secret;
+	const struct bg_config *cfg = bg_server_cfg(c->w->srv);
 	struct bg_identity id = { 0 };
 	char err[160];
 	size_t len = 0;
 	char *s;
 
-	if (bg_auth_verify_jwt(secret, token, (int64_t)time(NULL), &id, err,
-			       sizeof(err)) == BG_OK) {
+	if (bg_auth_verify_jwt_rotating(cfg->auth_secret,
+					cfg->auth_previous_secret, token,
+					(int64_t)time(NULL), &id, err,
+					sizeof(err)) == BG_OK) {
 		bg_conn_authenticated(c, &id, NULL);
 		return;
 	}

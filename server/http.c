@@ -145,7 +145,7 @@ int
 bg_http_confirm_upgrade(struct bg_worker *w, struct lws *wsi,
 			const char *upgrade)
 {
-	const struct bg_config *cfg = w->srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(w->srv);
 	char uri[256], origin[512], h[256];
 
 	/* Only WebSocket: "Upgrade: h2c" is served as plain HTTP/1.1
@@ -255,7 +255,7 @@ resource_metrics(struct text *t, const struct bg_server *srv)
 
 	metric(t, "bagou_max_connections", "gauge", "Sockets this node "
 	       "accepts at once ([server] max_connections).",
-	       (uint64_t)srv->cfg->max_connections);
+	       (uint64_t)bg_server_cfg(srv)->max_connections);
 	metric(t, "bagou_sockets", "gauge", "Accepted sockets open "
 	       "(WebSocket, HTTP, handshakes).", bg_acceptor_sockets(a));
 	metric(t, "bagou_handshakes", "gauge", "Sockets not yet an "
@@ -354,28 +354,43 @@ bg_http_metrics(const struct bg_server *srv, size_t *len)
 
 size_t
 bg_http_health(const struct bg_server *srv, bool live, char *out,
-	       size_t outlen)
+	       size_t outlen, unsigned int *status)
 {
+	const char *amqp = bg_bus_state(srv->bus), *st = "ok", *why = NULL;
+	char reason[96] = "";
 	int n;
 
-	if (live)
+	*status = 200;
+	if (live) {
 		n = snprintf(out, outlen, "{\"status\":\"live\"}");
-	else
-		n = snprintf(out, outlen, "{\"status\":\"ok\",\"amqp\":\"%s\","
-			     "\"connections\":%llu,\"workers\":%d}",
-			     bg_bus_state(srv->bus),
-			     (unsigned long long)SUM(srv, connections),
-			     srv->n_workers);
+		return n < 0 ? 0 : (size_t)n < outlen ? (size_t)n : outlen - 1;
+	}
+	if (__atomic_load_n(&srv->draining, __ATOMIC_ACQUIRE)) {
+		st = "draining";
+		why = "shutting down (SIGTERM): closing connections soon";
+	} else if (strcmp(amqp, "disconnected") == 0) {
+		st = "unavailable";
+		why = "RabbitMQ is not connected: no broadcasts arrive";
+	}
+	if (why != NULL) {
+		*status = 503;
+		snprintf(reason, sizeof(reason), ",\"reason\":\"%s\"", why);
+	}
+	n = snprintf(out, outlen, "{\"status\":\"%s\",\"amqp\":\"%s\","
+		     "\"connections\":%llu,\"workers\":%d%s}", st, amqp,
+		     (unsigned long long)SUM(srv, connections), srv->n_workers,
+		     reason);
 	return n < 0 ? 0 : (size_t)n < outlen ? (size_t)n : outlen - 1;
 }
 
 static int
 serve_health(struct bg_worker *w, struct lws *wsi, bool live)
 {
-	char body[256];
-	size_t n = bg_http_health(w->srv, live, body, sizeof(body));
+	char body[384];
+	unsigned int status;
+	size_t n = bg_http_health(w->srv, live, body, sizeof(body), &status);
 
-	return respond(wsi, 200, JSON_TYPE, body, n, false);
+	return respond(wsi, status, JSON_TYPE, body, n, false);
 }
 
 /* ------------------------------------------------------ /broadcast */
@@ -552,7 +567,7 @@ bad:
 static int
 check_auth(struct bg_worker *w, struct lws *wsi, bool *answered)
 {
-	const char *key = w->srv->cfg->api_key;
+	const char *key = bg_server_cfg(w->srv)->api_key;
 	char h[512];
 	unsigned int st;
 
@@ -609,7 +624,7 @@ static int
 start_post(struct bg_worker *w, struct lws *wsi, struct bg_conn *c,
 	   const char *uri)
 {
-	size_t max = w->srv->cfg->max_message_size;
+	size_t max = bg_server_cfg(w->srv)->max_message_size;
 	char cl[32];
 	char *end;
 	unsigned long long n;
@@ -640,7 +655,8 @@ start_post(struct bg_worker *w, struct lws *wsi, struct bg_conn *c,
 	c->is_broadcast = true;
 	/* lws restarts its own timeout at every body chunk, so a trickle
 	 * would hold the connection forever: the body gets one deadline. */
-	lws_set_timer_usecs(wsi, (lws_usec_t)w->srv->cfg->body_timeout *
+	lws_set_timer_usecs(wsi, (lws_usec_t)
+			    bg_server_cfg(w->srv)->body_timeout *
 			    LWS_US_PER_SEC);
 	return 0;
 }
@@ -708,7 +724,7 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 			return serve_health(w, wsi, true);
 		if ((asset = bg_asset_find(uri)) != NULL)
 			return bg_asset_serve(wsi, asset);
-		if (strcmp(uri, w->srv->cfg->path) == 0)
+		if (strcmp(uri, bg_server_cfg(w->srv)->path) == 0)
 			return respond_error(wsi, 426, "bad_message",
 					     "this is a WebSocket endpoint",
 					     false);

@@ -64,8 +64,14 @@ size_t bg_http_error_body(char *out, size_t outlen, const char *code,
  * out of memory. Reads every counter atomically. Any thread. */
 char *bg_http_metrics(const struct bg_server *srv, size_t *len);
 
-/* The body of /health (live: /health/live) into out; its length. */
+/*
+ * The body of /health (live: /health/live) into out; its length. *status
+ * gets the HTTP status: /health/live is always 200; /health is 503, with
+ * "status":"draining" or "unavailable" and a "reason", while the node
+ * drains after SIGTERM or while RabbitMQ is configured but not connected
+ * (PROTOCOL.md §8), else 200 "ok". Any thread.
+ */
 size_t bg_http_health(const struct bg_server *srv, bool live, char *out,
-		      size_t outlen);
+		      size_t outlen, unsigned int *status);
 
 #endif

@@ -2,8 +2,9 @@
  * main.c - bagou-server: parse the command line, load the configuration,
  * start the bus, workers and acceptor, wait for a signal, stop in order.
  * Main thread only; every other thread starts with signals blocked, so
- * SIGTERM/SIGINT (stop) and SIGHUP (reload the TLS certificate) arrive
- * here through sigwait.
+ * SIGTERM/SIGINT (stop, after [server] drain_delay), SIGHUP (reload the
+ * configuration and the TLS certificate: reload.c) and SIGUSR1 (reopen
+ * the log file) arrive here through sigwait.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -27,6 +28,7 @@
 #include "server/acceptor.h"
 #include "server/api.h"
 #include "server/asset.h"
+#include "server/reload.h"
 #include "server/server.h"
 #include "server/tls.h"
 #include "server/worker.h"
@@ -54,10 +56,6 @@ usage(FILE *out)
 "variables BAGOU_<SECTION>_<KEY> (e.g. BAGOU_SERVER_LISTEN=*:9000)\n"
 "< command-line options.\n");
 }
-
-struct cli_override {
-	const char *flag, *section, *key, *value;
-};
 
 /* Any client can make lws log (a bad request, a reset): throttled. */
 static void
@@ -98,7 +96,7 @@ extern char **environ;
  * cfg, in that order; exits on error. */
 static void
 load_config(struct bg_config *cfg, const char *path, bool path_given,
-	    const struct cli_override *ov, int n_ov)
+	    const struct bg_cli_override *ov, int n_ov)
 {
 	char err[512];
 
@@ -196,6 +194,65 @@ reload(struct bg_server *srv)
 			    "not valid now", desc);
 }
 
+/* SIGUSR1: the log file is opened again under its name (after a
+ * rotation renamed it). */
+static void
+reopen_log(struct bg_server *srv)
+{
+	const char *path = bg_server_cfg(srv)->log_file;
+	char err[512];
+
+	if (path[0] == '\0') {
+		bg_log_info("SIGUSR1: no [log] file, the log goes to stderr");
+		return;
+	}
+	if (bg_reload_log_open(path, err, sizeof(err)) != BG_OK)
+		bg_log_error("SIGUSR1: cannot reopen the log file, it goes on "
+			     "where it was: %s", err);
+	else
+		bg_log_info("SIGUSR1: log file %s reopened", path);
+}
+
+/* SIGTERM: /health answers 503 "draining" for [server] drain_delay
+ * seconds while everything else still serves, so a load balancer stops
+ * sending clients here before they are closed. SIGINT, or a second
+ * SIGTERM, ends the delay at once. */
+static void
+drain(struct bg_server *srv, const sigset_t *sigs, int sig)
+{
+	int delay = bg_server_cfg(srv)->drain_delay;
+	struct timespec end, now, left;
+	sigset_t stop;
+
+	__atomic_store_n(&srv->draining, 1, __ATOMIC_RELEASE);
+	if (sig != SIGTERM || delay <= 0)
+		return;
+	bg_log_info("SIGTERM: draining, /health answers 503 for %d s before "
+		    "connections are closed", delay);
+	sigemptyset(&stop);
+	sigaddset(&stop, SIGTERM);
+	sigaddset(&stop, SIGINT);
+	clock_gettime(CLOCK_MONOTONIC, &end);
+	end.tv_sec += delay;
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec > end.tv_sec || (now.tv_sec == end.tv_sec &&
+		    now.tv_nsec >= end.tv_nsec))
+			return;
+		left.tv_sec = end.tv_sec - now.tv_sec;
+		left.tv_nsec = end.tv_nsec - now.tv_nsec;
+		if (left.tv_nsec < 0) {
+			left.tv_sec--;
+			left.tv_nsec += 1000000000L;
+		}
+		sig = sigtimedwait(sigs, NULL, &left);
+		if (sig >= 0 && sigismember(&stop, sig))
+			return;
+		if (sig == SIGUSR1)
+			reopen_log(srv);
+		/* SIGHUP is ignored: the node is going away. */
+	}
+}
 
 /* Raises the descriptor limit to its hard limit; returns the limit. */
 static long
@@ -250,7 +307,8 @@ main(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	static struct bg_config cfg;
-	struct cli_override ov[8];
+	struct bg_cli_override ov[8];
+	struct bg_reload rl = { 0 };
 	struct bg_server srv;
 	struct bg_tls *tls = NULL;
 	const char *path = DEFAULT_CONFIG;
@@ -264,7 +322,7 @@ main(int argc, char **argv)
 	       -1) {
 		switch (opt) {
 		case 'w':
-			ov[n_ov++] = (struct cli_override){ "workers",
+			ov[n_ov++] = (struct bg_cli_override){ "workers",
 				"server", "workers", optarg };
 			break;
 		case 'c':
@@ -272,19 +330,19 @@ main(int argc, char **argv)
 			path_given = true;
 			break;
 		case 'l':
-			ov[n_ov++] = (struct cli_override){ "listen",
+			ov[n_ov++] = (struct bg_cli_override){ "listen",
 				"server", "listen", optarg };
 			break;
 		case 'a':
-			ov[n_ov++] = (struct cli_override){ "amqp-url",
+			ov[n_ov++] = (struct bg_cli_override){ "amqp-url",
 				"amqp", "url", optarg };
 			break;
 		case 'L':
-			ov[n_ov++] = (struct cli_override){ "log-level",
+			ov[n_ov++] = (struct bg_cli_override){ "log-level",
 				"log", "level", optarg };
 			break;
 		case 'P':
-			ov[n_ov++] = (struct cli_override){ "api-listen",
+			ov[n_ov++] = (struct bg_cli_override){ "api-listen",
 				"http", "api_listen", optarg };
 			break;
 		case 'C':
@@ -332,6 +390,10 @@ main(int argc, char **argv)
 		       path : "(built-in defaults)");
 		return EXIT_SUCCESS;
 	}
+	if (bg_reload_log_open(cfg.log_file, err, sizeof(err)) != BG_OK) {
+		fprintf(stderr, "bagou-server: [log] file: %s\n", err);
+		return EXIT_USAGE;
+	}
 	bg_log_set_level((enum bg_log_level)cfg.log_level);
 	lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
 	log_config_path(path, path_given || access(path, F_OK) == 0);
@@ -339,13 +401,19 @@ main(int argc, char **argv)
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
 		cfg.workers = n > 0 ? (int)n : 1;
 	}
-	set_limits(&cfg, raise_fd_limit());
+	rl.nofile = raise_fd_limit();
+	set_limits(&cfg, rl.nofile);
+	rl.path = path;
+	rl.use_file = path_given || access(path, F_OK) == 0;
+	rl.ov = ov;
+	rl.n_ov = n_ov;
 
 	/* Threads inherit this mask: signals come to sigwait below. */
 	sigemptyset(&sigs);
 	sigaddset(&sigs, SIGINT);
 	sigaddset(&sigs, SIGTERM);
 	sigaddset(&sigs, SIGHUP);
+	sigaddset(&sigs, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -361,6 +429,10 @@ main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	srv.workers = calloc((size_t)cfg.workers, sizeof(*srv.workers));
+	srv.cfg_seen = calloc((size_t)BG_SEEN_SLOTS(cfg.workers),
+			      sizeof(*srv.cfg_seen));
+	if (srv.cfg_seen == NULL)
+		return EXIT_FAILURE;
 	if (bg_handlers_init(err, sizeof(err)) != BG_OK) {
 		bg_log_error("handlers: %s", err);
 		return EXIT_FAILURE;
@@ -384,6 +456,9 @@ main(int argc, char **argv)
 			free(srv.workers);
 			return EXIT_FAILURE;
 		}
+	} else {
+		/* No API thread: nothing to wait for in its slot. */
+		srv.cfg_seen[BG_SEEN_API] = UINT64_MAX;
 	}
 	srv.bus = bg_bus_new(&srv);
 	if (srv.workers == NULL || srv.bus == NULL)
@@ -421,15 +496,29 @@ main(int argc, char **argv)
 		bg_log_warn("cannot start the systemd watchdog thread");
 
 	for (;;) {
-		if (sigwait(&sigs, &sig) != 0)
+		/* A replaced config waits for every thread to move past it:
+		 * look again each second until none waits. */
+		if (bg_reload_reclaim(&rl, &srv) > 0)
+			sig = sigtimedwait(&sigs, NULL,
+					   &(struct timespec){ 1, 0 });
+		else if (sigwait(&sigs, &sig) != 0)
 			continue;
+		if (sig < 0)
+			continue;
+		if (sig == SIGUSR1) {
+			reopen_log(&srv);
+			continue;
+		}
 		if (sig != SIGHUP)
 			break;
 		bg_notify_reloading();
+		bg_reload_config(&rl, &srv);
 		reload(&srv);
 		bg_notify_send("READY=1");
 	}
 	bg_notify_send("STOPPING=1");
+	/* The workers still turn while draining: the watchdog goes on. */
+	drain(&srv, &sigs, sig);
 	bg_notify_watchdog_stop();
 	bg_log_info("%s: closing connections and stopping",
 		    sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -476,6 +565,8 @@ main(int argc, char **argv)
 	bg_asset_free();
 	bg_tls_free(tls);
 	free(srv.workers);
+	bg_reload_free(&rl);
+	free(srv.cfg_seen);
 	bg_log_info("stopped");
 	return rc;
 }

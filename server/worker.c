@@ -95,7 +95,7 @@ mono_ms(void)
 static uint16_t
 on_fragment(struct bg_conn *c)
 {
-	const struct bg_config *cfg = c->w->srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(c->w->srv);
 
 	if (c->rx_frames++ == 0) {
 		c->rx_deadline_ms = mono_ms() +
@@ -112,7 +112,7 @@ on_fragment(struct bg_conn *c)
 static int
 on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 {
-	size_t max = c->w->srv->cfg->max_message_size;
+	size_t max = bg_server_cfg(c->w->srv)->max_message_size;
 	size_t remaining = lws_remaining_packet_payload(wsi);
 	bool final = lws_is_final_fragment(wsi);
 	bool complete = final && remaining == 0;
@@ -177,7 +177,7 @@ on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 static void
 on_established(struct bg_conn *c, struct lws *wsi)
 {
-	const struct bg_config *cfg = c->w->srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(c->w->srv);
 	struct bg_hook_args a = { .c = c };
 	/* As large as lws's header space: a token too long for us is then
 	 * refused as too long, not silently ignored. */
@@ -462,6 +462,8 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 	struct timespec ts;
 	uint64_t now;
 
+	/* Between callbacks: no config pointer is held (server.h). */
+	bg_server_quiescent(w->srv, BG_SEEN_WORKER(w->index));
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 	__atomic_store_n(&w->alive_ms, now, __ATOMIC_RELAXED);
@@ -511,7 +513,7 @@ on_stop(evutil_socket_t fd, short what, void *arg)
 static int
 setup(struct bg_worker *w)
 {
-	const struct bg_config *cfg = w->srv->cfg;
+	const struct bg_config *cfg = bg_server_cfg(w->srv);
 	struct lws_context_creation_info info;
 	struct timeval stall_tick = { 0, 500000 };
 	void *loops[1];
@@ -749,7 +751,7 @@ bg_worker_deliver(struct bg_worker *w, struct bg_msg *m)
 bool
 bg_worker_congested(const struct bg_worker *w)
 {
-	uint64_t pct = (uint64_t)w->srv->cfg->backpressure;
+	uint64_t pct = (uint64_t)bg_server_cfg(w->srv)->backpressure;
 	uint64_t n = __atomic_load_n(&w->backed_up, __ATOMIC_RELAXED);
 
 	if (pct == 0)
@@ -759,7 +761,7 @@ bg_worker_congested(const struct bg_worker *w)
 	 * fit in its queue on top of that. */
 	if (bg_ring_count(w->bcast) > BCAST_RING / 2 ||
 	    __atomic_load_n(&w->bcast_bytes, __ATOMIC_RELAXED) >
-	    w->srv->cfg->max_queued_bytes / 4)
+	    bg_server_cfg(w->srv)->max_queued_bytes / 4)
 		return true;
 	/* Connections in their close handshake read nothing more: they are
 	 * not the readers whose share decides. */

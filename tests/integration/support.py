@@ -24,7 +24,7 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 DEFAULT_BIN = os.path.join(REPO, "build", "bagou-server")
 
 START_TIMEOUT = float(os.environ.get("BAGOU_START_TIMEOUT", "10"))
-                         # seconds for /health to answer 200
+                         # seconds for /health/live to answer 200
 STOP_TIMEOUT = 5.0       # seconds between SIGTERM and SIGKILL
 RECV_TIMEOUT = 10.0      # default wait for one expected message
 SILENCE = 0.3            # how long "nothing arrives" is watched
@@ -229,14 +229,17 @@ class Server:
                 raise ServerError("bagou-server exited with %d at start:\n%s"
                                   % (rc, self.log()))
             try:
-                status, _, _ = http_get(self.port, "/health", timeout=1.0)
+                # Liveness: /health is 503 while a configured broker is
+                # not connected yet, which some tests want.
+                status, _, _ = http_get(self.port, "/health/live",
+                                        timeout=1.0)
                 if status == 200:
                     return
                 last = "HTTP %d" % status
             except (OSError, http.client.HTTPException) as e:
                 last = repr(e)
             time.sleep(0.05)
-        raise ServerError("/health not 200 within %.0f s (last: %s):\n%s"
+        raise ServerError("/health/live not 200 within %.0f s (last: %s):\n%s"
                           % (START_TIMEOUT, last, self.log()))
 
     def signal(self, sig):
@@ -329,9 +332,13 @@ class Server:
         return body
 
     def health(self):
+        """The JSON of /health: 200 when ready, 503 (with "reason") while
+        the broker is down or the node drains; the body either way."""
         status, _, body = self.get("/health")
-        assert status == 200, (status, body)
-        return json.loads(body)
+        assert status in (200, 503), (status, body)
+        doc = json.loads(body)
+        assert (status == 200) == (doc["status"] == "ok"), (status, doc)
+        return doc
 
     def metrics(self, **kw):
         status, _, body = self.api_get("/metrics", **kw)

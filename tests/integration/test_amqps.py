@@ -284,7 +284,7 @@ def refused_ca(srv, watch):
     while time.monotonic() < deadline:
         assert srv.alive(), "bagou-server exited (status %s)" \
             % srv.proc.poll()
-        state = srv.health().get("amqp")       # asserts HTTP 200
+        state = srv.health().get("amqp")   # 503 while down (readiness)
         seen.add(state)
         assert state == "disconnected", \
             '/health "amqp" is %r with a CA that must be refused' % state

@@ -95,6 +95,9 @@ assert_config_equal(const struct bg_config *a, const struct bg_config *b)
 	assert_int_equal(a->max_per_address, b->max_per_address);
 	assert_int_equal(a->limit_loopback, b->limit_loopback);
 	assert_int_equal(a->handshake_timeout, b->handshake_timeout);
+	assert_int_equal(a->drain_delay, b->drain_delay);
+	assert_string_equal(a->auth_previous_secret, b->auth_previous_secret);
+	assert_string_equal(a->log_file, b->log_file);
 }
 
 static void
@@ -1262,6 +1265,39 @@ test_load_text(void **state)
 			    "lines");
 }
 
+/* The reload keys (issue 11): [server] drain_delay, [auth]
+ * previous_secret (needs secret), [log] file (relative to the ini). */
+static void
+test_reload_keys(void **state)
+{
+	struct bg_config cfg;
+	char err[512] = "";
+
+	bg_config_defaults(&cfg);
+	assert_int_equal(cfg.drain_delay, 0);
+	assert_string_equal(cfg.auth_previous_secret, "");
+	assert_string_equal(cfg.log_file, "");
+	assert_int_equal(load_text(&cfg,
+		"[server]\n"
+		"drain_delay = 300\n"
+		"[auth]\n"
+		"secret = new\n"
+		"previous_secret = old\n"
+		"[log]\n"
+		"file = logs/bagou.log\n", err, sizeof(err)), BG_OK);
+	assert_int_equal(cfg.drain_delay, 300);
+	assert_string_equal(cfg.auth_previous_secret, "old");
+	assert_string_equal(cfg.log_file, "/tmp/logs/bagou.log");
+	assert_int_equal(bg_config_validate(&cfg, err, sizeof(err)), BG_OK);
+	expect_set_error("server", "drain_delay", "301", "[server] "
+			 "drain_delay: expected an integer from 0 to 300, "
+			 "got '301'");
+	cfg.auth_secret[0] = '\0';
+	assert_int_equal(bg_config_validate(&cfg, err, sizeof(err)), BG_ERR);
+	assert_string_equal(err, "[auth] previous_secret needs [auth] secret "
+			    "(the new one)");
+}
+
 int
 main(void)
 {
@@ -1298,6 +1334,7 @@ main(void)
 		cmocka_unit_test(test_ini_documents_every_key),
 		cmocka_unit_test(test_relative_paths_and_credentials),
 		cmocka_unit_test(test_load_text),
+		cmocka_unit_test(test_reload_keys),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
