@@ -361,6 +361,21 @@ parse_level(const struct key *k, struct bg_config *cfg, const char *v,
 	return BG_OK;
 }
 
+static int
+parse_log_format(const struct key *k, struct bg_config *cfg, const char *v,
+		 char *msg, size_t len)
+{
+	if (strcasecmp(v, "text") == 0)
+		cfg->log_format = BG_LOG_TEXT;
+	else if (strcasecmp(v, "json") == 0)
+		cfg->log_format = BG_LOG_JSON;
+	else {
+		seterr(msg, len, "expected text or json, got '%s'", v);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
 /* HOST:PORT, HOST being an IPv4 address, localhost, * or [IPv6]. */
 static int
 parse_listen(const struct key *k, struct bg_config *cfg, const char *v,
@@ -488,6 +503,8 @@ static const struct key keys[] = {
 	{ "http", "api_listen", parse_api_listen, 0, 0, 0 },
 	{ "http", "body_timeout", parse_int, OFF(body_timeout), 1, 3600 },
 	{ "log", "level", parse_level, OFF(log_level), 0, 0 },
+	{ "log", "format", parse_log_format, 0, 0, 0 },
+	{ "log", "access", parse_bool, OFF(log_access), 0, 0 },
 };
 
 static const struct key *

@@ -270,6 +270,7 @@ main(int argc, char **argv)
 		return EXIT_SUCCESS;
 	}
 	bg_log_set_level((enum bg_log_level)cfg.log_level);
+	bg_log_set_format((enum bg_log_format)cfg.log_format);
 	lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
 	if (cfg.workers == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
