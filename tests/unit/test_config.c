@@ -707,6 +707,30 @@ test_api_listen(void **state)
 	assert_int_equal(cfg.body_timeout, 2);
 }
 
+/* [log] format and access (issue 11 item 5). */
+static void
+test_log_format_access(void **state)
+{
+	struct bg_config cfg;
+	char err[256];
+
+	(void)state;
+	bg_config_defaults(&cfg);
+	assert_int_equal(cfg.log_format, BG_LOG_TEXT);
+	assert_false(cfg.log_access);
+	assert_int_equal(load_text(&cfg, "[log]\nformat = json\naccess = yes\n",
+				   err, sizeof(err)), BG_OK);
+	assert_int_equal(cfg.log_format, BG_LOG_JSON);
+	assert_true(cfg.log_access);
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, "[log]\nformat = xml\n", err,
+				   sizeof(err)), BG_ERR);
+	assert_non_null(strstr(err, "text or json"));
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, "[log]\naccess = maybe\n", err,
+				   sizeof(err)), BG_ERR);
+}
+
 int
 main(void)
 {
@@ -732,6 +756,7 @@ main(void)
 		cmocka_unit_test(test_small_err_buffer),
 		cmocka_unit_test(test_tls_keys),
 		cmocka_unit_test(test_api_listen),
+		cmocka_unit_test(test_log_format_access),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
