@@ -348,3 +348,25 @@ def test_auth_debug_line(server):
     cid = run(scenario())
     wait_for(lambda: "client %s: authenticated as u-77" % cid in srv.log(),
              what="the auth debug line")
+
+
+def test_repeated_key_refusals_are_throttled(server):
+    """The API listener's 401/403 warning (once its own once-a-second
+    limiter) goes through bg_log_throttled: 5 lines per 10 s at most."""
+    srv = server({"http": {"api_key": "the-right-key"}})
+    for i in range(30):
+        status, _, _ = srv.post("/broadcast", {"event": "x"}, headers={
+            "Authorization": "Bearer wrong-%d" % i})
+        assert status == 403
+    # Every refusal was handled (counted) before the log is read.
+    status, _, body = srv.api_get("/metrics", headers={
+        "Authorization": "Bearer the-right-key"})
+    assert status == 200
+    assert sample(body.decode(), "bagou_http_auth_failures_total") == 30
+    lines = [l for l in log_lines(srv) if "API: 403" in l]
+    assert 1 <= len(lines) <= 5, lines
+    # The window's end reports the rest (the 1 s tick, after 10 s).
+    wait_for(lambda: re.search(r"API: refused keys \(401/403\): %d similar "
+                               r"lines suppressed" % (30 - len(lines)),
+                               srv.log()),
+             timeout=15, interval=0.5, what="the suppressed count")
