@@ -32,6 +32,9 @@ enum bg_log_format {
 /* Sets the line format; any thread, usually once at start-up. */
 void bg_log_set_format(enum bg_log_format format);
 
+/* True when lines are JSON ([log] format = json). */
+bool bg_log_json(void);
+
 /* True when level would be written: callers test it before building an
  * expensive line (debug lines of the connection lifecycle). */
 bool bg_log_enabled(enum bg_log_level level);
@@ -41,6 +44,13 @@ int bg_log_parse_level(const char *name);
 
 void bg_log_write(enum bg_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+
+/* Like bg_log_write; with [log] format = json, the members of fields (a
+ * JSON object's text, or NULL) follow "msg" in the line. Text lines
+ * show only the message. */
+void bg_log_fields(enum bg_log_level level, const char *fields,
+		   const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
 
 #define bg_log_info(...)  bg_log_write(BG_LOG_INFO, __VA_ARGS__)
 #define bg_log_warn(...)  bg_log_write(BG_LOG_WARN, __VA_ARGS__)

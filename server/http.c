@@ -46,10 +46,22 @@ bg_http_access_log(const char *listener, const char *peer,
 		p[i] = (unsigned char)path[i] < 0x20 || path[i] == 0x7f ||
 		       path[i] == ' ' ? '?' : path[i];
 	p[i] = '\0';
-	bg_log_info("access: %s %s %s %s %u %zu %.3f ms", listener,
-		    peer[0] ? peer : "-", method, i ? p : "-", status, bytes,
-		    start_us && now > start_us ? (now - start_us) / 1000.0 :
-		    0.0);
+	double ms = start_us && now > start_us ? (now - start_us) / 1000.0 : 0;
+	char *fields = NULL;
+	json_t *o = NULL;
+
+	if (bg_log_json())
+		o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:f}", "listener",
+			      listener, "peer", peer, "method", method,
+			      "path", p, "status", (int)status, "bytes",
+			      (json_int_t)bytes, "duration_ms", ms);
+	if (o != NULL)
+		fields = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+	json_decref(o);
+	bg_log_fields(BG_LOG_INFO, fields, "access: %s %s %s %s %u %zu %.3f "
+		      "ms", listener, peer[0] ? peer : "-", method,
+		      i ? p : "-", status, bytes, ms);
+	free(fields);
 }
 
 /* [log] access on the public port: the request of wsi was answered. */

@@ -271,6 +271,13 @@ def test_json_log_lines_parse(server):
         assert set(o) >= {"ts", "level", "msg"}, o
         assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", o["ts"])
         assert o["level"] in ("debug", "info", "warn", "error"), o
+    access = [json.loads(l) for l in lines if '"access: ' in l]
+    assert access, lines
+    a = access[0]
+    assert a["msg"].startswith("access: public "), a
+    assert (a["listener"], a["method"], a["path"], a["status"]) == \
+        ("public", "GET", "/health", 200), a
+    assert a["bytes"] > 0 and a["duration_ms"] >= 0 and a["peer"], a
 
 
 def test_access_log_both_listeners(server):

@@ -60,6 +60,18 @@ test_json_line_escapes(void **state)
 }
 
 static void
+test_json_line_not_utf8(void **state)
+{
+	json_t *o = json_line("bad \xff\xc3( \xed\xa0\x80 \xf0\x9f\x98\x80 "
+			      "cut \xe2\x82");
+
+	(void)state;
+	assert_string_equal(json_string_value(json_object_get(o, "msg")),
+			    "bad ?" "?( ?" "?? \xf0\x9f\x98\x80 cut ??");
+	json_decref(o);
+}
+
+static void
 test_json_long_line_still_parses(void **state)
 {
 	char msg[3000];
@@ -168,6 +180,7 @@ main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_json_line_escapes),
+		cmocka_unit_test(test_json_line_not_utf8),
 		cmocka_unit_test(test_json_long_line_still_parses),
 		cmocka_unit_test(test_burst_then_suppressed),
 		cmocka_unit_test(test_window_is_ten_seconds),
