@@ -49,7 +49,7 @@ BUILD_PKGS := gcc make pkg-config cmake dpkg-dev patch ca-certificates \
               libssl-dev libcap-dev zlib1g-dev librabbitmq-dev libjwt-dev
 TEST_PKGS  := libcmocka-dev python3 python3-websockets python3-pytest curl \
               rabbitmq-server python3-pika python3-kombu python3-celery \
-              python3-jwt chromium
+              python3-jwt chromium python3-prometheus-client
 
 LIB_SRC  := $(wildcard common/*.c) \
             $(filter-out amqp/bagou_broadcast.c,$(wildcard amqp/*.c)) \

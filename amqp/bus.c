@@ -102,7 +102,6 @@ struct bg_bus {
 	unsigned int attempt;       /* failed connects in a row */
 	uint64_t next_try_ms;
 	bool ever_connected;
-	time_t last_reject_log;
 	unsigned int seed;
 };
 
@@ -259,7 +258,6 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag)
 	enum bg_code code;
 	struct bg_msg *m;
 	char err[200];
-	time_t now;
 	size_t max = bg_server_cfg(b->srv)->max_message_size;
 
 	if (len > max) {
@@ -274,16 +272,13 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag)
 					    sizeof(err));
 	}
 	if (m == NULL) {
+		static struct bg_log_throttle throttle =
+			BG_LOG_THROTTLE("amqp: broadcasts rejected", 5);
 		bg_stat_add(&b->rejected, 1);
-		now = time(NULL);
-		if (now != b->last_reject_log) {
-			b->last_reject_log = now;
-			bg_log_warn("amqp: broadcast of %zu bytes rejected "
-				    "(%s): %s (%llu rejected so far)", len,
-				    bg_code_name(code), err,
-				    (unsigned long long)bg_stat_get(
-					    &b->rejected));
-		}
+		bg_log_throttled(&throttle, BG_LOG_WARN, "amqp: broadcast of "
+				 "%zu bytes rejected (%s): %s (%llu rejected "
+				 "so far)", len, bg_code_name(code), err,
+				 (unsigned long long)bg_stat_get(&b->rejected));
 	}
 	/* In order: behind what is held, or held itself when the workers
 	 * cannot take more. */
@@ -343,21 +338,19 @@ link_lost(struct bg_bus *b)
 	schedule_retry(b);
 }
 
-/* Counts (and logs, at most once a second) a message that failed. */
+/* Counts (and logs, throttled) a message that failed. */
 static void
 publish_failed(struct bg_bus *b, uint64_t *counter, const char *what,
 	       const char *why)
 {
-	time_t now = time(NULL);
+	static struct bg_log_throttle throttle =
+		BG_LOG_THROTTLE("amqp: messages not published", 5);
 
 	__atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
-	if (now != b->last_reject_log) {
-		b->last_reject_log = now;
-		bg_log_warn("amqp: message %s: %s (%llu invalid, %llu "
-			    "dropped so far)", what, why,
-			    (unsigned long long)bg_stat_get(&b->pub_invalid),
-			    (unsigned long long)bg_stat_get(&b->pub_dropped));
-	}
+	bg_log_throttled(&throttle, BG_LOG_WARN, "amqp: message %s: %s (%llu "
+			 "invalid, %llu dropped so far)", what, why,
+			 (unsigned long long)bg_stat_get(&b->pub_invalid),
+			 (unsigned long long)bg_stat_get(&b->pub_dropped));
 }
 
 /* Hands one outbox message on: fanned out here (standalone) or

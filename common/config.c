@@ -621,6 +621,21 @@ parse_level(const struct key *k, struct bg_config *cfg, const char *v,
 	return BG_OK;
 }
 
+static int
+parse_log_format(const struct key *k, struct bg_config *cfg, const char *v,
+		 char *msg, size_t len)
+{
+	if (strcasecmp(v, "text") == 0)
+		cfg->log_format = BG_LOG_TEXT;
+	else if (strcasecmp(v, "json") == 0)
+		cfg->log_format = BG_LOG_JSON;
+	else {
+		seterr(msg, len, "expected text or json, got '%s'", v);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
 /* HOST:PORT, HOST being an IPv4 address, localhost, * or [IPv6]. */
 static int
 parse_listen(const struct key *k, struct bg_config *cfg, const char *v,
@@ -758,6 +773,8 @@ static const struct key keys[] = {
 	{ "auth", "previous_secret", parse_str, OFF(auth_previous_secret),
 	  STR(auth_previous_secret) },
 	{ "log", "file", parse_logfile, OFF(log_file), STR(log_file) },
+	{ "log", "format", parse_log_format, 0, 0, 0 },
+	{ "log", "access", parse_bool, OFF(log_access), 0, 0 },
 };
 
 static const struct key *

@@ -110,6 +110,8 @@ struct bg_config {
 	/* [log] */
 	int log_level;                   /* enum bg_log_level, info */
 	char log_file[1024];             /* append here; "" = stderr */
+	int log_format;                  /* enum bg_log_format, text */
+	bool log_access;                 /* HTTP access log, no */
 };
 
 /* Fills every field with its documented default. */

@@ -2,8 +2,8 @@
  * log.h - leveled logging to stderr, safe from any thread.
  *
  * One line per call, written with a single write(2) so lines from different
- * threads never interleave. bg_log_debug compiles away in release builds
- * (NDEBUG) unless the level is enabled at run time in debug builds.
+ * threads never interleave. bg_log_debug is always compiled in and costs
+ * a load and a branch unless --log-level debug enables it.
  */
 #ifndef BG_LOG_H
 #define BG_LOG_H
@@ -22,16 +22,43 @@ enum bg_log_level {
 /* Sets the lowest level printed; any thread, usually once at start-up. */
 void bg_log_set_level(enum bg_log_level level);
 
+/* How lines are written: "TIME LEVEL message", or one JSON object per
+ * line {"ts","level","msg"} ([log] format). */
+enum bg_log_format {
+	BG_LOG_TEXT,
+	BG_LOG_JSON,
+};
+
+/* Sets the line format; any thread, usually once at start-up. */
+void bg_log_set_format(enum bg_log_format format);
+
+/* True when lines are JSON ([log] format = json). */
+bool bg_log_json(void);
+
+/* True when level would be written: callers test it before building an
+ * expensive line (debug lines of the connection lifecycle). */
+bool bg_log_enabled(enum bg_log_level level);
+
 /* Parses "debug", "info", "warn" or "error"; -1 when unknown. */
 int bg_log_parse_level(const char *name);
 
 void bg_log_write(enum bg_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/* Like bg_log_write; with [log] format = json, the members of fields (a
+ * JSON object's text, or NULL) follow "msg" in the line. Text lines
+ * show only the message. */
+void bg_log_fields(enum bg_log_level level, const char *fields,
+		   const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 #define bg_log_info(...)  bg_log_write(BG_LOG_INFO, __VA_ARGS__)
 #define bg_log_warn(...)  bg_log_write(BG_LOG_WARN, __VA_ARGS__)
 #define bg_log_error(...) bg_log_write(BG_LOG_ERROR, __VA_ARGS__)
-#define bg_log_debug(...) bg_log_write(BG_LOG_DEBUG, __VA_ARGS__)
+/* Costs one relaxed load and a branch when debug is off. */
+#define bg_log_debug(...) \
+	do { if (bg_log_enabled(BG_LOG_DEBUG)) \
+		bg_log_write(BG_LOG_DEBUG, __VA_ARGS__); } while (0)
 
 /* Logs "CALL failed: strerror(errno)" at error level; keeps errno. */
 #define bg_log_errno(call) \

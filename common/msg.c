@@ -12,6 +12,16 @@
 #include "common/frame.h"
 
 #include <stdlib.h>
+#include <time.h>
+
+static uint64_t
+msg_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
 
 struct bg_msg *
 bg_msg_new(enum bg_msg_target target, uint32_t n_names)
@@ -23,6 +33,7 @@ bg_msg_new(enum bg_msg_target target, uint32_t n_names)
 		return NULL;
 	m->refs = 1;
 	m->target = target;
+	m->ingest_us = msg_now_us();
 	m->n_names = n_names;
 	m->n_frames = n_frames;
 	m->names = n_names ? calloc(n_names, sizeof(*m->names)) : NULL;
@@ -71,6 +82,7 @@ msg_free(struct bg_msg *m)
 	free(m->body);
 	free(m->auth);
 	free(m->forward_key);
+	free(m->reply_cb);
 	free(m);
 }
 

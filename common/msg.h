@@ -47,6 +47,10 @@ struct bg_msg {
 	char *forward_key;           /* not a broadcast: a client event for
 	                                [forward] exchange with this routing
 	                                key (body is the event); or NULL */
+	uint64_t ingest_us;          /* CLOCK_MONOTONIC when made (bus
+	                                receipt, POST accepted): latency */
+	char *reply_cb;              /* a reply to clients: its callbackId
+	                                (forward round trips), or NULL */
 };
 
 /*

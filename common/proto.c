@@ -530,6 +530,9 @@ bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
 	if (target == BG_MSG_CLIENTS) {
 		if (add_reply_payload(m, root, from) != BG_OK)
 			goto oom;
+		if (cb != NULL && json_is_string(cb) &&
+		    (m->reply_cb = strdup(json_string_value(cb))) == NULL)
+			goto oom;
 	} else {
 		data = json_object_get(root, "data");
 		p.event = json_text(ev);

@@ -7,7 +7,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "amqp/bus.h"
 #include "common/log.h"
@@ -72,8 +71,14 @@ forward(struct bg_conn *c, const char *event, json_t *data,
 	m->body = text;
 	m->body_len = strlen(text);
 	rc = bg_bus_publish(c->w->srv->bus, m);
-	if (rc != BG_OK)
+	if (rc != BG_OK) {
 		bg_msg_unref(m);
+		return rc;
+	}
+	bg_stat_add(&c->w->stats.forwarded_events, 1);
+	if (callback_id != NULL)
+		bg_fwd_pending_add(c->w->fwd_pending, c->id, callback_id,
+				   bg_mono_us());
 	return rc;
 }
 
@@ -126,19 +131,13 @@ bg_forward_lifecycle_data(struct bg_conn *c, unsigned int bit,
 	if (!(bg_server_cfg(c->w->srv)->forward_lifecycle & bit))
 		return;
 	if (forward(c, event, data, NULL, false, true) != BG_OK) {
-		/* Per thread, at most once a second: a node stopping with
-		 * many clients would otherwise log one line each. */
-		static __thread time_t last;
-		static __thread unsigned long missed;
-		time_t now = time(NULL);
-
-		missed++;
-		if (now != last) {
-			bg_log_warn("'%s' of client %s not forwarded: "
-				    "RabbitMQ is unreachable (%lu such events "
-				    "on this worker)", event, c->id, missed);
-			last = now;
-		}
+		/* A node stopping with many clients would otherwise log one
+		 * line each. */
+		static struct bg_log_throttle throttle =
+			BG_LOG_THROTTLE("lifecycle events not forwarded", 1);
+		bg_log_throttled(&throttle, BG_LOG_WARN, "'%s' of client %s "
+				 "not forwarded: RabbitMQ is unreachable",
+				 event, c->id);
 	}
 }
 

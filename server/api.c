@@ -67,6 +67,10 @@ struct api_conn {
 	bool eof;                 /* the client closed its side */
 	uint64_t body_len;        /* S_BODY: bytes still expected in all */
 	char peer[64];            /* for logs only; decides nothing */
+	/* [log] access: the request being answered. */
+	const char *method;       /* static text */
+	char path[128];
+	uint64_t start_us;        /* bg_mono_us when its head was in */
 };
 
 struct bg_api {
@@ -84,7 +88,7 @@ struct bg_api {
 	struct evconnlistener *listener;
 	struct event *stop_ev, *resume_ev, *tick_ev;
 	struct api_conn *conns;
-	time_t last_warn, last_auth_log;
+	time_t last_warn;
 };
 
 static bool
@@ -160,6 +164,10 @@ reply(struct api_conn *c, unsigned int status, const char *ctype,
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 
 	bg_stat_add(&c->api->stats.http_requests, 1);
+	if (bg_server_cfg(c->api->srv)->log_access)
+		bg_http_access_log("api", c->peer, c->method ? c->method :
+				   "-", c->path, status,
+				   c->head_only ? 0 : len, c->start_us);
 	close = close || !c->keep_alive;
 	evbuffer_add_printf(out, "HTTP/1.1 %u %s\r\nContent-Type: %s\r\n"
 			    "Content-Length: %zu\r\nCache-Control: no-store"
@@ -238,10 +246,11 @@ check_key(struct api_conn *c, const struct bg_httpreq *req)
 	if (st == 0)
 		return 0;
 	bg_stat_add(&a->stats.http_auth_failures, 1);
-	if (may_warn(&a->last_auth_log))
-		bg_log_warn("API: %u for %s from %s: %s", st, req->path,
-			    c->peer, st == 401 ? "no Bearer key" :
-			    "wrong API key");
+	static struct bg_log_throttle throttle =
+		BG_LOG_THROTTLE("API: refused keys (401/403)", 5);
+	bg_log_throttled(&throttle, BG_LOG_WARN, "API: %u for %s from %s: %s",
+			 st, req->path, c->peer, st == 401 ? "no Bearer key" :
+			 "wrong API key");
 	return st;
 }
 
@@ -268,11 +277,21 @@ on_head(struct api_conn *c, char *head, size_t len)
 	bool body_pending, is_get;
 	unsigned int st;
 
+	static const char *const methods[] = {
+		[BG_HTTPREQ_GET] = "GET", [BG_HTTPREQ_HEAD] = "HEAD",
+		[BG_HTTPREQ_POST] = "POST", [BG_HTTPREQ_OTHER] = "OTHER",
+	};
+
+	c->start_us = bg_mono_us();
+	c->method = NULL;
+	c->path[0] = '\0';
 	if (bg_httpreq_parse(head, len, &req, err, sizeof(err)) != BG_OK) {
 		c->keep_alive = false;
 		c->head_only = false;
 		return reply_error(c, 400, "bad_message", err, NULL, true);
 	}
+	c->method = methods[req.method];
+	snprintf(c->path, sizeof(c->path), "%s", req.path);
 	c->keep_alive = req.keep_alive;
 	c->http10 = req.minor == 0;
 	c->head_only = req.method == BG_HTTPREQ_HEAD;
@@ -516,9 +535,10 @@ on_accept(struct evconnlistener *l, evutil_socket_t s, struct sockaddr *sa,
 	int one = 1;
 
 	if (bg_stat_get(&a->n_conns) >= BG_API_MAX_CONNS) {
-		if (may_warn(&a->last_warn))
-			bg_log_warn("API: %d connections open: refusing more",
-				    BG_API_MAX_CONNS);
+		static struct bg_log_throttle throttle =
+			BG_LOG_THROTTLE("API: connections refused", 1);
+		bg_log_throttled(&throttle, BG_LOG_WARN, "API: %d connections "
+				 "open: refusing more", BG_API_MAX_CONNS);
 		close(s);
 		return;
 	}

@@ -152,9 +152,13 @@ bg_conn_cut_if_stalled(struct bg_conn *c, uint64_t now)
 {
 	if (!c->backed_up || c->closing || now - c->backed_ms < BG_STALL_MS)
 		return false;
+	static struct bg_log_throttle throttle =
+		BG_LOG_THROTTLE("stalled consumer closes (4001)", 5);
+
 	bg_stat_add(&c->w->stats.slow_consumer_closes, 1);
-	bg_log_info("client %s: %zu bytes queued, none taken for %d ms, "
-		    "closing (4001)", c->id, c->q_bytes, BG_STALL_MS);
+	bg_log_throttled(&throttle, BG_LOG_INFO, "client %s: %zu bytes "
+			 "queued, none taken for %d ms, closing (4001)",
+			 c->id, c->q_bytes, BG_STALL_MS);
 	bg_conn_fail(c, 4001, "slow consumer");
 	return true;
 }
@@ -249,6 +253,7 @@ bg_conn_write(struct bg_conn *c)
 	uint8_t *buf = w->scratch + LWS_PRE;
 	uint32_t sent = 0;
 	size_t n = 0;
+	uint64_t ingest = 0;           /* oldest broadcast in this write */
 
 	c->want_write = false;
 	if (c->close_sent)
@@ -278,6 +283,9 @@ bg_conn_write(struct bg_conn *c)
 		if (lws_write(c->wsi, (uint8_t *)e->data, e->len,
 			      LWS_WRITE_RAW) < 0)
 			return -1;
+		n = e->len;
+		if (e->f->msg != NULL)
+			ingest = e->f->msg->ingest_us;
 		q_pop(c);
 		sent = 1;
 	} else {
@@ -288,6 +296,8 @@ bg_conn_write(struct bg_conn *c)
 				break;
 			memcpy(buf + n, e->data, e->len);
 			n += e->len;
+			if (ingest == 0 && e->f->msg != NULL)
+				ingest = e->f->msg->ingest_us;
 			q_pop(c);
 			sent++;
 		}
@@ -295,6 +305,13 @@ bg_conn_write(struct bg_conn *c)
 			return -1;
 	}
 	bg_stat_add(&w->stats.messages_sent, sent);
+	bg_stat_add(&w->stats.bytes_sent, n);
+	/* One observation per write: a clock read per send() call. */
+	if (ingest != 0) {
+		uint64_t now = bg_mono_us();
+		bg_hist_observe(&w->stats.bcast_latency,
+				now > ingest ? now - ingest : 0);
+	}
 	if (c->q_count > 0 || c->closing)
 		want_writable(c);
 	return 0;
@@ -393,6 +410,7 @@ bg_conn_subscribe(struct bg_conn *c, const char *channel, size_t len,
 	c->subs[c->n_subs++] = s;
 	c->budget.subs += bg_budget_sub_cost(len);
 	bg_stat_add(&w->stats.subscriptions, 1);
+	bg_log_debug("client %s: subscribed to %s", c->id, s->chan->name);
 	*added = true;
 	return BG_CODE_COUNT;
 }
@@ -423,8 +441,11 @@ bg_conn_unsubscribe(struct bg_conn *c, const char *channel, size_t len)
 {
 	struct bg_chan_sub **slot = find_sub(c, channel, len);
 
-	if (slot != NULL)
+	if (slot != NULL) {
+		bg_log_debug("client %s: unsubscribed from %s", c->id,
+			     (*slot)->chan->name);
 		drop_sub(c, slot);
+	}
 }
 
 int
@@ -519,6 +540,12 @@ bg_conn_close(struct bg_conn *c)
 		while (c->n_subs > 0)
 			drop_sub(c, &c->subs[c->n_subs - 1]);
 		bg_chan_unsubscribe(w->ids, c->id_sub);
+		bg_stat_close(&w->stats, c->closing ? c->close_code :
+			      c->peer_code, !c->closing);
+		bg_log_debug("client %s: closed %u by the %s", c->id,
+			     c->closing ? c->close_code : c->peer_code ?
+			     c->peer_code : 1006,
+			     c->closing ? "server" : "client");
 		bg_stat_add(&w->stats.connections, (uint64_t)-1);
 		__atomic_sub_fetch(&w->conns_gauge, 1, __ATOMIC_RELAXED);
 		if (c->closing)
@@ -643,6 +670,8 @@ bg_conn_authenticated(struct bg_conn *c, struct bg_identity *id,
 	json_t *user, *extra;
 
 	bg_identity_move(&c->ident, id);
+	bg_log_debug("client %s: authenticated as %s", c->id,
+		     c->ident.user ? c->ident.user : "(anonymous)");
 	/* Another identity: private channels it may not read are left. */
 	drop_forbidden_private(c);
 	bg_conn_arm_timer(c);
@@ -668,9 +697,13 @@ bg_conn_apply_auth(struct bg_conn *c, const char *auth_json)
 	if (bg_auth_from_json(auth, &id, err, sizeof(err)) == BG_OK) {
 		bg_conn_authenticated(c, &id, NULL);
 		bg_forward_authenticated(c);
-	} else
-		bg_log_warn("client %s: ignoring the application's auth "
-			    "reply: %s", c->id, err);
+	} else {
+		static struct bg_log_throttle throttle =
+			BG_LOG_THROTTLE("application auth replies ignored", 5);
+		bg_log_throttled(&throttle, BG_LOG_WARN, "client %s: ignoring "
+				 "the application's auth reply: %s", c->id,
+				 err);
+	}
 	json_decref(auth);
 }
 

@@ -48,6 +48,8 @@ struct bg_conn {
 	bool in_dirty;
 	bool want_write;               /* lws_callback_on_writable pending */
 	uint16_t close_code;
+	uint16_t peer_code;            /* the client's close code, if it
+	                                  closed first (1005: none given) */
 	const char *close_why;         /* static text for the close frame */
 
 	char id[BG_ID_MAX + 1];
@@ -86,6 +88,8 @@ struct bg_conn {
 	char *body;
 	size_t body_len, body_cap;
 	bool is_broadcast;
+	uint64_t http_start_us;        /* bg_mono_us at the request's head,
+	                                  for [log] access */
 };
 
 /* Sets up a just-upgraded connection: id, lists, the connect event.

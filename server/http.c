@@ -11,12 +11,15 @@
  */
 #include "server/http.h"
 
+#include <dirent.h>
 #include <libwebsockets.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "amqp/bus.h"
 #include "common/log.h"
@@ -27,6 +30,70 @@
 #include "server/worker.h"
 
 #define JSON_TYPE "application/json"
+
+void
+bg_http_access_log(const char *listener, const char *peer,
+		   const char *method, const char *path, unsigned int status,
+		   size_t bytes, uint64_t start_us)
+{
+	char p[201];
+	size_t i;
+	uint64_t now = bg_mono_us();
+
+	for (i = 0; path[i] != '\0' && i < sizeof(p) - 1; i++)
+		p[i] = (unsigned char)path[i] < 0x20 || path[i] == 0x7f ||
+		       path[i] == ' ' ? '?' : path[i];
+	p[i] = '\0';
+	double ms = start_us && now > start_us ? (now - start_us) / 1000.0 : 0;
+	char *fields = NULL;
+	json_t *o = NULL;
+
+	if (bg_log_json())
+		o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:f}", "listener",
+			      listener, "peer", peer, "method", method,
+			      "path", p, "status", (int)status, "bytes",
+			      (json_int_t)bytes, "duration_ms", ms);
+	if (o != NULL)
+		fields = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
+	json_decref(o);
+	bg_log_fields(BG_LOG_INFO, fields, "access: %s %s %s %s %u %zu %.3f "
+		      "ms", listener, peer[0] ? peer : "-", method,
+		      i ? p : "-", status, bytes, ms);
+	free(fields);
+}
+
+/* [log] access on the public port: the request of wsi was answered. */
+static void
+access_log(struct lws *wsi, unsigned int status, size_t bytes)
+{
+	struct lws_context *ctx = lws_get_context(wsi);
+	struct bg_worker *w = ctx ? lws_context_user(ctx) : NULL;
+	struct bg_conn *c = lws_wsi_user(wsi);
+	static const struct { enum lws_token_indexes t; const char *m; }
+	methods[] = {
+		{ WSI_TOKEN_GET_URI, "GET" }, { WSI_TOKEN_POST_URI, "POST" },
+		{ WSI_TOKEN_HEAD_URI, "HEAD" }, { WSI_TOKEN_OPTIONS_URI,
+		"OPTIONS" }, { WSI_TOKEN_PUT_URI, "PUT" },
+		{ WSI_TOKEN_PATCH_URI, "PATCH" },
+		{ WSI_TOKEN_DELETE_URI, "DELETE" },
+	};
+	const char *method = "-";
+	char path[256] = "", peer[64] = "";
+
+	if (w == NULL || !bg_server_cfg(w->srv)->log_access)
+		return;
+	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+		if (lws_hdr_total_length(wsi, methods[i].t) > 0) {
+			method = methods[i].m;
+			if (lws_hdr_copy(wsi, path, sizeof(path),
+					 methods[i].t) < 0)
+				path[0] = '\0';
+			break;
+		}
+	lws_get_peer_simple(wsi, peer, sizeof(peer));
+	bg_http_access_log("public", peer, method, path, status, bytes,
+			   c != NULL ? c->http_start_us : 0);
+}
 
 static int
 respond(struct lws *wsi, unsigned int status, const char *ctype,
@@ -39,6 +106,7 @@ respond(struct lws *wsi, unsigned int status, const char *ctype,
 	/* HEAD: the same head, Content-Length included, and no body. */
 	if (lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0)
 		body = NULL;
+	access_log(wsi, status, body != NULL ? len : 0);
 
 	if (lws_add_http_common_headers(wsi, status, ctype, len, &p, end) ||
 	    lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL,
@@ -94,6 +162,7 @@ refuse_upgrade_with(struct lws *wsi, const char *status, const char *extra)
 
 	n = snprintf(resp, sizeof(resp), "HTTP/1.1 %s\r\n%sContent-Length: 0"
 		     "\r\nConnection: close\r\n\r\n", status, extra);
+	access_log(wsi, (unsigned int)atoi(status), 0);
 	memcpy(buf + LWS_PRE, resp, (size_t)n);
 	lws_write(wsi, buf + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_HEADERS);
 	return -1;
@@ -275,6 +344,145 @@ resource_metrics(struct text *t, const struct bg_server *srv)
 			 bg_acceptor_stat(a, (enum bg_admit_stat)i));
 }
 
+/* A histogram summed over the workers; bounds in microseconds, written
+ * in seconds. */
+static void
+histogram(struct text *t, const struct bg_server *srv, size_t offset,
+	  const char *name, const char *help)
+{
+	uint64_t counts[BG_HIST_BUCKETS] = { 0 }, sum_us = 0, cum = 0;
+
+	for (int i = 0; i < srv->n_workers; i++) {
+		const struct bg_hist *h = (const void *)
+			((const char *)&srv->workers[i]->stats + offset);
+		for (int b = 0; b < BG_HIST_BUCKETS; b++)
+			counts[b] += bg_stat_get(&h->counts[b]);
+		sum_us += bg_stat_get(&h->sum_us);
+	}
+	text_add(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+	for (int b = 0; b < BG_HIST_BUCKETS; b++) {
+		cum += counts[b];
+		if (b < BG_HIST_BUCKETS - 1)
+			text_add(t, "%s_bucket{le=\"%g\"} %llu\n", name,
+				 bg_hist_bounds[b] / 1e6,
+				 (unsigned long long)cum);
+		else
+			text_add(t, "%s_bucket{le=\"+Inf\"} %llu\n", name,
+				 (unsigned long long)cum);
+	}
+	text_add(t, "%s_sum %.6f\n%s_count %llu\n", name, sum_us / 1e6,
+		 name, (unsigned long long)cum);
+}
+
+#define HIST(t, srv, field, name, help) \
+	histogram(t, srv, offsetof(struct bg_stats, field), name, help)
+
+/* PROTOCOL.md §7 "Operations metrics". */
+static void
+ops_metrics(struct text *t, const struct bg_server *srv)
+{
+	text_add(t, "# HELP bagou_build_info The running build.\n"
+		 "# TYPE bagou_build_info gauge\n"
+		 "bagou_build_info{version=\"%s\",protocol=\"%d\","
+		 "node=\"%s\"} 1\n", BG_VERSION, BG_PROTOCOL_VERSION,
+		 srv->node_id);
+	metric(t, "bagou_received_bytes_total", "counter", "WebSocket "
+	       "message payload bytes received from clients.",
+	       SUM(srv, bytes_received));
+	metric(t, "bagou_sent_bytes_total", "counter", "WebSocket frame "
+	       "bytes written to clients.", SUM(srv, bytes_sent));
+	text_add(t, "# HELP bagou_closes_total WebSocket connections "
+		 "closed, by close code and by the side that closed first."
+		 "\n# TYPE bagou_closes_total counter\n");
+	for (int k = 0; k < BG_CLOSE_CODES; k++)
+		for (int by = 0; by < 2; by++) {
+			uint64_t n = 0;
+			char code[8];
+			for (int i = 0; i < srv->n_workers; i++)
+				n += bg_stat_get(&srv->workers[i]->
+						 stats.closes[k][by]);
+			if (k < BG_CLOSE_CODES - 1)
+				snprintf(code, sizeof(code), "%u",
+					 bg_close_codes[k]);
+			else
+				snprintf(code, sizeof(code), "other");
+			text_add(t, "bagou_closes_total{code=\"%s\",by="
+				 "\"%s\"} %llu\n", code, by ? "client" :
+				 "server", (unsigned long long)n);
+		}
+	metric(t, "bagou_forwarded_events_total", "counter", "Client events "
+	       "and lifecycle events published to [forward] exchange.",
+	       SUM(srv, forwarded_events));
+	metric(t, "bagou_forward_replies_total", "counter", "Application "
+	       "replies carrying a callbackId delivered to a client here.",
+	       SUM(srv, forward_replies));
+	HIST(t, srv, bcast_latency, "bagou_broadcast_latency_seconds",
+	     "From a broadcast's ingest (bus receipt, POST accepted) to its "
+	     "socket write, one observation per write.");
+	HIST(t, srv, forward_rtt, "bagou_forward_round_trip_seconds",
+	     "From a forwarded request with a callbackId to the "
+	     "application's reply reaching its client.");
+}
+
+/* Process metrics from /proc/self, as Prometheus client libraries name
+ * them. */
+static void
+process_metrics(struct text *t)
+{
+	char buf[1024], *p;
+	unsigned long long utime = 0, stime = 0, start = 0, btime = 0;
+	long rss = 0, tck = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+	struct rlimit rl;
+	struct dirent *de;
+	uint64_t fds = 0;
+	FILE *f;
+	DIR *d;
+
+	if ((f = fopen("/proc/self/stat", "r")) != NULL) {
+		size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+		buf[n] = '\0';
+		fclose(f);
+		/* Fields after "(comm)": state is field 3. */
+		p = strrchr(buf, ')');
+		if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u "
+				       "%*u %*u %*u %*u %llu %llu %*d %*d %*d "
+				       "%*d %*d %*d %llu %*u %ld", &utime,
+				       &stime, &start, &rss) != 4)
+			utime = stime = start = 0, rss = 0;
+	}
+	if ((f = fopen("/proc/stat", "r")) != NULL) {
+		while (fgets(buf, sizeof(buf), f) != NULL)
+			if (sscanf(buf, "btime %llu", &btime) == 1)
+				break;
+		fclose(f);
+	}
+	if ((d = opendir("/proc/self/fd")) != NULL) {
+		while ((de = readdir(d)) != NULL)
+			if (de->d_name[0] != '.')
+				fds++;
+		closedir(d);
+		fds--; /* the one opendir holds */
+	}
+	if (tck <= 0)
+		tck = 100;
+	text_add(t, "# HELP process_cpu_seconds_total User and system CPU "
+		 "time spent, in seconds.\n# TYPE process_cpu_seconds_total "
+		 "counter\nprocess_cpu_seconds_total %.2f\n",
+		 (double)(utime + stime) / (double)tck);
+	metric(t, "process_resident_memory_bytes", "gauge", "Resident "
+	       "memory size in bytes.", (uint64_t)rss * (uint64_t)page);
+	metric(t, "process_open_fds", "gauge", "Open file descriptors.",
+	       fds);
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+		metric(t, "process_max_fds", "gauge", "Limit of open file "
+		       "descriptors.", (uint64_t)rl.rlim_cur);
+	text_add(t, "# HELP process_start_time_seconds Start time of the "
+		 "process since the Unix epoch, in seconds.\n# TYPE "
+		 "process_start_time_seconds gauge\n"
+		 "process_start_time_seconds %.2f\n",
+		 (double)btime + (double)start / (double)tck);
+}
+
 char *
 bg_http_metrics(const struct bg_server *srv, size_t *len)
 {
@@ -286,10 +494,11 @@ bg_http_metrics(const struct bg_server *srv, size_t *len)
 	if (t.p == NULL)
 		return NULL;
 	t.p[0] = '\0';
-	text_add(&t, "# HELP bagou_connections Open WebSocket connections."
-		 "\n# TYPE bagou_connections gauge\n");
+	text_add(&t, "# HELP bagou_open_connections Open WebSocket "
+		 "connections.\n# TYPE bagou_open_connections gauge\n");
 	for (int i = 0; i < srv->n_workers; i++)
-		text_add(&t, "bagou_connections{worker=\"%d\"} %llu\n", i,
+		text_add(&t, "bagou_open_connections{worker=\"%d\"} %llu\n",
+			 i,
 			 (unsigned long long)bg_stat_get(
 				 &srv->workers[i]->stats.connections));
 	metric(&t, "bagou_connections_total", "counter",
@@ -325,7 +534,7 @@ bg_http_metrics(const struct bg_server *srv, size_t *len)
 	       "HTTP requests answered 401 or 403 for a missing or wrong "
 	       "Bearer key.", SUM(srv, http_auth_failures));
 	if (srv->api != NULL) {
-		metric(&t, "bagou_api_connections", "gauge",
+		metric(&t, "bagou_api_open_connections", "gauge",
 		       "Open connections on the API listener.",
 		       bg_api_connections(srv->api));
 		metric(&t, "bagou_api_connections_total", "counter",
@@ -348,6 +557,8 @@ bg_http_metrics(const struct bg_server *srv, size_t *len)
 			 bg_code_name((enum bg_code)c),
 			 (unsigned long long)n);
 	}
+	ops_metrics(&t, srv);
+	process_metrics(&t);
 	*len = t.len;
 	return t.p;
 }
@@ -708,6 +919,7 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 	switch (reason) {
 	case LWS_CALLBACK_HTTP:
 		bg_stat_add(&w->stats.http_requests, 1);
+		c->http_start_us = bg_mono_us();
 		if (is_method(wsi, WSI_TOKEN_POST_URI))
 			return start_post(w, wsi, c, uri);
 		if (!is_method(wsi, WSI_TOKEN_GET_URI) &&

@@ -10,6 +10,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct lws;
 struct bg_worker;
@@ -50,6 +51,14 @@ int bg_http_body_timeout(struct bg_worker *w, struct lws *wsi,
 unsigned int bg_http_broadcast(struct bg_server *srv, struct bg_stats *st,
 			       const char *body, size_t len, char *out,
 			       size_t outlen, size_t *out_len);
+
+/* [log] access: logs one request at info level: "access: LISTENER PEER
+ * METHOD PATH STATUS BYTES MS ms" (control bytes in path shown as '?',
+ * long paths cut). start_us: bg_mono_us when the head was in. Any
+ * thread. */
+void bg_http_access_log(const char *listener, const char *peer,
+			const char *method, const char *path,
+			unsigned int status, size_t bytes, uint64_t start_us);
 
 /* 0 when authorization ("Bearer KEY", may be NULL) carries key (not
  * empty), 401 when it is missing or not a Bearer credential, 403 when the

@@ -395,6 +395,7 @@ main(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	bg_log_set_level((enum bg_log_level)cfg.log_level);
+	bg_log_set_format((enum bg_log_format)cfg.log_format);
 	lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
 	log_config_path(path, path_given || access(path, F_OK) == 0);
 	if (cfg.workers == 0) {

@@ -81,6 +81,8 @@ static const struct field fields[] = {
 	F("[http] api_key_file", api_key_file, K_STR, true),
 	F("[log] level", log_level, K_INT, true),
 	F("[log] file", log_file, K_STR, true),
+	F("[log] format", log_format, K_INT, true),
+	F("[log] access", log_access, K_BOOL, true),
 };
 
 static void
@@ -248,6 +250,7 @@ bg_reload_config(struct bg_reload *r, struct bg_server *srv)
 	bg_log_info("reload: %s applied", r->use_file ? r->path :
 		    "(built-in defaults)");
 	bg_log_set_level((enum bg_log_level)cfg->log_level);
+	bg_log_set_format((enum bg_log_format)cfg->log_format);
 	return BG_OK;
 refuse:
 	bg_log_error("reload refused, the running configuration stays: %s",

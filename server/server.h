@@ -37,6 +37,22 @@ struct bg_acceptor;
 struct bg_tls;
 struct bg_api;
 
+/* Close codes counted apart in bg_stats.closes (bg_stat_close); any
+ * other code is counted in the last slot, "other". */
+#define BG_CLOSE_CODES 13
+extern const uint16_t bg_close_codes[BG_CLOSE_CODES - 1];
+
+/* A latency histogram: counts[i] holds observations <= bg_hist_bounds[i]
+ * microseconds (not cumulative; /metrics sums them), the last one the
+ * rest. Owner-written plain counters like the others. */
+#define BG_HIST_BUCKETS 15
+extern const uint32_t bg_hist_bounds[BG_HIST_BUCKETS - 1];
+
+struct bg_hist {
+	uint64_t counts[BG_HIST_BUCKETS];
+	uint64_t sum_us;
+};
+
 /*
  * Per-worker counters: written only by their worker (ck_pr_store_64 of the
  * owner's own value), read by any worker serving /metrics (ck_pr_load_64).
@@ -53,6 +69,14 @@ struct bg_stats {
 	uint64_t http_auth_failures;    /* answered 401 or 403 */
 	uint64_t memory_closes;         /* max_connection_memory */
 	uint64_t client_errors[BG_CODE_COUNT];
+	/* PROTOCOL.md §7 "Operations metrics" (workers only). */
+	uint64_t bytes_received;        /* WebSocket message payloads */
+	uint64_t bytes_sent;            /* WebSocket frames written */
+	uint64_t closes[BG_CLOSE_CODES][2];  /* [code slot][by client] */
+	uint64_t forwarded_events;
+	uint64_t forward_replies;
+	struct bg_hist bcast_latency;   /* ingest to socket write */
+	struct bg_hist forward_rtt;     /* forward published to reply */
 };
 
 struct bg_server {
@@ -120,5 +144,47 @@ bg_stat_get(const uint64_t *counter)
 {
 	return __atomic_load_n(counter, __ATOMIC_RELAXED);
 }
+
+/* Records one observation of us microseconds. Owner thread only. */
+static inline void
+bg_hist_observe(struct bg_hist *h, uint64_t us)
+{
+	int i = 0;
+
+	while (i < BG_HIST_BUCKETS - 1 && us > bg_hist_bounds[i])
+		i++;
+	bg_stat_add(&h->counts[i], 1);
+	bg_stat_add(&h->sum_us, us);
+}
+
+/* Counts a WebSocket close with code (0: none, counted as 1006), by the
+ * client or by the server. Owner thread only. */
+void bg_stat_close(struct bg_stats *st, uint16_t code, bool by_client);
+
+/* CLOCK_MONOTONIC in microseconds. */
+uint64_t bg_mono_us(void);
+
+/*
+ * Forwarded requests awaiting their reply, for the round-trip histogram:
+ * a small direct-mapped table per worker keyed by a hash of (client id,
+ * callbackId). A newer request that lands on a taken slot replaces it
+ * (that round trip goes unmeasured): bounded, no allocation. Owner
+ * worker only.
+ */
+#define BG_FWD_PENDING 256
+
+struct bg_fwd_slot {
+	uint64_t key;                   /* 0 = free */
+	uint64_t t_us;                  /* bg_mono_us when published */
+};
+
+void bg_fwd_pending_add(struct bg_fwd_slot *tab, const char *client,
+			const char *callback_id, uint64_t now_us);
+
+/* True, with the round trip in *us, when (client, callback_id) was
+ * pending; its slot is freed. */
+bool bg_fwd_pending_take(struct bg_fwd_slot *tab, const char *client,
+			 const char *callback_id, uint64_t now_us,
+			 uint64_t *us);
 
 #endif

@@ -120,6 +120,7 @@ on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 
 	if (!c->established || c->closing)
 		return 0;
+	bg_stat_add(&c->w->stats.bytes_received, len);
 	if (lws_frame_is_binary(wsi))
 		return fail(c, 1003, "binary frames are not supported");
 	if (c->rx_len + len + remaining > max)
@@ -199,6 +200,11 @@ on_established(struct bg_conn *c, struct lws *wsi)
 		}
 		free(buf);
 	}
+	if (bg_log_enabled(BG_LOG_DEBUG)) {
+		char peer[64] = "";
+		lws_get_peer_simple(wsi, peer, sizeof(peer));
+		bg_log_debug("client %s: open from %s", c->id, peer);
+	}
 	bg_handlers_run(BG_ON_OPEN, &a);
 	bg_forward_lifecycle(c, BG_FORWARD_OPEN, "open", NULL);
 }
@@ -241,6 +247,12 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		return on_receive(c, wsi, in, len);
 	case LWS_CALLBACK_SERVER_WRITEABLE:
 		return bg_conn_write(c);
+	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+		if (c != NULL)
+			c->peer_code = len >= 2 ? (uint16_t)(
+				((const uint8_t *)in)[0] << 8 |
+				((const uint8_t *)in)[1]) : 1005;
+		return 0;
 	case LWS_CALLBACK_CLOSED:
 		bg_conn_close(c);
 		w->freed_since_trim += TRIM_CLOSE_BYTES;
@@ -285,6 +297,18 @@ conn_by_id(struct bg_worker *w, const char *id)
 	struct bg_chan *ch = bg_chan_find(w->ids, id, strlen(id));
 
 	return ch != NULL ? ch->subs[0]->owner : NULL;
+}
+
+/* A reply with a callbackId reached c: counted, and its round trip
+ * measured when the forwarded request is still in the table. */
+static void
+forward_reply(struct bg_worker *w, struct bg_conn *c, const char *cb)
+{
+	uint64_t us;
+
+	bg_stat_add(&w->stats.forward_replies, 1);
+	if (bg_fwd_pending_take(w->fwd_pending, c->id, cb, bg_mono_us(), &us))
+		bg_hist_observe(&w->stats.forward_rtt, us);
 }
 
 /* Queues m for every local recipient, each once. Takes over the ring's
@@ -335,6 +359,8 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 			if (c == NULL || c == excl || c->last_seq == seq)
 				continue;
 			c->last_seq = seq;
+			if (m->reply_cb != NULL)
+				forward_reply(w, c, m->reply_cb);
 			/* The application's answer to a forwarded
 			 * authenticate: the connection is now that user. */
 			if (m->auth != NULL && !c->closing)

@@ -82,6 +82,7 @@ struct bg_worker {
 	size_t freed_since_trim;       /* bytes, estimated: closes and
 	                                  unsubscribes (conn.c) */
 	uint64_t last_trim_ms;
+	struct bg_fwd_slot fwd_pending[BG_FWD_PENDING]; /* server.h */
 };
 
 /* Creates the worker (rings, eventfds); the thread starts in

@@ -17,7 +17,7 @@ from support import (HOST, http_request, metric_sum,
                      ws_connect)
 
 REQUIRED_METRICS = [
-    "bagou_connections",
+    "bagou_open_connections",
     "bagou_connections_total",
     "bagou_messages_received_total",
     "bagou_messages_sent_total",
@@ -73,8 +73,8 @@ def test_metrics_names(server):
     for name in REQUIRED_METRICS:
         assert any(k == name or k.startswith(name + "{") for k in m), \
             "metric %s missing from:\n%s" % (name, text)
-    assert 'bagou_connections{worker="0"}' in m
-    assert 'bagou_connections{worker="1"}' in m
+    assert 'bagou_open_connections{worker="0"}' in m
+    assert 'bagou_open_connections{worker="1"}' in m
     assert m["bagou_amqp_connected"] == 0
 
 
@@ -86,7 +86,7 @@ def test_metrics_counters_move(server):
         ws, _ = await ws_connect(srv)
         await subscribe(ws, "m")
         m = await asyncio.to_thread(srv.metrics)
-        assert metric_sum(m, "bagou_connections") == 1
+        assert metric_sum(m, "bagou_open_connections") == 1
         assert metric_sum(m, "bagou_subscriptions") == 1
         await asyncio.to_thread(srv.broadcast,
                                 {"event": "e", "channel": "m"})

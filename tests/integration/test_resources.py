@@ -198,7 +198,7 @@ def test_per_address_limit(server):
     finally:
         for ws in clients:
             ws.close()
-    wait_for(lambda: metric_sum(srv.metrics(), "bagou_connections") == 0,
+    wait_for(lambda: metric_sum(srv.metrics(), "bagou_open_connections") == 0,
              what="clients gone")
     m = srv.metrics()
     assert m['bagou_connections_refused_total{reason="max_per_address"}'] \
@@ -327,7 +327,7 @@ def test_memory_returns_after_crowd_leaves(server):
         read_until_callback(ws, "u")
     for ws in crowd:
         ws.close()
-    wait_for(lambda: metric_sum(srv.metrics(), "bagou_connections") == 0,
+    wait_for(lambda: metric_sum(srv.metrics(), "bagou_open_connections") == 0,
              timeout=10, what="crowd gone")
     # The worker trims within its next ticks.
     wait_for(lambda: rss_kb(srv) - base < (peak - base) / 4,

@@ -57,7 +57,7 @@ def test_1000_connections_1000_broadcasts(server):
                              "data": {"success": True, "channel": "scale"}}
 
         metrics = srv.metrics()
-        per_worker = [metrics.get('bagou_connections{worker="%d"}' % i, 0)
+        per_worker = [metrics.get('bagou_open_connections{worker="%d"}' % i, 0)
                       for i in range(WORKERS)]
         assert all(n > 0 for n in per_worker), per_worker
         assert sum(per_worker) == N_CONN, per_worker

@@ -1298,6 +1298,30 @@ test_reload_keys(void **state)
 			    "(the new one)");
 }
 
+/* [log] format and access (issue 11 item 5). */
+static void
+test_log_format_access(void **state)
+{
+	struct bg_config cfg;
+	char err[256];
+
+	(void)state;
+	bg_config_defaults(&cfg);
+	assert_int_equal(cfg.log_format, BG_LOG_TEXT);
+	assert_false(cfg.log_access);
+	assert_int_equal(load_text(&cfg, "[log]\nformat = json\naccess = yes\n",
+				   err, sizeof(err)), BG_OK);
+	assert_int_equal(cfg.log_format, BG_LOG_JSON);
+	assert_true(cfg.log_access);
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, "[log]\nformat = xml\n", err,
+				   sizeof(err)), BG_ERR);
+	assert_non_null(strstr(err, "text or json"));
+	bg_config_defaults(&cfg);
+	assert_int_equal(load_text(&cfg, "[log]\naccess = maybe\n", err,
+				   sizeof(err)), BG_ERR);
+}
+
 int
 main(void)
 {
@@ -1335,6 +1359,7 @@ main(void)
 		cmocka_unit_test(test_relative_paths_and_credentials),
 		cmocka_unit_test(test_load_text),
 		cmocka_unit_test(test_reload_keys),
+		cmocka_unit_test(test_log_format_access),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
