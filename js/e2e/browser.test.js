@@ -41,7 +41,9 @@ const CONFIG = [
   "exchange = bagou.events",
   "lifecycle = subscribe,unsubscribe,close",
   "[http]",
-  "static_dir = examples/chat",
+  // Absolute: a relative static_dir is relative to the ini's folder,
+  // which is a temporary one here.
+  "static_dir = " + path.join(S.REPO, "examples", "chat"),
   "",
 ].join("\n");
 
@@ -379,7 +381,8 @@ describe("browser end-to-end", function () {
     await withDiagnostics("original", pages, async function () {
       // A second node on the same broker and app, serving the page.
       env.original = new S.BagouServer(env.broker.url, CONFIG.replace(
-        "static_dir = examples/chat", "static_dir = js/e2e/original"));
+        "static_dir = " + path.join(S.REPO, "examples", "chat"),
+        "static_dir = " + path.join(S.REPO, "js", "e2e", "original")));
       await env.original.start();
       async function openOriginal(name) {
         const context = await env.browser.newContext();
