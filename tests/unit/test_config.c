@@ -1140,7 +1140,7 @@ test_env_errors(void **state)
 static void
 test_ini_documents_every_key(void **state)
 {
-	char line[512], section[64] = "", seen[256][96], want[96];
+	char line[512], section[64] = "", seen[256][136], want[136];
 	const char *sec, *key;
 	size_t n_seen = 0, n_keys = 0;
 	FILE *fp = fopen("etc/bagou.ini", "r");
