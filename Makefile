@@ -66,6 +66,7 @@ FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(OUT)/tests/%)
 .PHONY: all deps packages test-packages run test test-unit test-fuzz \
         test-integration test-js js-packages test-sanitizers fuzz bench \
         test-integration-asan test-integration-tsan test-sanitizers-full \
+        test-integration-memory \
         clean
 
 BROADCAST_BIN := $(if $(wildcard amqp/bagou_broadcast.c),$(OUT)/bagou-broadcast)
@@ -191,8 +192,11 @@ run: deps all
 	$(Q)exec ./$(OUT)/bagou-server --config etc/bagou.ini --amqp-url none
 
 # ---------------------------------------------------------------- tests
-test: test-packages deps all test-unit test-fuzz test-integration \
-      test-js test-sanitizers test-integration-asan test-promises
+# The integration suite runs once, against the ASan+UBSan build (make
+# test-integration runs it against the plain one); the memory-sensitive
+# files also run against the plain build.
+test: test-packages deps all test-unit test-fuzz test-integration-asan \
+      test-integration-memory test-js test-sanitizers test-promises
 	@echo "make test: all suites passed"
 
 test-unit: $(UNIT_BIN)
@@ -205,8 +209,18 @@ test-fuzz: $(FUZZ_BIN)
 
 test-integration: $(OUT)/bagou-server $(BROADCAST_BIN)
 	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) $(SAN_ENV) \
-	  BAGOU_START_TIMEOUT=$(BAGOU_START_TIMEOUT) \
-	  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+	  BAGOU_START_TIMEOUT=$(BAGOU_START_TIMEOUT) BAGOU_SANITIZER=$(SANITIZER) \
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider $(IT_TESTS)
+
+# Which integration tests a run takes (all by default).
+IT_TESTS ?= tests/integration
+
+# The memory figures of the attack and resource tests, against the plain
+# build (make test runs the whole suite under ASan+UBSan, where RSS says
+# nothing about the server's own memory).
+test-integration-memory: $(OUT)/bagou-server $(BROADCAST_BIN)
+	$(Q)$(MAKE) --no-print-directory test-integration \
+	  IT_TESTS="tests/integration/test_attacks.py tests/integration/test_resources.py"
 
 # What the sanitizers do when the integration suite runs a sanitizer
 # build: every report ends up in the server's log, which the fixtures

@@ -454,6 +454,8 @@ main(int argc, char **argv)
 			bg_acceptor_stop(srv.acceptor);
 			bg_acceptor_free(srv.acceptor);
 			bg_handlers_free();
+			bg_asset_free();
+			free(srv.cfg_seen);
 			free(srv.workers);
 			return EXIT_FAILURE;
 		}

@@ -48,6 +48,11 @@ def stop_servers(servers):
                              + "\n".join(problems))
 
 
+# The sanitizers the server under test was built with ("" for none; the
+# Makefile sets it): memory figures mean nothing under them.
+SANITIZER = os.environ.get("BAGOU_SANITIZER", "")
+
+
 def server_binary():
     return os.environ.get("BAGOU_BIN") or DEFAULT_BIN
 

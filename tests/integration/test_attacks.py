@@ -19,7 +19,7 @@ import pytest
 
 from rawws import (OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, Closed, RawWS,
                    build_frame)
-from support import HOST, error_code, wait_for
+from support import HOST, SANITIZER, error_code, wait_for
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "stress"))
@@ -113,8 +113,11 @@ def test_reset_storm_1000_three_times(server):
         assert r["fds_after"] <= base["fds"] + 20, res
     # RSS after three rounds: no per-connection leak (1,000 leaked
     # connections of a few KiB each would show), allocator caches allowed.
-    assert res["rounds"][-1]["rss_after_kb"] <= \
-        res["rounds"][0]["rss_after_kb"] + 8 * 1024, res
+    # RSS under a sanitizer (quarantine, shadow memory) says nothing about
+    # the server's own: make test checks it against the plain build.
+    if not SANITIZER:
+        assert res["rounds"][-1]["rss_after_kb"] <= \
+            res["rounds"][0]["rss_after_kb"] + 8 * 1024, res
     wait_for(lambda: srv.health()["connections"] == 0, timeout=10,
              what="connections back to 0")
     still_serves(srv)
@@ -395,7 +398,8 @@ def test_1000_long_subscriptions_per_client(server):
                 ws.close()
     report(canary, base=base, full=full)
     grown = full["rss_kb"] - base["rss_kb"]
-    assert grown <= 20 * 1000 * 2, (base, full)
+    if not SANITIZER:           # see test_reset_storm_1000_three_times
+        assert grown <= 20 * 1000 * 2, (base, full)
     wait_for(lambda: srv.health()["connections"] == 0, timeout=10,
              what="clients gone")
     still_serves(srv)
