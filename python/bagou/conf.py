@@ -231,6 +231,13 @@ def load(src: Mapping[str, Any]) -> Settings:
             ("http://", "https://")):
         raise ConfigurationError("HTTP_URL must be an http:// or https:// "
                                  "URL, not %r" % http_url)
+    if http_url is not None:
+        # The API listener's base URL (as docs/publishing.md's
+        # BAGOU_HTTP_URL has it) means its POST /broadcast endpoint.
+        http_url = str(http_url)
+        scheme, _, rest = http_url.partition("://")
+        if "/" not in rest or rest.endswith("/") and rest.count("/") == 1:
+            http_url = http_url.rstrip("/") + "/broadcast"
     websocket_url = str(src.get("WEBSOCKET_URL")
                         or _legacy_websocket_url(src)
                         or DEFAULT_WEBSOCKET_URL)

@@ -47,6 +47,15 @@ def test_http_only_when_no_broker():
     assert conf.load({}).amqp_url == conf.DEFAULT_AMQP_URL
 
 
+def test_http_base_url_means_its_broadcast_endpoint():
+    # docs/publishing.md's BAGOU_HTTP_URL is the API listener's base URL.
+    for url in ("http://127.0.0.1:9001", "http://127.0.0.1:9001/"):
+        assert conf.load({"HTTP_URL": url}).http_url == \
+            "http://127.0.0.1:9001/broadcast"
+    assert conf.load({"HTTP_URL": "https://h/x/broadcast"}).http_url == \
+        "https://h/x/broadcast"
+
+
 def test_bad_values():
     for bad in ({"AMQP_BROKER_URL": "http://x"}, {"HTTP_URL": "ftp://x"},
                 {"AUTH": "maybe"}, {"CONCURRENCY": 0},
