@@ -360,7 +360,9 @@ def test_ping_flood_unread_pongs(server):
             ws.close()
     report(canary, pings_sent=sent, base=base, peak=peak)
     # 100,000 queued pongs would be 12.7 MB.
-    assert peak["rss_kb"] <= base["rss_kb"] + 8 * 1024, (base, peak, sent)
+    if not SANITIZER:           # see test_reset_storm_1000_three_times
+        assert peak["rss_kb"] <= base["rss_kb"] + 8 * 1024, \
+            (base, peak, sent)
     still_serves(srv)
 
 

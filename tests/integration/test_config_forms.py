@@ -11,7 +11,7 @@ import pytest
 import websockets
 
 from support import (HOST, Server, request, run, server_binary,
-                     stop_servers, ws_connect)
+                     stop_servers, wait_for, ws_connect)
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
@@ -91,7 +91,9 @@ def test_env_overrides_listen_and_origins(env_server, monkeypatch):
                                  "origins": "https://ini.example"}})
     # It listens where the environment said (the fixture found /health
     # there); the ini's port 1 was never bound.
-    assert "listening on 127.0.0.1:%d" % srv.port in srv.log()
+    # The start-up line may come just after /health first answers.
+    wait_for(lambda: "listening on 127.0.0.1:%d" % srv.port in srv.log(),
+             what="the start-up line")
 
     async def scenario():
         await accepted(srv, "https://a.env.example")
@@ -106,8 +108,8 @@ def test_command_line_beats_environment(server, monkeypatch):
     srv = server({"server": {"workers": "1"}}, workers=2)
     # --workers 2 and --log-level info (the fixture's) win over the
     # environment, which won over the ini's workers = 1.
-    log = srv.log()
-    assert "(2 workers" in log and "listening on" in log
+    wait_for(lambda: "listening on" in srv.log(), what="the start-up line")
+    assert "(2 workers" in srv.log()
 
 
 def test_wildcard_origins_at_upgrade(server):

@@ -68,6 +68,9 @@ def test_workers_default_to_online_cores(tmp_path):
             return json.loads(body) if status == 200 else None
         state = wait_for(health, timeout=10, what="/health")
         assert state["workers"] == os.cpu_count(), state
+        wait_for(lambda: "listening on" in
+                 (tmp_path / "bagou.log").read_text(),
+                 what="the start-up line")
         text = (tmp_path / "bagou.log").read_text()
         assert "(%d workers" % os.cpu_count() in text, text
     finally:
