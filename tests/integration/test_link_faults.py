@@ -1,0 +1,238 @@
+"""The broker link failing in the middle of a publish (PROTOCOL.md §8
+AMQP): a broadcast whose publish failed because the link dropped is kept
+and published first on the next link, at most 3 times in all, then
+dropped and counted reason=link.
+
+The fault is made, not waited for: the node reaches RabbitMQ through
+TrapProxy, a TCP relay in this process. Its listening socket has a tiny
+receive buffer, so a broadcast of several MB cannot fit in the kernel's
+buffers between the node and the broker: the node is still inside
+amqp_basic_publish, writing, when the proxy has relayed TRAP_BYTES of
+one connection. The proxy then resets that connection (SO_LINGER 0): the
+node's next write fails, exactly the "publish failed as the link
+dropped" case. The broker saw only part of the message and discards it,
+so a delivery can only come from the re-publish.
+"""
+
+import asyncio
+import json
+import socket
+import struct
+import threading
+
+import pytest
+
+from rabbitmq import AmqpServer, unique_exchange
+from support import (HOST, async_wait_for, metric_sum, recv_json, run,
+                     stop_servers, subscribe, ws_connect)
+
+BIG = 8 * 1024 * 1024          # the broadcast's payload: over any buffer
+TRAP_BYTES = 1024 * 1024       # relayed on one connection before a cut
+# The node's socket buffer grows to tcp_wmem's 4 MB at most and the
+# proxy's receive buffer is pinned at a few KB: when TRAP_BYTES have been
+# relayed, at most ~5 MB of the publish have left amqp_basic_publish.
+LIMITS = {"max_message_size": "10M", "max_queued_bytes": "24M"}
+
+
+class TrapProxy:
+    """A TCP relay to 127.0.0.1:target. arm(n): the next n connections
+    (the current one included) that relay TRAP_BYTES from the client side
+    are reset. Threads end when the sockets close; errors other than
+    the expected socket ones are kept in .errors for the test."""
+
+    def __init__(self, target):
+        self.target = target
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Inherited by accepted sockets: no receive-window autotuning.
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.lsock.bind((HOST, 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.traps = 0
+        self.cuts = 0
+        self.conns = []
+        self.errors = []
+        self.closed = False
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    @property
+    def url(self):
+        return "amqp://guest:guest@%s:%d/" % (HOST, self.port)
+
+    def arm(self, n):
+        with self.lock:
+            self.traps = n
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.lsock.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection((HOST, self.target),
+                                              timeout=5)
+                up.settimeout(None)
+            except OSError as e:
+                self.errors.append("upstream: %r" % e)
+                client.close()
+                continue
+            with self.lock:
+                self.conns.append((client, up))
+            for src, dst, trap in ((client, up, True), (up, client, False)):
+                threading.Thread(target=self._pump,
+                                 args=(src, dst, client, up, trap),
+                                 daemon=True).start()
+
+    def _cut(self, client, up):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                          struct.pack("ii", 1, 0))
+        for s in (client, up):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _pump(self, src, dst, client, up, trap):
+        relayed = 0
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                relayed += len(data)
+                if trap and relayed >= TRAP_BYTES:
+                    with self.lock:
+                        cut = self.traps > 0
+                        if cut:
+                            self.traps -= 1
+                            self.cuts += 1
+                    if cut:
+                        self._cut(client, up)
+                        return
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        self.lsock.close()
+        with self.lock:
+            conns = list(self.conns)
+        for client, up in conns:
+            for s in (client, up):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+@pytest.fixture
+def trapped(request, tmp_path, rabbitmq):
+    """Factory: trapped(exchange) -> (server, proxy), a node whose only
+    way to the session broker is a TrapProxy. Both stopped at the end."""
+    servers, proxies = [], []
+    request.node.bagou_servers = servers
+
+    def start(exchange):
+        proxy = TrapProxy(rabbitmq.port)
+        proxies.append(proxy)
+        srv = AmqpServer(str(tmp_path), proxy.url,
+                         config={"amqp": {"exchange": exchange},
+                                 "limits": dict(LIMITS)},
+                         name="bagou%d" % len(servers))
+        servers.append(srv)
+        srv.start()
+        srv.wait_amqp("connected", timeout=15.0)
+        return srv, proxy
+
+    yield start
+    stop_servers(servers)
+    for proxy in proxies:
+        proxy.close()
+        assert not proxy.errors, proxy.errors
+
+
+def link_failures(srv):
+    return metric_sum(srv.metrics(),
+                      'bagou_amqp_publish_failures_total{reason="link"}')
+
+
+def reconnects(srv):
+    return metric_sum(srv.metrics(), "bagou_amqp_reconnects_total")
+
+
+def connected_again(srv, n):
+    """A condition: the node has reconnected n times and is up."""
+    return lambda: reconnects(srv) >= n and \
+        srv.amqp_state() == "connected"
+
+
+def big_broadcast():
+    return json.dumps({"channel": "news", "event": "big",
+                       "data": "b" * BIG})
+
+
+def test_failed_publish_is_sent_first_on_the_next_link(trapped):
+    """One cut in the middle of an 8 MB publish: the node reconnects and
+    publishes that broadcast again before anything else; the subscriber
+    gets it whole, once, then the sentinel posted after the reconnect.
+    Nothing is counted as dropped."""
+    srv, proxy = trapped(unique_exchange("bagou-fault"))
+
+    async def scenario():
+        ws, _ = await ws_connect(srv, max_size=None)
+        await subscribe(ws, "news")
+        proxy.arm(1)
+        await asyncio.to_thread(srv.broadcast, big_broadcast())
+        await async_wait_for(lambda: proxy.cuts == 1, timeout=30,
+                             what="the cut")
+        await async_wait_for(connected_again(srv, 1), timeout=30,
+                             what="a new link")
+        await asyncio.to_thread(srv.broadcast,
+                                {"channel": "news", "event": "sentinel"})
+        first = await recv_json(ws, timeout=30)
+        assert first["event"] == "big", first["event"]
+        assert first["data"] == "b" * BIG
+        second = await recv_json(ws, timeout=10)
+        assert second["event"] == "sentinel", second
+        await ws.close()
+
+    run(scenario(), timeout=90)
+    assert proxy.cuts == 1
+    assert link_failures(srv) == 0
+
+
+def test_failed_publish_is_dropped_after_three_tries(trapped):
+    """The same publish cut on three links in a row: tried 3 times, then
+    dropped and counted reason=link; the fourth link is clean and carries
+    the sentinel, which is the first thing the subscriber gets."""
+    srv, proxy = trapped(unique_exchange("bagou-fault"))
+
+    async def scenario():
+        ws, _ = await ws_connect(srv, max_size=None)
+        await subscribe(ws, "news")
+        proxy.arm(3)
+        await asyncio.to_thread(srv.broadcast, big_broadcast())
+        await async_wait_for(lambda: link_failures(srv) == 1, timeout=60,
+                             what="the publish dropped after 3 tries")
+        assert proxy.cuts == 3
+        await async_wait_for(connected_again(srv, 3), timeout=30,
+                             what="a clean link")
+        await asyncio.to_thread(srv.broadcast,
+                                {"channel": "news", "event": "sentinel"})
+        first = await recv_json(ws, timeout=30)
+        assert first["event"] == "sentinel", first["event"]
+        await ws.close()
+
+    run(scenario(), timeout=120)
+    assert reconnects(srv) >= 3
