@@ -1,0 +1,113 @@
+"""More promises of docs/PROTOCOL.md that were UNTESTED in
+docs/PROMISES.md: an HTTP/1.0 request on the public port is answered and
+its connection ends; the API listener holds at most 1024 connections and
+refuses the next one without an answer, then serves again once one
+closed."""
+
+import resource
+import socket
+
+from support import HOST, metric_sum, parse_metrics, wait_for
+
+API_MAX = 1024
+
+
+def read_to_eof(sock, timeout=5.0):
+    """Everything the peer sends until it closes; fails on timeout."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_http10_without_keep_alive_answered_then_closed(server):
+    """PROTOCOL.md §2.1: on the public port, an HTTP/1.0 request without
+    keep-alive gets its answer, and then the server ends the connection
+    (no second request is waited for)."""
+    srv = server(workers=1)
+    for path in (b"/health", b"/health/live"):
+        with socket.create_connection((HOST, srv.port), timeout=5) as s:
+            s.sendall(b"GET " + path + b" HTTP/1.0\r\nHost: x\r\n\r\n")
+            data = read_to_eof(s)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(
+            b"\r\n")[0], data[:200]
+        assert body, data[:200]
+
+
+def api_get_on(sock, path):
+    """GET path on an open keep-alive API connection; (status, body)."""
+    sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.settimeout(5)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed before an answer: %r" % data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed in the body"
+        body += chunk
+    return int(head.split(b" ")[1]), body[:length]
+
+
+def test_api_listener_refuses_the_1025th_connection(server):
+    """PROTOCOL.md §8 Listeners: at most 1024 API connections at once.
+    With 1024 open (the last one answering /metrics, which counts 1024),
+    the next connection is closed without an answer; once one of the
+    1024 closes, a new connection is served again."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = API_MAX + 512
+    if soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            raise AssertionError("RLIMIT_NOFILE hard limit %d < %d"
+                                 % (hard, want))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    socks = []
+    try:
+        # The server inherits the raised limit.
+        srv = server(workers=1)
+        for _ in range(API_MAX - 1):
+            socks.append(socket.create_connection((HOST, srv.api_port),
+                                                  timeout=5))
+        # 1023 held, plus the one asking: the server took them all.
+        wait_for(lambda: metric_sum(srv.metrics(),
+                                    "bagou_api_open_connections") == API_MAX,
+                 timeout=20, what="1023 API connections accepted")
+        last = socket.create_connection((HOST, srv.api_port), timeout=5)
+        socks.append(last)
+        status, body = api_get_on(last, "/metrics")
+        assert status == 200
+        assert metric_sum(parse_metrics(body.decode()),
+                          "bagou_api_open_connections") == API_MAX
+        # The 1025th: accepted by the kernel, closed by the server.
+        with socket.create_connection((HOST, srv.api_port),
+                                      timeout=5) as extra:
+            try:
+                extra.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            assert read_to_eof(extra) == b""
+        # The ones held still work.
+        status, _ = api_get_on(last, "/metrics")
+        assert status == 200
+        socks.pop(0).close()
+        wait_for(lambda: metric_sum(srv.metrics(),
+                                    "bagou_api_open_connections") == API_MAX,
+                 timeout=10, what="a slot free again")
+    finally:
+        for s in socks:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
