@@ -1,7 +1,8 @@
 """The broker link failing in the middle of a publish (PROTOCOL.md §8
 AMQP): a broadcast whose publish failed because the link dropped is kept
 and published first on the next link, at most 3 times in all, then
-dropped and counted reason=link.
+dropped and counted reason=link. And the bus stalled on a slow broker:
+once its fan-out queue is full, POST /broadcast answers 503 (§1).
 
 The fault is made, not waited for: the node reaches RabbitMQ through
 TrapProxy, a TCP relay in this process. Its listening socket has a tiny
@@ -52,6 +53,9 @@ class TrapProxy:
         self.lock = threading.Lock()
         self.traps = 0
         self.cuts = 0
+        self.stalls = 0
+        self.stalled = threading.Event()
+        self.released = threading.Event()
         self.conns = []
         self.errors = []
         self.closed = False
@@ -65,6 +69,15 @@ class TrapProxy:
     def arm(self, n):
         with self.lock:
             self.traps = n
+
+    def stall(self):
+        """The next connection to relay TRAP_BYTES stops relaying from
+        the client side (the node's writes block) until release()."""
+        with self.lock:
+            self.stalls = 1
+
+    def release(self):
+        self.released.set()
 
     def _accept(self):
         while not self.closed:
@@ -111,9 +124,16 @@ class TrapProxy:
                         if cut:
                             self.traps -= 1
                             self.cuts += 1
+                        stall = not cut and self.stalls > 0
+                        if stall:
+                            self.stalls -= 1
                     if cut:
                         self._cut(client, up)
                         return
+                    if stall:
+                        self.stalled.set()
+                        if not self.released.wait(120):
+                            self.errors.append("never released")
                 dst.sendall(data)
         except OSError:
             pass
@@ -125,6 +145,7 @@ class TrapProxy:
 
     def close(self):
         self.closed = True
+        self.released.set()
         self.lsock.close()
         with self.lock:
             conns = list(self.conns)
@@ -236,3 +257,48 @@ def test_failed_publish_is_dropped_after_three_tries(trapped):
 
     run(scenario(), timeout=120)
     assert reconnects(srv) >= 3
+
+
+def test_full_fan_out_queue_answers_503(trapped):
+    """The bus thread blocked inside a publish (the proxy stops reading):
+    a batch of 70,000 broadcasts fills the bus's queue (65,536 slots) and
+    gets 503 unavailable "the broadcast bus is busy", with how many went
+    in first. Once the broker reads again, all of them go out in order:
+    the subscriber gets the blocked broadcast, then the sentinel."""
+    srv, proxy = trapped(unique_exchange("bagou-fault"))
+    n = 70000
+
+    async def scenario():
+        ws, _ = await ws_connect(srv, max_size=None)
+        await subscribe(ws, "news")
+        proxy.stall()
+        await asyncio.to_thread(srv.broadcast, big_broadcast())
+        assert await asyncio.to_thread(proxy.stalled.wait, 30)
+        batch = "[" + ",".join(['{"channel":"void","event":"f"}'] * n) + "]"
+        status, _, body = await asyncio.to_thread(
+            srv.post, "/broadcast", batch, timeout=30)
+        assert status == 503, (status, body[:200])
+        err = json.loads(body)
+        assert err["error"]["code"] == "unavailable", err
+        assert "bus is busy" in err["error"]["message"], err
+        published = err["published"]
+        assert 60000 < published < n, err
+        # The link is up, the bus only slow: /health stays ok.
+        assert srv.amqp_state() == "connected"
+        proxy.release()
+
+        def sentinel():
+            status, _, _ = srv.post("/broadcast", {"channel": "news",
+                                                   "event": "sentinel"})
+            return status == 202
+        await async_wait_for(sentinel, timeout=60, interval=0.2,
+                             what="the bus taking broadcasts again")
+        first = await recv_json(ws, timeout=60)
+        assert first["event"] == "big", first["event"]
+        second = await recv_json(ws, timeout=60)
+        assert second["event"] == "sentinel", second
+        await ws.close()
+
+    run(scenario(), timeout=180)
+    assert proxy.cuts == 0
+    assert link_failures(srv) == 0
