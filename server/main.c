@@ -28,6 +28,7 @@
 #include "server/acceptor.h"
 #include "server/api.h"
 #include "server/asset.h"
+#include "server/evmem.h"
 #include "server/reload.h"
 #include "server/server.h"
 #include "server/tls.h"
@@ -318,6 +319,8 @@ main(int argc, char **argv)
 	sigset_t sigs;
 	char err[512];
 
+	/* Before any libevent call: libevent's rule. */
+	bg_evmem_install();
 	while ((opt = getopt_long(argc, argv, "w:c:l:a:L:Vh", opts, NULL)) !=
 	       -1) {
 		switch (opt) {

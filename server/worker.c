@@ -39,7 +39,7 @@ _Static_assert(LWS_PRE <= BG_FRAME_PRE, "frames need LWS_PRE headroom");
 #define TICK_MS 1000            /* handshake deadlines, trimming */
 #define TRIM_CLOSE_BYTES 16384 /* what a close frees, roughly */
 #define TRIM_BYTES (1 << 20)    /* freed bytes that make a trim worth it */
-#define TRIM_EVERY_MS 5000      /* at most this often */
+#define TRIM_EVERY_MS 5000      /* at most this often while freeing */
 #define BCAST_RING 16384
 
 /* lws context and vhost creation is not thread-safe. */
@@ -480,7 +480,9 @@ on_inbox(evutil_socket_t fd, short what, void *arg)
 
 /* Once a second: sockets past their handshake deadline are closed, and
  * after a megabyte or so was freed (closes, unsubscribes) the memory goes
- * back to the system (glibc keeps it otherwise: docs/DESIGN.md). */
+ * back to the system (glibc keeps it otherwise: docs/DESIGN.md): every
+ * TRIM_EVERY_MS while a burst of closes goes on, and at the first tick
+ * that saw no more, so the end of a burst is not left untrimmed. */
 static void
 on_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -499,11 +501,13 @@ on_tick(evutil_socket_t fd, short what, void *arg)
 		lws_cancel_service(w->lws);
 	}
 	if (w->freed_since_trim >= TRIM_BYTES &&
-	    now - w->last_trim_ms >= TRIM_EVERY_MS) {
+	    (now - w->last_trim_ms >= TRIM_EVERY_MS ||
+	     w->freed_since_trim == w->freed_at_tick)) {
 		w->freed_since_trim = 0;
 		w->last_trim_ms = now;
 		malloc_trim(0);
 	}
+	w->freed_at_tick = w->freed_since_trim;
 }
 
 static void

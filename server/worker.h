@@ -82,6 +82,7 @@ struct bg_worker {
 	size_t freed_since_trim;       /* bytes, estimated: closes and
 	                                  unsubscribes (conn.c) */
 	uint64_t last_trim_ms;
+	size_t freed_at_tick;          /* freed_since_trim at the last tick */
 	struct bg_fwd_slot fwd_pending[BG_FWD_PENDING]; /* server.h */
 };
 
