@@ -207,13 +207,34 @@ test-fuzz: $(FUZZ_BIN)
 	  echo "  REPLAY tests/fuzz/corpus/$$n"; \
 	  ./$$t tests/fuzz/corpus/$$n; done
 
+# Two passes: every file but IT_SERIAL on IT_JOBS pytest-xdist workers
+# (whole files per worker: module fixtures and a file's order stay as
+# they are; each worker has its own session broker), then the IT_SERIAL
+# files alone, whose figures (RSS, a canary's latency, deadlines under a
+# flood) need the CPUs to themselves. Both passes run; either fails it.
 test-integration: $(OUT)/bagou-server $(BROADCAST_BIN)
-	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) $(SAN_ENV) \
-	  BAGOU_START_TIMEOUT=$(BAGOU_START_TIMEOUT) BAGOU_SANITIZER=$(SANITIZER) \
-	  /usr/bin/python3 -m pytest -q -p no:cacheprovider $(IT_TESTS)
+	$(Q)export BAGOU_BIN=$(abspath $(OUT)/bagou-server) $(SAN_ENV) \
+	  BAGOU_START_TIMEOUT=$(BAGOU_START_TIMEOUT) \
+	  BAGOU_SANITIZER=$(SANITIZER); rc=0; \
+	if [ -n "$(strip $(IT_PAR))" ]; then \
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+	    $(if $(filter-out 0 1,$(IT_JOBS)),-n $(IT_JOBS) --dist loadfile,-p no:xdist) \
+	    $(IT_PAR) $(if $(IT_WHOLE),$(addprefix --ignore=,$(IT_SERIAL))) \
+	    || rc=1; fi; \
+	if [ -n "$(strip $(IT_SER))" ]; then \
+	  /usr/bin/python3 -m pytest -q -p no:cacheprovider -p no:xdist \
+	    $(IT_SER) || rc=1; fi; \
+	exit $$rc
 
-# Which integration tests a run takes (all by default).
-IT_TESTS ?= tests/integration
+# Which integration tests a run takes (all by default), on how many
+# parallel workers, and which files run alone after the others.
+IT_TESTS  ?= tests/integration
+IT_JOBS   ?= 2
+IT_SERIAL ?= tests/integration/test_attacks.py tests/integration/test_link.py \
+             tests/integration/test_resources.py
+IT_WHOLE  = $(filter tests/integration tests/integration/,$(IT_TESTS))
+IT_SER    = $(if $(IT_WHOLE),$(IT_SERIAL),$(filter $(IT_SERIAL),$(IT_TESTS)))
+IT_PAR    = $(filter-out $(IT_SERIAL),$(IT_TESTS))
 
 # The memory figures of the attack and resource tests, against the plain
 # build (make test runs the whole suite under ASan+UBSan, where RSS says
@@ -442,3 +463,6 @@ fuzz-run: fuzz
 	    -runs=$(FUZZ_RUNS) -max_len=4096 -timeout=10 \
 	    -rss_limit_mb=2048 -print_final_stats=1 \
 	    -artifact_prefix=$(BUILD)/fuzz-work/$$t-; done
+
+# The integration suite runs its files on parallel workers (IT_JOBS).
+TEST_PKGS  += python3-pytest-xdist

@@ -33,6 +33,9 @@ TRAP_BYTES = 1024 * 1024       # relayed on one connection before a cut
 # proxy's receive buffer is pinned at a few KB: when TRAP_BYTES have been
 # relayed, at most ~5 MB of the publish have left amqp_basic_publish.
 LIMITS = {"max_message_size": "10M", "max_queued_bytes": "24M"}
+# Posting and parsing 8 MB of JSON takes seconds under ASan on a busy
+# machine.
+POST_TIMEOUT = 60
 
 
 class TrapProxy:
@@ -214,7 +217,8 @@ def test_failed_publish_is_sent_first_on_the_next_link(trapped):
         ws, _ = await ws_connect(srv, max_size=None)
         await subscribe(ws, "news")
         proxy.arm(1)
-        await asyncio.to_thread(srv.broadcast, big_broadcast())
+        await asyncio.to_thread(srv.broadcast, big_broadcast(),
+                                timeout=POST_TIMEOUT)
         await async_wait_for(lambda: proxy.cuts == 1, timeout=30,
                              what="the cut")
         await async_wait_for(connected_again(srv, 1), timeout=30,
@@ -243,7 +247,8 @@ def test_failed_publish_is_dropped_after_three_tries(trapped):
         ws, _ = await ws_connect(srv, max_size=None)
         await subscribe(ws, "news")
         proxy.arm(3)
-        await asyncio.to_thread(srv.broadcast, big_broadcast())
+        await asyncio.to_thread(srv.broadcast, big_broadcast(),
+                                timeout=POST_TIMEOUT)
         await async_wait_for(lambda: link_failures(srv) == 1, timeout=60,
                              what="the publish dropped after 3 tries")
         assert proxy.cuts == 3
@@ -272,11 +277,12 @@ def test_full_fan_out_queue_answers_503(trapped):
         ws, _ = await ws_connect(srv, max_size=None)
         await subscribe(ws, "news")
         proxy.stall()
-        await asyncio.to_thread(srv.broadcast, big_broadcast())
+        await asyncio.to_thread(srv.broadcast, big_broadcast(),
+                                timeout=POST_TIMEOUT)
         assert await asyncio.to_thread(proxy.stalled.wait, 30)
         batch = "[" + ",".join(['{"channel":"void","event":"f"}'] * n) + "]"
         status, _, body = await asyncio.to_thread(
-            srv.post, "/broadcast", batch, timeout=30)
+            srv.post, "/broadcast", batch, timeout=POST_TIMEOUT)
         assert status == 503, (status, body[:200])
         err = json.loads(body)
         assert err["error"]["code"] == "unavailable", err
