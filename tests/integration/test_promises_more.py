@@ -2,11 +2,14 @@
 docs/PROMISES.md: an HTTP/1.0 request on the public port is answered and
 its connection ends; the API listener holds at most 1024 connections and
 refuses the next one without an answer, then serves again once one
-closed."""
+closed; an upgrade that reaches a node shutting down is answered 503."""
 
 import resource
+import signal
 import socket
+import time
 
+from rawws import OP_TEXT, RawWS, handshake_request
 from support import HOST, metric_sum, parse_metrics, wait_for
 
 API_MAX = 1024
@@ -111,3 +114,31 @@ def test_api_listener_refuses_the_1025th_connection(server):
         for s in socks:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_upgrade_during_shutdown_answered_503(server):
+    """PROTOCOL.md §2.1: a node shutting down answers upgrades 503. A
+    client that never answers the close keeps the worker in its stop
+    window (up to 3 s); a connection opened before SIGTERM sends its
+    upgrade request inside that window and gets 503, not a bare close."""
+    srv = server(workers=1)
+    stuck = RawWS(HOST, srv.port)
+    op, payload = stuck.recv_message()
+    assert op == OP_TEXT and b'"connect"' in payload, payload
+    pending = socket.create_connection((HOST, srv.port), timeout=5)
+    try:
+        # Counted by the acceptor, then handed to the worker (an inbox
+        # message, microseconds): the pause makes sure it was adopted.
+        wait_for(lambda: metric_sum(srv.metrics(), "bagou_handshakes") >= 1,
+                 timeout=5, what="the pending handshake counted")
+        time.sleep(0.3)
+        srv.signal(signal.SIGTERM)
+        assert stuck.wait_close(timeout=5) == 1001
+        pending.sendall(handshake_request(HOST, srv.port, "/websocket",
+                                          ()))
+        data = read_to_eof(pending)
+        assert data.startswith(b"HTTP/1.1 503 "), data[:200]
+        assert srv.wait_exit(10) == 0, srv.log()
+    finally:
+        pending.close()
+        stuck.close()
