@@ -2,15 +2,20 @@
 docs/PROMISES.md: an HTTP/1.0 request on the public port is answered and
 its connection ends; the API listener holds at most 1024 connections and
 refuses the next one without an answer, then serves again once one
-closed; an upgrade that reaches a node shutting down is answered 503."""
+closed; an upgrade that reaches a node shutting down is answered 503;
+a client publish is answered unavailable under backpressure."""
 
+import asyncio
+import json
 import resource
 import signal
 import socket
 import time
 
 from rawws import OP_TEXT, RawWS, handshake_request
-from support import HOST, metric_sum, parse_metrics, wait_for
+from support import (HOST, async_wait_for, error_code, metric_sum,
+                     parse_metrics, recv_json, run, send_json, subscribe,
+                     wait_for, ws_connect)
 
 API_MAX = 1024
 
@@ -142,3 +147,68 @@ def test_upgrade_during_shutdown_answered_503(server):
     finally:
         pending.close()
         stuck.close()
+
+
+def test_client_publish_unavailable_under_backpressure(server):
+    """PROTOCOL.md §8 Backpressure: while a worker is congested, a
+    client publish is answered unavailable ("the server is busy
+    delivering"), like POST /broadcast's 503. Two subscribers that never
+    read make the one worker congested (2 of its 3 connections backed
+    up); once the 2 s rule has closed them, the same publish goes
+    through and reaches a reading subscriber."""
+    srv = server({"channels": {"client_publish": "all"},
+                  "limits": {"rate": 0}}, workers=1)
+    stalled = [RawWS(HOST, srv.port, rcvbuf=4096) for _ in range(2)]
+    for ws in stalled:
+        op, _ = ws.recv_message()
+        assert op == OP_TEXT
+        ws.send_text(json.dumps({"event": "subscribe", "callbackId": "s",
+                                 "data": {"channel": "flood"}}))
+        op, payload = ws.recv_message()
+        assert json.loads(payload)["data"]["success"] is True, payload
+
+    async def scenario():
+        pub, _ = await ws_connect(srv)
+        await subscribe(pub, "other")
+        refused = None
+        pad = "x" * 32000
+        for seq in range(2000):
+            status, _, body = await asyncio.to_thread(
+                srv.post, "/broadcast", {"event": "flood",
+                                         "channel": "flood",
+                                         "data": {"seq": seq, "pad": pad}})
+            if status != 202:
+                refused = json.loads(body)
+                break
+        assert refused is not None, "never congested"
+        assert "backpressure" in refused["error"]["message"], refused
+        await send_json(pub, {"event": "publish", "callbackId": "p",
+                              "data": {"channel": "other",
+                                       "event": "hello"}})
+        msg = await recv_json(pub)
+        assert msg["event"] == "callback" and msg["callbackId"] == "p", msg
+        assert msg["data"]["success"] is False, msg
+        assert error_code(msg) == "unavailable", msg
+        assert "busy" in msg["data"]["error"]["message"], msg
+        # The stalled ones are closed (no byte taken for 2 s): accepted.
+        await async_wait_for(
+            lambda: metric_sum(srv.metrics(),
+                               "bagou_slow_consumer_closes_total") == 2,
+            timeout=15, what="the stalled subscribers closed")
+        await send_json(pub, {"event": "publish", "callbackId": "q",
+                              "data": {"channel": "other",
+                                       "event": "hello"}})
+        got = [await recv_json(pub), await recv_json(pub)]
+        assert {"event": "callback", "callbackId": "q",
+                "data": {"success": True}} in got, got
+        assert any(m.get("event") == "hello" and
+                   m.get("channel") == "other" for m in got), got
+        await pub.close()
+
+    try:
+        run(scenario(), timeout=90)
+        m = srv.metrics()
+        assert metric_sum(m, "bagou_backpressure_refusals_total") >= 2
+    finally:
+        for ws in stalled:
+            ws.close()
