@@ -3,19 +3,27 @@ docs/PROMISES.md: an HTTP/1.0 request on the public port is answered and
 its connection ends; the API listener holds at most 1024 connections and
 refuses the next one without an answer, then serves again once one
 closed; an upgrade that reaches a node shutting down is answered 503;
-a client publish is answered unavailable under backpressure."""
+a client publish is answered unavailable under backpressure; a worker
+stuck at shutdown makes the exit status 1; reconnecting to the broker
+backs off exponentially from 100 ms."""
 
 import asyncio
+import ctypes
 import json
+import os
 import resource
 import signal
 import socket
+import struct
+import threading
 import time
+
+import pytest
 
 from rawws import OP_TEXT, RawWS, handshake_request
 from support import (HOST, async_wait_for, error_code, metric_sum,
-                     parse_metrics, recv_json, run, send_json, subscribe,
-                     wait_for, ws_connect)
+                     parse_metrics, recv_json, run, send_json,
+                     stop_servers, subscribe, wait_for, ws_connect)
 
 API_MAX = 1024
 
@@ -212,3 +220,131 @@ def test_client_publish_unavailable_under_backpressure(server):
     finally:
         for ws in stalled:
             ws.close()
+
+
+PTRACE_DETACH = 17
+PTRACE_SEIZE = 0x4206
+PTRACE_INTERRUPT = 0x4207
+WALL = 0x40000000               # __WALL: wait for any child or thread
+
+
+def thread_id(pid, name):
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/comm" % (pid, tid)) as f:
+            if f.read().strip() == name:
+                return int(tid)
+    raise AssertionError("no thread %r in %d" % (name, pid))
+
+
+def test_worker_stuck_at_shutdown_exits_1(server):
+    """PROTOCOL.md §8 Shutdown: a worker that has not stopped 4 s after
+    SIGTERM makes the process exit 1 ("did not stop within 4 s"), still
+    within the 5 s SIGTERM promise. The worker is frozen from outside:
+    ptrace stops that one thread (an idle worker waits in epoll, holding
+    no lock), so it never sees its stop event."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                            ctypes.c_void_p]
+    srv = server(workers=2)
+    tid = thread_id(srv.proc.pid, "bg-worker-1")
+    if libc.ptrace(PTRACE_SEIZE, tid, None, None) != 0:
+        pytest.skip("ptrace not permitted here: errno %d"
+                    % ctypes.get_errno())
+    reaped = False
+    try:
+        assert libc.ptrace(PTRACE_INTERRUPT, tid, None, None) == 0
+        _, status = os.waitpid(tid, WALL)          # the group-stop
+        assert os.WIFSTOPPED(status), status
+        srv.expected_exit = (1,)
+        t0 = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        # The traced thread's end is ours to reap before the process's.
+        deadline = t0 + 10
+        while time.monotonic() < deadline:
+            got, status = os.waitpid(tid, WALL | os.WNOHANG)
+            if got == tid and (os.WIFEXITED(status) or
+                               os.WIFSIGNALED(status)):
+                reaped = True
+                break
+            time.sleep(0.02)
+        assert reaped, "the process did not end within 10 s"
+        rc = srv.wait_exit(5)
+        took = time.monotonic() - t0
+        assert rc == 1, (rc, srv.log()[-2000:])
+        assert 3.5 <= took <= 6.0, took
+        assert "worker 1 did not stop within 4 s" in srv.log()
+    finally:
+        if not reaped:
+            libc.ptrace(PTRACE_DETACH, tid, None, None)
+
+
+class RefusingBroker:
+    """A TCP listener that resets every connection at once, and notes
+    when each one came: a broker that is never there."""
+
+    def __init__(self):
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.bind((HOST, 0))
+        self.lsock.listen(16)
+        self.lsock.settimeout(0.2)
+        self.port = self.lsock.getsockname()[1]
+        self.times = []
+        self.done = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done:
+            try:
+                s, _ = self.lsock.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.times.append(time.monotonic())
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                         struct.pack("ii", 1, 0))
+            s.close()
+
+    def close(self):
+        self.done = True
+        self.thread.join(5)
+        self.lsock.close()
+
+
+@pytest.fixture
+def url_server(request, tmp_path):
+    """Factory: url_server(url, **kw) -> a started AmqpServer whose
+    [amqp] url is url; stopped and checked at the end."""
+    from rabbitmq import AmqpServer
+    servers = []
+    request.node.bagou_servers = servers
+
+    def start(url, **kw):
+        srv = AmqpServer(str(tmp_path), url, **kw)
+        servers.append(srv)
+        srv.start()
+        return srv
+
+    yield start
+    stop_servers(servers)
+
+
+def test_reconnect_backoff_doubles_from_100ms(url_server):
+    """PROTOCOL.md §5: attempts to reach the broker back off
+    exponentially from 100 ms, jittered: the wait before attempt k+1 is
+    between half and all of 100 ms * 2^k (plus the attempt's own cost
+    and some scheduling slack). Seven attempts cover 100 ms to 3.2 s;
+    the 10 s cap is not waited for."""
+    broker = RefusingBroker()
+    try:
+        srv = url_server("amqp://guest:guest@%s:%d/" % (HOST, broker.port),
+                         workers=1)
+        wait_for(lambda: len(broker.times) >= 7, timeout=20,
+                 what="7 connection attempts")
+        assert srv.amqp_state() == "disconnected"
+    finally:
+        broker.close()
+    gaps = [b - a for a, b in zip(broker.times, broker.times[1:])][:6]
+    for k, gap in enumerate(gaps):
+        delay = 0.1 * 2 ** k
+        assert delay / 2 - 0.1 <= gap <= delay + 1.0, (k, gaps)
+    assert gaps[5] > 2 * gaps[2], gaps
