@@ -2,7 +2,9 @@
 AMQP): a broadcast whose publish failed because the link dropped is kept
 and published first on the next link, at most 3 times in all, then
 dropped and counted reason=link. And the bus stalled on a slow broker:
-once its fan-out queue is full, POST /broadcast answers 503 (§1).
+once its fan-out queue is full, POST /broadcast answers 503 (§1). The
+same proxy also reads the node's acks off the wire: deliveries are
+acknowledged in batches.
 
 The fault is made, not waited for: the node reaches RabbitMQ through
 TrapProxy, a TCP relay in this process. Its listening socket has a tiny
@@ -23,9 +25,9 @@ import threading
 
 import pytest
 
-from rabbitmq import AmqpServer, unique_exchange
+from rabbitmq import AmqpServer, publisher, unique_exchange  # noqa: F401
 from support import (HOST, async_wait_for, metric_sum, recv_json, run,
-                     stop_servers, subscribe, ws_connect)
+                     stop_servers, subscribe, wait_for, ws_connect)
 
 BIG = 8 * 1024 * 1024          # the broadcast's payload: over any buffer
 TRAP_BYTES = 1024 * 1024       # relayed on one connection before a cut
@@ -57,6 +59,7 @@ class TrapProxy:
         self.traps = 0
         self.cuts = 0
         self.stalls = 0
+        self.acks = []          # (delivery tag, multiple) the node sent
         self.stalled = threading.Event()
         self.released = threading.Event()
         self.conns = []
@@ -115,11 +118,14 @@ class TrapProxy:
 
     def _pump(self, src, dst, client, up, trap):
         relayed = 0
+        frames = AckTap(self.acks) if trap else None
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                if frames is not None:
+                    frames.feed(data)
                 relayed += len(data)
                 if trap and relayed >= TRAP_BYTES:
                     with self.lock:
@@ -158,6 +164,32 @@ class TrapProxy:
                     s.close()
                 except OSError:
                     pass
+
+
+class AckTap:
+    """Reads the AMQP frames a node sends (after the 8-byte protocol
+    header) and appends (delivery tag, multiple) of each basic.ack."""
+
+    def __init__(self, out):
+        self.out = out
+        self.buf = b""
+        self.skip = 8
+
+    def feed(self, data):
+        self.buf += data
+        if self.skip:
+            n = min(self.skip, len(self.buf))
+            self.buf = self.buf[n:]
+            self.skip -= n
+        while len(self.buf) >= 7:
+            ftype, _, size = struct.unpack("!BHI", self.buf[:7])
+            if len(self.buf) < 8 + size:
+                return
+            payload = self.buf[7:7 + size]
+            self.buf = self.buf[8 + size:]
+            if ftype == 1 and payload[:4] == struct.pack("!HH", 60, 80):
+                tag, bits = struct.unpack("!QB", payload[4:13])
+                self.out.append((tag, bool(bits & 1)))
 
 
 @pytest.fixture
@@ -308,3 +340,35 @@ def test_full_fan_out_queue_answers_503(trapped):
     run(scenario(), timeout=180)
     assert proxy.cuts == 0
     assert link_failures(srv) == 0
+
+
+def test_deliveries_acked_in_batches(trapped, publisher):
+    """PROTOCOL.md §8 AMQP: deliveries are acknowledged in batches
+    ("multiple") once every worker ring took them, not one by one: 1,000
+    broadcasts published at once reach the subscriber, and the node's
+    acks, read off the wire by the proxy, are fewer than 1,000, at least
+    one with multiple set, and end at the last delivery tag."""
+    ex = unique_exchange("bagou-fault")
+    srv, proxy = trapped(ex)
+    pub = publisher(ex)
+    n = 1000
+
+    async def scenario():
+        ws, _ = await ws_connect(srv)
+        await subscribe(ws, "news")
+        for i in range(n):
+            pub.publish({"event": "e", "channel": "news", "data": i})
+        pub.flush()
+        for i in range(n):
+            msg = await recv_json(ws, timeout=30)
+            assert msg["data"] == i, msg
+        await ws.close()
+
+    run(scenario(), timeout=120)
+    # The last ack may follow the fan-out by a moment.
+    wait_for(lambda: proxy.acks and proxy.acks[-1][0] == n, timeout=10,
+             what="the ack of the last delivery")
+    assert len(proxy.acks) < n, len(proxy.acks)
+    assert any(multiple for _, multiple in proxy.acks), proxy.acks[:5]
+    tags = [tag for tag, _ in proxy.acks]
+    assert tags == sorted(tags), tags
