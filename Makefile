@@ -442,3 +442,12 @@ fuzz-run: fuzz
 	    -runs=$(FUZZ_RUNS) -max_len=4096 -timeout=10 \
 	    -rss_limit_mb=2048 -print_final_stats=1 \
 	    -artifact_prefix=$(BUILD)/fuzz-work/$$t-; done
+
+# What one broadcast costs the server (allocations and CPU), HTTP and
+# AMQP paths (bench/broadcast_cost.py; needs RabbitMQ for the second).
+.PHONY: bench-cost
+$(BUILD)/malloc_count.so: bench/tools/malloc_count.c
+	$(Q)$(CC) -O2 -shared -fPIC -o $@ $< -pthread
+bench-cost: $(OUT)/bagou-server $(BUILD)/malloc_count.so
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice \
+	  /usr/bin/python3 bench/broadcast_cost.py
