@@ -268,8 +268,9 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag)
 			 "(%zu bytes)", max);
 		m = NULL;
 	} else {
-		m = bg_proto_broadcast_text(body, len, NULL, &code, err,
-					    sizeof(err));
+		/* Fanned out here, never republished: no body. */
+		m = bg_proto_broadcast_text_opt(body, len, NULL, 0, &code,
+						err, sizeof(err));
 	}
 	if (m == NULL) {
 		static struct bg_log_throttle throttle =
@@ -660,6 +661,12 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 		(unsigned long long)bg_stat_get(&b->pauses),
 		(unsigned long long)bg_stat_get(&b->n_waiting),
 		(unsigned long long)backed_up);
+}
+
+bool
+bg_bus_wants_body(const struct bg_bus *b)
+{
+	return b->link != NULL;
 }
 
 bool

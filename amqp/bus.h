@@ -63,6 +63,10 @@ bool bg_bus_congested(const struct bg_bus *b);
  * backpressure) into buf, snprintf-style. Any thread. */
 int bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size);
 
+/* True when published messages go to RabbitMQ, which needs their body
+ * (BG_PROTO_BODY); false in standalone mode. Any thread. */
+bool bg_bus_wants_body(const struct bg_bus *b);
+
 /* "disabled", "connected" or "disconnected" for /health. Any thread. */
 const char *bg_bus_state(const struct bg_bus *b);
 

@@ -39,6 +39,10 @@ struct bg_chan_table {
 	uint64_t n_subs;             /* subscriptions in the whole table */
 };
 
+/* The hash of a channel name (FNV-1a) the table uses; the bus's worker
+ * filters use the same (bg_msg.hashes). */
+uint32_t bg_chan_hash(const char *name, size_t len);
+
 /* An empty table; NULL on allocation failure. */
 struct bg_chan_table *bg_chan_table_new(void);
 

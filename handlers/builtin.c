@@ -198,7 +198,10 @@ on_publish(const struct bg_hook_args *a)
 	b = json_pack("{s:s, s:O, s:O}", "channel", name, "event",
 		      ev ? ev : json_null(), "data", data ? data : empty);
 	json_decref(empty);
-	m = b ? bg_proto_broadcast(b, c->id, &code, err, sizeof(err)) : NULL;
+	m = b ? bg_proto_broadcast_opt(b, c->id,
+				       bg_bus_wants_body(c->w->srv->bus) ?
+				       BG_PROTO_BODY : 0, &code, err,
+				       sizeof(err)) : NULL;
 	json_decref(b);
 	if (m == NULL) {
 		bg_conn_reply_error(c, req, b ? code : BG_CODE_INTERNAL,

@@ -35,13 +35,41 @@ now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Free holders a worker keeps: enough for a burst of broadcasts in
+ * flight, bounded so that a flood's peak goes back to the heap. */
+#define WFRAME_POOL_MAX 1024
+
+struct bg_wframe *
+bg_wframe_new(struct bg_worker *w)
+{
+	struct bg_wframe_pool *pool = &w->wf_pool;
+	struct bg_wframe *f = pool->head;
+
+	if (f != NULL) {
+		pool->head = f->next_free;
+		pool->n--;
+	} else if ((f = malloc(sizeof(*f))) == NULL) {
+		return NULL;
+	}
+	*f = (struct bg_wframe){ .refs = 1, .pool = pool };
+	return f;
+}
+
 void
 bg_wframe_unref(struct bg_wframe *f)
 {
+	struct bg_wframe_pool *pool = f->pool;
+
 	if (--f->refs > 0)
 		return;
 	bg_msg_unref(f->msg);
 	free(f->block);
+	if (pool != NULL && pool->n < WFRAME_POOL_MAX) {
+		f->next_free = pool->head;
+		pool->head = f;
+		pool->n++;
+		return;
+	}
 	free(f);
 }
 
@@ -232,16 +260,16 @@ bg_conn_send_json(struct bg_conn *c, char *json, size_t len)
 		bg_log_error("client %s: reply lost: out of memory", c->id);
 		return;
 	}
-	f = calloc(1, sizeof(*f));
+	f = bg_wframe_new(c->w); /* refs = 1: ours, while pushing */
 	if (f != NULL)
 		f->block = bg_frame_text(json, len, &frame, &flen);
 	free(json);
 	if (f == NULL || f->block == NULL) {
-		free(f);
+		if (f != NULL)
+			bg_wframe_unref(f);
 		bg_log_error("client %s: reply lost: out of memory", c->id);
 		return;
 	}
-	f->refs = 1; /* ours, while pushing */
 	bg_conn_push(c, f, frame, (uint32_t)flen, false);
 	bg_wframe_unref(f);
 }

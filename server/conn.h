@@ -29,7 +29,20 @@ struct bg_wframe {
 	uint32_t refs;               /* queue entries pointing here */
 	struct bg_msg *msg;          /* one reference, or NULL */
 	uint8_t *block;              /* own bytes (replies), or NULL */
+	struct bg_wframe_pool *pool; /* where it goes back when unused */
+	struct bg_wframe *next_free; /* in pool's free list */
 };
+
+/* A worker's free holders: a broadcast's holder is taken and given back
+ * without malloc once the pool is warm. Worker thread only. */
+struct bg_wframe_pool {
+	struct bg_wframe *head;
+	uint32_t n;
+};
+
+/* A zeroed holder with refs = 1, from w's pool (or the heap); NULL when
+ * out of memory. */
+struct bg_wframe *bg_wframe_new(struct bg_worker *w);
 
 struct bg_out {
 	struct bg_wframe *f;

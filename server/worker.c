@@ -316,7 +316,7 @@ forward_reply(struct bg_worker *w, struct bg_conn *c, const char *cb)
 static void
 deliver(struct bg_worker *w, struct bg_msg *m)
 {
-	struct bg_wframe *f = calloc(1, sizeof(*f));
+	struct bg_wframe *f = bg_wframe_new(w); /* ours, for the fan-out */
 	struct bg_conn *c, *excl;
 	uint64_t seq = ++w->seq;
 
@@ -326,7 +326,6 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 		bg_msg_unref(m);
 		return;
 	}
-	f->refs = 1; /* ours, for the duration of the fan-out */
 	f->msg = m;
 	excl = m->exclude ? conn_by_id(w, m->exclude) : NULL;
 	switch (m->target) {
@@ -658,6 +657,11 @@ teardown(struct bg_worker *w)
 		event_base_free(w->base);
 	bg_chan_table_free(w->chans);
 	bg_chan_table_free(w->ids);
+	while (w->wf_pool.head != NULL) {
+		struct bg_wframe *f = w->wf_pool.head;
+		w->wf_pool.head = f->next_free;
+		free(f);
+	}
 	free(w->scratch);
 	free(w->ping_policy);
 	free(w->mount);

@@ -18,6 +18,7 @@
 #include "common/chan.h"
 #include "common/msg.h"
 #include "common/ring.h"
+#include "server/conn.h"
 #include "server/server.h"
 
 /* Largest single write: lws tx_packet_size and the gather buffer. */
@@ -83,6 +84,7 @@ struct bg_worker {
 	                                  unsubscribes (conn.c) */
 	uint64_t last_trim_ms;
 	struct bg_fwd_slot fwd_pending[BG_FWD_PENDING]; /* server.h */
+	struct bg_wframe_pool wf_pool; /* free frame holders (conn.c) */
 };
 
 /* Creates the worker (rings, eventfds); the thread starts in
