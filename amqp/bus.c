@@ -146,9 +146,13 @@ fan_out(struct bg_bus *b, struct bg_msg *m)
 {
 	struct bg_server *srv = b->srv;
 
+	bg_msg_hash(m); /* ours alone until pushed */
 	for (int i = 0; i < srv->n_workers; i++) {
 		long wait_ns = 20000;
 
+		/* A worker none of whose clients m concerns is not woken. */
+		if (!bg_worker_wants(srv->workers[i], m))
+			continue;
 		bg_msg_ref(m);
 		while (!bg_worker_deliver(srv->workers[i], m)) {
 			struct timespec ts = { 0, wait_ns };
@@ -160,6 +164,7 @@ fan_out(struct bg_bus *b, struct bg_msg *m)
 			if (wait_ns < 1000000)
 				wait_ns *= 2;
 		}
+		bg_stat_add(&srv->workers[i]->bcasts_in, 1);
 	}
 done:
 	bg_stat_add(&b->broadcasts, 1);
@@ -621,13 +626,35 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 {
 	uint64_t reopens = b->link ? bg_link_channel_reopens(b->link) : 0;
 	uint64_t backed_up = 0;
+	int n, k;
+
+	n = snprintf(buf, size, "# HELP bagou_worker_broadcasts_total "
+		     "Broadcasts the bus handed to each worker (only those "
+		     "with a subscriber among the targets).\n"
+		     "# TYPE bagou_worker_broadcasts_total counter\n");
+	for (int i = 0; i < b->srv->n_workers && n >= 0 && (size_t)n < size;
+	     i++) {
+		if (b->srv->workers[i] == NULL)
+			continue;
+		k = snprintf(buf + n, size - (size_t)n,
+			     "bagou_worker_broadcasts_total{worker=\"%d\"} "
+			     "%llu\n", i, (unsigned long long)bg_stat_get(
+				     &b->srv->workers[i]->bcasts_in));
+		if (k < 0)
+			return k;
+		n += k;
+	}
+	if (n < 0 || (size_t)n >= size)
+		return n;
+	buf += n;
+	size -= (size_t)n;
 
 	for (int i = 0; i < b->srv->n_workers; i++)
 		if (b->srv->workers[i] != NULL)
 			backed_up += __atomic_load_n(
 				&b->srv->workers[i]->backed_up,
 				__ATOMIC_RELAXED);
-	return snprintf(buf, size,
+	k = snprintf(buf, size,
 		"# HELP bagou_amqp_publish_failures_total Messages this "
 		"node could not publish to RabbitMQ, dropped, by reason.\n"
 		"# TYPE bagou_amqp_publish_failures_total counter\n"
@@ -661,6 +688,7 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 		(unsigned long long)bg_stat_get(&b->pauses),
 		(unsigned long long)bg_stat_get(&b->n_waiting),
 		(unsigned long long)backed_up);
+	return k < 0 ? k : n + k;
 }
 
 bool

@@ -9,9 +9,11 @@
 #include "common/msg.h"
 
 #include "common/bg.h"
+#include "common/chan.h"
 #include "common/frame.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static uint64_t
@@ -104,6 +106,16 @@ bg_msg_set_frame(struct bg_msg *m, uint32_t i, const char *payload,
 	m->frames[i].data = frame;
 	m->frames[i].len = (uint32_t)flen;
 	return BG_OK;
+}
+
+void
+bg_msg_hash(struct bg_msg *m)
+{
+	if (m->hashed || m->hashes == NULL)
+		return;
+	for (uint32_t i = 0; i < m->n_names; i++)
+		m->hashes[i] = bg_chan_hash(m->names[i], strlen(m->names[i]));
+	m->hashed = true;
 }
 
 void

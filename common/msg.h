@@ -52,8 +52,10 @@ struct bg_msg {
 	                                receipt, POST accepted): latency */
 	char *reply_cb;              /* a reply to clients: its callbackId
 	                                (forward round trips), or NULL */
-	uint32_t *hashes;            /* CHANNELS: bg_chan_hash of each name
-	                                (the bus's worker filter), or NULL */
+	uint32_t *hashes;            /* CHANNELS: room for bg_chan_hash of
+	                                each name (the bus's worker filter),
+	                                valid once hashed; else NULL */
+	bool hashed;                 /* hashes filled (bg_msg_hash) */
 	uint64_t pub_seq;            /* published by this node: its number
 	                                in the bus's own-message FIFO, 0
 	                                otherwise (bus thread writes before
@@ -87,6 +89,10 @@ void *bg_msg_carve(struct bg_msg *m, size_t len);
 /* Frames payload (UTF-8 JSON text) as frames[i]. BG_OK or BG_ERR (ENOMEM). */
 int bg_msg_set_frame(struct bg_msg *m, uint32_t i, const char *payload,
 		     size_t len);
+
+/* Fills m->hashes (CHANNELS) unless done: by the creator, or by the
+ * bus before the fan-out, while it holds the only reference. */
+void bg_msg_hash(struct bg_msg *m);
 
 /* Takes a reference. Any thread. */
 void bg_msg_ref(struct bg_msg *m);

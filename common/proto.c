@@ -478,14 +478,6 @@ add_reply_payload(struct bg_msg *m, json_t *root, const char *from)
 	return rc;
 }
 
-static void
-hash_names(struct bg_msg *m)
-{
-	for (uint32_t i = 0; m->hashes != NULL && i < m->n_names; i++)
-		m->hashes[i] = bg_chan_hash(m->names[i],
-					    strlen(m->names[i]));
-}
-
 struct bg_msg *
 bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
 		   char *err, size_t errlen)
@@ -576,7 +568,7 @@ bg_proto_broadcast_opt(json_t *root, const char *from, unsigned flags,
 		m->names[i] = names[i];
 		names[i] = NULL;
 	}
-	hash_names(m);
+	bg_msg_hash(m);
 	if (excl != NULL && json_is_string(excl) &&
 	    (m->exclude = strdup(json_string_value(excl))) == NULL)
 		goto oom;
@@ -889,6 +881,7 @@ broadcast_fast(const char *buf, size_t len, unsigned flags, bool *slow)
 		o[names[i].len] = '\0';
 		m->names[i] = o;
 		m->hashes[i] = names[i].hash;
+		m->hashed = true;
 		data0 = fast_frame(m, i, &p, &names[i],
 				   payload_len(&p, names[i].len, true),
 				   data0);

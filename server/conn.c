@@ -435,6 +435,9 @@ bg_conn_subscribe(struct bg_conn *c, const char *channel, size_t len,
 	s = bg_chan_subscribe(w->chans, channel, len, c);
 	if (s == NULL)
 		return BG_CODE_INTERNAL;
+	if (s->chan->n_subs == 1)
+		bg_worker_chan_added(w, s->chan->hash, s->chan->name,
+				     s->chan->name_len);
 	c->subs[c->n_subs++] = s;
 	c->budget.subs += bg_budget_sub_cost(len);
 	bg_stat_add(&w->stats.subscriptions, 1);
@@ -451,6 +454,9 @@ drop_sub(struct bg_conn *c, struct bg_chan_sub **slot)
 	*slot = c->subs[--c->n_subs];
 	c->budget.subs -= bg_budget_sub_cost(s->chan->name_len);
 	c->w->freed_since_trim += bg_budget_sub_cost(s->chan->name_len);
+	if (s->chan->n_subs == 1) /* its last local subscriber */
+		bg_worker_chan_removed(c->w, s->chan->hash, s->chan->name,
+				       s->chan->name_len);
 	bg_chan_unsubscribe(c->w->chans, s);
 	bg_stat_add(&c->w->stats.subscriptions, (uint64_t)-1);
 	if (c->cap_subs > 16 && c->n_subs < c->cap_subs / 4) {

@@ -690,10 +690,11 @@ worker_main(void *arg)
 struct bg_worker *
 bg_worker_new(struct bg_server *srv, int index)
 {
-	struct bg_worker *w = calloc(1, sizeof(*w));
+	struct bg_worker *w = aligned_alloc(64, sizeof(*w));
 
 	if (w == NULL)
 		return NULL;
+	memset(w, 0, sizeof(*w));
 	w->srv = srv;
 	w->index = index;
 	w->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -775,6 +776,61 @@ bg_worker_deliver(struct bg_worker *w, struct bg_msg *m)
 		return true;
 	__atomic_sub_fetch(&w->bcast_bytes, m->frames[0].len,
 			   __ATOMIC_RELAXED);
+	return false;
+}
+
+static uint32_t
+slot1(uint32_t h)
+{
+	return h & (BG_FILTER_SLOTS - 1);
+}
+
+static uint32_t
+slot2(uint32_t h)
+{
+	return (h >> 16) & (BG_FILTER_SLOTS - 1);
+}
+
+static void
+filter_add(struct bg_worker *w, uint32_t i, uint32_t delta)
+{
+	/* Only this worker writes; release: the subscription is in the
+	 * table before the bus can see the slot. */
+	__atomic_store_n(&w->filter[i], w->filter[i] + delta,
+			 __ATOMIC_RELEASE);
+}
+
+void
+bg_worker_chan_added(struct bg_worker *w, uint32_t h, const char *name,
+		     size_t len)
+{
+	(void)name;
+	(void)len;
+	filter_add(w, slot1(h), 1);
+	filter_add(w, slot2(h), 1);
+}
+
+void
+bg_worker_chan_removed(struct bg_worker *w, uint32_t h, const char *name,
+		       size_t len)
+{
+	(void)name;
+	(void)len;
+	filter_add(w, slot1(h), (uint32_t)-1);
+	filter_add(w, slot2(h), (uint32_t)-1);
+}
+
+bool
+bg_worker_wants(const struct bg_worker *w, const struct bg_msg *m)
+{
+	if (m->target != BG_MSG_CHANNELS || !m->hashed)
+		return true;
+	for (uint32_t i = 0; i < m->n_names; i++) {
+		uint32_t h = m->hashes[i];
+		if (__atomic_load_n(&w->filter[slot1(h)], __ATOMIC_ACQUIRE) &&
+		    __atomic_load_n(&w->filter[slot2(h)], __ATOMIC_ACQUIRE))
+			return true;
+	}
 	return false;
 }
 

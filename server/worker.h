@@ -31,7 +31,18 @@ struct event;
 struct lws_context;
 struct lws_vhost;
 
+/* Slots of a worker's channel filter (a power of two; 16 KiB). */
+#define BG_FILTER_SLOTS 4096
+
 struct bg_worker {
+	/* Counting filter of the channels this worker has subscribers
+	 * for: each channel adds 1 at two slots of its hash
+	 * (bg_chan_hash). Worker writes (atomic stores, it alone), the bus
+	 * reads (bg_worker_wants) to wake only the workers a broadcast
+	 * concerns. False positives cost a wake-up, never a message. On
+	 * cache lines of its own: the bus reads it on every broadcast. */
+	uint32_t filter[BG_FILTER_SLOTS] __attribute__((aligned(64)));
+
 	int index;                     /* immutable */
 	struct bg_server *srv;         /* immutable */
 	pthread_t thread;              /* main */
@@ -54,6 +65,8 @@ struct bg_worker {
 	                                  broadcast in bcast, not yet fanned
 	                                  out */
 	struct bg_stats stats;         /* worker writes, any reads */
+	uint64_t bcasts_in;            /* bus writes, any reads: broadcasts
+	                                  handed to this worker */
 	uint64_t alive_ms;             /* atomic: worker writes each tick
 	                                  (CLOCK_MONOTONIC ms), main's
 	                                  watchdog (notify.c) reads */
@@ -109,6 +122,18 @@ void bg_worker_free(struct bg_worker *w);
 /* Acceptor: hands an admitted socket over; false when the inbox is
  * full (the caller still owns s). */
 bool bg_worker_adopt(struct bg_worker *w, struct bg_sock *s);
+
+/* Bus: false when m certainly concerns no client of w: m names
+ * channels and none passes w's filter (a broadcast to everyone or to
+ * client ids concerns every worker). */
+bool bg_worker_wants(const struct bg_worker *w, const struct bg_msg *m);
+
+/* Worker: the channel (hash h, name) got its first local subscriber, or
+ * lost its last one: the filter follows. */
+void bg_worker_chan_added(struct bg_worker *w, uint32_t h, const char *name,
+			  size_t len);
+void bg_worker_chan_removed(struct bg_worker *w, uint32_t h,
+			    const char *name, size_t len);
 
 /* Bus: takes over one reference to m; false when the ring is full (the
  * reference stays with the caller). */
