@@ -29,6 +29,8 @@ struct bg_chan {
 	uint32_t hash;
 	uint32_t n_subs, cap_subs;
 	uint32_t name_len;
+	uint8_t pending;             /* the owner's: a subscribe's answer
+	                                waits for the node queue's binding */
 	char name[];                 /* NUL-terminated */
 };
 

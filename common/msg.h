@@ -25,6 +25,9 @@ enum bg_msg_target {
 	BG_MSG_ALL,       /* every connected client */
 	BG_MSG_CHANNELS,  /* subscribers of names[] (first match wins) */
 	BG_MSG_CLIENTS,   /* the connections whose ids are names[] */
+	BG_MSG_BOUND,     /* not a broadcast: the bus tells the workers that
+	                     the node's queue is bound for channel names[0]
+	                     (n_names 0: for every channel) */
 };
 
 struct bg_msg_frame {

@@ -62,6 +62,7 @@ on_subscribe(const struct bg_hook_args *a)
 	struct bg_hook_args hook = { .c = c, .req = req };
 	const char *name;
 	enum bg_code code;
+	json_t *extra;
 	size_t len;
 	bool added;
 
@@ -97,7 +98,9 @@ on_subscribe(const struct bg_hook_args *a)
 		bg_conn_reply_error(c, req, code, "subscribe failed");
 		return GO_ON;
 	}
-	reply_channel(c, req, name);
+	extra = json_pack("{s:s}", "channel", name);
+	bg_conn_reply_subscribed(c, req, extra, name, len);
+	json_decref(extra);
 	bg_forward_lifecycle(c, BG_FORWARD_SUBSCRIBE, "subscribe", name);
 	return GO_ON;
 }

@@ -375,6 +375,23 @@ bg_conn_reply_ok(struct bg_conn *c, const struct bg_request *req,
 }
 
 void
+bg_conn_reply_subscribed(struct bg_conn *c, const struct bg_request *req,
+			 json_t *extra, const char *channel, size_t len)
+{
+	struct bg_chan *ch = bg_chan_find(c->w->chans, channel, len);
+	size_t n = 0;
+	char *s;
+
+	if (req->callback_id == NULL)
+		return;
+	s = bg_proto_callback_ok(req->callback_id, extra, &n);
+	if (s != NULL && ch != NULL && ch->pending)
+		bg_worker_hold_reply(c->w, c, ch, s, n);
+	else
+		bg_conn_send_json(c, s, n);
+}
+
+void
 bg_conn_reply_error(struct bg_conn *c, const struct bg_request *req,
 		    enum bg_code code, const char *message)
 {
@@ -436,8 +453,7 @@ bg_conn_subscribe(struct bg_conn *c, const char *channel, size_t len,
 	if (s == NULL)
 		return BG_CODE_INTERNAL;
 	if (s->chan->n_subs == 1)
-		bg_worker_chan_added(w, s->chan->hash, s->chan->name,
-				     s->chan->name_len);
+		bg_worker_chan_added(w, s->chan);
 	c->subs[c->n_subs++] = s;
 	c->budget.subs += bg_budget_sub_cost(len);
 	bg_stat_add(&w->stats.subscriptions, 1);
@@ -455,8 +471,7 @@ drop_sub(struct bg_conn *c, struct bg_chan_sub **slot)
 	c->budget.subs -= bg_budget_sub_cost(s->chan->name_len);
 	c->w->freed_since_trim += bg_budget_sub_cost(s->chan->name_len);
 	if (s->chan->n_subs == 1) /* its last local subscriber */
-		bg_worker_chan_removed(c->w, s->chan->hash, s->chan->name,
-				       s->chan->name_len);
+		bg_worker_chan_removed(c->w, s->chan);
 	bg_chan_unsubscribe(c->w->chans, s);
 	bg_stat_add(&c->w->stats.subscriptions, (uint64_t)-1);
 	if (c->cap_subs > 16 && c->n_subs < c->cap_subs / 4) {
@@ -573,6 +588,7 @@ bg_conn_close(struct bg_conn *c)
 		}
 		while (c->n_subs > 0)
 			drop_sub(c, &c->subs[c->n_subs - 1]);
+		bg_worker_drop_replies(w, c);
 		bg_chan_unsubscribe(w->ids, c->id_sub);
 		bg_stat_close(&w->stats, c->closing ? c->close_code :
 			      c->peer_code, !c->closing);

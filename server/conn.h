@@ -160,6 +160,13 @@ void bg_conn_reply_ok(struct bg_conn *c, const struct bg_request *req,
 void bg_conn_reply_error(struct bg_conn *c, const struct bg_request *req,
 			 enum bg_code code, const char *message);
 
+/* bg_conn_reply_ok for a subscribe to channel: held, when the node
+ * binds per channel, until its queue is bound for it (docs/DESIGN.md,
+ * per-channel bindings), so that whatever is published once the client
+ * has its answer reaches it. */
+void bg_conn_reply_subscribed(struct bg_conn *c, const struct bg_request *req,
+			      json_t *extra, const char *channel, size_t len);
+
 /* Sends {"event":event,"data":data} (data borrowed, may be NULL). */
 void bg_conn_send_event(struct bg_conn *c, const char *event, json_t *data);
 

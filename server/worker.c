@@ -25,6 +25,7 @@
 #include "handlers/auth.h"
 #include "handlers/forward.h"
 #include "handlers/handlers.h"
+#include "amqp/bus.h"
 #include "server/acceptor.h"
 #include "server/conn.h"
 #include "server/http.h"
@@ -289,6 +290,147 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 	return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
+/* ------------------------------------- channel filter and bindings */
+
+static uint32_t
+slot1(uint32_t h)
+{
+	return h & (BG_FILTER_SLOTS - 1);
+}
+
+static uint32_t
+slot2(uint32_t h)
+{
+	return (h >> 16) & (BG_FILTER_SLOTS - 1);
+}
+
+static void
+filter_add(struct bg_worker *w, uint32_t i, uint32_t delta)
+{
+	/* Only this worker writes; release: the subscription is in the
+	 * table before the bus can see the slot. */
+	__atomic_store_n(&w->filter[i], w->filter[i] + delta,
+			 __ATOMIC_RELEASE);
+}
+
+/* A subscribe's answer waiting for its channel's binding. */
+struct bg_held_reply {
+	struct bg_held_reply *next;
+	struct bg_conn *c;
+	struct bg_chan *ch;
+	size_t len;
+	char *json;
+};
+
+void
+bg_worker_hold_reply(struct bg_worker *w, struct bg_conn *c,
+		     struct bg_chan *ch, char *json, size_t len)
+{
+	struct bg_held_reply *r = malloc(sizeof(*r)), **pp = &w->held;
+
+	if (r == NULL) {
+		bg_conn_send_json(c, json, len); /* late binding: rare */
+		return;
+	}
+	*r = (struct bg_held_reply){ .c = c, .ch = ch, .len = len,
+				     .json = json };
+	while (*pp != NULL)
+		pp = &(*pp)->next;
+	*pp = r;
+}
+
+/* Sends the answers held for ch (NULL: all), in order. */
+static void
+release_replies(struct bg_worker *w, const struct bg_chan *ch)
+{
+	struct bg_held_reply **pp = &w->held, *r;
+
+	while ((r = *pp) != NULL) {
+		if (ch != NULL && r->ch != ch) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		bg_conn_send_json(r->c, r->json, r->len);
+		free(r);
+	}
+}
+
+void
+bg_worker_drop_replies(struct bg_worker *w, struct bg_conn *c)
+{
+	struct bg_held_reply **pp = &w->held, *r;
+
+	while ((r = *pp) != NULL) {
+		if (r->c != c) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		free(r->json);
+		free(r);
+	}
+}
+
+void
+bg_worker_chan_added(struct bg_worker *w, struct bg_chan *ch)
+{
+	filter_add(w, slot1(ch->hash), 1);
+	filter_add(w, slot2(ch->hash), 1);
+	if (bg_bus_binds(w->srv->bus)) {
+		ch->pending = 1;
+		bg_bus_interest(w->srv->bus, ch->name, ch->name_len, 1);
+	}
+}
+
+void
+bg_worker_chan_removed(struct bg_worker *w, struct bg_chan *ch)
+{
+	filter_add(w, slot1(ch->hash), (uint32_t)-1);
+	filter_add(w, slot2(ch->hash), (uint32_t)-1);
+	if (bg_bus_binds(w->srv->bus)) {
+		/* Its held answers go first: they precede whatever made
+		 * it empty (an unsubscribe answer, a close). */
+		if (ch->pending)
+			release_replies(w, ch);
+		bg_bus_interest(w->srv->bus, ch->name, ch->name_len, -1);
+	}
+}
+
+/* The bus: the node queue is bound for name (NULL: every channel). */
+static void
+on_bound(struct bg_worker *w, const char *name)
+{
+	struct bg_chan *ch;
+
+	if (name != NULL) {
+		ch = bg_chan_find(w->chans, name, strlen(name));
+		if (ch != NULL && ch->pending) {
+			ch->pending = 0;
+			release_replies(w, ch);
+		}
+		return;
+	}
+	for (uint32_t i = 0; i < w->chans->n_buckets; i++)
+		for (ch = w->chans->buckets[i]; ch != NULL; ch = ch->next)
+			ch->pending = 0;
+	release_replies(w, NULL);
+}
+
+bool
+bg_worker_wants(const struct bg_worker *w, const struct bg_msg *m)
+{
+	if (m->target != BG_MSG_CHANNELS || !m->hashed)
+		return true;
+	for (uint32_t i = 0; i < m->n_names; i++) {
+		uint32_t h = m->hashes[i];
+		if (__atomic_load_n(&w->filter[slot1(h)], __ATOMIC_ACQUIRE) &&
+		    __atomic_load_n(&w->filter[slot2(h)], __ATOMIC_ACQUIRE))
+			return true;
+	}
+	return false;
+}
+
 /* ------------------------------------------------------------ fan-out */
 
 static struct bg_conn *
@@ -316,10 +458,16 @@ forward_reply(struct bg_worker *w, struct bg_conn *c, const char *cb)
 static void
 deliver(struct bg_worker *w, struct bg_msg *m)
 {
-	struct bg_wframe *f = bg_wframe_new(w); /* ours, for the fan-out */
+	struct bg_wframe *f;
 	struct bg_conn *c, *excl;
 	uint64_t seq = ++w->seq;
 
+	if (m->target == BG_MSG_BOUND) {
+		on_bound(w, m->n_names ? m->names[0] : NULL);
+		bg_msg_unref(m);
+		return;
+	}
+	f = bg_wframe_new(w); /* ours, for the fan-out */
 	if (f == NULL) {
 		bg_log_error("worker %d: broadcast lost: out of memory",
 			     w->index);
@@ -329,6 +477,8 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 	f->msg = m;
 	excl = m->exclude ? conn_by_id(w, m->exclude) : NULL;
 	switch (m->target) {
+	case BG_MSG_BOUND:
+		break;
 	case BG_MSG_ALL:
 		for (c = w->conns; c != NULL; c = c->next)
 			if (c != excl)
@@ -657,6 +807,12 @@ teardown(struct bg_worker *w)
 		event_base_free(w->base);
 	bg_chan_table_free(w->chans);
 	bg_chan_table_free(w->ids);
+	while (w->held != NULL) {
+		struct bg_held_reply *r = w->held;
+		w->held = r->next;
+		free(r->json);
+		free(r);
+	}
 	while (w->wf_pool.head != NULL) {
 		struct bg_wframe *f = w->wf_pool.head;
 		w->wf_pool.head = f->next_free;
@@ -776,61 +932,6 @@ bg_worker_deliver(struct bg_worker *w, struct bg_msg *m)
 		return true;
 	__atomic_sub_fetch(&w->bcast_bytes, m->frames[0].len,
 			   __ATOMIC_RELAXED);
-	return false;
-}
-
-static uint32_t
-slot1(uint32_t h)
-{
-	return h & (BG_FILTER_SLOTS - 1);
-}
-
-static uint32_t
-slot2(uint32_t h)
-{
-	return (h >> 16) & (BG_FILTER_SLOTS - 1);
-}
-
-static void
-filter_add(struct bg_worker *w, uint32_t i, uint32_t delta)
-{
-	/* Only this worker writes; release: the subscription is in the
-	 * table before the bus can see the slot. */
-	__atomic_store_n(&w->filter[i], w->filter[i] + delta,
-			 __ATOMIC_RELEASE);
-}
-
-void
-bg_worker_chan_added(struct bg_worker *w, uint32_t h, const char *name,
-		     size_t len)
-{
-	(void)name;
-	(void)len;
-	filter_add(w, slot1(h), 1);
-	filter_add(w, slot2(h), 1);
-}
-
-void
-bg_worker_chan_removed(struct bg_worker *w, uint32_t h, const char *name,
-		       size_t len)
-{
-	(void)name;
-	(void)len;
-	filter_add(w, slot1(h), (uint32_t)-1);
-	filter_add(w, slot2(h), (uint32_t)-1);
-}
-
-bool
-bg_worker_wants(const struct bg_worker *w, const struct bg_msg *m)
-{
-	if (m->target != BG_MSG_CHANNELS || !m->hashed)
-		return true;
-	for (uint32_t i = 0; i < m->n_names; i++) {
-		uint32_t h = m->hashes[i];
-		if (__atomic_load_n(&w->filter[slot1(h)], __ATOMIC_ACQUIRE) &&
-		    __atomic_load_n(&w->filter[slot2(h)], __ATOMIC_ACQUIRE))
-			return true;
-	}
 	return false;
 }
 

@@ -25,6 +25,7 @@
 #define BG_WRITE_MAX (128 * 1024)
 
 struct bg_conn;
+struct bg_held_reply;
 struct bg_sock;
 struct event_base;
 struct event;
@@ -98,6 +99,8 @@ struct bg_worker {
 	uint64_t last_trim_ms;
 	struct bg_fwd_slot fwd_pending[BG_FWD_PENDING]; /* server.h */
 	struct bg_wframe_pool wf_pool; /* free frame holders (conn.c) */
+	struct bg_held_reply *held;    /* subscribe answers waiting for a
+	                                  binding, oldest first */
 };
 
 /* Creates the worker (rings, eventfds); the thread starts in
@@ -128,12 +131,19 @@ bool bg_worker_adopt(struct bg_worker *w, struct bg_sock *s);
  * client ids concerns every worker). */
 bool bg_worker_wants(const struct bg_worker *w, const struct bg_msg *m);
 
-/* Worker: the channel (hash h, name) got its first local subscriber, or
- * lost its last one: the filter follows. */
-void bg_worker_chan_added(struct bg_worker *w, uint32_t h, const char *name,
-			  size_t len);
-void bg_worker_chan_removed(struct bg_worker *w, uint32_t h,
-			    const char *name, size_t len);
+/* Worker: ch got its first local subscriber, or is about to lose its
+ * last one: the filter follows, and the bus hears of it (per-channel
+ * bindings: ch is then pending until the bus says it is bound). */
+void bg_worker_chan_added(struct bg_worker *w, struct bg_chan *ch);
+void bg_worker_chan_removed(struct bg_worker *w, struct bg_chan *ch);
+
+/* Worker: holds c's answer json (malloc'd, taken over) until ch is
+ * bound (bg_worker_chan_added made it pending). */
+void bg_worker_hold_reply(struct bg_worker *w, struct bg_conn *c,
+			  struct bg_chan *ch, char *json, size_t len);
+
+/* Worker: c is closing: the answers held for it are dropped. */
+void bg_worker_drop_replies(struct bg_worker *w, struct bg_conn *c);
 
 /* Bus: takes over one reference to m; false when the ring is full (the
  * reference stays with the caller). */
