@@ -78,7 +78,9 @@ bg_wframe_unref(struct bg_wframe *f)
 static bool
 q_grow(struct bg_conn *c)
 {
-	uint32_t cap = c->q_cap ? c->q_cap * 2 : 4;
+	/* 2 to start: an idle connection's queue held its connect event
+	 * and stays allocated (freed when drained only past 16). */
+	uint32_t cap = c->q_cap ? c->q_cap * 2 : 2;
 	struct bg_out *q = malloc(cap * sizeof(*q));
 
 	if (q == NULL)
@@ -542,10 +544,10 @@ bg_conn_open(struct bg_conn *c, struct bg_worker *w, struct lws *wsi)
 	memset(c, 0, sizeof(*c));
 	c->wsi = wsi;
 	c->w = w;
+	c->num = ++w->next_client;
 	n = snprintf(c->id, sizeof(c->id), "%s-%d-%llu", w->srv->node_id,
-		     w->index, (unsigned long long)++w->next_client);
-	c->id_sub = bg_chan_subscribe(w->ids, c->id, (size_t)n, c);
-	if (c->id_sub == NULL)
+		     w->index, (unsigned long long)c->num);
+	if (n < 0 || !bg_worker_id_add(w, c))
 		return BG_ERR;
 	c->next = w->conns;
 	if (w->conns != NULL)
@@ -589,7 +591,7 @@ bg_conn_close(struct bg_conn *c)
 		while (c->n_subs > 0)
 			drop_sub(c, &c->subs[c->n_subs - 1]);
 		bg_worker_drop_replies(w, c);
-		bg_chan_unsubscribe(w->ids, c->id_sub);
+		bg_worker_id_del(w, c);
 		bg_stat_close(&w->stats, c->closing ? c->close_code :
 			      c->peer_code, !c->closing);
 		bg_log_debug("client %s: closed %u by the %s", c->id,

@@ -66,7 +66,8 @@ struct bg_conn {
 	const char *close_why;         /* static text for the close frame */
 
 	char id[BG_ID_MAX + 1];
-	struct bg_chan_sub *id_sub;    /* entry in the worker's id table */
+	uint64_t num;                  /* N of its id NODE-WORKER-N: the
+	                                  key of the worker's id map */
 	struct bg_chan_sub **subs;     /* this connection's subscriptions */
 	uint32_t n_subs, cap_subs;
 	json_t *store;                 /* object, or NULL while empty */

@@ -42,6 +42,7 @@ _Static_assert(LWS_PRE <= BG_FRAME_PRE, "frames need LWS_PRE headroom");
 #define TRIM_BYTES (1 << 20)    /* freed bytes that make a trim worth it */
 #define TRIM_EVERY_MS 5000      /* at most this often */
 #define BCAST_RING 16384
+#define HEADER_BYTES (BG_AUTH_TOKEN_MAX + 4096) /* lws's per request */
 
 /* lws context and vhost creation is not thread-safe. */
 static pthread_mutex_t lws_create_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -54,9 +55,10 @@ static const struct lws_protocols protocols[] = {
 		.name = "bagou",
 		.callback = callback,
 		.per_session_data_size = sizeof(struct bg_conn),
-		/* Small rx buffer: idle connections stay cheap; larger
-		 * messages arrive in pieces and are reassembled. */
-		.rx_buffer_size = 512,
+		/* Small rx buffer: idle connections stay cheap (lws keeps
+		 * it per connection); larger messages arrive in pieces and
+		 * are reassembled. 128 holds a subscribe to a usual name. */
+		.rx_buffer_size = 128,
 		.tx_packet_size = BG_WRITE_MAX,
 	},
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
@@ -227,6 +229,9 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		return bg_http_confirm_upgrade(w, wsi, in);
 	case LWS_CALLBACK_ESTABLISHED:
 		bg_sock_established(w, wsi);
+		/* lws freed the request's header buffer: a crowd that
+		 * connects leaves that much scattered in the heap. */
+		w->freed_since_trim += HEADER_BYTES;
 		if (w->stopping)
 			return close_with(wsi, 1001, "server shutting down");
 		if (bg_conn_open(c, w, wsi) != BG_OK)
@@ -433,12 +438,107 @@ bg_worker_wants(const struct bg_worker *w, const struct bg_msg *m)
 
 /* ------------------------------------------------------------ fan-out */
 
+/* The id map's home slot of number n. */
+static uint32_t
+id_home(const struct bg_worker *w, uint64_t n)
+{
+	return (uint32_t)((n * 0x9e3779b97f4a7c15ull) >> 32) &
+	       (w->ids_cap - 1);
+}
+
+static bool
+ids_resize(struct bg_worker *w, uint32_t cap)
+{
+	struct bg_conn **old = w->ids;
+	uint32_t old_cap = w->ids_cap;
+
+	w->ids = calloc(cap, sizeof(*w->ids));
+	if (w->ids == NULL) {
+		w->ids = old;
+		return false;
+	}
+	w->ids_cap = cap;
+	for (uint32_t i = 0; i < old_cap; i++) {
+		uint32_t j;
+		if (old[i] == NULL)
+			continue;
+		for (j = id_home(w, old[i]->num); w->ids[j] != NULL;
+		     j = (j + 1) & (cap - 1))
+			;
+		w->ids[j] = old[i];
+	}
+	free(old);
+	return true;
+}
+
+bool
+bg_worker_id_add(struct bg_worker *w, struct bg_conn *c)
+{
+	uint32_t i;
+
+	if ((w->ids_n + 1) * 2 > w->ids_cap &&
+	    !ids_resize(w, w->ids_cap ? w->ids_cap * 2 : 64))
+		return false;
+	for (i = id_home(w, c->num); w->ids[i] != NULL;
+	     i = (i + 1) & (w->ids_cap - 1))
+		;
+	w->ids[i] = c;
+	w->ids_n++;
+	return true;
+}
+
+void
+bg_worker_id_del(struct bg_worker *w, struct bg_conn *c)
+{
+	uint32_t mask = w->ids_cap - 1, i, j, k;
+
+	if (w->ids_cap == 0)
+		return;
+	for (i = id_home(w, c->num); w->ids[i] != c; i = (i + 1) & mask)
+		if (w->ids[i] == NULL)
+			return;
+	/* Linear probing: pull later entries of the run back. */
+	for (j = (i + 1) & mask; w->ids[j] != NULL; j = (j + 1) & mask) {
+		k = id_home(w, w->ids[j]->num);
+		if (((j - k) & mask) >= ((j - i) & mask)) {
+			w->ids[i] = w->ids[j];
+			i = j;
+		}
+	}
+	w->ids[i] = NULL;
+	w->ids_n--;
+	if (w->ids_cap > 64 && w->ids_n * 8 < w->ids_cap)
+		ids_resize(w, w->ids_cap / 2); /* best effort */
+}
+
+/* The connection whose id is id, when it is one of this worker's. */
 static struct bg_conn *
 conn_by_id(struct bg_worker *w, const char *id)
 {
-	struct bg_chan *ch = bg_chan_find(w->ids, id, strlen(id));
+	size_t nl = strlen(w->srv->node_id);
+	const char *p;
+	char *end;
+	unsigned long long n;
+	long idx;
 
-	return ch != NULL ? ch->subs[0]->owner : NULL;
+	if (w->ids_cap == 0 || strncmp(id, w->srv->node_id, nl) != 0 ||
+	    id[nl] != '-')
+		return NULL;
+	p = id + nl + 1;
+	if (*p < '0' || *p > '9')
+		return NULL;
+	idx = strtol(p, &end, 10);
+	if (*end != '-' || idx != w->index || end[1] < '0' || end[1] > '9')
+		return NULL;
+	n = strtoull(end + 1, &end, 10);
+	if (*end != '\0')
+		return NULL;
+	for (uint32_t i = id_home(w, n); w->ids[i] != NULL;
+	     i = (i + 1) & (w->ids_cap - 1))
+		if (w->ids[i]->num == n)
+			return strcmp(w->ids[i]->id, id) == 0 ? w->ids[i] :
+			       NULL;
+	return NULL;
 }
 
 /* A reply with a callbackId reached c: counted, and its round trip
@@ -697,9 +797,9 @@ setup(struct bg_worker *w)
 
 	w->base = event_base_new();
 	w->chans = bg_chan_table_new();
-	w->ids = bg_chan_table_new();
+
 	w->scratch = malloc(LWS_PRE + BG_WRITE_MAX);
-	if (w->base == NULL || w->chans == NULL || w->ids == NULL ||
+	if (w->base == NULL || w->chans == NULL ||
 	    w->scratch == NULL) {
 		bg_log_error("worker %d: out of memory", w->index);
 		return BG_ERR;
@@ -720,7 +820,7 @@ setup(struct bg_worker *w)
 	info.timeout_secs = 10;
 	/* Room for an 8 KiB ?token= plus the usual headers; the header
 	 * buffer is lent only while a request is parsed. */
-	info.max_http_header_data = BG_AUTH_TOKEN_MAX + 4096;
+	info.max_http_header_data = HEADER_BYTES;
 	if (w->srv->tls != NULL)
 		bg_tls_lws_info(w->srv->tls, &info);
 	if (cfg->ping_interval > 0) {
@@ -806,7 +906,7 @@ teardown(struct bg_worker *w)
 	if (w->base)
 		event_base_free(w->base);
 	bg_chan_table_free(w->chans);
-	bg_chan_table_free(w->ids);
+	free(w->ids);
 	while (w->held != NULL) {
 		struct bg_held_reply *r = w->held;
 		w->held = r->next;

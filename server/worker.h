@@ -79,7 +79,9 @@ struct bg_worker {
 	struct event *inbox_ev, *bcast_ev, *stop_ev, *stop_timer;
 	struct event *stall_ev;        /* cuts stalled backed-up conns */
 	struct bg_chan_table *chans;   /* channel -> subscribed conns */
-	struct bg_chan_table *ids;     /* client id -> its conn */
+	struct bg_conn **ids;          /* client id -> its conn: open
+	                                  addressing on the id's number */
+	uint32_t ids_cap, ids_n;
 	struct bg_conn *conns;         /* every WebSocket connection */
 	struct bg_conn *dirty;         /* conns with new output this turn */
 	uint64_t seq;                  /* broadcast number, for once-only */
@@ -141,6 +143,11 @@ void bg_worker_chan_removed(struct bg_worker *w, struct bg_chan *ch);
  * bound (bg_worker_chan_added made it pending). */
 void bg_worker_hold_reply(struct bg_worker *w, struct bg_conn *c,
 			  struct bg_chan *ch, char *json, size_t len);
+
+/* Worker: c (c->num set) is found by its id from now on; false when
+ * out of memory. bg_worker_id_del undoes it. */
+bool bg_worker_id_add(struct bg_worker *w, struct bg_conn *c);
+void bg_worker_id_del(struct bg_worker *w, struct bg_conn *c);
 
 /* Worker: c is closing: the answers held for it are dropped. */
 void bg_worker_drop_replies(struct bg_worker *w, struct bg_conn *c);
