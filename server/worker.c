@@ -797,6 +797,7 @@ setup(struct bg_worker *w)
 
 	w->base = event_base_new();
 	w->chans = bg_chan_table_new();
+	w->handler_re = bg_handlers_worker_regexes();
 
 	w->scratch = malloc(LWS_PRE + BG_WRITE_MAX);
 	if (w->base == NULL || w->chans == NULL ||
@@ -907,6 +908,8 @@ teardown(struct bg_worker *w)
 		event_base_free(w->base);
 	bg_chan_table_free(w->chans);
 	free(w->ids);
+	bg_handlers_worker_regexes_free(w->handler_re);
+	w->handler_re = NULL;
 	while (w->held != NULL) {
 		struct bg_held_reply *r = w->held;
 		w->held = r->next;

@@ -61,19 +61,23 @@ struct bg_worker {
 	unsigned int backed_up;        /* atomic: worker writes, bus reads:
 	                                  conns with a queue over half of
 	                                  max_queued_bytes (bg_conn_push) */
-	uint64_t bcast_bytes;          /* atomic: bus adds, worker subtracts:
+	/* Written by the bus on every broadcast: a cache line of their
+	 * own, apart from what the worker writes on every message. */
+	uint64_t bcast_bytes           /* atomic: bus adds, worker subtracts:
 	                                  bytes of one frame of each
 	                                  broadcast in bcast, not yet fanned
 	                                  out */
-	struct bg_stats stats;         /* worker writes, any reads */
+		__attribute__((aligned(64)));
 	uint64_t bcasts_in;            /* bus writes, any reads: broadcasts
 	                                  handed to this worker */
+	struct bg_stats stats          /* worker writes, any reads */
+		__attribute__((aligned(64)));
 	uint64_t alive_ms;             /* atomic: worker writes each tick
 	                                  (CLOCK_MONOTONIC ms), main's
 	                                  watchdog (notify.c) reads */
 
-	/* Everything below: worker thread only. */
-	struct event_base *base;
+	/* Everything below: worker thread only (own cache lines). */
+	struct event_base *base __attribute__((aligned(64)));
 	struct lws_context *lws;
 	struct lws_vhost *vhost;
 	struct event *inbox_ev, *bcast_ev, *stop_ev, *stop_timer;
@@ -103,6 +107,8 @@ struct bg_worker {
 	struct bg_wframe_pool wf_pool; /* free frame holders (conn.c) */
 	struct bg_held_reply *held;    /* subscribe answers waiting for a
 	                                  binding, oldest first */
+	void *handler_re;              /* its own copies of the handlers'
+	                                  regexes (registry.c), or NULL */
 };
 
 /* Creates the worker (rings, eventfds); the thread starts in
