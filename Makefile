@@ -466,3 +466,13 @@ fuzz-run: fuzz
 
 # The integration suite runs its files on parallel workers (IT_JOBS).
 TEST_PKGS  += python3-pytest-xdist
+
+
+# What one broadcast costs the server (allocations and CPU), HTTP and
+# AMQP paths (bench/broadcast_cost.py; needs RabbitMQ for the second).
+.PHONY: bench-cost
+$(BUILD)/malloc_count.so: bench/tools/malloc_count.c
+	$(Q)$(CC) -O2 -shared -fPIC -o $@ $< -pthread
+bench-cost: $(OUT)/bagou-server $(BUILD)/malloc_count.so
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice \
+	  /usr/bin/python3 bench/broadcast_cost.py

@@ -47,6 +47,7 @@
 
 #include "amqp/link.h"
 #include "common/bg.h"
+#include "common/chan.h"
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/ring.h"
@@ -69,6 +70,44 @@ struct held_delivery {
 	struct bg_msg *m;
 	uint64_t tag;
 	struct held_delivery *next;
+};
+
+/* Own broadcasts published and not back yet, at most (oldest dropped:
+ * it is then parsed again when it comes, as any other). */
+#define OWN_MAX 4096
+
+/* A broadcast this node published, kept until RabbitMQ delivers it back
+ * to the node's queue: it is fanned out as built, not parsed again. */
+struct own_msg {
+	uint64_t seq;               /* in its message-id */
+	struct bg_msg *m;           /* one reference */
+};
+
+/* A channel unsubscribed node-wide stays bound this long: a client that
+ * comes back (reconnects, page reloads) costs the broker nothing. */
+#define BIND_LINGER_MS 10000
+#define INTEREST_RING 65536
+/* Bind-oks awaited at once, at most (more: bound without waiting). */
+#define BIND_WAIT_MAX 4096
+
+/* A worker's news about a channel: its first local subscriber (+1) or
+ * its last one gone (-1). Worker -> bus, malloc'd, freed by the bus. */
+struct interest {
+	int delta;
+	uint32_t len;
+	char name[];
+};
+
+/* A channel some worker of this node has (or had, lingering) a
+ * subscriber for, and the node queue's binding for it. Bus thread. */
+struct binding {
+	struct binding *next;       /* hash chain */
+	uint32_t hash;
+	uint32_t workers;           /* workers with a subscriber */
+	uint64_t idle_ms;           /* when workers fell to 0; 0 in use */
+	bool bound;                 /* the broker has it */
+	bool sent;                  /* queue.bind sent, bind-ok awaited */
+	char name[];
 };
 
 enum { STATE_DISABLED, STATE_DISCONNECTED, STATE_CONNECTED };
@@ -103,6 +142,27 @@ struct bg_bus {
 	uint64_t next_try_ms;
 	bool ever_connected;
 	unsigned int seed;
+	struct own_msg *own;        /* ring of OWN_MAX, oldest at own_head */
+	uint32_t own_head, own_count;
+	uint64_t own_seq;           /* last message-id number used */
+	char own_prefix[40];        /* "bagou:NODE:" */
+	size_t own_prefix_len;
+	uint64_t own_reused;        /* bus writes, any reads */
+
+	/* Per-channel bindings (AMQP mode). */
+	struct bg_ring *interest;   /* workers -> bus: struct interest * */
+	unsigned int interest_lost; /* atomic: a worker could not queue
+	                               its news: bind "#" from then on */
+	bool bind_all;              /* bus: "#" bound (interest_lost) */
+	struct binding **bind_tab;  /* bus thread: hash of bindings */
+	uint32_t bind_buckets, n_bindings, n_idle;
+	struct binding *bind_wait[BIND_WAIT_MAX]; /* bind-oks awaited, in
+	                               order sent (ring) */
+	uint32_t bind_wait_head, bind_wait_n;
+	uint64_t next_sweep_ms;
+	uint64_t bind_ops;          /* bus writes, any reads: binds and
+	                               unbinds sent */
+	uint64_t n_bound;           /* bus writes, any reads: gauge */
 };
 
 struct bg_bus *
@@ -123,6 +183,28 @@ bg_bus_new(struct bg_server *srv)
 			return NULL;
 		}
 		b->state = STATE_DISCONNECTED;
+		bool per_channel = !bg_server_cfg(srv)->amqp_bind_all;
+		if (per_channel) {
+			b->bind_buckets = 256;
+			b->bind_tab = calloc(b->bind_buckets,
+					     sizeof(*b->bind_tab));
+			b->interest = bg_ring_new(INTEREST_RING, true);
+		}
+		b->own = calloc(OWN_MAX, sizeof(*b->own));
+		b->own_prefix_len = (size_t)snprintf(b->own_prefix,
+						     sizeof(b->own_prefix),
+						     "bagou:%s:",
+						     srv->node_id);
+		if (b->own == NULL || (per_channel &&
+		    (b->bind_tab == NULL || b->interest == NULL))) {
+			bg_log_error("bus: out of memory");
+			bg_link_free(b->link);
+			bg_ring_free(b->interest);
+			free(b->bind_tab);
+			free(b->own);
+			free(b);
+			return NULL;
+		}
 	}
 	b->waiting_tail = &b->waiting;
 	b->seed = (unsigned int)time(NULL) ^ (unsigned int)getpid();
@@ -140,15 +222,80 @@ bg_bus_new(struct bg_server *srv)
 	return b;
 }
 
+/* ------------------------------------------ own broadcasts coming back */
+
+static void
+own_pop(struct bg_bus *b, bool release)
+{
+	struct own_msg *o = &b->own[b->own_head];
+
+	if (release)
+		bg_msg_unref(o->m);
+	o->m = NULL;
+	b->own_head = (b->own_head + 1) % OWN_MAX;
+	b->own_count--;
+}
+
+/* Keeps m (the caller's reference), published with message-id seq. */
+static void
+own_keep(struct bg_bus *b, uint64_t seq, struct bg_msg *m)
+{
+	if (b->own_count == OWN_MAX)
+		own_pop(b, true);
+	b->own[(b->own_head + b->own_count) % OWN_MAX] =
+		(struct own_msg){ seq, m };
+	b->own_count++;
+}
+
+/* Nothing published on a lost link comes back (the exclusive queue
+ * went with it). */
+static void
+own_clear(struct bg_bus *b)
+{
+	while (b->own_count > 0)
+		own_pop(b, true);
+}
+
+/* The message this node published with message-id mid, taken back, or
+ * NULL. One publishing channel into one queue keeps order, so whatever
+ * was published before it and is still kept will not come any more. */
+static struct bg_msg *
+own_take(struct bg_bus *b, const char *mid, size_t len)
+{
+	uint64_t seq = 0;
+	struct bg_msg *m;
+
+	if (b->own == NULL || len <= b->own_prefix_len || len > 60 ||
+	    memcmp(mid, b->own_prefix, b->own_prefix_len) != 0)
+		return NULL;
+	for (size_t i = b->own_prefix_len; i < len; i++) {
+		if (mid[i] < '0' || mid[i] > '9')
+			return NULL;
+		seq = seq * 10 + (uint64_t)(mid[i] - '0');
+	}
+	while (b->own_count > 0 && b->own[b->own_head].seq < seq)
+		own_pop(b, true);
+	if (b->own_count == 0 || b->own[b->own_head].seq != seq)
+		return NULL;
+	m = b->own[b->own_head].m;
+	own_pop(b, false);
+	bg_stat_add(&b->own_reused, 1);
+	return m;
+}
+
 /* Hands m to every worker, waiting while a ring is full. */
 static void
 fan_out(struct bg_bus *b, struct bg_msg *m)
 {
 	struct bg_server *srv = b->srv;
 
+	bg_msg_hash(m); /* ours alone until pushed */
 	for (int i = 0; i < srv->n_workers; i++) {
 		long wait_ns = 20000;
 
+		/* A worker none of whose clients m concerns is not woken. */
+		if (!bg_worker_wants(srv->workers[i], m))
+			continue;
 		bg_msg_ref(m);
 		while (!bg_worker_deliver(srv->workers[i], m)) {
 			struct timespec ts = { 0, wait_ns };
@@ -160,9 +307,12 @@ fan_out(struct bg_bus *b, struct bg_msg *m)
 			if (wait_ns < 1000000)
 				wait_ns *= 2;
 		}
+		if (m->target != BG_MSG_BOUND)
+			bg_stat_add(&srv->workers[i]->bcasts_in, 1);
 	}
 done:
-	bg_stat_add(&b->broadcasts, 1);
+	if (m->target != BG_MSG_BOUND)
+		bg_stat_add(&b->broadcasts, 1);
 	bg_msg_unref(m);
 }
 
@@ -184,6 +334,275 @@ bg_bus_congested(const struct bg_bus *b)
 		    bg_worker_congested(b->srv->workers[i]))
 			return true;
 	return false;
+}
+
+/* ------------------------------------------- per-channel bindings */
+
+static struct binding *
+binding_find(const struct bg_bus *b, const char *name, size_t len,
+	     uint32_t h)
+{
+	struct binding *e = b->bind_tab[h & (b->bind_buckets - 1)];
+
+	for (; e != NULL; e = e->next)
+		if (e->hash == h && strncmp(e->name, name, len) == 0 &&
+		    e->name[len] == '\0')
+			return e;
+	return NULL;
+}
+
+/* Doubles the table when bindings outnumber buckets (best effort). */
+static void
+bindings_grow(struct bg_bus *b)
+{
+	uint32_t n = b->bind_buckets * 2;
+	struct binding **t = calloc(n, sizeof(*t));
+
+	if (t == NULL)
+		return;
+	for (uint32_t i = 0; i < b->bind_buckets; i++) {
+		struct binding *e = b->bind_tab[i], *next;
+		for (; e != NULL; e = next) {
+			next = e->next;
+			e->next = t[e->hash & (n - 1)];
+			t[e->hash & (n - 1)] = e;
+		}
+	}
+	free(b->bind_tab);
+	b->bind_tab = t;
+	b->bind_buckets = n;
+}
+
+static struct binding *
+binding_add(struct bg_bus *b, const char *name, size_t len, uint32_t h)
+{
+	struct binding *e = calloc(1, sizeof(*e) + len + 1);
+
+	if (e == NULL)
+		return NULL;
+	memcpy(e->name, name, len);
+	e->hash = h;
+	e->next = b->bind_tab[h & (b->bind_buckets - 1)];
+	b->bind_tab[h & (b->bind_buckets - 1)] = e;
+	if (++b->n_bindings > b->bind_buckets)
+		bindings_grow(b);
+	return e;
+}
+
+/* Tells every worker that the node queue is bound for name (NULL: for
+ * every channel): the subscribe answers they hold go out. In order with
+ * the broadcasts, through their rings. */
+static void
+announce_bound(struct bg_bus *b, const char *name)
+{
+	size_t len = name ? strlen(name) : 0;
+	struct bg_msg *m = bg_msg_new_packed(BG_MSG_BOUND, name ? 1 : 0,
+					     len + 1);
+
+	if (m == NULL) {
+		bg_log_error("amqp: out of memory: subscribe answers held");
+		return;
+	}
+	if (name != NULL) {
+		m->names[0] = bg_msg_carve(m, len + 1);
+		memcpy(m->names[0], name, len + 1);
+	}
+	fan_out(b, m);
+}
+
+/* Binds e, awaiting its bind-ok (then announced). false when the link
+ * failed. */
+static bool
+send_bind(struct bg_bus *b, struct binding *e)
+{
+	bool wait = b->bind_wait_n < BIND_WAIT_MAX;
+
+	if (bg_link_bind(b->link, e->name, !wait) != BG_OK)
+		return false;
+	bg_stat_add(&b->bind_ops, 1);
+	if (!wait) {
+		/* Too many in flight: the broker orders it before anything
+		 * published after it on this channel. */
+		e->bound = true;
+		bg_stat_add(&b->n_bound, 1);
+		announce_bound(b, e->name);
+		return true;
+	}
+	b->bind_wait[(b->bind_wait_head + b->bind_wait_n++) % BIND_WAIT_MAX] =
+		e;
+	e->sent = true;
+	return true;
+}
+
+/* The link's bind-ok, in the order the binds were sent. */
+static void
+on_bound(void *arg)
+{
+	struct bg_bus *b = arg;
+	struct binding *e;
+
+	if (b->bind_wait_n == 0)
+		return;
+	e = b->bind_wait[b->bind_wait_head];
+	b->bind_wait_head = (b->bind_wait_head + 1) % BIND_WAIT_MAX;
+	b->bind_wait_n--;
+	e->sent = false;
+	if (!e->bound)
+		bg_stat_add(&b->n_bound, 1);
+	e->bound = true;
+	if (e->workers > 0)
+		announce_bound(b, e->name);
+}
+
+/* The link declares its topology (connect, reopened channel): every
+ * channel the node holds or lets linger is bound again, without
+ * waiting; consuming starts only after, so nothing is missed. */
+static void
+rebind(void *arg, struct bg_link *l)
+{
+	struct bg_bus *b = arg;
+	uint64_t n = 0;
+
+	b->bind_wait_n = 0;
+	if (b->bind_all || __atomic_load_n(&b->interest_lost,
+					   __ATOMIC_RELAXED)) {
+		b->bind_all = true;
+		if (bg_link_bind(l, "#", true) != BG_OK)
+			return;
+	}
+	for (uint32_t i = 0; i < b->bind_buckets; i++) {
+		for (struct binding *e = b->bind_tab[i]; e; e = e->next) {
+			e->sent = false;
+			e->bound = bg_link_bind(l, e->name, true) == BG_OK;
+			if (!e->bound)
+				return;
+			n++;
+		}
+	}
+	bg_stat_add(&b->bind_ops, n);
+	__atomic_store_n(&b->n_bound, n, __ATOMIC_RELAXED);
+}
+
+/* The link came up (bound with the topology) or went down (nothing is
+ * bound, nothing will be until it is back): either way, whatever a
+ * worker holds waiting for a binding goes out now. */
+static void
+bindings_reset(struct bg_bus *b, bool up)
+{
+	if (b->bind_tab == NULL)
+		return;
+	b->bind_wait_n = 0;
+	if (!up) {
+		for (uint32_t i = 0; i < b->bind_buckets; i++)
+			for (struct binding *e = b->bind_tab[i]; e;
+			     e = e->next)
+				e->bound = e->sent = false;
+		__atomic_store_n(&b->n_bound, 0, __ATOMIC_RELAXED);
+	}
+	announce_bound(b, NULL);
+}
+
+/* What the workers said about their channels. false when the link
+ * failed while binding. */
+static bool
+take_interest(struct bg_bus *b)
+{
+	struct interest *r;
+	bool ok = true;
+
+	if (b->interest == NULL)
+		return true;
+	bg_ring_clear(b->interest);
+	do {
+		while ((r = bg_ring_pop(b->interest)) != NULL) {
+			uint32_t h = bg_chan_hash(r->name, r->len);
+			struct binding *e = binding_find(b, r->name, r->len,
+							 h);
+			if (r->delta > 0) {
+				if (e == NULL)
+					e = binding_add(b, r->name, r->len, h);
+				if (e == NULL) {
+					/* Bind everything rather than miss. */
+					__atomic_store_n(&b->interest_lost, 1,
+							 __ATOMIC_RELAXED);
+					announce_bound(b, r->name);
+				} else {
+					if (e->workers++ == 0 &&
+					    e->idle_ms != 0) {
+						e->idle_ms = 0;
+						b->n_idle--;
+					}
+					if (e->bound || b->bind_all ||
+					    !bg_link_up(b->link))
+						announce_bound(b, e->name);
+					else if (!e->sent && ok)
+						ok = send_bind(b, e);
+				}
+			} else if (e != NULL && e->workers > 0 &&
+				   --e->workers == 0) {
+				e->idle_ms = now_ms();
+				b->n_idle++;
+			}
+			free(r);
+		}
+	} while (!bg_ring_sleep(b->interest));
+	if (ok && !b->bind_all && bg_link_up(b->link) &&
+	    __atomic_load_n(&b->interest_lost, __ATOMIC_RELAXED)) {
+		bg_log_warn("amqp: channel news lost (out of memory or ring "
+			    "full): binding '#' from now on");
+		ok = bg_link_bind(b->link, "#", true) == BG_OK;
+		b->bind_all = true;
+		announce_bound(b, NULL);
+	}
+	return ok;
+}
+
+/* Unbinds the channels no worker has had a subscriber for during
+ * BIND_LINGER_MS; at most once a second. false when the link failed. */
+static bool
+sweep_bindings(struct bg_bus *b, uint64_t now)
+{
+	bool ok = true;
+
+	if (b->n_idle == 0 || now < b->next_sweep_ms)
+		return true;
+	b->next_sweep_ms = now + 1000;
+	for (uint32_t i = 0; i < b->bind_buckets; i++) {
+		struct binding **pp = &b->bind_tab[i], *e;
+		while ((e = *pp) != NULL) {
+			if (e->workers > 0 || e->sent ||
+			    now - e->idle_ms < BIND_LINGER_MS) {
+				pp = &e->next;
+				continue;
+			}
+			if (e->bound && ok && bg_link_up(b->link)) {
+				ok = bg_link_unbind(b->link, e->name) == BG_OK;
+				bg_stat_add(&b->bind_ops, 1);
+			}
+			if (e->bound)
+				bg_stat_add(&b->n_bound, (uint64_t)-1);
+			*pp = e->next;
+			free(e);
+			b->n_idle--;
+			b->n_bindings--;
+		}
+	}
+	return ok;
+}
+
+/* Will RabbitMQ deliver m back to this node? Only then is it kept. */
+static bool
+comes_back(const struct bg_bus *b, const struct bg_msg *m)
+{
+	const struct binding *e;
+
+	if (b->bind_tab == NULL || b->bind_all ||
+	    m->target != BG_MSG_CHANNELS || m->n_names != 1)
+		return true; /* "#", or routing key "" */
+	e = binding_find(b, m->names[0], strlen(m->names[0]),
+			 m->hashed ? m->hashes[0] :
+			 bg_chan_hash(m->names[0], strlen(m->names[0])));
+	return e != NULL && (e->bound || e->sent);
 }
 
 /* Holds a delivery (m may be NULL: rejected) until the workers drain. */
@@ -252,7 +671,8 @@ forget_tags(struct bg_bus *b, bool requeued)
 /* A delivery from RabbitMQ: validated and framed once, then fanned out,
  * or held while the workers are congested. */
 static void
-on_delivery(void *arg, const void *body, size_t len, uint64_t tag)
+on_delivery(void *arg, const void *body, size_t len, uint64_t tag,
+	    const char *mid, size_t mid_len)
 {
 	struct bg_bus *b = arg;
 	enum bg_code code;
@@ -260,7 +680,11 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag)
 	char err[200];
 	size_t max = bg_server_cfg(b->srv)->max_message_size;
 
-	if (len > max) {
+	if (mid_len > 0 && (m = own_take(b, mid, mid_len)) != NULL) {
+		/* Ours, back from the broker: built and checked already
+		 * (one parse per node). */
+		code = BG_CODE_COUNT;
+	} else if (len > max) {
 		/* The same limit as POST /broadcast: one node's clients must
 		 * not receive what another node's publishers cannot send. */
 		code = BG_CODE_BAD_MESSAGE;
@@ -268,8 +692,9 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag)
 			 "(%zu bytes)", max);
 		m = NULL;
 	} else {
-		m = bg_proto_broadcast_text(body, len, NULL, &code, err,
-					    sizeof(err));
+		/* Fanned out here, never republished: no body. */
+		m = bg_proto_broadcast_text_opt(body, len, NULL, 0, &code,
+						err, sizeof(err));
 	}
 	if (m == NULL) {
 		static struct bg_log_throttle throttle =
@@ -331,6 +756,8 @@ link_lost(struct bg_bus *b)
 	/* An exclusive queue dies with its connection: what it gave us is
 	 * not given again, so the held deliveries are still delivered. */
 	forget_tags(b, false);
+	own_clear(b);
+	bindings_reset(b, false);
 	set_state(b, STATE_DISCONNECTED);
 	bg_log_warn("amqp: disconnected; POST /broadcast and publish answer "
 		    "'unavailable' until the broker is back");
@@ -367,7 +794,23 @@ hand_on(struct bg_bus *b, struct bg_msg *m, unsigned int tries)
 		fan_out(b, m);
 		return true;
 	}
-	rc = bg_link_publish(b->link, m, &why);
+	if (m->forward_key == NULL) {
+		/* Marked, so that it is known when it comes back. */
+		char mid[64];
+		snprintf(mid, sizeof(mid), "%s%llu", b->own_prefix,
+			 (unsigned long long)(b->own_seq + 1));
+		rc = bg_link_publish_id(b->link, m, mid, &why);
+	} else {
+		rc = bg_link_publish(b->link, m, &why);
+	}
+	if (rc == BG_OK && m->forward_key == NULL) {
+		++b->own_seq;
+		if (comes_back(b, m))
+			own_keep(b, b->own_seq, m);
+		else
+			bg_msg_unref(m);
+		return true;
+	}
 	if (rc == BG_LINK_REFUSED)
 		publish_failed(b, &b->pub_invalid, "refused", why);
 	if (rc != BG_ERR) {
@@ -408,13 +851,23 @@ drain_outbox(struct bg_bus *b)
 static void
 amqp_loop(struct bg_bus *b)
 {
-	struct pollfd fds[3];
+	struct pollfd fds[4];
 	uint64_t now;
 	int timeout, n;
 
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 		bg_server_quiescent(b->srv, BG_SEEN_BUS);
 		now = now_ms();
+		/* The workers' channel news, and lingering bindings. */
+		if (bg_link_up(b->link) &&
+		    (!take_interest(b) || !sweep_bindings(b, now))) {
+			link_lost(b);
+			continue;
+		}
+		if (!bg_link_up(b->link)) {
+			take_interest(b);
+			sweep_bindings(b, now);
+		}
 		if (!bg_link_up(b->link) && now >= b->next_try_ms &&
 		    !__atomic_load_n(&b->quiet, __ATOMIC_RELAXED)) {
 			if (bg_link_connect(b->link) == BG_OK) {
@@ -423,6 +876,7 @@ amqp_loop(struct bg_bus *b)
 				b->ever_connected = true;
 				b->attempt = 0;
 				forget_tags(b, false);
+				bindings_reset(b, true);
 				set_state(b, STATE_CONNECTED);
 				release_waiting(b, false);
 				drain_outbox(b);
@@ -436,12 +890,20 @@ amqp_loop(struct bg_bus *b)
 		n = 0;
 		fds[n++] = (struct pollfd){ .fd = b->stop_efd,
 					    .events = POLLIN };
+		if (b->interest != NULL)
+			fds[n++] = (struct pollfd){
+				.fd = bg_ring_fd(b->interest),
+				.events = POLLIN };
 		if (bg_link_up(b->link)) {
 			fds[n++] = (struct pollfd){
 				.fd = bg_ring_fd(b->outbox), .events = POLLIN };
 			fds[n++] = (struct pollfd){
 				.fd = bg_link_fd(b->link), .events = POLLIN };
 			timeout = b->waiting != NULL ? PAUSE_POLL_MS : 1000;
+			/* Frames read already (during a bind, say) do not
+			 * make the socket readable. */
+			if (bg_link_buffered(b->link))
+				timeout = 0;
 		} else {
 			timeout = b->next_try_ms > now ?
 				  (int)(b->next_try_ms - now) : 0;
@@ -465,8 +927,10 @@ amqp_loop(struct bg_bus *b)
 			link_lost(b);
 			continue;
 		}
-		if (bg_link_channel_epoch(b->link) != b->epoch)
+		if (bg_link_channel_epoch(b->link) != b->epoch) {
 			forget_tags(b, true);
+			bindings_reset(b, true);
+		}
 		if (!ack_done(b)) {
 			link_lost(b);
 			continue;
@@ -486,6 +950,8 @@ bus_main(void *arg)
 
 	pthread_setname_np(pthread_self(), "bg-bus");
 	if (b->link != NULL) {
+		if (b->interest != NULL)
+			bg_link_set_binder(b->link, rebind, on_bound, b);
 		amqp_loop(b);
 		return NULL;
 	}
@@ -558,6 +1024,23 @@ bg_bus_free(struct bg_bus *b)
 		bg_msg_unref(d->m);
 		free(d);
 	}
+	if (b->own != NULL)
+		own_clear(b);
+	free(b->own);
+	if (b->interest != NULL) {
+		while ((m = bg_ring_pop(b->interest)) != NULL)
+			free(m);
+		bg_ring_free(b->interest);
+	}
+	for (uint32_t i = 0; b->bind_tab != NULL && i < b->bind_buckets;
+	     i++) {
+		struct binding *e, *next;
+		for (e = b->bind_tab[i]; e != NULL; e = next) {
+			next = e->next;
+			free(e);
+		}
+	}
+	free(b->bind_tab);
 	bg_link_free(b->link);
 	bg_ring_free(b->outbox);
 	close(b->stop_efd);
@@ -620,13 +1103,35 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 {
 	uint64_t reopens = b->link ? bg_link_channel_reopens(b->link) : 0;
 	uint64_t backed_up = 0;
+	int n, k;
+
+	n = snprintf(buf, size, "# HELP bagou_worker_broadcasts_total "
+		     "Broadcasts the bus handed to each worker (only those "
+		     "with a subscriber among the targets).\n"
+		     "# TYPE bagou_worker_broadcasts_total counter\n");
+	for (int i = 0; i < b->srv->n_workers && n >= 0 && (size_t)n < size;
+	     i++) {
+		if (b->srv->workers[i] == NULL)
+			continue;
+		k = snprintf(buf + n, size - (size_t)n,
+			     "bagou_worker_broadcasts_total{worker=\"%d\"} "
+			     "%llu\n", i, (unsigned long long)bg_stat_get(
+				     &b->srv->workers[i]->bcasts_in));
+		if (k < 0)
+			return k;
+		n += k;
+	}
+	if (n < 0 || (size_t)n >= size)
+		return n;
+	buf += n;
+	size -= (size_t)n;
 
 	for (int i = 0; i < b->srv->n_workers; i++)
 		if (b->srv->workers[i] != NULL)
 			backed_up += __atomic_load_n(
 				&b->srv->workers[i]->backed_up,
 				__ATOMIC_RELAXED);
-	return snprintf(buf, size,
+	k = snprintf(buf, size,
 		"# HELP bagou_amqp_publish_failures_total Messages this "
 		"node could not publish to RabbitMQ, dropped, by reason.\n"
 		"# TYPE bagou_amqp_publish_failures_total counter\n"
@@ -652,14 +1157,54 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 		"# HELP bagou_backed_up_connections Connections whose queue "
 		"is over half of max_queued_bytes.\n"
 		"# TYPE bagou_backed_up_connections gauge\n"
-		"bagou_backed_up_connections %llu\n",
+		"bagou_backed_up_connections %llu\n"
+		"# HELP bagou_amqp_own_broadcasts_total Broadcasts this node "
+		"published that came back from RabbitMQ and were fanned out "
+		"as built, not parsed again.\n"
+		"# TYPE bagou_amqp_own_broadcasts_total counter\n"
+		"bagou_amqp_own_broadcasts_total %llu\n",
 		(unsigned long long)bg_stat_get(&b->pub_invalid),
 		(unsigned long long)bg_stat_get(&b->pub_dropped),
 		(unsigned long long)reopens, (unsigned long long)reopens,
 		(unsigned long long)bg_stat_get(&b->busy),
 		(unsigned long long)bg_stat_get(&b->pauses),
 		(unsigned long long)bg_stat_get(&b->n_waiting),
-		(unsigned long long)backed_up);
+		(unsigned long long)backed_up,
+		(unsigned long long)bg_stat_get(&b->own_reused));
+	return k < 0 ? k : n + k;
+}
+
+bool
+bg_bus_binds(const struct bg_bus *b)
+{
+	return b->interest != NULL;
+}
+
+void
+bg_bus_interest(struct bg_bus *b, const char *name, size_t len, int delta)
+{
+	struct interest *r;
+
+	if (b->interest == NULL)
+		return;
+	r = malloc(sizeof(*r) + len + 1);
+	if (r != NULL) {
+		r->delta = delta;
+		r->len = (uint32_t)len;
+		memcpy(r->name, name, len);
+		r->name[len] = '\0';
+		if (bg_ring_push(b->interest, r))
+			return;
+		free(r);
+	}
+	/* The bus binds "#" (and so misses nothing) from now on. */
+	__atomic_store_n(&b->interest_lost, 1, __ATOMIC_RELAXED);
+}
+
+bool
+bg_bus_wants_body(const struct bg_bus *b)
+{
+	return b->link != NULL;
 }
 
 bool

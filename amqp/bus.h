@@ -63,6 +63,22 @@ bool bg_bus_congested(const struct bg_bus *b);
  * backpressure) into buf, snprintf-style. Any thread. */
 int bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size);
 
+/* True when the node binds its queue per channel (AMQP mode): workers
+ * then report their channels (bg_bus_interest) and hold a subscribe's
+ * answer until the bus says the channel is bound (BG_MSG_BOUND). Any
+ * thread. */
+bool bg_bus_binds(const struct bg_bus *b);
+
+/* A worker's channel got its first local subscriber (delta +1) or lost
+ * its last one (-1). Worker threads. Never fails: if the news cannot be
+ * queued, the bus binds "#" from then on. */
+void bg_bus_interest(struct bg_bus *b, const char *name, size_t len,
+		     int delta);
+
+/* True when published messages go to RabbitMQ, which needs their body
+ * (BG_PROTO_BODY); false in standalone mode. Any thread. */
+bool bg_bus_wants_body(const struct bg_bus *b);
+
 /* "disabled", "connected" or "disconnected" for /health. Any thread. */
 const char *bg_bus_state(const struct bg_bus *b);
 

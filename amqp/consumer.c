@@ -35,6 +35,10 @@ struct bg_link {
 	char queue[256];                 /* the server-named node queue */
 	uint64_t epoch;                  /* bus reads: channel generation */
 	uint64_t reopens;                /* bus writes, any reads */
+	void (*binder)(void *, struct bg_link *); /* per-channel bindings,
+	                                    or NULL: bind "#" */
+	void (*bound)(void *);           /* a bind-ok came */
+	void *binder_arg;
 };
 
 struct bg_link *
@@ -212,10 +216,21 @@ declare(struct bg_link *l, bool fresh)
 		snprintf(l->queue, sizeof(l->queue), "%.*s",
 			 (int)q->queue.len, (char *)q->queue.bytes);
 	}
+	/* Everything, or "" (several channels, everyone, client ids) and
+	 * then the node's channels, all in place before consuming. */
 	amqp_queue_bind(l->conn, CHANNEL, amqp_cstring_bytes(l->queue), ex,
-			amqp_cstring_bytes("#"), amqp_empty_table);
+			amqp_cstring_bytes(l->binder ? "" : "#"),
+			amqp_empty_table);
 	if (!rpc_ok(l, "queue.bind"))
 		return BG_ERR;
+	if (l->binder != NULL) {
+		bool up = l->up;
+		l->up = true; /* bg_link_bind may send */
+		l->binder(l->binder_arg, l);
+		if (l->conn == NULL)
+			return BG_ERR; /* a send failed: reset */
+		l->up = up;
+	}
 	if (cfg->amqp_queue[0] != '\0') {
 		amqp_queue_declare(l->conn, CHANNEL,
 				   amqp_cstring_bytes(cfg->amqp_queue), 0, 1,
@@ -329,6 +344,10 @@ other_frame(struct bg_link *l)
 	if (f.frame_type != AMQP_FRAME_METHOD)
 		return BG_OK;
 	switch (f.payload.method.id) {
+	case AMQP_QUEUE_BIND_OK_METHOD:
+		if (l->bound != NULL)
+			l->bound(l->binder_arg);
+		return BG_OK;
 	case AMQP_CONNECTION_CLOSE_METHOD: {
 		amqp_connection_close_t *m = f.payload.method.decoded;
 		bg_log_warn("amqp: broker closed the connection: %u %.*s",
@@ -365,8 +384,14 @@ bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg)
 		amqp_maybe_release_buffers(l->conn);
 		r = amqp_consume_message(l->conn, &env, &zero, 0);
 		if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+			amqp_basic_properties_t *pr =
+				&env.message.properties;
+			bool has_id = pr->_flags &
+				      AMQP_BASIC_MESSAGE_ID_FLAG;
 			fn(arg, env.message.body.bytes, env.message.body.len,
-			   env.delivery_tag);
+			   env.delivery_tag,
+			   has_id ? pr->message_id.bytes : NULL,
+			   has_id ? pr->message_id.len : 0);
 			amqp_destroy_envelope(&env);
 			continue;
 		}
@@ -410,6 +435,66 @@ bg_link_ack(struct bg_link *l, uint64_t tag)
 		return BG_ERR;
 	}
 	return BG_OK;
+}
+
+void
+bg_link_set_binder(struct bg_link *l, void (*binder)(void *, struct bg_link *),
+		   void (*bound)(void *), void *arg)
+{
+	l->binder = binder;
+	l->bound = bound;
+	l->binder_arg = arg;
+}
+
+/* Sends one method on the channel; the link fails with the socket. */
+static int
+send_method(struct bg_link *l, amqp_method_number_t id, void *method,
+	    const char *what)
+{
+	int rc;
+
+	if (!l->up)
+		return BG_ERR;
+	rc = amqp_send_method(l->conn, CHANNEL, id, method);
+	if (rc == AMQP_STATUS_OK)
+		return BG_OK;
+	bg_log_warn("amqp: %s failed: %s", what, amqp_error_string2(rc));
+	bg_link_reset(l);
+	return BG_ERR;
+}
+
+int
+bg_link_bind(struct bg_link *l, const char *key, bool nowait)
+{
+	amqp_queue_bind_t m = {
+		.queue = amqp_cstring_bytes(l->queue),
+		.exchange = amqp_cstring_bytes(l->cfg->amqp_exchange),
+		.routing_key = amqp_cstring_bytes(key),
+		.nowait = nowait,
+		.arguments = amqp_empty_table,
+	};
+
+	return send_method(l, AMQP_QUEUE_BIND_METHOD, &m, "queue.bind");
+}
+
+int
+bg_link_unbind(struct bg_link *l, const char *key)
+{
+	amqp_queue_unbind_t m = {
+		.queue = amqp_cstring_bytes(l->queue),
+		.exchange = amqp_cstring_bytes(l->cfg->amqp_exchange),
+		.routing_key = amqp_cstring_bytes(key),
+		.arguments = amqp_empty_table,
+	};
+
+	return send_method(l, AMQP_QUEUE_UNBIND_METHOD, &m, "queue.unbind");
+}
+
+bool
+bg_link_buffered(const struct bg_link *l)
+{
+	return l->up && (amqp_frames_enqueued(l->conn) ||
+			 amqp_data_in_buffer(l->conn));
 }
 
 uint64_t

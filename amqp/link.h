@@ -30,9 +30,11 @@ struct bg_link;
 #define BG_LINK_REFUSED 1
 
 /* Handles one delivered body. tag is its delivery tag on the current
- * channel: the caller acks it (bg_link_ack) once it is done with it. */
+ * channel: the caller acks it (bg_link_ack) once it is done with it.
+ * mid: the message-id property (mid_len 0 when absent). */
 typedef void (*bg_link_deliver_fn)(void *arg, const void *body, size_t len,
-				   uint64_t tag);
+				   uint64_t tag, const char *mid,
+				   size_t mid_len);
 
 /* Parses cfg's URL. NULL with err set ("[amqp] url: ...") on a bad URL. */
 struct bg_link *bg_link_new(const struct bg_config *cfg, char *err,
@@ -71,6 +73,31 @@ int bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg);
  * or BG_ERR when the link failed (it is then down). */
 int bg_link_ack(struct bg_link *l, uint64_t tag);
 
+/*
+ * Per-channel bindings (PROTOCOL.md §5, "Bindings"). With a binder set,
+ * the node queue is bound with "" (broadcasts naming several channels,
+ * everyone or client ids) and, each time the topology is declared
+ * (connect, reopened channel), binder(arg, l) is called to bind the
+ * channels the node holds (bg_link_bind with nowait) before consuming
+ * starts; without one, the queue is bound with "#" (everything).
+ * bound(arg) is called for each bind-ok of a bg_link_bind without
+ * nowait, in the order they were sent. Bus thread.
+ */
+void bg_link_set_binder(struct bg_link *l, void (*binder)(void *, struct
+			bg_link *), void (*bound)(void *), void *arg);
+
+/* Sends queue.bind of the node queue to the exchange with key (nowait:
+ * no bind-ok will come). BG_OK or BG_ERR (the link failed: down). */
+int bg_link_bind(struct bg_link *l, const char *key, bool nowait);
+
+/* Sends queue.unbind of key; its unbind-ok is ignored. BG_OK or
+ * BG_ERR. */
+int bg_link_unbind(struct bg_link *l, const char *key);
+
+/* True while rabbitmq-c holds input already read from the socket (poll
+ * would not wake for it). */
+bool bg_link_buffered(const struct bg_link *l);
+
 /* Changes each time the channel is reopened or the link reconnects. */
 uint64_t bg_link_channel_epoch(const struct bg_link *l);
 
@@ -92,5 +119,11 @@ const char *bg_link_check(const struct bg_msg *m);
  * BG_ERR when the link failed (it is then down, logged). */
 int bg_link_publish(struct bg_link *l, const struct bg_msg *m,
 		    const char **why);
+
+/* bg_link_publish with a message-id property (mid, NUL-terminated; a
+ * node marks its own broadcasts so that it knows them when they come
+ * back: amqp/bus.c). */
+int bg_link_publish_id(struct bg_link *l, const struct bg_msg *m,
+		       const char *mid, const char **why);
 
 #endif

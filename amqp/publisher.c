@@ -42,6 +42,13 @@ bg_link_check(const struct bg_msg *m)
 int
 bg_link_publish(struct bg_link *l, const struct bg_msg *m, const char **why)
 {
+	return bg_link_publish_id(l, m, NULL, why);
+}
+
+int
+bg_link_publish_id(struct bg_link *l, const struct bg_msg *m,
+		   const char *mid, const char **why)
+{
 	amqp_basic_properties_t props;
 	const char *exchange = bg_link_exchange(l);
 	amqp_bytes_t body;
@@ -56,6 +63,10 @@ bg_link_publish(struct bg_link *l, const struct bg_msg *m, const char **why)
 	memset(&props, 0, sizeof(props));
 	props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG;
 	props.content_type = amqp_cstring_bytes("application/json");
+	if (mid != NULL) {
+		props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
+		props.message_id = amqp_cstring_bytes(mid);
+	}
 	body.bytes = m->body;
 	body.len = m->body_len;
 	rc = amqp_basic_publish(bg_link_conn(l), 1,

@@ -53,6 +53,9 @@ static const char usage_text[] =
 "  --url URL            WebSocket endpoint, loopback only (required)\n"
 "  --clients N          subscriber connections (100)\n"
 "  --channel NAME       channel to subscribe and publish to (bench)\n"
+"  --channels N         spread over N channels NAME-0..NAME-(N-1):\n"
+"                       subscriber i on NAME-(i %% N), broadcast S to\n"
+"                       NAME-(S %% N) (1: just NAME)\n"
 "  --connect-rate C     new connections per second (2000)\n"
 "  --max-pending N      handshakes in progress at once (256)\n"
 "  --conn-timeout S     per connection, until subscribed (10)\n"
@@ -89,7 +92,7 @@ enum {
 	OPT_CONN_TIMEOUT, OPT_PUBLISHERS, OPT_PIPELINE, OPT_WINDOW, OPT_DRAIN,
 	OPT_PUBLISH, OPT_DEPTH,
 	OPT_HOLD, OPT_READY_FILE, OPT_DONE_FILE, OPT_MAX_FAIL, OPT_EVENT,
-	OPT_QUIET,
+	OPT_QUIET, OPT_CHANNELS,
 	OPT_HELP,
 };
 
@@ -97,6 +100,7 @@ static const struct option long_opts[] = {
 	{ "url", required_argument, NULL, OPT_URL },
 	{ "clients", required_argument, NULL, OPT_CLIENTS },
 	{ "channel", required_argument, NULL, OPT_CHANNEL },
+	{ "channels", required_argument, NULL, OPT_CHANNELS },
 	{ "rate", required_argument, NULL, OPT_RATE },
 	{ "duration", required_argument, NULL, OPT_DURATION },
 	{ "size", required_argument, NULL, OPT_SIZE },
@@ -156,6 +160,15 @@ void bg_bench_warn(struct bg_bench *b, const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
+void bg_bench_chan_name(const struct bg_bench *b, unsigned k, char *out)
+{
+	/* --channel is at most 200 bytes (channel_ok). */
+	if (b->n_channels > 1)
+		snprintf(out, 256, "%.200s-%u", b->channel, k);
+	else
+		snprintf(out, 256, "%s", b->channel);
+}
+
 void bg_bench_on_subscribed(struct bg_ws *c)
 {
 	struct bg_bench *b = c->b;
@@ -163,6 +176,7 @@ void bg_bench_on_subscribed(struct bg_ws *c)
 	b->pending--;
 	b->live++;
 	b->subscribed++;
+	b->chan_live[bg_bench_chan_of(b, (uint64_t)(c - b->ws))]++;
 }
 
 void bg_bench_on_tick(struct bg_ws *c, const char *p, size_t len,
@@ -214,7 +228,8 @@ void bg_bench_on_tick(struct bg_ws *c, const char *p, size_t len,
 		b->out_of_order++;
 		return;
 	}
-	if (ps > *last + 1)
+	/* With --channels a subscriber sees only its channel's share. */
+	if (ps > *last + 1 && b->n_channels == 1)
 		b->gaps += (uint64_t)(ps - *last - 1);
 	*last = ps;
 	c->unique++;
@@ -238,6 +253,7 @@ void bg_bench_on_closed(struct bg_ws *c, int old_state, const char *why)
 			b->fail_subscribe++;
 	} else {
 		b->live--;
+		b->chan_live[bg_bench_chan_of(b, (uint64_t)(c - b->ws))]--;
 		b->disconnects++;
 		bg_pub_advance(b);
 	}
@@ -295,7 +311,8 @@ static void report_fanout(struct bg_bench *b)
 	double run_s = secs(b->t_run_end - b->t_run);
 	double span = b->t_last_delivery > b->t_run ?
 		secs(b->t_last_delivery - b->t_run) : run_s;
-	uint64_t expected = b->accepted * b->subscribed;
+	uint64_t expected = b->n_channels > 1 ? b->expected_sum :
+			    b->accepted * b->subscribed;
 	uint64_t lost = expected > b->unique ? expected - b->unique : 0;
 	double p50 = ms(bg_hist_quantile(&b->lat, 0.50));
 	double p99 = ms(bg_hist_quantile(&b->lat, 0.99));
@@ -549,7 +566,9 @@ static bool drained(const struct bg_bench *b)
 		return false;
 	for (i = 0; i < b->started; i++)
 		if (b->ws[i].state == BG_WS_SUBSCRIBED &&
-		    b->ws[i].unique < b->accepted)
+		    b->ws[i].unique < (b->n_channels == 1 ? b->accepted :
+				       b->chan_accepted[
+					       bg_bench_chan_of(b, i)]))
 			return false;
 	return true;
 }
@@ -810,6 +829,11 @@ static const char *set_opt(struct bg_bench *b, int opt, const char *arg,
 			return "bad --channel";
 		snprintf(b->channel, sizeof(b->channel), "%s", arg);
 		return NULL;
+	case OPT_CHANNELS:
+		if (!num(arg, 1, 100000, &v) || v != (unsigned)v)
+			return "bad --channels (1..100000)";
+		b->n_channels = (unsigned)v;
+		return NULL;
 	case OPT_EVENT:
 		if (!channel_ok(arg) || strlen(arg) >= sizeof(b->event))
 			return "bad --event";
@@ -915,6 +939,7 @@ static int parse_args(struct bg_bench *b, int argc, char **argv)
 		return usage("the mode is fanout or idle");
 	b->clients = 100;
 	strcpy(b->channel, "bench");
+	b->n_channels = 1;
 	strcpy(b->event, "tick");
 	b->duration = 10;
 	b->size = 100;
@@ -954,6 +979,8 @@ static int parse_args(struct bg_bench *b, int argc, char **argv)
 	if (b->mode == BG_BENCH_FANOUT && b->publish == BG_PUB_EXTERNAL) {
 		if (!b->done_file)
 			return usage("--publish external needs --done-file");
+		if (b->publish == BG_PUB_EXTERNAL && b->n_channels > 1)
+			return usage("--channels needs http or ws publishers");
 		b->window = 0;	/* nothing to pace: not ours */
 		b->rate = 0;
 	}
@@ -1006,8 +1033,10 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	bg_bench_seed();
 	b->ws = calloc(b->clients, sizeof(*b->ws));
+	b->chan_live = calloc(b->n_channels, sizeof(*b->chan_live));
+	b->chan_accepted = calloc(b->n_channels, sizeof(*b->chan_accepted));
 	cfg = event_config_new();
-	if (!b->ws || !cfg) {
+	if (!b->ws || !cfg || !b->chan_live || !b->chan_accepted) {
 		fputs("bagou-bench: out of memory\n", stderr);
 		return 1;
 	}

@@ -114,6 +114,7 @@ struct bg_bcast {
 	uint64_t seq;
 	int64_t sent_ns;
 	uint32_t delivered;	/* subscribers that received it */
+	uint32_t chan;		/* its channel (--channels) */
 	uint8_t state;		/* enum bg_bcast_state */
 };
 
@@ -167,6 +168,14 @@ struct bg_bench {
 	struct sockaddr_in http_addr;
 	char http_hostport[64];
 	char channel[256];
+	unsigned n_channels;		/* --channels: subscriber i on channel
+					 * "NAME-(i % n)", broadcast seq on
+					 * "NAME-(seq % n)"; 1: just NAME */
+	unsigned *chan_live;		/* per channel: live subscribers */
+	uint64_t *chan_accepted;	/* per channel: accepted broadcasts */
+	uint64_t expected_sum;		/* n_channels > 1: sum of the live
+					 * subscribers of each accepted
+					 * broadcast's channel */
 	char event[64];
 	unsigned clients;
 	double rate;			/* broadcasts/s, 0 = closed loop */
@@ -226,6 +235,16 @@ struct bg_bench {
 	struct bg_bcast *ring;			/* window slots */
 	uint64_t low;				/* oldest incomplete seq */
 };
+
+/* The channel index of subscriber c or broadcast seq (--channels). */
+static inline unsigned bg_bench_chan_of(const struct bg_bench *b,
+					uint64_t i)
+{
+	return (unsigned)(i % b->n_channels);
+}
+
+/* Writes the name of channel k into out (size 256). */
+void bg_bench_chan_name(const struct bg_bench *b, unsigned k, char *out);
 
 /* bench_util.c */
 int64_t bg_bench_now(void);

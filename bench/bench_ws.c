@@ -289,12 +289,14 @@ static int ws_check_upgrade(struct bg_ws *c, const char *buf, size_t len)
 
 static int ws_subscribe(struct bg_ws *c)
 {
-	char msg[400];
+	char msg[600], name[256];
 	int n;
 
+	bg_bench_chan_name(c->b, bg_bench_chan_of(c->b,
+			   (uint64_t)(c - c->b->ws)), name);
 	n = snprintf(msg, sizeof(msg),
 		     "{\"event\":\"subscribe\",\"data\":{\"channel\":\"%s\"},"
-		     "\"callbackId\":\"1\"}", c->b->channel);
+		     "\"callbackId\":\"1\"}", name);
 	c->state = BG_WS_SUBSCRIBING;
 	return ws_send(c, 0x1, msg, (size_t)n);
 }

@@ -9,6 +9,8 @@
 #   (b) fanout, BENCH_CLIENTS_LARGE (1000) subscribers, HTTP publishers
 #   (c) fanout, BENCH_CLIENTS_SMALL (100) subscribers, WebSocket publishers
 #   (d) fanout, BENCH_CLIENTS_LARGE (1000) subscribers, WebSocket publishers
+#   (h) fanout, BENCH_MANY_CLIENTS (5000) subscribers spread over
+#       BENCH_MANY_CHANNELS (500) channels, HTTP publishers
 #   (e) idle, BENCH_IDLE_CLIENTS (10000) connections: server VmRSS before
 #       and with all connected, KB per idle connection
 #   (f) AMQP ingest: a private RabbitMQ holds BENCH_INGEST_COUNT (100000)
@@ -38,7 +40,7 @@
 #   BENCH_WORKERS [2]   BENCH_CLIENTS_SMALL [100]   BENCH_CLIENTS_LARGE [1000]
 #   BENCH_IDLE_CLIENTS [10000]   BENCH_IDLE_HOLD [10] s
 #   BENCH_CONNECT_RATE [2000]/s   BENCH_DRAIN [5] s
-#   BENCH_ONLY [a,b,c,d,e,f,g]   BENCH_LOG_LEVEL [warn]
+#   BENCH_ONLY [a,b,c,d,e,f,g,h]   BENCH_LOG_LEVEL [warn]
 #   BENCH_STOP_TIMEOUT [10] s
 #   BENCH_INGEST_COUNT [100000]   BENCH_INGEST_COUNT_SUBS [10000]
 #   BENCH_INGEST_TIMEOUT [120] s   BENCH_AMQP_RATES ["200 1000"]/s
@@ -78,7 +80,9 @@ BENCH_IDLE_CLIENTS=${BENCH_IDLE_CLIENTS:-10000}
 BENCH_IDLE_HOLD=${BENCH_IDLE_HOLD:-10}
 BENCH_CONNECT_RATE=${BENCH_CONNECT_RATE:-2000}
 BENCH_DRAIN=${BENCH_DRAIN:-5}
-BENCH_ONLY=${BENCH_ONLY:-a,b,c,d,e,f,g}
+BENCH_ONLY=${BENCH_ONLY:-a,b,c,d,e,f,g,h}
+BENCH_MANY_CLIENTS=${BENCH_MANY_CLIENTS:-5000}
+BENCH_MANY_CHANNELS=${BENCH_MANY_CHANNELS:-500}
 BENCH_LOG_LEVEL=${BENCH_LOG_LEVEL:-warn}
 BENCH_STOP_TIMEOUT=${BENCH_STOP_TIMEOUT:-10}
 BENCH_ARGS=${BENCH_ARGS:-}
@@ -277,14 +281,15 @@ run_bench() {
 FANOUT_FMT='%-16s %7s %4s %5s %9s %10s %11s %7s %5s %8s %8s %8s %8s %7s %4s'
 
 fanout() {
-	local tag=$1 clients=$2 publish=$3
-	echo "== $tag: fanout, $clients subscribers, $BENCH_PUBLISHERS" \
+	local tag=$1 clients=$2 publish=$3 channels=${4:-1}
+	echo "== $tag: fanout, $clients subscribers on $channels channel(s)," \
+		"$BENCH_PUBLISHERS" \
 		"$publish publishers, $BENCH_WORKERS workers," \
 		"rate $BENCH_RATE, ${BENCH_DURATION} s, ${BENCH_SIZE} B"
 	start_server "$tag"
 	run_bench "$tag" fanout --url "ws://127.0.0.1:$PORT/websocket" \
 		--http "127.0.0.1:$API_PORT" --clients "$clients" \
-		--channel bench --rate "$BENCH_RATE" \
+		--channel bench --channels "$channels" --rate "$BENCH_RATE" \
 		--duration "$BENCH_DURATION" --size "$BENCH_SIZE" \
 		--publish "$publish" --publishers "$BENCH_PUBLISHERS" \
 		--depth "$BENCH_WS_DEPTH" \
@@ -691,6 +696,9 @@ case ",$BENCH_ONLY," in *,a,*) fanout "fanout-$S-http" "$S" http ;; esac
 case ",$BENCH_ONLY," in *,b,*) fanout "fanout-$L-http" "$L" http ;; esac
 case ",$BENCH_ONLY," in *,c,*) fanout "fanout-$S-ws" "$S" ws ;; esac
 case ",$BENCH_ONLY," in *,d,*) fanout "fanout-$L-ws" "$L" ws ;; esac
+case ",$BENCH_ONLY," in *,h,*)
+	fanout "channels-$BENCH_MANY_CLIENTS-$BENCH_MANY_CHANNELS" \
+		"$BENCH_MANY_CLIENTS" http "$BENCH_MANY_CHANNELS" ;; esac
 case ",$BENCH_ONLY," in *,e,*)
 	idle "idle-$BENCH_IDLE_CLIENTS" "$BENCH_IDLE_CLIENTS" ;; esac
 case ",$BENCH_ONLY," in *,[fg],*)
@@ -727,7 +735,7 @@ fi
 		"one keep-alive connection each to the API listener;" \
 		"ws: $BENCH_WS_DEPTH in flight each)"
 	echo
-	case ",$BENCH_ONLY," in *,[abcd],*)
+	case ",$BENCH_ONLY," in *,[abcdh],*)
 		# shellcheck disable=SC2059  # the format is ours
 		printf "$FANOUT_FMT\n" fanout clients pub subs bcast/s deliv/s \
 			expected lost ooo p50_ms p99_ms max_ms ack_p50 \

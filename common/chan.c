@@ -9,8 +9,8 @@
 
 #define INITIAL_BUCKETS 64
 
-static uint32_t
-hash_name(const char *s, size_t len)
+uint32_t
+bg_chan_hash(const char *s, size_t len)
 {
 	uint32_t h = 2166136261u;
 
@@ -79,7 +79,7 @@ find_hashed(const struct bg_chan_table *t, const char *name, size_t len,
 struct bg_chan *
 bg_chan_find(const struct bg_chan_table *t, const char *name, size_t len)
 {
-	return find_hashed(t, name, len, hash_name(name, len));
+	return find_hashed(t, name, len, bg_chan_hash(name, len));
 }
 
 /* Doubles the bucket array when channels outnumber buckets. Best effort:
@@ -109,7 +109,7 @@ struct bg_chan_sub *
 bg_chan_subscribe(struct bg_chan_table *t, const char *name, size_t len,
 		  void *owner)
 {
-	uint32_t h = hash_name(name, len);
+	uint32_t h = bg_chan_hash(name, len);
 	struct bg_chan *c = find_hashed(t, name, len, h);
 	struct bg_chan_sub *s;
 

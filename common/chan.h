@@ -29,6 +29,8 @@ struct bg_chan {
 	uint32_t hash;
 	uint32_t n_subs, cap_subs;
 	uint32_t name_len;
+	uint8_t pending;             /* the owner's: a subscribe's answer
+	                                waits for the node queue's binding */
 	char name[];                 /* NUL-terminated */
 };
 
@@ -38,6 +40,10 @@ struct bg_chan_table {
 	uint32_t n_chans;
 	uint64_t n_subs;             /* subscriptions in the whole table */
 };
+
+/* The hash of a channel name (FNV-1a) the table uses; the bus's worker
+ * filters use the same (bg_msg.hashes). */
+uint32_t bg_chan_hash(const char *name, size_t len);
 
 /* An empty table; NULL on allocation failure. */
 struct bg_chan_table *bg_chan_table_new(void);

@@ -599,6 +599,19 @@ parse_lifecycle(const struct key *k, struct bg_config *cfg, const char *v,
 }
 
 static int
+parse_bindings(const struct key *k, struct bg_config *cfg, const char *v,
+	       char *msg, size_t len)
+{
+	(void)k;
+	if (strcasecmp(v, "channels") == 0 || strcasecmp(v, "all") == 0) {
+		cfg->amqp_bind_all = strcasecmp(v, "all") == 0;
+		return BG_OK;
+	}
+	seterr(msg, len, "expected channels or all, got '%s'", v);
+	return BG_ERR;
+}
+
+static int
 parse_publish(const struct key *k, struct bg_config *cfg, const char *v,
 	      char *msg, size_t len)
 {
@@ -738,6 +751,7 @@ static const struct key keys[] = {
 	{ "amqp", "heartbeat", parse_int, OFF(amqp_heartbeat), 0, 600 },
 	{ "amqp", "ca_file", parse_file, OFF(amqp_ca_file),
 	  STR(amqp_ca_file) },
+	{ "amqp", "bindings", parse_bindings, OFF(amqp_bind_all), 0, 0 },
 	{ "server", "origins", parse_origins, OFF(origins), STR(origins) },
 	{ "server", "tls_cert", parse_file, OFF(tls_cert), STR(tls_cert) },
 	{ "server", "tls_key", parse_file, OFF(tls_key), STR(tls_key) },

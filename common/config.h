@@ -84,6 +84,8 @@ struct bg_config {
 	int amqp_prefetch;               /* unacked deliveries, 1000 */
 	int amqp_heartbeat;              /* seconds, 30; 0 = off */
 	char amqp_ca_file[1024];         /* CA bundle for amqps:// */
+	bool amqp_bind_all;              /* [amqp] bindings = all: "#"; else
+	                                    per channel (default) */
 
 	/* [auth] */
 	char auth_secret[BG_CONFIG_STR]; /* HS256 secret; "" = no tokens */

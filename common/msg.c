@@ -9,9 +9,11 @@
 #include "common/msg.h"
 
 #include "common/bg.h"
+#include "common/chan.h"
 #include "common/frame.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static uint64_t
@@ -23,11 +25,23 @@ msg_now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
-struct bg_msg *
-bg_msg_new(enum bg_msg_target target, uint32_t n_names)
+/* The tables of a message with n_names names: one block with it. */
+static size_t
+tables_size(enum bg_msg_target target, uint32_t n_names)
 {
-	struct bg_msg *m = calloc(1, sizeof(*m));
 	uint32_t n_frames = target == BG_MSG_CHANNELS ? n_names : 1;
+
+	return sizeof(struct bg_msg) + n_names * sizeof(char *) +
+	       n_frames * sizeof(struct bg_msg_frame) +
+	       (target == BG_MSG_CHANNELS ? n_names * sizeof(uint32_t) : 0);
+}
+
+static struct bg_msg *
+msg_alloc(enum bg_msg_target target, uint32_t n_names, size_t extra)
+{
+	size_t head = (tables_size(target, n_names) + 7) & ~(size_t)7;
+	struct bg_msg *m = calloc(1, head + extra);
+	uint8_t *p;
 
 	if (m == NULL)
 		return NULL;
@@ -35,14 +49,45 @@ bg_msg_new(enum bg_msg_target target, uint32_t n_names)
 	m->target = target;
 	m->ingest_us = msg_now_us();
 	m->n_names = n_names;
-	m->n_frames = n_frames;
-	m->names = n_names ? calloc(n_names, sizeof(*m->names)) : NULL;
-	m->frames = calloc(n_frames, sizeof(*m->frames));
-	if ((n_names && m->names == NULL) || m->frames == NULL) {
-		bg_msg_unref(m);
-		return NULL;
+	m->n_frames = target == BG_MSG_CHANNELS ? n_names : 1;
+	p = (uint8_t *)(m + 1);
+	m->frames = (struct bg_msg_frame *)p;
+	p += m->n_frames * sizeof(*m->frames);
+	if (n_names > 0) {
+		m->names = (char **)p;
+		p += n_names * sizeof(*m->names);
 	}
+	if (target == BG_MSG_CHANNELS)
+		m->hashes = (uint32_t *)p;
+	m->carved = head;
 	return m;
+}
+
+struct bg_msg *
+bg_msg_new(enum bg_msg_target target, uint32_t n_names)
+{
+	return msg_alloc(target, n_names, 0);
+}
+
+struct bg_msg *
+bg_msg_new_packed(enum bg_msg_target target, uint32_t n_names,
+		  size_t extra)
+{
+	struct bg_msg *m = msg_alloc(target, n_names, extra + 8 *
+				     ((size_t)n_names + 4));
+
+	if (m != NULL)
+		m->packed = true;
+	return m;
+}
+
+void *
+bg_msg_carve(struct bg_msg *m, size_t len)
+{
+	void *p = (uint8_t *)m + m->carved;
+
+	m->carved += (len + 7) & ~(size_t)7;
+	return p;
 }
 
 int
@@ -64,6 +109,16 @@ bg_msg_set_frame(struct bg_msg *m, uint32_t i, const char *payload,
 }
 
 void
+bg_msg_hash(struct bg_msg *m)
+{
+	if (m->hashed || m->hashes == NULL)
+		return;
+	for (uint32_t i = 0; i < m->n_names; i++)
+		m->hashes[i] = bg_chan_hash(m->names[i], strlen(m->names[i]));
+	m->hashed = true;
+}
+
+void
 bg_msg_ref(struct bg_msg *m)
 {
 	__atomic_fetch_add(&m->refs, 1, __ATOMIC_RELAXED);
@@ -72,14 +127,14 @@ bg_msg_ref(struct bg_msg *m)
 static void
 msg_free(struct bg_msg *m)
 {
-	for (uint32_t i = 0; m->names && i < m->n_names; i++)
-		free(m->names[i]);
-	for (uint32_t i = 0; m->frames && i < m->n_frames; i++)
-		free(m->frames[i].block);
-	free(m->names);
-	free(m->frames);
-	free(m->exclude);
-	free(m->body);
+	if (!m->packed) {
+		for (uint32_t i = 0; m->names && i < m->n_names; i++)
+			free(m->names[i]);
+		for (uint32_t i = 0; i < m->n_frames; i++)
+			free(m->frames[i].block);
+		free(m->exclude);
+		free(m->body);
+	}
 	free(m->auth);
 	free(m->forward_key);
 	free(m->reply_cb);

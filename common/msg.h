@@ -10,6 +10,7 @@
 #ifndef BG_MSG_H
 #define BG_MSG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,6 +25,9 @@ enum bg_msg_target {
 	BG_MSG_ALL,       /* every connected client */
 	BG_MSG_CHANNELS,  /* subscribers of names[] (first match wins) */
 	BG_MSG_CLIENTS,   /* the connections whose ids are names[] */
+	BG_MSG_BOUND,     /* not a broadcast: the bus tells the workers that
+	                     the node's queue is bound for channel names[0]
+	                     (n_names 0: for every channel) */
 };
 
 struct bg_msg_frame {
@@ -51,6 +55,19 @@ struct bg_msg {
 	                                receipt, POST accepted): latency */
 	char *reply_cb;              /* a reply to clients: its callbackId
 	                                (forward round trips), or NULL */
+	uint32_t *hashes;            /* CHANNELS: room for bg_chan_hash of
+	                                each name (the bus's worker filter),
+	                                valid once hashed; else NULL */
+	bool hashed;                 /* hashes filled (bg_msg_hash) */
+	uint64_t pub_seq;            /* published by this node: its number
+	                                in the bus's own-message FIFO, 0
+	                                otherwise (bus thread writes before
+	                                publishing) */
+	size_t carved;               /* packed: bytes of the block used
+	                                (creator only, bg_msg_carve) */
+	bool packed;                 /* names, frames, exclude and body live
+	                                in the message's own block
+	                                (bg_msg_new_packed) */
 };
 
 /*
@@ -60,9 +77,25 @@ struct bg_msg {
  */
 struct bg_msg *bg_msg_new(enum bg_msg_target target, uint32_t n_names);
 
+/*
+ * A message whose parts live in one allocation: room for n_names name
+ * pointers and hashes, the frames' table, and extra bytes after them,
+ * which the creator carves (bg_msg_carve) into names, exclude, body and
+ * frames, setting every pointer itself. refs = 1. NULL on failure.
+ */
+struct bg_msg *bg_msg_new_packed(enum bg_msg_target target,
+				 uint32_t n_names, size_t extra);
+
+/* The next len bytes of a packed message's extra space (8-aligned). */
+void *bg_msg_carve(struct bg_msg *m, size_t len);
+
 /* Frames payload (UTF-8 JSON text) as frames[i]. BG_OK or BG_ERR (ENOMEM). */
 int bg_msg_set_frame(struct bg_msg *m, uint32_t i, const char *payload,
 		     size_t len);
+
+/* Fills m->hashes (CHANNELS) unless done: by the creator, or by the
+ * bus before the fan-out, while it holds the only reference. */
+void bg_msg_hash(struct bg_msg *m);
 
 /* Takes a reference. Any thread. */
 void bg_msg_ref(struct bg_msg *m);

@@ -7,6 +7,9 @@
 #include "common/proto.h"
 
 #include "common/bg.h"
+#include "common/chan.h"
+#include "common/frame.h"
+#include "common/jscan.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -301,6 +304,38 @@ add_payload(struct bg_msg *m, uint32_t i, const struct parts *p,
 	return rc;
 }
 
+/* A set of up to BG_MSG_MAX_TARGETS names, by index into the caller's
+ * array: linear-time duplicate checks for a target list. */
+#define DEDUP_SLOTS (2 * BG_MSG_MAX_TARGETS)
+
+struct dedup {
+	uint16_t slot[DEDUP_SLOTS];   /* index + 1, 0 = free */
+};
+
+static void
+dedup_init(struct dedup *d)
+{
+	memset(d->slot, 0, sizeof(d->slot));
+}
+
+/* names[0..k) are in the set; adds name as names[k] unless one of them
+ * equals it. true when added (the caller then stores it at k). */
+static bool
+dedup_add(struct dedup *d, const char *name, size_t len, char **names,
+	  size_t k)
+{
+	uint32_t h = bg_chan_hash(name, len) & (DEDUP_SLOTS - 1);
+
+	while (d->slot[h] != 0) {
+		const char *o = names[d->slot[h] - 1];
+		if (strncmp(o, name, len) == 0 && o[len] == '\0')
+			return false;
+		h = (h + 1) & (DEDUP_SLOTS - 1);
+	}
+	d->slot[h] = (uint16_t)(k + 1);
+	return true;
+}
+
 /*
  * Reads a string-or-list-of-strings field into a fresh, de-duplicated
  * array. Returns the count (0 for absent/null/[]), or -1 with err set.
@@ -311,6 +346,7 @@ read_targets(json_t *v, const char *field, bool channel, char ***out,
 {
 	size_t n = 0, k = 0;
 	char **names;
+	struct dedup seen;
 
 	*out = NULL;
 	if (v == NULL || json_is_null(v))
@@ -330,6 +366,7 @@ read_targets(json_t *v, const char *field, bool channel, char ***out,
 		return -1;
 	}
 	names = calloc(n, sizeof(*names));
+	dedup_init(&seen);
 	if (names == NULL) {
 		*code = BG_CODE_INTERNAL;
 		set_err(err, errlen, "out of memory");
@@ -361,8 +398,7 @@ read_targets(json_t *v, const char *field, bool channel, char ***out,
 			return -1;
 		}
 		/* Listing a name twice must not deliver twice. */
-		for (size_t j = 0; j < k && !dup; j++)
-			dup = strcmp(names[j], s) == 0;
+		dup = !dedup_add(&seen, s, len, names, k);
 		if (!dup)
 			names[k++] = strdup(s);
 		if (!dup && names[k - 1] == NULL) {
@@ -446,6 +482,14 @@ struct bg_msg *
 bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
 		   char *err, size_t errlen)
 {
+	return bg_proto_broadcast_opt(root, from, BG_PROTO_BODY, code, err,
+				      errlen);
+}
+
+struct bg_msg *
+bg_proto_broadcast_opt(json_t *root, const char *from, unsigned flags,
+		       enum bg_code *code, char *err, size_t errlen)
+{
 	json_t *ev, *data, *cb, *excl, *from_v, *body;
 	char **chans = NULL, **clients = NULL, **names;
 	int n_chans = 0, n_clients = 0, n;
@@ -524,6 +568,7 @@ bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
 		m->names[i] = names[i];
 		names[i] = NULL;
 	}
+	bg_msg_hash(m);
 	if (excl != NULL && json_is_string(excl) &&
 	    (m->exclude = strdup(json_string_value(excl))) == NULL)
 		goto oom;
@@ -574,6 +619,10 @@ bg_proto_broadcast(json_t *root, const char *from, enum bg_code *code,
 	    (m->auth = json_dumps(json_object_get(root, "auth"),
 				  JSON_COMPACT)) == NULL)
 		goto oom;
+	*code = BG_CODE_BAD_MESSAGE;
+	if (!(flags & BG_PROTO_BODY))
+		goto out;
+	*code = BG_CODE_INTERNAL;
 	/* The body republished onward keeps "from" for the other nodes. */
 	body = json_copy(root);
 	if (body == NULL || (from && json_object_set_new(body, "from",
@@ -603,16 +652,283 @@ struct bg_msg *
 bg_proto_broadcast_text(const char *buf, size_t len, const char *from,
 			enum bg_code *code, char *err, size_t errlen)
 {
-	json_error_t jerr;
-	json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
-	struct bg_msg *m;
+	return bg_proto_broadcast_text_opt(buf, len, from, BG_PROTO_BODY,
+					   code, err, errlen);
+}
 
+/* ------------------------------------------- broadcasts without a tree */
+
+/* The JSON texts one payload is assembled from. */
+struct pieces {
+	const char *event, *data, *cb, *from;
+	size_t event_len, data_len, cb_len, from_len;
+	size_t data_out;          /* data's length once compacted */
+};
+
+/* A target name of a fast broadcast: a span of the text. */
+struct span {
+	const char *p;
+	uint32_t len, hash;
+};
+
+struct fast_names {
+	struct span *v;
+	uint32_t n;
+	uint16_t slot[DEDUP_SLOTS];   /* index + 1, 0 = free */
+};
+
+static size_t
+payload_len(const struct pieces *p, size_t chan_len, bool chan)
+{
+	size_t n = strlen("{\"event\":") + p->event_len +
+		   strlen(",\"data\":") + p->data_out + 1;
+
+	if (chan)
+		n += strlen(",\"channel\":\"\"") + chan_len;
+	if (p->cb != NULL)
+		n += strlen(",\"callbackId\":") + p->cb_len;
+	if (p->from != NULL)
+		n += strlen(",\"from\":") + p->from_len;
+	return n;
+}
+
+static char *
+put(char *o, const char *s, size_t n)
+{
+	memcpy(o, s, n);
+	return o + n;
+}
+
+#define PUT(o, lit) put(o, lit, sizeof(lit) - 1)
+
+/* Writes frame i of m: header and payload; data0 is frame 0's
+ * compacted data (NULL while writing frame 0). Returns where this
+ * frame's data went. */
+static const char *
+fast_frame(struct bg_msg *m, uint32_t i, const struct pieces *p,
+	   const struct span *chan, size_t plen, const char *data0)
+{
+	uint8_t hdr[BG_FRAME_HDR_MAX];
+	size_t hlen = bg_frame_header(hdr, plen);
+	uint8_t *block = bg_msg_carve(m, BG_FRAME_PRE + hlen + plen);
+	char *o = (char *)block + BG_FRAME_PRE + hlen, *data;
+
+	memcpy(block + BG_FRAME_PRE, hdr, hlen);
+	o = PUT(o, "{\"event\":");
+	o = put(o, p->event, p->event_len);
+	if (chan != NULL) {
+		o = PUT(o, ",\"channel\":\"");
+		o = put(o, chan->p, chan->len);
+		o = PUT(o, "\"");
+	}
+	o = PUT(o, ",\"data\":");
+	data = o;
+	if (data0 != NULL)
+		o = put(o, data0, p->data_out);
+	else if (p->data_out == p->data_len)
+		o = put(o, p->data, p->data_len);
+	else
+		o += bg_jscan_compact(p->data, p->data_len, o);
+	if (p->cb != NULL) {
+		o = PUT(o, ",\"callbackId\":");
+		o = put(o, p->cb, p->cb_len);
+	}
+	if (p->from != NULL) {
+		o = PUT(o, ",\"from\":");
+		o = put(o, p->from, p->from_len);
+	}
+	*o = '}';
+	m->frames[i].block = block;
+	m->frames[i].data = block + BG_FRAME_PRE;
+	m->frames[i].len = (uint32_t)(hlen + plen);
+	return data;
+}
+
+/* A string member that is null or absent (false), or a plain (no
+ * escape) string whose content passes ok (true, *s and *len set).
+ * *slow when it is neither. */
+static bool
+plain_string(const struct bg_jscan_member *v, bool (*ok)(const char *,
+	     size_t), const char **s, size_t *len, bool *slow)
+{
+	if (v == NULL || v->type == BG_JSCAN_NULL)
+		return false;
+	if (v->type != BG_JSCAN_STRING || v->escaped ||
+	    (ok != NULL && !ok(v->val + 1, v->val_len - 2))) {
+		*slow = true;
+		return false;
+	}
+	*s = v->val + 1;
+	*len = v->val_len - 2;
+	return true;
+}
+
+static bool
+add_fast_name(void *arg, const char *e, size_t elen,
+	      enum bg_jscan_type type, bool escaped)
+{
+	struct fast_names *f = arg;
+	const char *name = e + 1;
+	size_t len = elen - 2;
+	uint32_t h, slot;
+
+	if (type != BG_JSCAN_STRING || escaped ||
+	    !bg_proto_channel_valid(name, len) ||
+	    f->n == BG_MSG_MAX_TARGETS)
+		return false;
+	h = bg_chan_hash(name, len);
+	for (slot = h & (DEDUP_SLOTS - 1); f->slot[slot] != 0;
+	     slot = (slot + 1) & (DEDUP_SLOTS - 1)) {
+		const struct span *o = &f->v[f->slot[slot] - 1];
+		if (o->hash == h && o->len == len &&
+		    memcmp(o->p, name, len) == 0)
+			return true; /* listed twice: delivered once */
+	}
+	f->slot[slot] = (uint16_t)(f->n + 1);
+	f->v[f->n++] = (struct span){ name, (uint32_t)len, h };
+	return true;
+}
+
+static bool
+client_id_ok(const char *s, size_t len)
+{
+	return bg_proto_client_id_valid(s, len);
+}
+
+/*
+ * The broadcast built from text without jansson, or NULL with *slow:
+ * jscan could not vouch for the text, or it is not the common form (a
+ * reply to clients, an escaped name, anything invalid), and jansson's
+ * path must decide. NULL without *slow: out of memory.
+ */
+static struct bg_msg *
+broadcast_fast(const char *buf, size_t len, unsigned flags, bool *slow)
+{
+	struct bg_jscan_member mem[BG_JSCAN_MAX_KEYS];
+	const struct bg_jscan_member *ev, *ch, *data, *cl;
+	struct span names[BG_MSG_MAX_TARGETS];
+	struct fast_names fn = { .v = names };
+	struct pieces p = { 0 };
+	const char *excl = NULL, *from = NULL;
+	size_t excl_len = 0, from_len = 0, extra, framed = 0, n_mem;
+	enum bg_msg_target target;
+	const char *data0 = NULL;
+	struct bg_msg *m;
+	char *o;
+
+	*slow = true;
+	if (bg_jscan_object(buf, len, mem, &n_mem) != BG_JSCAN_OK)
+		return NULL;
+	*slow = false;
+	ev = bg_jscan_get(mem, n_mem, "event");
+	ch = bg_jscan_get(mem, n_mem, "channel");
+	data = bg_jscan_get(mem, n_mem, "data");
+	cl = bg_jscan_get(mem, n_mem, "client");
+	if ((cl != NULL && cl->type != BG_JSCAN_NULL) || ev == NULL ||
+	    ev->type != BG_JSCAN_STRING || ev->val_len <= 2)
+		*slow = true;
+	if (plain_string(bg_jscan_get(mem, n_mem, "callbackId"), NULL,
+			 &p.cb, &p.cb_len, slow)) {
+		if (p.cb_len > BG_CALLBACK_MAX)
+			*slow = true;
+		p.cb--;
+		p.cb_len += 2; /* with its quotes */
+	}
+	plain_string(bg_jscan_get(mem, n_mem, "exclude"), client_id_ok,
+		     &excl, &excl_len, slow);
+	if (plain_string(bg_jscan_get(mem, n_mem, "from"), client_id_ok,
+			 &from, &from_len, slow)) {
+		p.from = from - 1;
+		p.from_len = from_len + 2;
+	}
+	if (*slow)
+		return NULL;
+	if (ch != NULL && ch->type == BG_JSCAN_STRING) {
+		if (!add_fast_name(&fn, ch->val, ch->val_len, ch->type,
+				   ch->escaped))
+			return *slow = true, NULL;
+	} else if (ch != NULL && ch->type == BG_JSCAN_ARRAY) {
+		if (!bg_jscan_each(ch->val, ch->val_len, add_fast_name, &fn))
+			return *slow = true, NULL;
+	} else if (ch != NULL && ch->type != BG_JSCAN_NULL) {
+		return *slow = true, NULL;
+	}
+	target = fn.n > 0 ? BG_MSG_CHANNELS : BG_MSG_ALL;
+	p.event = ev->val;
+	p.event_len = ev->val_len;
+	p.data = data != NULL ? data->val : "{}";
+	p.data_len = data != NULL ? data->val_len : 2;
+	p.data_out = data != NULL ? bg_jscan_compact(p.data, p.data_len,
+						     NULL) : 2;
+	/* Sizes first, for one allocation. */
+	extra = excl_len + 1 + ((flags & BG_PROTO_BODY) ? len + 1 : 0);
+	for (uint32_t i = 0; i < fn.n; i++) {
+		extra += names[i].len + 1 + 8;
+		framed += BG_FRAME_HDR_MAX + payload_len(&p, names[i].len,
+							 true);
+		if (framed > BG_MSG_MAX_FRAMED)
+			return *slow = true, NULL; /* jansson words it */
+	}
+	if (fn.n == 0)
+		framed = BG_FRAME_HDR_MAX + payload_len(&p, 0, false);
+	extra += framed + (size_t)(fn.n ? fn.n : 1) * (BG_FRAME_PRE + 8);
+	m = bg_msg_new_packed(target, fn.n, extra);
+	if (m == NULL)
+		return NULL;
+	for (uint32_t i = 0; i < fn.n; i++) {
+		o = bg_msg_carve(m, names[i].len + 1);
+		memcpy(o, names[i].p, names[i].len);
+		o[names[i].len] = '\0';
+		m->names[i] = o;
+		m->hashes[i] = names[i].hash;
+		m->hashed = true;
+		data0 = fast_frame(m, i, &p, &names[i],
+				   payload_len(&p, names[i].len, true),
+				   data0);
+	}
+	if (fn.n == 0)
+		fast_frame(m, 0, &p, NULL, payload_len(&p, 0, false), NULL);
+	if (excl != NULL) {
+		m->exclude = bg_msg_carve(m, excl_len + 1);
+		memcpy(m->exclude, excl, excl_len);
+		m->exclude[excl_len] = '\0';
+	}
+	if (flags & BG_PROTO_BODY) {
+		m->body = bg_msg_carve(m, len + 1);
+		memcpy(m->body, buf, len);
+		m->body[len] = '\0';
+		m->body_len = len;
+	}
+	return m;
+}
+
+struct bg_msg *
+bg_proto_broadcast_text_opt(const char *buf, size_t len, const char *from,
+			    unsigned flags, enum bg_code *code, char *err,
+			    size_t errlen)
+{
+	json_error_t jerr;
+	json_t *root;
+	struct bg_msg *m;
+	bool slow = true;
+
+	if (from == NULL) {
+		m = broadcast_fast(buf, len, flags, &slow);
+		if (m != NULL)
+			return m;
+		if (!slow) {
+			*code = BG_CODE_INTERNAL;
+			set_err(err, errlen, "out of memory");
+			return NULL;
+		}
+	}
+	root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
 	if (root == NULL) {
 		*code = BG_CODE_BAD_MESSAGE;
 		set_err(err, errlen, "invalid JSON: %s", jerr.text);
 		return NULL;
 	}
-	m = bg_proto_broadcast(root, from, code, err, errlen);
+	m = bg_proto_broadcast_opt(root, from, flags, code, err, errlen);
 	json_decref(root);
 	return m;
 }

@@ -91,4 +91,26 @@ struct bg_msg *bg_proto_broadcast_text(const char *buf, size_t len,
 				       const char *from, enum bg_code *code,
 				       char *err, size_t errlen);
 
+/* flags of the _opt forms: keep m->body, the text to republish to
+ * RabbitMQ. Without it the body is not built (no one would read it:
+ * standalone mode, or a delivery from RabbitMQ). */
+#define BG_PROTO_BODY 1u
+
+/* bg_proto_broadcast with flags (the plain form is BG_PROTO_BODY). */
+struct bg_msg *bg_proto_broadcast_opt(json_t *root, const char *from,
+				      unsigned flags, enum bg_code *code,
+				      char *err, size_t errlen);
+
+/*
+ * bg_proto_broadcast_text with flags. A single broadcast object that
+ * common/jscan.c can vouch for (the usual case: a channel broadcast
+ * without escapes in its names) is built without a parse tree, in one
+ * allocation; anything else takes jansson's path, with the same result
+ * and errors. The body kept is then the text as given.
+ */
+struct bg_msg *bg_proto_broadcast_text_opt(const char *buf, size_t len,
+					   const char *from, unsigned flags,
+					   enum bg_code *code, char *err,
+					   size_t errlen);
+
 #endif

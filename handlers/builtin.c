@@ -62,6 +62,7 @@ on_subscribe(const struct bg_hook_args *a)
 	struct bg_hook_args hook = { .c = c, .req = req };
 	const char *name;
 	enum bg_code code;
+	json_t *extra;
 	size_t len;
 	bool added;
 
@@ -97,7 +98,9 @@ on_subscribe(const struct bg_hook_args *a)
 		bg_conn_reply_error(c, req, code, "subscribe failed");
 		return GO_ON;
 	}
-	reply_channel(c, req, name);
+	extra = json_pack("{s:s}", "channel", name);
+	bg_conn_reply_subscribed(c, req, extra, name, len);
+	json_decref(extra);
 	bg_forward_lifecycle(c, BG_FORWARD_SUBSCRIBE, "subscribe", name);
 	return GO_ON;
 }
@@ -198,7 +201,10 @@ on_publish(const struct bg_hook_args *a)
 	b = json_pack("{s:s, s:O, s:O}", "channel", name, "event",
 		      ev ? ev : json_null(), "data", data ? data : empty);
 	json_decref(empty);
-	m = b ? bg_proto_broadcast(b, c->id, &code, err, sizeof(err)) : NULL;
+	m = b ? bg_proto_broadcast_opt(b, c->id,
+				       bg_bus_wants_body(c->w->srv->bus) ?
+				       BG_PROTO_BODY : 0, &code, err,
+				       sizeof(err)) : NULL;
 	json_decref(b);
 	if (m == NULL) {
 		bg_conn_reply_error(c, req, b ? code : BG_CODE_INTERNAL,

@@ -62,6 +62,12 @@ struct bg_handler {
  */
 int bg_handlers_init(char *err, size_t errlen);
 
+/* A worker's own compiled copies of the handlers' channel regexes
+ * (opaque; NULL on failure: the shared ones are used), and their
+ * release. Worker thread, after bg_handlers_init. */
+void *bg_handlers_worker_regexes(void);
+void bg_handlers_worker_regexes_free(void *res);
+
 /* Adds one handler (copied; its regex compiled). Start-up only. */
 int bg_handlers_register(const struct bg_handler *h, char *err,
 			 size_t errlen);

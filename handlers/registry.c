@@ -1,12 +1,16 @@
 /*
  * registry.c - the handler table and the dispatch order of PROTOCOL.md §3.
- * Filled on the main thread at start-up, read-only afterwards (regexec on
- * a shared compiled regex is thread-safe in glibc).
+ * Filled on the main thread at start-up, read-only afterwards. regexec
+ * on a shared compiled regex is thread-safe in glibc, but through one
+ * lock per regex: each worker compiles its own copies
+ * (bg_handlers_worker_regexes), so subscribes on different workers never
+ * wait for each other.
  */
 #include "handlers/handlers.h"
 
 #include <regex.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/bg.h"
@@ -82,18 +86,53 @@ bg_handlers_free(void)
 	n_entries = 0;
 }
 
+void *
+bg_handlers_worker_regexes(void)
+{
+	regex_t *res = calloc((size_t)n_entries + 1, sizeof(*res));
+
+	for (int i = 0; res != NULL && i < n_entries; i++) {
+		/* Compiled once already: the same pattern compiles again. */
+		if (table[i].has_re &&
+		    regcomp(&res[i], table[i].h.channel,
+			    REG_EXTENDED | REG_NOSUB) != 0) {
+			bg_handlers_worker_regexes_free(res);
+			return NULL;
+		}
+	}
+	return res;
+}
+
+void
+bg_handlers_worker_regexes_free(void *p)
+{
+	regex_t *res = p;
+
+	/* regfree is safe on the zeroed and the failed ones too. */
+	for (int i = 0; res != NULL && i < n_entries; i++)
+		if (table[i].has_re)
+			regfree(&res[i]);
+	free(res);
+}
+
 /* The filter: the channel being (un)subscribed, or any of the client's
- * channels (as the original Bagou matched). */
+ * channels (as the original Bagou matched). The worker's own copy of the
+ * regex when it has one. */
 static bool
 matches(const struct entry *e, const struct bg_hook_args *a)
 {
+	const regex_t *re = &e->re;
+	const regex_t *own = a->c != NULL && a->c->w != NULL ?
+			     a->c->w->handler_re : NULL;
+
 	if (!e->has_re)
 		return true;
+	if (own != NULL)
+		re = &own[e - table];
 	if (a->channel != NULL)
-		return regexec(&e->re, a->channel, 0, NULL, 0) == 0;
+		return regexec(re, a->channel, 0, NULL, 0) == 0;
 	for (uint32_t i = 0; i < a->c->n_subs; i++)
-		if (regexec(&e->re, a->c->subs[i]->chan->name, 0, NULL, 0) ==
-		    0)
+		if (regexec(re, a->c->subs[i]->chan->name, 0, NULL, 0) == 0)
 			return true;
 	return false;
 }

@@ -35,13 +35,41 @@ now_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Free holders a worker keeps: enough for a burst of broadcasts in
+ * flight, bounded so that a flood's peak goes back to the heap. */
+#define WFRAME_POOL_MAX 1024
+
+struct bg_wframe *
+bg_wframe_new(struct bg_worker *w)
+{
+	struct bg_wframe_pool *pool = &w->wf_pool;
+	struct bg_wframe *f = pool->head;
+
+	if (f != NULL) {
+		pool->head = f->next_free;
+		pool->n--;
+	} else if ((f = malloc(sizeof(*f))) == NULL) {
+		return NULL;
+	}
+	*f = (struct bg_wframe){ .refs = 1, .pool = pool };
+	return f;
+}
+
 void
 bg_wframe_unref(struct bg_wframe *f)
 {
+	struct bg_wframe_pool *pool = f->pool;
+
 	if (--f->refs > 0)
 		return;
 	bg_msg_unref(f->msg);
 	free(f->block);
+	if (pool != NULL && pool->n < WFRAME_POOL_MAX) {
+		f->next_free = pool->head;
+		pool->head = f;
+		pool->n++;
+		return;
+	}
 	free(f);
 }
 
@@ -50,7 +78,9 @@ bg_wframe_unref(struct bg_wframe *f)
 static bool
 q_grow(struct bg_conn *c)
 {
-	uint32_t cap = c->q_cap ? c->q_cap * 2 : 4;
+	/* 2 to start: an idle connection's queue held its connect event
+	 * and stays allocated (freed when drained only past 16). */
+	uint32_t cap = c->q_cap ? c->q_cap * 2 : 2;
 	struct bg_out *q = malloc(cap * sizeof(*q));
 
 	if (q == NULL)
@@ -232,16 +262,16 @@ bg_conn_send_json(struct bg_conn *c, char *json, size_t len)
 		bg_log_error("client %s: reply lost: out of memory", c->id);
 		return;
 	}
-	f = calloc(1, sizeof(*f));
+	f = bg_wframe_new(c->w); /* refs = 1: ours, while pushing */
 	if (f != NULL)
 		f->block = bg_frame_text(json, len, &frame, &flen);
 	free(json);
 	if (f == NULL || f->block == NULL) {
-		free(f);
+		if (f != NULL)
+			bg_wframe_unref(f);
 		bg_log_error("client %s: reply lost: out of memory", c->id);
 		return;
 	}
-	f->refs = 1; /* ours, while pushing */
 	bg_conn_push(c, f, frame, (uint32_t)flen, false);
 	bg_wframe_unref(f);
 }
@@ -347,6 +377,23 @@ bg_conn_reply_ok(struct bg_conn *c, const struct bg_request *req,
 }
 
 void
+bg_conn_reply_subscribed(struct bg_conn *c, const struct bg_request *req,
+			 json_t *extra, const char *channel, size_t len)
+{
+	struct bg_chan *ch = bg_chan_find(c->w->chans, channel, len);
+	size_t n = 0;
+	char *s;
+
+	if (req->callback_id == NULL)
+		return;
+	s = bg_proto_callback_ok(req->callback_id, extra, &n);
+	if (s != NULL && ch != NULL && ch->pending)
+		bg_worker_hold_reply(c->w, c, ch, s, n);
+	else
+		bg_conn_send_json(c, s, n);
+}
+
+void
 bg_conn_reply_error(struct bg_conn *c, const struct bg_request *req,
 		    enum bg_code code, const char *message)
 {
@@ -407,6 +454,8 @@ bg_conn_subscribe(struct bg_conn *c, const char *channel, size_t len,
 	s = bg_chan_subscribe(w->chans, channel, len, c);
 	if (s == NULL)
 		return BG_CODE_INTERNAL;
+	if (s->chan->n_subs == 1)
+		bg_worker_chan_added(w, s->chan);
 	c->subs[c->n_subs++] = s;
 	c->budget.subs += bg_budget_sub_cost(len);
 	bg_stat_add(&w->stats.subscriptions, 1);
@@ -423,6 +472,8 @@ drop_sub(struct bg_conn *c, struct bg_chan_sub **slot)
 	*slot = c->subs[--c->n_subs];
 	c->budget.subs -= bg_budget_sub_cost(s->chan->name_len);
 	c->w->freed_since_trim += bg_budget_sub_cost(s->chan->name_len);
+	if (s->chan->n_subs == 1) /* its last local subscriber */
+		bg_worker_chan_removed(c->w, s->chan);
 	bg_chan_unsubscribe(c->w->chans, s);
 	bg_stat_add(&c->w->stats.subscriptions, (uint64_t)-1);
 	if (c->cap_subs > 16 && c->n_subs < c->cap_subs / 4) {
@@ -493,10 +544,10 @@ bg_conn_open(struct bg_conn *c, struct bg_worker *w, struct lws *wsi)
 	memset(c, 0, sizeof(*c));
 	c->wsi = wsi;
 	c->w = w;
+	c->num = ++w->next_client;
 	n = snprintf(c->id, sizeof(c->id), "%s-%d-%llu", w->srv->node_id,
-		     w->index, (unsigned long long)++w->next_client);
-	c->id_sub = bg_chan_subscribe(w->ids, c->id, (size_t)n, c);
-	if (c->id_sub == NULL)
+		     w->index, (unsigned long long)c->num);
+	if (n < 0 || !bg_worker_id_add(w, c))
 		return BG_ERR;
 	c->next = w->conns;
 	if (w->conns != NULL)
@@ -539,7 +590,8 @@ bg_conn_close(struct bg_conn *c)
 		}
 		while (c->n_subs > 0)
 			drop_sub(c, &c->subs[c->n_subs - 1]);
-		bg_chan_unsubscribe(w->ids, c->id_sub);
+		bg_worker_drop_replies(w, c);
+		bg_worker_id_del(w, c);
 		bg_stat_close(&w->stats, c->closing ? c->close_code :
 			      c->peer_code, !c->closing);
 		bg_log_debug("client %s: closed %u by the %s", c->id,

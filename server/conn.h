@@ -29,7 +29,20 @@ struct bg_wframe {
 	uint32_t refs;               /* queue entries pointing here */
 	struct bg_msg *msg;          /* one reference, or NULL */
 	uint8_t *block;              /* own bytes (replies), or NULL */
+	struct bg_wframe_pool *pool; /* where it goes back when unused */
+	struct bg_wframe *next_free; /* in pool's free list */
 };
+
+/* A worker's free holders: a broadcast's holder is taken and given back
+ * without malloc once the pool is warm. Worker thread only. */
+struct bg_wframe_pool {
+	struct bg_wframe *head;
+	uint32_t n;
+};
+
+/* A zeroed holder with refs = 1, from w's pool (or the heap); NULL when
+ * out of memory. */
+struct bg_wframe *bg_wframe_new(struct bg_worker *w);
 
 struct bg_out {
 	struct bg_wframe *f;
@@ -53,7 +66,8 @@ struct bg_conn {
 	const char *close_why;         /* static text for the close frame */
 
 	char id[BG_ID_MAX + 1];
-	struct bg_chan_sub *id_sub;    /* entry in the worker's id table */
+	uint64_t num;                  /* N of its id NODE-WORKER-N: the
+	                                  key of the worker's id map */
 	struct bg_chan_sub **subs;     /* this connection's subscriptions */
 	uint32_t n_subs, cap_subs;
 	json_t *store;                 /* object, or NULL while empty */
@@ -146,6 +160,13 @@ void bg_conn_reply_ok(struct bg_conn *c, const struct bg_request *req,
 		      json_t *extra);
 void bg_conn_reply_error(struct bg_conn *c, const struct bg_request *req,
 			 enum bg_code code, const char *message);
+
+/* bg_conn_reply_ok for a subscribe to channel: held, when the node
+ * binds per channel, until its queue is bound for it (docs/DESIGN.md,
+ * per-channel bindings), so that whatever is published once the client
+ * has its answer reaches it. */
+void bg_conn_reply_subscribed(struct bg_conn *c, const struct bg_request *req,
+			      json_t *extra, const char *channel, size_t len);
 
 /* Sends {"event":event,"data":data} (data borrowed, may be NULL). */
 void bg_conn_send_event(struct bg_conn *c, const char *event, json_t *data);

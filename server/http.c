@@ -487,7 +487,7 @@ char *
 bg_http_metrics(const struct bg_server *srv, size_t *len)
 {
 	struct text t = { 0 };
-	char bus_text[2048];
+	char bus_text[8192];
 
 	t.cap = 4096;
 	t.p = malloc(t.cap);
@@ -697,16 +697,31 @@ bg_http_broadcast(struct bg_server *srv, struct bg_stats *st,
 		  size_t *out_len)
 {
 	json_error_t jerr;
-	json_t *root = json_loadb(body ? body : "", len,
-				  JSON_REJECT_DUPLICATES, &jerr);
+	json_t *root = NULL;
 	enum bg_code code = BG_CODE_BAD_MESSAGE;
-	struct bg_msg **msgs = NULL;
+	struct bg_msg **msgs = NULL, *one;
 	size_t n = 0, i;
 	char err[200], what[240];
 	const char *message = err;
+	unsigned int flags = bg_bus_wants_body(srv->bus) ? BG_PROTO_BODY : 0;
 	bool batch;
 	int rc = BG_OK;
 
+	for (i = 0; i < len && strchr(" \t\r\n", body[i]) != NULL; i++)
+		;
+	if (i < len && body[i] == '{') {
+		/* One broadcast: the usual case, built without a tree. */
+		one = bg_proto_broadcast_text_opt(body, len, NULL, flags,
+						  &code, err, sizeof(err));
+		if (one == NULL)
+			goto bad;
+		msgs = &one;
+		n = 1;
+		batch = false;
+		goto publish;
+	}
+	root = json_loadb(body ? body : "", len, JSON_REJECT_DUPLICATES,
+			  &jerr);
 	if (root == NULL) {
 		snprintf(err, sizeof(err), "invalid JSON: %s", jerr.text);
 		goto bad;
@@ -726,9 +741,10 @@ bg_http_broadcast(struct bg_server *srv, struct bg_stats *st,
 	}
 	/* A batch is checked whole before any of it is published. */
 	for (i = 0; i < n; i++) {
-		msgs[i] = bg_proto_broadcast(batch ? json_array_get(root, i) :
-					     root, NULL, &code, err,
-					     sizeof(err));
+		msgs[i] = bg_proto_broadcast_opt(batch ?
+						 json_array_get(root, i) :
+						 root, NULL, flags, &code,
+						 err, sizeof(err));
 		if (msgs[i] == NULL) {
 			if (batch) {
 				snprintf(what, sizeof(what), "item %zu: %s",
@@ -739,6 +755,7 @@ bg_http_broadcast(struct bg_server *srv, struct bg_stats *st,
 		}
 	}
 	json_decref(root);
+publish:
 	for (i = 0; i < n; i++) {
 		if ((rc = bg_bus_publish(srv->bus, msgs[i])) != BG_OK)
 			break;
@@ -748,10 +765,12 @@ bg_http_broadcast(struct bg_server *srv, struct bg_stats *st,
 					      out, outlen, out_len);
 		for (size_t j = i; j < n; j++)
 			bg_msg_unref(msgs[j]);
-		free(msgs);
+		if (msgs != &one)
+			free(msgs);
 		return status;
 	}
-	free(msgs);
+	if (msgs != &one)
+		free(msgs);
 	if (batch)
 		*out_len = (size_t)snprintf(out, outlen, "{\"status\":"
 					    "\"accepted\",\"count\":%zu}", n);
@@ -760,7 +779,7 @@ bg_http_broadcast(struct bg_server *srv, struct bg_stats *st,
 					    "\"accepted\"}");
 	return 202;
 bad:
-	if (msgs != NULL) {
+	if (msgs != NULL && msgs != &one) {
 		for (i = 0; i < n; i++)
 			if (msgs[i] != NULL)
 				bg_msg_unref(msgs[i]);

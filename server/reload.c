@@ -67,6 +67,7 @@ static const struct field fields[] = {
 	F("[amqp] prefetch", amqp_prefetch, K_INT, false),
 	F("[amqp] heartbeat", amqp_heartbeat, K_INT, false),
 	F("[amqp] ca_file", amqp_ca_file, K_STR, false),
+	F("[amqp] bindings", amqp_bind_all, K_BOOL, false),
 	F("[auth] secret", auth_secret, K_SECRET, true),
 	F("[auth] previous_secret", auth_previous_secret, K_SECRET, true),
 	F("[auth] private_prefix", private_prefix, K_STR, true),

@@ -25,6 +25,7 @@
 #include "handlers/auth.h"
 #include "handlers/forward.h"
 #include "handlers/handlers.h"
+#include "amqp/bus.h"
 #include "server/acceptor.h"
 #include "server/conn.h"
 #include "server/http.h"
@@ -41,6 +42,7 @@ _Static_assert(LWS_PRE <= BG_FRAME_PRE, "frames need LWS_PRE headroom");
 #define TRIM_BYTES (1 << 20)    /* freed bytes that make a trim worth it */
 #define TRIM_EVERY_MS 5000      /* at most this often while freeing */
 #define BCAST_RING 16384
+#define HEADER_BYTES (BG_AUTH_TOKEN_MAX + 4096) /* lws's per request */
 
 /* lws context and vhost creation is not thread-safe. */
 static pthread_mutex_t lws_create_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -53,9 +55,10 @@ static const struct lws_protocols protocols[] = {
 		.name = "bagou",
 		.callback = callback,
 		.per_session_data_size = sizeof(struct bg_conn),
-		/* Small rx buffer: idle connections stay cheap; larger
-		 * messages arrive in pieces and are reassembled. */
-		.rx_buffer_size = 512,
+		/* Small rx buffer: idle connections stay cheap (lws keeps
+		 * it per connection); larger messages arrive in pieces and
+		 * are reassembled. 128 holds a subscribe to a usual name. */
+		.rx_buffer_size = 128,
 		.tx_packet_size = BG_WRITE_MAX,
 	},
 	{ NULL, NULL, 0, 0, 0, NULL, 0 }
@@ -226,6 +229,9 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		return bg_http_confirm_upgrade(w, wsi, in);
 	case LWS_CALLBACK_ESTABLISHED:
 		bg_sock_established(w, wsi);
+		/* lws freed the request's header buffer: a crowd that
+		 * connects leaves that much scattered in the heap. */
+		w->freed_since_trim += HEADER_BYTES;
 		if (w->stopping)
 			return close_with(wsi, 1001, "server shutting down");
 		if (bg_conn_open(c, w, wsi) != BG_OK)
@@ -289,14 +295,250 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 	return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
+/* ------------------------------------- channel filter and bindings */
+
+static uint32_t
+slot1(uint32_t h)
+{
+	return h & (BG_FILTER_SLOTS - 1);
+}
+
+static uint32_t
+slot2(uint32_t h)
+{
+	return (h >> 16) & (BG_FILTER_SLOTS - 1);
+}
+
+static void
+filter_add(struct bg_worker *w, uint32_t i, uint32_t delta)
+{
+	/* Only this worker writes; release: the subscription is in the
+	 * table before the bus can see the slot. */
+	__atomic_store_n(&w->filter[i], w->filter[i] + delta,
+			 __ATOMIC_RELEASE);
+}
+
+/* A subscribe's answer waiting for its channel's binding. */
+struct bg_held_reply {
+	struct bg_held_reply *next;
+	struct bg_conn *c;
+	struct bg_chan *ch;
+	size_t len;
+	char *json;
+};
+
+void
+bg_worker_hold_reply(struct bg_worker *w, struct bg_conn *c,
+		     struct bg_chan *ch, char *json, size_t len)
+{
+	struct bg_held_reply *r = malloc(sizeof(*r)), **pp = &w->held;
+
+	if (r == NULL) {
+		bg_conn_send_json(c, json, len); /* late binding: rare */
+		return;
+	}
+	*r = (struct bg_held_reply){ .c = c, .ch = ch, .len = len,
+				     .json = json };
+	while (*pp != NULL)
+		pp = &(*pp)->next;
+	*pp = r;
+}
+
+/* Sends the answers held for ch (NULL: all), in order. */
+static void
+release_replies(struct bg_worker *w, const struct bg_chan *ch)
+{
+	struct bg_held_reply **pp = &w->held, *r;
+
+	while ((r = *pp) != NULL) {
+		if (ch != NULL && r->ch != ch) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		bg_conn_send_json(r->c, r->json, r->len);
+		free(r);
+	}
+}
+
+void
+bg_worker_drop_replies(struct bg_worker *w, struct bg_conn *c)
+{
+	struct bg_held_reply **pp = &w->held, *r;
+
+	while ((r = *pp) != NULL) {
+		if (r->c != c) {
+			pp = &r->next;
+			continue;
+		}
+		*pp = r->next;
+		free(r->json);
+		free(r);
+	}
+}
+
+void
+bg_worker_chan_added(struct bg_worker *w, struct bg_chan *ch)
+{
+	filter_add(w, slot1(ch->hash), 1);
+	filter_add(w, slot2(ch->hash), 1);
+	if (bg_bus_binds(w->srv->bus)) {
+		ch->pending = 1;
+		bg_bus_interest(w->srv->bus, ch->name, ch->name_len, 1);
+	}
+}
+
+void
+bg_worker_chan_removed(struct bg_worker *w, struct bg_chan *ch)
+{
+	filter_add(w, slot1(ch->hash), (uint32_t)-1);
+	filter_add(w, slot2(ch->hash), (uint32_t)-1);
+	if (bg_bus_binds(w->srv->bus)) {
+		/* Its held answers go first: they precede whatever made
+		 * it empty (an unsubscribe answer, a close). */
+		if (ch->pending)
+			release_replies(w, ch);
+		bg_bus_interest(w->srv->bus, ch->name, ch->name_len, -1);
+	}
+}
+
+/* The bus: the node queue is bound for name (NULL: every channel). */
+static void
+on_bound(struct bg_worker *w, const char *name)
+{
+	struct bg_chan *ch;
+
+	if (name != NULL) {
+		ch = bg_chan_find(w->chans, name, strlen(name));
+		if (ch != NULL && ch->pending) {
+			ch->pending = 0;
+			release_replies(w, ch);
+		}
+		return;
+	}
+	for (uint32_t i = 0; i < w->chans->n_buckets; i++)
+		for (ch = w->chans->buckets[i]; ch != NULL; ch = ch->next)
+			ch->pending = 0;
+	release_replies(w, NULL);
+}
+
+bool
+bg_worker_wants(const struct bg_worker *w, const struct bg_msg *m)
+{
+	if (m->target != BG_MSG_CHANNELS || !m->hashed)
+		return true;
+	for (uint32_t i = 0; i < m->n_names; i++) {
+		uint32_t h = m->hashes[i];
+		if (__atomic_load_n(&w->filter[slot1(h)], __ATOMIC_ACQUIRE) &&
+		    __atomic_load_n(&w->filter[slot2(h)], __ATOMIC_ACQUIRE))
+			return true;
+	}
+	return false;
+}
+
 /* ------------------------------------------------------------ fan-out */
 
+/* The id map's home slot of number n. */
+static uint32_t
+id_home(const struct bg_worker *w, uint64_t n)
+{
+	return (uint32_t)((n * 0x9e3779b97f4a7c15ull) >> 32) &
+	       (w->ids_cap - 1);
+}
+
+static bool
+ids_resize(struct bg_worker *w, uint32_t cap)
+{
+	struct bg_conn **old = w->ids;
+	uint32_t old_cap = w->ids_cap;
+
+	w->ids = calloc(cap, sizeof(*w->ids));
+	if (w->ids == NULL) {
+		w->ids = old;
+		return false;
+	}
+	w->ids_cap = cap;
+	for (uint32_t i = 0; i < old_cap; i++) {
+		uint32_t j;
+		if (old[i] == NULL)
+			continue;
+		for (j = id_home(w, old[i]->num); w->ids[j] != NULL;
+		     j = (j + 1) & (cap - 1))
+			;
+		w->ids[j] = old[i];
+	}
+	free(old);
+	return true;
+}
+
+bool
+bg_worker_id_add(struct bg_worker *w, struct bg_conn *c)
+{
+	uint32_t i;
+
+	if ((w->ids_n + 1) * 2 > w->ids_cap &&
+	    !ids_resize(w, w->ids_cap ? w->ids_cap * 2 : 64))
+		return false;
+	for (i = id_home(w, c->num); w->ids[i] != NULL;
+	     i = (i + 1) & (w->ids_cap - 1))
+		;
+	w->ids[i] = c;
+	w->ids_n++;
+	return true;
+}
+
+void
+bg_worker_id_del(struct bg_worker *w, struct bg_conn *c)
+{
+	uint32_t mask = w->ids_cap - 1, i, j, k;
+
+	if (w->ids_cap == 0)
+		return;
+	for (i = id_home(w, c->num); w->ids[i] != c; i = (i + 1) & mask)
+		if (w->ids[i] == NULL)
+			return;
+	/* Linear probing: pull later entries of the run back. */
+	for (j = (i + 1) & mask; w->ids[j] != NULL; j = (j + 1) & mask) {
+		k = id_home(w, w->ids[j]->num);
+		if (((j - k) & mask) >= ((j - i) & mask)) {
+			w->ids[i] = w->ids[j];
+			i = j;
+		}
+	}
+	w->ids[i] = NULL;
+	w->ids_n--;
+	if (w->ids_cap > 64 && w->ids_n * 8 < w->ids_cap)
+		ids_resize(w, w->ids_cap / 2); /* best effort */
+}
+
+/* The connection whose id is id, when it is one of this worker's. */
 static struct bg_conn *
 conn_by_id(struct bg_worker *w, const char *id)
 {
-	struct bg_chan *ch = bg_chan_find(w->ids, id, strlen(id));
+	size_t nl = strlen(w->srv->node_id);
+	const char *p;
+	char *end;
+	unsigned long long n;
+	long idx;
 
-	return ch != NULL ? ch->subs[0]->owner : NULL;
+	if (w->ids_cap == 0 || strncmp(id, w->srv->node_id, nl) != 0 ||
+	    id[nl] != '-')
+		return NULL;
+	p = id + nl + 1;
+	if (*p < '0' || *p > '9')
+		return NULL;
+	idx = strtol(p, &end, 10);
+	if (*end != '-' || idx != w->index || end[1] < '0' || end[1] > '9')
+		return NULL;
+	n = strtoull(end + 1, &end, 10);
+	if (*end != '\0')
+		return NULL;
+	for (uint32_t i = id_home(w, n); w->ids[i] != NULL;
+	     i = (i + 1) & (w->ids_cap - 1))
+		if (w->ids[i]->num == n)
+			return strcmp(w->ids[i]->id, id) == 0 ? w->ids[i] :
+			       NULL;
+	return NULL;
 }
 
 /* A reply with a callbackId reached c: counted, and its round trip
@@ -316,20 +558,27 @@ forward_reply(struct bg_worker *w, struct bg_conn *c, const char *cb)
 static void
 deliver(struct bg_worker *w, struct bg_msg *m)
 {
-	struct bg_wframe *f = calloc(1, sizeof(*f));
+	struct bg_wframe *f;
 	struct bg_conn *c, *excl;
 	uint64_t seq = ++w->seq;
 
+	if (m->target == BG_MSG_BOUND) {
+		on_bound(w, m->n_names ? m->names[0] : NULL);
+		bg_msg_unref(m);
+		return;
+	}
+	f = bg_wframe_new(w); /* ours, for the fan-out */
 	if (f == NULL) {
 		bg_log_error("worker %d: broadcast lost: out of memory",
 			     w->index);
 		bg_msg_unref(m);
 		return;
 	}
-	f->refs = 1; /* ours, for the duration of the fan-out */
 	f->msg = m;
 	excl = m->exclude ? conn_by_id(w, m->exclude) : NULL;
 	switch (m->target) {
+	case BG_MSG_BOUND:
+		break;
 	case BG_MSG_ALL:
 		for (c = w->conns; c != NULL; c = c->next)
 			if (c != excl)
@@ -552,9 +801,10 @@ setup(struct bg_worker *w)
 
 	w->base = event_base_new();
 	w->chans = bg_chan_table_new();
-	w->ids = bg_chan_table_new();
+	w->handler_re = bg_handlers_worker_regexes();
+
 	w->scratch = malloc(LWS_PRE + BG_WRITE_MAX);
-	if (w->base == NULL || w->chans == NULL || w->ids == NULL ||
+	if (w->base == NULL || w->chans == NULL ||
 	    w->scratch == NULL) {
 		bg_log_error("worker %d: out of memory", w->index);
 		return BG_ERR;
@@ -575,7 +825,7 @@ setup(struct bg_worker *w)
 	info.timeout_secs = 10;
 	/* Room for an 8 KiB ?token= plus the usual headers; the header
 	 * buffer is lent only while a request is parsed. */
-	info.max_http_header_data = BG_AUTH_TOKEN_MAX + 4096;
+	info.max_http_header_data = HEADER_BYTES;
 	if (w->srv->tls != NULL)
 		bg_tls_lws_info(w->srv->tls, &info);
 	if (cfg->ping_interval > 0) {
@@ -661,7 +911,20 @@ teardown(struct bg_worker *w)
 	if (w->base)
 		event_base_free(w->base);
 	bg_chan_table_free(w->chans);
-	bg_chan_table_free(w->ids);
+	free(w->ids);
+	bg_handlers_worker_regexes_free(w->handler_re);
+	w->handler_re = NULL;
+	while (w->held != NULL) {
+		struct bg_held_reply *r = w->held;
+		w->held = r->next;
+		free(r->json);
+		free(r);
+	}
+	while (w->wf_pool.head != NULL) {
+		struct bg_wframe *f = w->wf_pool.head;
+		w->wf_pool.head = f->next_free;
+		free(f);
+	}
 	free(w->scratch);
 	free(w->ping_policy);
 	free(w->mount);
@@ -690,10 +953,11 @@ worker_main(void *arg)
 struct bg_worker *
 bg_worker_new(struct bg_server *srv, int index)
 {
-	struct bg_worker *w = calloc(1, sizeof(*w));
+	struct bg_worker *w = aligned_alloc(64, sizeof(*w));
 
 	if (w == NULL)
 		return NULL;
+	memset(w, 0, sizeof(*w));
 	w->srv = srv;
 	w->index = index;
 	w->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

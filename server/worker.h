@@ -18,19 +18,32 @@
 #include "common/chan.h"
 #include "common/msg.h"
 #include "common/ring.h"
+#include "server/conn.h"
 #include "server/server.h"
 
 /* Largest single write: lws tx_packet_size and the gather buffer. */
 #define BG_WRITE_MAX (128 * 1024)
 
 struct bg_conn;
+struct bg_held_reply;
 struct bg_sock;
 struct event_base;
 struct event;
 struct lws_context;
 struct lws_vhost;
 
+/* Slots of a worker's channel filter (a power of two; 16 KiB). */
+#define BG_FILTER_SLOTS 4096
+
 struct bg_worker {
+	/* Counting filter of the channels this worker has subscribers
+	 * for: each channel adds 1 at two slots of its hash
+	 * (bg_chan_hash). Worker writes (atomic stores, it alone), the bus
+	 * reads (bg_worker_wants) to wake only the workers a broadcast
+	 * concerns. False positives cost a wake-up, never a message. On
+	 * cache lines of its own: the bus reads it on every broadcast. */
+	uint32_t filter[BG_FILTER_SLOTS] __attribute__((aligned(64)));
+
 	int index;                     /* immutable */
 	struct bg_server *srv;         /* immutable */
 	pthread_t thread;              /* main */
@@ -48,23 +61,31 @@ struct bg_worker {
 	unsigned int backed_up;        /* atomic: worker writes, bus reads:
 	                                  conns with a queue over half of
 	                                  max_queued_bytes (bg_conn_push) */
-	uint64_t bcast_bytes;          /* atomic: bus adds, worker subtracts:
+	/* Written by the bus on every broadcast: a cache line of their
+	 * own, apart from what the worker writes on every message. */
+	uint64_t bcast_bytes           /* atomic: bus adds, worker subtracts:
 	                                  bytes of one frame of each
 	                                  broadcast in bcast, not yet fanned
 	                                  out */
-	struct bg_stats stats;         /* worker writes, any reads */
+		__attribute__((aligned(64)));
+	uint64_t bcasts_in;            /* bus writes, any reads: broadcasts
+	                                  handed to this worker */
+	struct bg_stats stats          /* worker writes, any reads */
+		__attribute__((aligned(64)));
 	uint64_t alive_ms;             /* atomic: worker writes each tick
 	                                  (CLOCK_MONOTONIC ms), main's
 	                                  watchdog (notify.c) reads */
 
-	/* Everything below: worker thread only. */
-	struct event_base *base;
+	/* Everything below: worker thread only (own cache lines). */
+	struct event_base *base __attribute__((aligned(64)));
 	struct lws_context *lws;
 	struct lws_vhost *vhost;
 	struct event *inbox_ev, *bcast_ev, *stop_ev, *stop_timer;
 	struct event *stall_ev;        /* cuts stalled backed-up conns */
 	struct bg_chan_table *chans;   /* channel -> subscribed conns */
-	struct bg_chan_table *ids;     /* client id -> its conn */
+	struct bg_conn **ids;          /* client id -> its conn: open
+	                                  addressing on the id's number */
+	uint32_t ids_cap, ids_n;
 	struct bg_conn *conns;         /* every WebSocket connection */
 	struct bg_conn *dirty;         /* conns with new output this turn */
 	uint64_t seq;                  /* broadcast number, for once-only */
@@ -84,6 +105,11 @@ struct bg_worker {
 	uint64_t last_trim_ms;
 	size_t freed_at_tick;          /* freed_since_trim at the last tick */
 	struct bg_fwd_slot fwd_pending[BG_FWD_PENDING]; /* server.h */
+	struct bg_wframe_pool wf_pool; /* free frame holders (conn.c) */
+	struct bg_held_reply *held;    /* subscribe answers waiting for a
+	                                  binding, oldest first */
+	void *handler_re;              /* its own copies of the handlers'
+	                                  regexes (registry.c), or NULL */
 };
 
 /* Creates the worker (rings, eventfds); the thread starts in
@@ -108,6 +134,30 @@ void bg_worker_free(struct bg_worker *w);
 /* Acceptor: hands an admitted socket over; false when the inbox is
  * full (the caller still owns s). */
 bool bg_worker_adopt(struct bg_worker *w, struct bg_sock *s);
+
+/* Bus: false when m certainly concerns no client of w: m names
+ * channels and none passes w's filter (a broadcast to everyone or to
+ * client ids concerns every worker). */
+bool bg_worker_wants(const struct bg_worker *w, const struct bg_msg *m);
+
+/* Worker: ch got its first local subscriber, or is about to lose its
+ * last one: the filter follows, and the bus hears of it (per-channel
+ * bindings: ch is then pending until the bus says it is bound). */
+void bg_worker_chan_added(struct bg_worker *w, struct bg_chan *ch);
+void bg_worker_chan_removed(struct bg_worker *w, struct bg_chan *ch);
+
+/* Worker: holds c's answer json (malloc'd, taken over) until ch is
+ * bound (bg_worker_chan_added made it pending). */
+void bg_worker_hold_reply(struct bg_worker *w, struct bg_conn *c,
+			  struct bg_chan *ch, char *json, size_t len);
+
+/* Worker: c (c->num set) is found by its id from now on; false when
+ * out of memory. bg_worker_id_del undoes it. */
+bool bg_worker_id_add(struct bg_worker *w, struct bg_conn *c);
+void bg_worker_id_del(struct bg_worker *w, struct bg_conn *c);
+
+/* Worker: c is closing: the answers held for it are dropped. */
+void bg_worker_drop_replies(struct bg_worker *w, struct bg_conn *c);
 
 /* Bus: takes over one reference to m; false when the ring is full (the
  * reference stays with the caller). */

@@ -4,7 +4,9 @@
  * bus do, then checks what it returns: a message with valid targets and
  * frames that are complete WebSocket text frames holding JSON objects, or
  * an error text that can be sent back as JSON. The first input byte's
- * parity decides whether a "from" is added (client publish).
+ * parity decides whether a "from" is added (client publish); without
+ * one, the broadcast built without a parse tree (common/jscan.c) must
+ * equal the one jansson's path builds, or both must refuse.
  */
 #include "common/bg.h"
 #include "common/frame.h"
@@ -82,6 +84,41 @@ check_frame(const struct bg_msg *m, uint32_t i, const char *channel)
 	json_decref(v);
 }
 
+/* What jansson's path (a parse tree) builds from the same text, or
+ * NULL: the path without a tree (common/jscan.c) must agree. */
+static struct bg_msg *
+tree_path(const uint8_t *data, size_t size)
+{
+	json_t *root = json_loadb((const char *)data, size,
+				  JSON_REJECT_DUPLICATES, NULL);
+	enum bg_code code;
+	char err[128];
+	struct bg_msg *m;
+
+	if (root == NULL)
+		return NULL;
+	m = bg_proto_broadcast(root, NULL, &code, err, sizeof(err));
+	json_decref(root);
+	return m;
+}
+
+static void
+check_same(const struct bg_msg *a, const struct bg_msg *b)
+{
+	CHECK(a->target == b->target && a->n_names == b->n_names &&
+	      a->n_frames == b->n_frames);
+	CHECK((a->exclude == NULL) == (b->exclude == NULL));
+	CHECK(a->exclude == NULL || strcmp(a->exclude, b->exclude) == 0);
+	for (uint32_t i = 0; i < a->n_names; i++)
+		CHECK(strcmp(a->names[i], b->names[i]) == 0);
+	for (uint32_t i = 0; i < a->n_frames; i++) {
+		json_t *x = frame_object(a, i), *y = frame_object(b, i);
+		CHECK(json_equal(x, y));
+		json_decref(x);
+		json_decref(y);
+	}
+}
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -93,6 +130,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	err[0] = '\0';
 	m = bg_proto_broadcast_text((const char *)data, size, from, &code,
 				    err, sizeof(err));
+	if (from == NULL) {
+		struct bg_msg *t = tree_path(data, size);
+		CHECK((m == NULL) == (t == NULL) || code == BG_CODE_INTERNAL);
+		if (m != NULL && t != NULL)
+			check_same(m, t);
+		bg_msg_unref(t);
+	}
 	if (m == NULL) {
 		json_t *text = json_string(err);
 

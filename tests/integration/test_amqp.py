@@ -120,9 +120,11 @@ def test_heartbeats_keep_an_idle_link(amqp_server, publisher):
 
 
 def test_any_routing_key(amqp_server, publisher):
-    """The node's queue is bound with "#": the routing key does not
-    route, the body does."""
-    srv, pub = start(amqp_server, publisher)
+    """[amqp] bindings = all: the node's queue is bound with "#", the
+    routing key does not route, the body does (publishers that do not
+    follow §5's keys; per-channel bindings: test_bindings.py)."""
+    srv, pub = start(amqp_server, publisher,
+                     config={"amqp": {"bindings": "all"}})
 
     async def scenario():
         conns = await clients(srv, [["news"], ["other"]])
