@@ -5,6 +5,7 @@ AMQP (the API queue), with their errors."""
 
 import asyncio
 import json
+import re
 import signal
 import time
 import uuid
@@ -79,7 +80,16 @@ def test_nodes_see_each_other_and_a_killed_one_leaves(amqp_server):
     victim.expected_exit = (-signal.SIGKILL,)
     victim.signal(signal.SIGKILL)
     victim.wait_exit(5)
+    # A query started now waits for it no longer than query_timeout,
+    # and says it did not answer.
     t0 = time.monotonic()
+    st, doc = api(nodes[0], "GET", "/api/channels")
+    assert st == 200 and doc["missing"] == [node_id(victim)], doc
+    st, doc = api(nodes[1], "POST", "/api/disconnect", {"user": "nobody"})
+    assert st in (503, 404), doc
+    if st == 503:
+        assert doc["error"]["missing"] == [node_id(victim)]
+    assert time.monotonic() - t0 <= 2 * 2 + 1
     for srv in nodes[:2]:
         wait_for(lambda: len(info(srv)) == 2, timeout=TIMEOUT + 2,
                  what="the killed node to leave /api/info")
@@ -321,6 +331,30 @@ def test_errors(amqp_server, amqp_api, form):
     if form == "amqp":
         expect(call("nothing"), 404, "not_found")
         expect(raw(json.dumps({"key": KEY}).encode()), 400, "bad_message")
+        # Without reply_to: run, not answered.
+        run(no_reply_disconnect(srv, amqp, exchange))
+        # Garbage on the control exchange: ignored, the node carries on.
+        pub = amqp.ch
+        pub.exchange_declare(exchange + ".control", "fanout", durable=True)
+        for body in [b"garbage", b"[]", b'{"type": 1, "node": "x"}',
+                     b'{"type": "api.disconnect", "node": "x"}',
+                     b'{"type": "api.channels", "node": "x", "query": 1,'
+                     b' "args": {"prefix": 7}}',
+                     b'{"type": "answer", "node": "x", "to": 5}',
+                     b'{"type": "heartbeat", "node": "x", "stats": 3}',
+                     b'{"type": "bye", "node": "x"}',
+                     b'{"type": "heartbeat", "node": "' + b"n" * 300 +
+                     b'"}']:
+            pub.basic_publish(exchange + ".control", "", body)
+        assert call("info")[0] == 200
+        assert call("channels")[0] == 200
+
+
+async def no_reply_disconnect(srv, amqp, exchange):
+    ws, cid = await ws_connect(srv)
+    amqp.ch.basic_publish("", exchange + ".api", json.dumps(
+        {"command": "disconnect", "client": cid, "key": KEY}).encode())
+    assert await wait_closed(ws) == 4000
 
 
 def test_broker_down_503(server):
@@ -371,3 +405,31 @@ async def wait_for_info(srv, **want):
         n = info(srv)[0]
         return all(n[k] == v for k, v in want.items())
     await asyncio.to_thread(wait_for, check, 5, 0.05, "/api/info %r" % want)
+
+
+def test_pipelined_requests_answered_in_order(server):
+    """A command is answered asynchronously: requests pipelined behind
+    it on one keep-alive connection wait for it and come in order."""
+    import socket
+    srv = server(config=config())
+    s = socket.create_connection(("127.0.0.1", srv.api_port), timeout=5)
+    reqs = (b"GET /api/info HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /api/disconnect HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: 15\r\n\r\n{\"client\": \"n\"}"
+            b"GET /api/channels?prefix=a%20b&x HTTP/1.1\r\nHost: x\r\n"
+            b"Connection: close\r\n\r\n")
+    s.sendall(reqs)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    statuses = [int(m) for m in re.findall(rb"HTTP/1\.1 (\d+) ", data)]
+    assert statuses == [200, 200, 404, 200], data
+    assert data.index(b'"nodes"') < data.index(b'"live"') < \
+        data.index(b'"not_found"') < data.index(b'"channels"')
+    status, _, body = srv.api_get("/api/channels?prefix=%zz")
+    assert status == 400
