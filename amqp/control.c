@@ -410,15 +410,10 @@ bg_control_link_up(struct bg_control *ctl)
 	heartbeat(ctl);
 }
 
-void
-bg_control_bye(struct bg_control *ctl)
-{
-	__atomic_store_n(&ctl->stopping, 1, __ATOMIC_RELAXED);
-	if (!standalone(ctl) && bg_control_ready(ctl))
-		bg_control_send(ctl, json_pack("{s:s}", "type", "bye"));
-}
 
 /* ----------------------------------------------------------- queries */
+
+static void query_finish(struct bg_control *ctl, struct query *q);
 
 static void
 query_finish(struct bg_control *ctl, struct query *q)
@@ -527,6 +522,17 @@ on_answer(struct bg_control *ctl, const char *node, json_t *msg)
 		return; /* late: the query is over */
 	json_object_set(q->answers, node, data ? data : json_null());
 	query_check(ctl, q);
+}
+
+void
+bg_control_bye(struct bg_control *ctl)
+{
+	__atomic_store_n(&ctl->stopping, 1, __ATOMIC_RELAXED);
+	if (!standalone(ctl) && bg_control_ready(ctl))
+		bg_control_send(ctl, json_pack("{s:s}", "type", "bye"));
+	/* Their callers get what came: nothing waits past the bus. */
+	while (ctl->queries != NULL)
+		query_finish(ctl, ctl->queries);
 }
 
 /* ------------------------------------------------------------- tasks */

@@ -210,7 +210,8 @@ int bg_control_fd(const struct bg_control *ctl);
 int bg_control_service(struct bg_control *ctl);
 
 /* The link came up (send a heartbeat at once: others learn of us) or
- * the node is stopping ("bye" while the link is still up). */
+ * the node is stopping ("bye" while the link is still up; pending
+ * queries end with what came, jobs are refused from now on). */
 void bg_control_link_up(struct bg_control *ctl);
 void bg_control_bye(struct bg_control *ctl);
 

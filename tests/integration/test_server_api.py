@@ -96,6 +96,13 @@ def test_nodes_see_each_other_and_a_killed_one_leaves(amqp_server):
         assert node_id(victim) not in [n["node"] for n in info(srv)]
     # Silent for more than TIMEOUT: gone at the next check (1 s).
     assert time.monotonic() - t0 <= TIMEOUT + 1.5
+    # A node that stops (SIGTERM) says so: gone at once, not after
+    # the timeout.
+    nodes[1].stop()
+    t0 = time.monotonic()
+    wait_for(lambda: len(info(nodes[0])) == 1, timeout=TIMEOUT,
+             what="the stopped node to leave /api/info")
+    assert time.monotonic() - t0 < 1.0
 
 
 # ------------------------------------------------------------ helpers
