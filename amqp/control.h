@@ -163,10 +163,12 @@ int bg_control_answer_to(struct bg_control *ctl, const char *node,
 
 /*
  * Runs work(w, arg) on every worker of this node, each in order with the
- * broadcasts before and after it in its ring, then after(ctl, arg) on the
- * bus thread once all ran (not called if the node stops first: then
- * free_arg(arg) is, when not NULL). BG_OK or BG_ERR (out of memory:
- * nothing runs).
+ * broadcasts before and after it in its ring (behind deliveries held by
+ * backpressure too), then after(ctl, arg) on the bus thread once all ran
+ * (after may be NULL; it is not called when the node stops first). Then
+ * free_arg(arg), when not NULL, in every case, on whichever thread drops
+ * the task last. BG_OK or BG_ERR (out of memory: nothing runs, arg is
+ * the caller's).
  */
 int bg_control_workers(struct bg_control *ctl, bg_control_work_fn work,
 		       bg_control_after_fn after, void (*free_arg)(void *),

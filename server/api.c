@@ -715,6 +715,11 @@ on_event(struct bufferevent *bev, short what, void *arg)
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
 		/* Half-closed: answer what was sent, then go. */
 		c->eof = true;
+		if (c->state == S_WAIT) {
+			/* The answer is on its way: reply() lingers. */
+			c->keep_alive = false;
+			return;
+		}
 		if (c->state == S_LINGER ||
 		    evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
 			conn_free(c);
