@@ -687,11 +687,34 @@ bg_bus_reconnects(const struct bg_bus *b)
 	return bg_stat_get(&b->reconnects);
 }
 
+/* The control plane's lines (amqp/control.h). */
+static int
+control_metrics(const struct bg_bus *b, char *buf, size_t size)
+{
+	return snprintf(buf, size,
+		"# HELP bagou_cluster_nodes Live nodes of the cluster, this "
+		"one included.\n"
+		"# TYPE bagou_cluster_nodes gauge\n"
+		"bagou_cluster_nodes %llu\n"
+		"# HELP bagou_cluster_queries_total Cluster-wide queries this "
+		"node started (server API commands).\n"
+		"# TYPE bagou_cluster_queries_total counter\n"
+		"bagou_cluster_queries_total %llu\n",
+		(unsigned long long)bg_control_live(b->ctl),
+		(unsigned long long)bg_control_queries(b->ctl));
+}
+
 int
 bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 {
 	uint64_t reopens = b->link ? bg_link_channel_reopens(b->link) : 0;
 	uint64_t backed_up = 0;
+	int n = control_metrics(b, buf, size);
+
+	if (n < 0 || (size_t)n >= size)
+		return n;
+	buf += n;
+	size -= (size_t)n;
 
 	for (int i = 0; i < b->srv->n_workers; i++)
 		if (b->srv->workers[i] != NULL)
@@ -731,7 +754,7 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 		(unsigned long long)bg_stat_get(&b->busy),
 		(unsigned long long)bg_stat_get(&b->pauses),
 		(unsigned long long)bg_stat_get(&b->n_waiting),
-		(unsigned long long)backed_up);
+		(unsigned long long)backed_up) + n;
 }
 
 bool

@@ -88,6 +88,8 @@ struct bg_control {
 	struct query *queries;
 	uint64_t next_query;
 	uint64_t next_beat_ms;
+	uint64_t n_live;            /* bus writes, any reads: table size */
+	uint64_t n_queries;         /* bus writes, any reads */
 };
 
 static uint64_t
@@ -334,9 +336,23 @@ bg_control_stats(struct bg_control *ctl)
 			 "version", BG_VERSION);
 }
 
+uint64_t
+bg_control_live(const struct bg_control *ctl)
+{
+	return bg_stat_get(&ctl->n_live);
+}
+
+uint64_t
+bg_control_queries(const struct bg_control *ctl)
+{
+	return bg_stat_get(&ctl->n_queries);
+}
+
 static void
 node_event(struct bg_control *ctl, const char *node, bool up)
 {
+	__atomic_store_n(&ctl->n_live, bg_nodes_count(ctl->nodes),
+			 __ATOMIC_RELAXED);
 	bg_log_info("cluster: node %s %s (%zu live)", node, up ? "up" :
 		    "down", bg_nodes_count(ctl->nodes));
 	for (size_t i = 0; i < ctl->n_node_cbs; i++)
@@ -399,6 +415,7 @@ bg_control_attach(struct bg_control *ctl, struct bg_bus *bus)
 {
 	ctl->bus = bus;
 	heartbeat(ctl);
+	bg_stat_add(&ctl->n_live, 1);
 	ctl->next_beat_ms = now_ms() + (uint64_t)bg_server_cfg(ctl->srv)->
 			    cluster_heartbeat * 1000;
 }
@@ -463,6 +480,7 @@ bg_control_query(struct bg_control *ctl, json_t *msg, int timeout_ms,
 		return BG_ERR;
 	}
 	q->id = ++ctl->next_query;
+	bg_stat_add(&ctl->n_queries, 1);
 	q->expect = json_array();
 	q->answers = json_object();
 	q->done = done;

@@ -125,6 +125,11 @@ void bg_control_on_request(struct bg_control *ctl, bg_control_request_fn fn,
  * or the node is stopping (the caller still owns job). Never blocks. */
 int bg_control_post(struct bg_control *ctl, struct bg_control_job *job);
 
+/* Live nodes (this one included) and API commands run, for /metrics.
+ * Any thread. */
+uint64_t bg_control_live(const struct bg_control *ctl);
+uint64_t bg_control_queries(const struct bg_control *ctl);
+
 /* This node's id (srv->node_id), and its server. Any thread. */
 const char *bg_control_self(const struct bg_control *ctl);
 struct bg_server *bg_control_server(const struct bg_control *ctl);

@@ -70,6 +70,7 @@ def node_id(srv):
 def test_nodes_see_each_other_and_a_killed_one_leaves(amqp_server):
     _, nodes = cluster(amqp_server)
     ids = sorted(node_id(s) for s in nodes)
+    assert nodes[0].metrics()["bagou_cluster_nodes"] == 3
     for srv in nodes:
         listed = info(srv)
         assert sorted(n["node"] for n in listed) == ids
@@ -90,6 +91,7 @@ def test_nodes_see_each_other_and_a_killed_one_leaves(amqp_server):
     if st == 503:
         assert doc["error"]["missing"] == [node_id(victim)]
     assert time.monotonic() - t0 <= 2 * 2 + 1
+    assert nodes[0].metrics()["bagou_cluster_queries_total"] == 1
     for srv in nodes[:2]:
         wait_for(lambda: len(info(srv)) == 2, timeout=TIMEOUT + 2,
                  what="the killed node to leave /api/info")
