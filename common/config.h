@@ -114,6 +114,12 @@ struct bg_config {
 	char log_file[1024];             /* append here; "" = stderr */
 	int log_format;                  /* enum bg_log_format, text */
 	bool log_access;                 /* HTTP access log, no */
+
+	/* [cluster] */
+	int cluster_heartbeat;           /* s between node heartbeats, 2 */
+	int cluster_timeout;             /* s of silence: node dead, 15 */
+	int cluster_query_timeout;       /* s a cluster-wide query waits
+	                                    for the other nodes, 2 */
 };
 
 /* Fills every field with its documented default. */

@@ -28,7 +28,11 @@ enum bg_msg_target {
 	BG_MSG_BOUND,     /* not a broadcast: the bus tells the workers that
 	                     the node's queue is bound for channel names[0]
 	                     (n_names 0: for every channel) */
+	BG_MSG_TASK,      /* not a broadcast: task_fn runs on each worker,
+	                     in ring order (amqp/control.c) */
 };
+
+struct bg_worker;
 
 struct bg_msg_frame {
 	uint8_t *block;        /* malloc'd; frame lives inside it */
@@ -68,6 +72,12 @@ struct bg_msg {
 	bool packed;                 /* names, frames, exclude and body live
 	                                in the message's own block
 	                                (bg_msg_new_packed) */
+	/* BG_MSG_TASK: run by each worker it reaches (on that worker's
+	 * thread), then the ring's reference is dropped; task_free(task)
+	 * when the message is freed. */
+	void (*task_fn)(struct bg_worker *w, struct bg_msg *m);
+	void *task;
+	void (*task_free)(void *task);
 };
 
 /*

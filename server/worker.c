@@ -511,9 +511,8 @@ bg_worker_id_del(struct bg_worker *w, struct bg_conn *c)
 		ids_resize(w, w->ids_cap / 2); /* best effort */
 }
 
-/* The connection whose id is id, when it is one of this worker's. */
-static struct bg_conn *
-conn_by_id(struct bg_worker *w, const char *id)
+struct bg_conn *
+bg_worker_conn(struct bg_worker *w, const char *id)
 {
 	size_t nl = strlen(w->srv->node_id);
 	const char *p;
@@ -560,14 +559,21 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 {
 	struct bg_wframe *f;
 	struct bg_conn *c, *excl;
-	uint64_t seq = ++w->seq;
+	uint64_t seq;
 
 	if (m->target == BG_MSG_BOUND) {
 		on_bound(w, m->n_names ? m->names[0] : NULL);
 		bg_msg_unref(m);
 		return;
 	}
+	if (m->target == BG_MSG_TASK) {
+		/* A control-plane task, in order with the broadcasts. */
+		m->task_fn(w, m);
+		bg_msg_unref(m);
+		return;
+	}
 	f = bg_wframe_new(w); /* ours, for the fan-out */
+	seq = ++w->seq;
 	if (f == NULL) {
 		bg_log_error("worker %d: broadcast lost: out of memory",
 			     w->index);
@@ -575,7 +581,7 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 		return;
 	}
 	f->msg = m;
-	excl = m->exclude ? conn_by_id(w, m->exclude) : NULL;
+	excl = m->exclude ? bg_worker_conn(w, m->exclude) : NULL;
 	switch (m->target) {
 	case BG_MSG_BOUND:
 		break;
@@ -604,7 +610,7 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 		break;
 	case BG_MSG_CLIENTS:
 		for (uint32_t i = 0; i < m->n_names; i++) {
-			c = conn_by_id(w, m->names[i]);
+			c = bg_worker_conn(w, m->names[i]);
 			if (c == NULL || c == excl || c->last_seq == seq)
 				continue;
 			c->last_seq = seq;
@@ -617,6 +623,8 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 			bg_conn_push(c, f, m->frames[0].data,
 				     m->frames[0].len, true);
 		}
+		break;
+	case BG_MSG_TASK:
 		break;
 	}
 	bg_wframe_unref(f);

@@ -161,6 +161,10 @@ void bg_worker_drop_replies(struct bg_worker *w, struct bg_conn *c);
 
 /* Bus: takes over one reference to m; false when the ring is full (the
  * reference stays with the caller). */
+/* The connection whose id is id, when it is one of this worker's open
+ * ones; else NULL. Worker thread. */
+struct bg_conn *bg_worker_conn(struct bg_worker *w, const char *id);
+
 bool bg_worker_deliver(struct bg_worker *w, struct bg_msg *m);
 
 /* Any thread: true while more than [limits] backpressure percent of the
