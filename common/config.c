@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <amqp.h>
 #include <ini.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -107,6 +108,10 @@ bg_config_defaults(struct bg_config *cfg)
 	strcpy(cfg->api_host, "127.0.0.1");
 	cfg->api_port = 9001;
 	cfg->body_timeout = 10;
+	cfg->history_size = 100;
+	cfg->history_ttl = 300;
+	strcpy(cfg->history_stream, "bagou.history");
+	cfg->history_max_age = 3600;
 }
 
 /*
@@ -710,6 +715,29 @@ parse_api_listen(const struct key *k, struct bg_config *cfg, const char *v,
 	return BG_OK;
 }
 
+/* [history] channels: a POSIX extended regex, compiled once here so a
+ * bad one is refused with regerror's words; "" = no history. */
+static int
+parse_regex(const struct key *k, struct bg_config *cfg, const char *v,
+	    char *msg, size_t len)
+{
+	regex_t re;
+	char why[128];
+	int rc;
+
+	if (v[0] != '\0') {
+		rc = regcomp(&re, v, REG_EXTENDED | REG_NOSUB);
+		if (rc != 0) {
+			regerror(rc, &re, why, sizeof(why));
+			seterr(msg, len, "not a valid extended regular "
+			       "expression: %s", why);
+			return BG_ERR;
+		}
+		regfree(&re);
+	}
+	return parse_str(k, cfg, v, msg, len);
+}
+
 #define OFF(f) offsetof(struct bg_config, f)
 #define STR(f) 0, FIELD_SIZE(f) - 1
 
@@ -781,6 +809,14 @@ static const struct key keys[] = {
 	{ "log", "file", parse_logfile, OFF(log_file), STR(log_file) },
 	{ "log", "format", parse_log_format, 0, 0, 0 },
 	{ "log", "access", parse_bool, OFF(log_access), 0, 0 },
+	{ "history", "channels", parse_regex, OFF(history_channels),
+	  STR(history_channels) },
+	{ "history", "size", parse_int, OFF(history_size), 1, 100000 },
+	{ "history", "ttl", parse_int, OFF(history_ttl), 1, 604800 },
+	{ "history", "stream", parse_amqp_name, OFF(history_stream),
+	  STR(history_stream) },
+	{ "history", "max_age", parse_int, OFF(history_max_age), 1,
+	  31536000 },
 };
 
 static const struct key *

@@ -112,6 +112,18 @@ struct bg_config {
 	char log_file[1024];             /* append here; "" = stderr */
 	int log_format;                  /* enum bg_log_format, text */
 	bool log_access;                 /* HTTP access log, no */
+
+	/* [history] (PROTOCOL.md, history and recovery) */
+	char history_channels[1024];     /* POSIX extended regex of the
+	                                    channels that keep history;
+	                                    "" = none */
+	int history_size;                /* publications kept per channel in
+	                                    memory, 100 */
+	int history_ttl;                 /* s a publication stays in memory,
+	                                    300 */
+	char history_stream[BG_CONFIG_STR]; /* RabbitMQ stream queue,
+	                                    "bagou.history" */
+	int history_max_age;             /* s the stream keeps, 3600 */
 };
 
 /* Fills every field with its documented default. */
