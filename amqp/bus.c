@@ -45,6 +45,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "amqp/history.h"
 #include "amqp/link.h"
 #include "common/bg.h"
 #include "common/log.h"
@@ -103,6 +104,12 @@ struct bg_bus {
 	uint64_t next_try_ms;
 	bool ever_connected;
 	unsigned int seed;
+
+	/* History (amqp/history.h): the store, bus thread only; requests
+	 * waiting for the node to catch up with the stream. */
+	struct bg_history *hist;
+	struct bg_hist_req *deferred;
+	uint64_t expire_ms;          /* next ttl sweep */
 };
 
 struct bg_bus *
@@ -124,12 +131,19 @@ bg_bus_new(struct bg_server *srv)
 		}
 		b->state = STATE_DISCONNECTED;
 	}
+	b->hist = bg_history_new(bg_server_cfg(srv));
+	if (b->hist == NULL) {
+		bg_link_free(b->link);
+		free(b);
+		return NULL;
+	}
 	b->waiting_tail = &b->waiting;
 	b->seed = (unsigned int)time(NULL) ^ (unsigned int)getpid();
 	b->outbox = bg_ring_new(OUTBOX_SIZE, true);
 	b->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (b->outbox == NULL || b->stop_efd < 0) {
 		bg_log_errno("bus: eventfd()/ring");
+		bg_history_free(b->hist);
 		bg_link_free(b->link);
 		bg_ring_free(b->outbox);
 		if (b->stop_efd >= 0)
@@ -173,6 +187,87 @@ now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* How long a request naming a later position than the node has seen
+ * waits for the stream to catch up before it is answered as a gap. */
+#define HIST_WAIT_MS 3000
+
+/* Sends an answered request back: into the asking worker's ring, in
+ * order with the broadcasts (what follows it there came after it), or
+ * to the API thread waiting on it. Takes m. */
+static void
+hist_reply(struct bg_bus *b, struct bg_msg *m)
+{
+	struct bg_hist_req *r = bg_hist_req_of(m);
+	struct bg_server *srv = b->srv;
+	long wait_ns = 20000;
+
+	if (r->kind == BG_HIST_API || r->worker < 0 ||
+	    r->worker >= srv->n_workers) {
+		sem_post(&r->done);
+		bg_msg_unref(m);
+		return;
+	}
+	while (!bg_worker_deliver(srv->workers[r->worker], m)) {
+		struct timespec ts = { 0, wait_ns };
+		if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
+			bg_msg_unref(m);
+			return;
+		}
+		nanosleep(&ts, NULL);
+		if (wait_ns < 1000000)
+			wait_ns *= 2;
+	}
+}
+
+/* A request from the outbox: answered now, or deferred while the node
+ * is behind the stream. Takes m. */
+static void
+hist_serve(struct bg_bus *b, struct bg_msg *m)
+{
+	struct bg_hist_req *r = bg_hist_req_of(m);
+
+	if (!bg_history_answer(b->hist, r, false)) {
+		r->wait_until_ms = now_ms() + HIST_WAIT_MS;
+		r->next_wait = b->deferred;
+		b->deferred = r;
+		return;
+	}
+	hist_reply(b, m);
+}
+
+/* Deferred requests: answered once the node has caught up, or as they
+ * are when their wait is over (or the node stops: force). */
+static void
+hist_retry(struct bg_bus *b, bool force)
+{
+	struct bg_hist_req **p = &b->deferred, *r;
+	uint64_t now = now_ms();
+
+	while ((r = *p) != NULL) {
+		if (!bg_history_answer(b->hist, r,
+				       force || now >= r->wait_until_ms)) {
+			p = &r->next_wait;
+			continue;
+		}
+		*p = r->next_wait;
+		hist_reply(b, r->self);
+	}
+}
+
+/* Once a second: publications past [history] ttl go. */
+static void
+hist_tick(struct bg_bus *b)
+{
+	uint64_t now = now_ms();
+
+	if (b->deferred != NULL)
+		hist_retry(b, false);
+	if (now < b->expire_ms)
+		return;
+	b->expire_ms = now + 1000;
+	bg_history_expire(b->hist, now);
 }
 
 bool
@@ -363,7 +458,13 @@ hand_on(struct bg_bus *b, struct bg_msg *m, unsigned int tries)
 	const char *why = NULL;
 	int rc;
 
+	if (m->hist != NULL) {
+		hist_serve(b, m);
+		return true;
+	}
 	if (b->link == NULL) {
+		/* Standalone: the node numbers history broadcasts itself. */
+		bg_history_record(b->hist, m, 0);
 		fan_out(b, m);
 		return true;
 	}
@@ -472,6 +573,7 @@ amqp_loop(struct bg_bus *b)
 			continue;
 		}
 		drain_outbox(b);
+		hist_tick(b);
 	}
 }
 
@@ -500,6 +602,7 @@ bus_main(void *arg)
 		if (fds[1].revents)
 			break;
 		drain_outbox(b);
+		hist_tick(b);
 	}
 	return NULL;
 }
@@ -558,10 +661,30 @@ bg_bus_free(struct bg_bus *b)
 		bg_msg_unref(d->m);
 		free(d);
 	}
+	while (b->deferred != NULL) {
+		struct bg_hist_req *r = b->deferred;
+		b->deferred = r->next_wait;
+		bg_msg_unref(r->self);
+	}
+	bg_history_free(b->hist);
 	bg_link_free(b->link);
 	bg_ring_free(b->outbox);
 	close(b->stop_efd);
 	free(b);
+}
+
+int
+bg_bus_request(struct bg_bus *b, struct bg_msg *m)
+{
+	if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED))
+		return BG_AGAIN;
+	return bg_ring_push(b->outbox, m) ? BG_OK : BG_AGAIN;
+}
+
+const struct bg_history *
+bg_bus_history(const struct bg_bus *b)
+{
+	return b->hist;
 }
 
 int
@@ -620,13 +743,14 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 {
 	uint64_t reopens = b->link ? bg_link_channel_reopens(b->link) : 0;
 	uint64_t backed_up = 0;
+	int n;
 
 	for (int i = 0; i < b->srv->n_workers; i++)
 		if (b->srv->workers[i] != NULL)
 			backed_up += __atomic_load_n(
 				&b->srv->workers[i]->backed_up,
 				__ATOMIC_RELAXED);
-	return snprintf(buf, size,
+	n = snprintf(buf, size,
 		"# HELP bagou_amqp_publish_failures_total Messages this "
 		"node could not publish to RabbitMQ, dropped, by reason.\n"
 		"# TYPE bagou_amqp_publish_failures_total counter\n"
@@ -660,6 +784,9 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 		(unsigned long long)bg_stat_get(&b->pauses),
 		(unsigned long long)bg_stat_get(&b->n_waiting),
 		(unsigned long long)backed_up);
+	if (n < 0 || (size_t)n >= size || !bg_history_on(b->hist))
+		return n;
+	return n + bg_history_metrics(b->hist, buf + n, size - (size_t)n);
 }
 
 bool

@@ -83,6 +83,8 @@ msg_free(struct bg_msg *m)
 	free(m->auth);
 	free(m->forward_key);
 	free(m->reply_cb);
+	if (m->hist != NULL)
+		m->hist_free(m->hist);
 	free(m);
 }
 

@@ -51,6 +51,11 @@ struct bg_msg {
 	                                receipt, POST accepted): latency */
 	char *reply_cb;              /* a reply to clients: its callbackId
 	                                (forward round trips), or NULL */
+	void *hist;                  /* not a broadcast: a history request
+	                                travelling to the bus and back
+	                                (amqp/history.h), freed with the
+	                                message by hist_free; or NULL */
+	void (*hist_free)(void *);
 };
 
 /*

@@ -25,6 +25,7 @@
 #include "handlers/auth.h"
 #include "handlers/forward.h"
 #include "handlers/handlers.h"
+#include "handlers/history.h"
 #include "server/acceptor.h"
 #include "server/conn.h"
 #include "server/http.h"
@@ -320,6 +321,12 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 	struct bg_conn *c, *excl;
 	uint64_t seq = ++w->seq;
 
+	if (m->hist != NULL) {
+		/* A history answer, in order with the broadcasts. */
+		free(f);
+		bg_history_answered(w, m);
+		return;
+	}
 	if (f == NULL) {
 		bg_log_error("worker %d: broadcast lost: out of memory",
 			     w->index);
@@ -343,8 +350,10 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 			for (uint32_t j = 0; ch != NULL && j < ch->n_subs;
 			     j++) {
 				c = ch->subs[j]->owner;
-				/* First listed channel wins; once only. */
-				if (c->last_seq == seq)
+				/* First listed channel wins; once only. A
+				 * subscription waiting for its history
+				 * position gets it through the answer. */
+				if (c->last_seq == seq || ch->subs[j]->hold)
 					continue;
 				c->last_seq = seq;
 				if (c != excl)
