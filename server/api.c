@@ -42,6 +42,7 @@
 #include "common/bg.h"
 #include "common/httpreq.h"
 #include "common/log.h"
+#include "server/api_history.h"
 #include "server/http.h"
 #include "server/server.h"
 
@@ -50,7 +51,7 @@
 #define LINGER_SECS 2
 #define PAUSE_MS 100             /* accept paused after EMFILE */
 
-enum route { R_NONE, R_BROADCAST, R_METRICS, R_HEALTH, R_LIVE };
+enum route { R_NONE, R_BROADCAST, R_METRICS, R_HEALTH, R_LIVE, R_HISTORY };
 enum state { S_IDLE, S_HEAD, S_BODY, S_LINGER };
 
 struct api_conn {
@@ -207,11 +208,13 @@ find_route(const char *path)
 		return R_HEALTH;
 	if (strcmp(path, "/health/live") == 0)
 		return R_LIVE;
+	if (strcmp(path, "/api/history") == 0)
+		return R_HISTORY;
 	return R_NONE;
 }
 
 static bool
-serve_get(struct api_conn *c, enum route r, bool close)
+serve_get(struct api_conn *c, enum route r, bool close, const char *query)
 {
 	char body[384];
 	unsigned int status;
@@ -219,6 +222,16 @@ serve_get(struct api_conn *c, enum route r, bool close)
 	char *text;
 	bool alive;
 
+	if (r == R_HISTORY) {
+		text = bg_api_history(c->api->srv, query, &status, &n);
+		if (text == NULL)
+			return reply_error(c, 500, "internal", "out of memory",
+					   NULL, true);
+		alive = reply(c, status, JSON_TYPE, text, n, status == 503 ?
+			      "Retry-After: 1\r\n" : NULL, close);
+		free(text);
+		return alive;
+	}
 	if (r == R_METRICS) {
 		text = bg_http_metrics(c->api->srv, &n);
 		if (text == NULL)
@@ -328,7 +341,7 @@ on_head(struct api_conn *c, char *head, size_t len)
 				   body_pending);
 	}
 	if (r != R_BROADCAST)
-		return serve_get(c, r, body_pending);
+		return serve_get(c, r, body_pending, req.query);
 	if (!req.has_length)
 		return reply_error(c, 411, "bad_message", "Content-Length is "
 				   "required", NULL, true);

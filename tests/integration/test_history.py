@@ -83,3 +83,196 @@ def test_standalone_offsets_subscribe_recover(server):
             await w.close()
 
     run(scenario())
+
+
+def api_history(srv, query):
+    status, _, body = srv.api_get("/api/history?" + query)
+    return status, json.loads(body)
+
+
+def test_history_limits_since_api_and_private(server):
+    cfg = json.loads(json.dumps(HIST))
+    cfg["auth"] = {"secret": "s3cret"}
+    srv = server(cfg)
+
+    async def scenario():
+        for i in range(25):
+            await asyncio.to_thread(post, srv, "chat", i)
+        await asyncio.to_thread(post, srv, "private-chat", "p")
+        await asyncio.to_thread(post, srv, "nohist", "x")
+        ws, _ = await ws_connect(srv)
+        # Default 50, clamped to size (20): the last 20, oldest first.
+        r = await request(ws, "history", {"channel": "chat"},
+                          callback_id="a")
+        d = r["data"]
+        assert [p["data"] for p in d["publications"]] == list(range(5, 25))
+        assert all(p["channel"] == "chat" and p["event"] == "m"
+                   for p in d["publications"])
+        offs = [p["offset"] for p in d["publications"]]
+        assert offs == sorted(offs) and d["offset"] >= offs[-1]
+        epoch = d["epoch"]
+        r = await request(ws, "history", {"channel": "chat", "limit": 1000},
+                          callback_id="b")
+        assert len(r["data"]["publications"]) == 20
+        r = await request(ws, "history", {"channel": "chat", "limit": 0},
+                          callback_id="z")
+        assert r["data"]["publications"] == []
+        # since: the first `limit` after it.
+        r = await request(ws, "history", {"channel": "chat", "limit": 3,
+                          "since": {"epoch": epoch, "offset": offs[9]}},
+                          callback_id="c")
+        assert [p["data"] for p in r["data"]["publications"]] == [15, 16, 17]
+        assert "gap" not in r["data"]
+        # Older than what is kept, or another epoch: gap and the latest.
+        for since in ({"epoch": epoch, "offset": 0},
+                      {"epoch": "nope", "offset": offs[9]}):
+            r = await request(ws, "history", {"channel": "chat", "limit": 2,
+                              "since": since}, callback_id="g")
+            assert r["data"]["gap"] is True
+            assert [p["data"] for p in r["data"]["publications"]] == [23, 24]
+        # Private channel: the rules of subscribe.
+        r = await request(ws, "history", {"channel": "private-chat"},
+                          callback_id="p")
+        assert error_code(r) == "forbidden"
+        # A channel without history says so.
+        r = await request(ws, "history", {"channel": "nohist"},
+                          callback_id="n")
+        assert error_code(r) == "not_allowed"
+        # Bad input: clear errors, the connection stays.
+        for data, code in (({"channel": "chat", "limit": -1}, "bad_message"),
+                           ({"channel": "chat", "limit": "5"}, "bad_message"),
+                           ({"channel": "chat", "limit": 1.5}, "bad_message"),
+                           ({"channel": "chat", "since": 3}, "bad_message"),
+                           ({"channel": "chat", "since": {"epoch": "",
+                             "offset": 1}}, "bad_message"),
+                           ({"channel": "chat", "since": {"epoch": "e",
+                             "offset": 2 ** 53}}, "bad_message"),
+                           ({"channel": "a b"}, "invalid_channel"),
+                           ({}, "invalid_channel")):
+            r = await request(ws, "history", data, callback_id="x")
+            assert error_code(r) == code, (data, r)
+            assert "message" in r["data"]["error"]
+        for recover in (5, "x", {"epoch": "e"}, {"offset": 3},
+                        {"epoch": "e", "offset": -1},
+                        {"epoch": "e", "offset": "3"},
+                        {"epoch": "x" * 65, "offset": 1}):
+            r = await request(ws, "subscribe", {"channel": "chat",
+                              "recover": recover}, callback_id="y")
+            assert error_code(r) == "bad_message", (recover, r)
+        # Recover on a channel without history: recovered false.
+        r = await request(ws, "subscribe", {"channel": "nohist", "recover": {
+            "epoch": epoch, "offset": 1}}, callback_id="nr")
+        assert r["data"] == {"success": True, "channel": "nohist",
+                             "recovered": False}
+        await ws.close()
+
+    run(scenario())
+    # The same through GET /api/history.
+    st, d = api_history(srv, "channel=chat&limit=2")
+    assert st == 200 and d["success"] is True
+    assert [p["data"] for p in d["publications"]] == [23, 24]
+    st, d = api_history(srv, "channel=private-chat")
+    assert st == 200 and [p["data"] for p in d["publications"]] == ["p"]
+    epoch = d["epoch"]
+    st, d2 = api_history(srv, "channel=chat&limit=1&since_epoch=%s"
+                         "&since_offset=1" % epoch)
+    assert st == 200 and d2["gap"] is True
+    for q, st_want in (("channel=nohist", 404), ("channel=a%20b", 400),
+                       ("channel=chat&limit=x", 400),
+                       ("channel=chat&since_epoch=e", 400),
+                       ("channel=chat&since_offset=1", 400),
+                       ("channel=chat&bogus=1", 400), ("", 400),
+                       ("channel=%zz", 400)):
+        st, d = api_history(srv, q)
+        assert st == st_want, (q, st, d)
+        assert d["error"]["code"] and d["error"]["message"]
+
+
+def test_recover_while_broadcasts_flow_multi_worker(server):
+    """Recovery racing live traffic (4 workers, a publisher that never
+    stops): every broadcast after the position exactly once, in order,
+    replay before live, across several resumes."""
+    cfg = json.loads(json.dumps(HIST))
+    cfg["history"]["size"] = "100000"
+    srv = server(cfg, workers=4)
+
+    async def scenario():
+        stop = asyncio.Event()
+        sent = []
+
+        async def publisher():
+            i = 0
+            while not stop.is_set():
+                await asyncio.to_thread(post, srv, "chat", i)
+                sent.append(i)
+                i += 1
+
+        ws, _ = await ws_connect(srv)
+        await sub(ws, "chat")
+        _, d = await until_callback(ws, "s")
+        epoch, pos = d["epoch"], d["offset"]
+        task = asyncio.create_task(publisher())
+        got = []
+        for round_ in range(4):
+            for _ in range(20):
+                m = await recv_json(ws)
+                got.append(m["data"])
+                pos = m["offset"]
+            await ws.close()
+            await asyncio.sleep(0.05)
+            ws, _ = await ws_connect(srv)
+            await sub(ws, "chat", {"epoch": epoch, "offset": pos},
+                      cb="r%d" % round_)
+            before, d = await until_callback(ws, "r%d" % round_)
+            assert d["recovered"] is True, d
+            for m in before:
+                assert m["offset"] > pos
+                got.append(m["data"])
+                pos = m["offset"]
+        stop.set()
+        await task
+        last = sent[-1]
+        while got[-1] != last:
+            m = await recv_json(ws)
+            got.append(m["data"])
+        assert got == list(range(len(got))), got
+        await ws.close()
+
+    run(scenario())
+
+
+def test_standalone_retention_and_restart_give_gaps(server):
+    srv = server(HIST)
+
+    async def scenario():
+        ws, _ = await ws_connect(srv)
+        await sub(ws, "chat")
+        _, d = await until_callback(ws, "s")
+        epoch = d["epoch"]
+        await asyncio.to_thread(post, srv, "chat", "first")
+        first = (await recv_json(ws))["offset"]
+        await ws.close()
+        for i in range(25):              # more than size (20)
+            await asyncio.to_thread(post, srv, "chat", i)
+        ws, _ = await ws_connect(srv)
+        await sub(ws, "chat", {"epoch": epoch, "offset": first}, cb="old")
+        got, d = await until_callback(ws, "old")
+        assert got == [] and d["recovered"] is False
+        await asyncio.to_thread(post, srv, "chat", "live")
+        assert (await recv_json(ws))["data"] == "live"
+        await ws.close()
+        return epoch, d["offset"]
+
+    epoch, top = run(scenario())
+    srv.stop()
+    srv.start()
+
+    async def after_restart():
+        ws, _ = await ws_connect(srv)
+        await sub(ws, "chat", {"epoch": epoch, "offset": top}, cb="new")
+        got, d = await until_callback(ws, "new")
+        assert got == [] and d["recovered"] is False
+        assert d["epoch"] != epoch
+        await ws.close()
+
+    run(after_restart())
