@@ -69,6 +69,8 @@
 struct held_delivery {
 	struct bg_msg *m;
 	uint64_t tag;
+	uint64_t pos;               /* history position, 0 = none */
+	bool quiet;                 /* catch-up: kept, not fanned out */
 	struct held_delivery *next;
 };
 
@@ -110,6 +112,12 @@ struct bg_bus {
 	struct bg_history *hist;
 	struct bg_hist_req *deferred;
 	uint64_t expire_ms;          /* next ttl sweep */
+	bool stream;                 /* AMQP with history: the stream */
+	bool catching_up;            /* before our marker came back */
+	bool epoch_seen;             /* an epoch record seen since start */
+	bool floor_set;              /* the first position is known */
+	uint64_t last_pos;           /* the latest stream position */
+	uint64_t epoch_ms;           /* next epoch record to publish */
 };
 
 struct bg_bus *
@@ -137,6 +145,7 @@ bg_bus_new(struct bg_server *srv)
 		free(b);
 		return NULL;
 	}
+	b->stream = b->link != NULL && bg_history_on(b->hist);
 	b->waiting_tail = &b->waiting;
 	b->seed = (unsigned int)time(NULL) ^ (unsigned int)getpid();
 	b->outbox = bg_ring_new(OUTBOX_SIZE, true);
@@ -228,7 +237,7 @@ hist_serve(struct bg_bus *b, struct bg_msg *m)
 {
 	struct bg_hist_req *r = bg_hist_req_of(m);
 
-	if (!bg_history_answer(b->hist, r, false)) {
+	if (b->catching_up || !bg_history_answer(b->hist, r, false)) {
 		r->wait_until_ms = now_ms() + HIST_WAIT_MS;
 		r->next_wait = b->deferred;
 		b->deferred = r;
@@ -246,8 +255,11 @@ hist_retry(struct bg_bus *b, bool force)
 	uint64_t now = now_ms();
 
 	while ((r = *p) != NULL) {
-		if (!bg_history_answer(b->hist, r,
-				       force || now >= r->wait_until_ms)) {
+		bool late = force || now >= r->wait_until_ms;
+
+		/* Late while catching up: a gap, never a hole. */
+		if ((b->catching_up && !late) ||
+		    !bg_history_answer(b->hist, r, late)) {
 			p = &r->next_wait;
 			continue;
 		}
@@ -268,6 +280,14 @@ hist_tick(struct bg_bus *b)
 		return;
 	b->expire_ms = now + 1000;
 	bg_history_expire(b->hist, now);
+	/* Every ttl/2: the epoch record again, so that a node starting
+	 * later finds one in its catch-up window. */
+	if (b->stream && !b->catching_up && bg_link_up(b->link) &&
+	    now >= b->epoch_ms) {
+		b->epoch_ms = now + (uint64_t)bg_server_cfg(b->srv)->
+			      history_ttl * 500;
+		bg_link_publish_epoch(b->link, bg_history_epoch(b->hist));
+	}
 }
 
 bool
@@ -281,9 +301,24 @@ bg_bus_congested(const struct bg_bus *b)
 	return false;
 }
 
+/* A broadcast from the broker, in order: it takes its history position
+ * (history.h) just before it is fanned out, never earlier, so an answer
+ * given between two fan-outs is exact. quiet (catch-up): kept only. */
+static void
+deliver_now(struct bg_bus *b, struct bg_msg *m, uint64_t pos, bool quiet)
+{
+	if (pos != 0)
+		bg_history_record(b->hist, m, pos);
+	if (quiet)
+		bg_msg_unref(m);
+	else
+		fan_out(b, m);
+}
+
 /* Holds a delivery (m may be NULL: rejected) until the workers drain. */
 static void
-wait_delivery(struct bg_bus *b, struct bg_msg *m, uint64_t tag)
+wait_delivery(struct bg_bus *b, struct bg_msg *m, uint64_t tag,
+	      uint64_t pos, bool quiet)
 {
 	struct held_delivery *d = malloc(sizeof(*d));
 
@@ -295,7 +330,8 @@ wait_delivery(struct bg_bus *b, struct bg_msg *m, uint64_t tag)
 	}
 	if (b->waiting == NULL)
 		bg_stat_add(&b->pauses, 1);
-	*d = (struct held_delivery){ .m = m, .tag = tag };
+	*d = (struct held_delivery){ .m = m, .tag = tag, .pos = pos,
+				     .quiet = quiet };
 	*b->waiting_tail = d;
 	b->waiting_tail = &d->next;
 	bg_stat_add(&b->n_waiting, 1);
@@ -313,7 +349,7 @@ release_waiting(struct bg_bus *b, bool force)
 			b->waiting_tail = &b->waiting;
 		bg_stat_add(&b->n_waiting, (uint64_t)-1);
 		if (d->m != NULL)
-			fan_out(b, d->m);
+			deliver_now(b, d->m, d->pos, d->quiet);
 		if (d->tag != 0)
 			b->done_tag = d->tag;
 		free(d);
@@ -344,6 +380,67 @@ forget_tags(struct bg_bus *b, bool requeued)
 	b->epoch = bg_link_channel_epoch(b->link);
 }
 
+static void hist_retry(struct bg_bus *b, bool force);
+
+/* A new epoch record: random, published to the stream for every node. */
+static void
+new_epoch(struct bg_bus *b)
+{
+	char epoch[BG_HIST_EPOCH_MAX + 1];
+
+	snprintf(epoch, sizeof(epoch), "s%08x%08x", (unsigned)time(NULL),
+		 (unsigned)rand_r(&b->seed));
+	bg_history_set_epoch(b->hist, epoch);
+	b->epoch_seen = true;
+	if (bg_link_publish_epoch(b->link, epoch) == BG_OK)
+		bg_log_info("history: new epoch %s", epoch);
+}
+
+/*
+ * A note in the stream (link.h): no broadcast, but it has a position.
+ * Our marker ends the catch-up: the node knows the stream from there on,
+ * takes the epoch it found (or starts one) and answers what waited.
+ */
+static void
+on_note(struct bg_bus *b, int kind, uint64_t pos)
+{
+	bg_history_advance(b->hist, pos);
+	if (kind == BG_LINK_EPOCH) {
+		const char *e = bg_link_delivery_epoch(b->link);
+		if (strcmp(e, bg_history_epoch(b->hist)) != 0)
+			bg_log_info("history: epoch %s (from the stream)", e);
+		bg_history_set_epoch(b->hist, e);
+		b->epoch_seen = true;
+	} else if (kind == BG_LINK_MARKER) {
+		b->catching_up = false;
+		if (!b->epoch_seen)
+			new_epoch(b);
+		bg_log_info("history: caught up with the stream at position "
+			    "%llu, epoch %s", (unsigned long long)pos,
+			    bg_history_epoch(b->hist));
+		hist_retry(b, false);
+	}
+}
+
+/* The stream's first position seen, or one lower than the last: the
+ * stream is new (deleted and declared again, or a new broker), its
+ * offsets restarted. Everything kept is void and the epoch changes. */
+static void
+check_restart(struct bg_bus *b, uint64_t pos)
+{
+	if (!b->floor_set) {
+		b->floor_set = true;
+		bg_history_reset(b->hist, bg_history_epoch(b->hist), pos - 1);
+	} else if (pos <= b->last_pos) {
+		bg_log_warn("history: the stream restarted (position %llu "
+			    "after %llu): new epoch", (unsigned long long)pos,
+			    (unsigned long long)b->last_pos);
+		bg_history_reset(b->hist, bg_history_epoch(b->hist), pos - 1);
+		new_epoch(b);
+	}
+	b->last_pos = pos;
+}
+
 /* A delivery from RabbitMQ: validated and framed once, then fanned out,
  * or held while the workers are congested. */
 static void
@@ -354,7 +451,21 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag)
 	struct bg_msg *m;
 	char err[200];
 	size_t max = bg_server_cfg(b->srv)->max_message_size;
+	uint64_t pos = b->stream ? bg_link_delivery_pos(b->link) : 0;
+	int kind = b->stream ? bg_link_delivery_kind(b->link)
+			     : BG_LINK_BROADCAST;
 
+	if (pos != 0)
+		check_restart(b, pos);
+	if (kind != BG_LINK_BROADCAST) {
+		/* In order behind what is held (acked with it). */
+		if (b->waiting != NULL)
+			wait_delivery(b, NULL, tag, 0, false);
+		else
+			b->done_tag = tag;
+		on_note(b, kind, pos);
+		return;
+	}
 	if (len > max) {
 		/* The same limit as POST /broadcast: one node's clients must
 		 * not receive what another node's publishers cannot send. */
@@ -374,15 +485,16 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag)
 				 "%zu bytes rejected (%s): %s (%llu rejected "
 				 "so far)", len, bg_code_name(code), err,
 				 (unsigned long long)bg_stat_get(&b->rejected));
+		bg_history_advance(b->hist, pos);
 	}
 	/* In order: behind what is held, or held itself when the workers
 	 * cannot take more. */
 	if (b->waiting != NULL || (m != NULL && bg_bus_congested(b))) {
-		wait_delivery(b, m, tag);
+		wait_delivery(b, m, tag, pos, b->catching_up);
 		return;
 	}
 	if (m != NULL)
-		fan_out(b, m);
+		deliver_now(b, m, pos, b->catching_up);
 	b->done_tag = tag;
 }
 
@@ -524,6 +636,8 @@ amqp_loop(struct bg_bus *b)
 				b->ever_connected = true;
 				b->attempt = 0;
 				forget_tags(b, false);
+				b->catching_up = b->stream &&
+					bg_link_catching_up(b->link);
 				set_state(b, STATE_CONNECTED);
 				release_waiting(b, false);
 				drain_outbox(b);
@@ -566,8 +680,10 @@ amqp_loop(struct bg_bus *b)
 			link_lost(b);
 			continue;
 		}
+		/* A stream consumer resumes after what it gave: the held
+		 * deliveries are not given again. */
 		if (bg_link_channel_epoch(b->link) != b->epoch)
-			forget_tags(b, true);
+			forget_tags(b, !b->stream);
 		if (!ack_done(b)) {
 			link_lost(b);
 			continue;

@@ -407,6 +407,12 @@ bg_history_reset(struct bg_history *h, const char *epoch, uint64_t floor)
 	h->seq = floor;
 }
 
+void
+bg_history_set_epoch(struct bg_history *h, const char *epoch)
+{
+	snprintf(h->epoch, sizeof(h->epoch), "%s", epoch);
+}
+
 const char *
 bg_history_epoch(const struct bg_history *h)
 {

@@ -135,6 +135,9 @@ void bg_history_expire(struct bg_history *h, uint64_t now_ms);
 void bg_history_reset(struct bg_history *h, const char *epoch,
 		      uint64_t floor);
 
+/* Bus thread: names the epoch (the stream's), keeping what is kept. */
+void bg_history_set_epoch(struct bg_history *h, const char *epoch);
+
 /* Bus thread: the current epoch. */
 const char *bg_history_epoch(const struct bg_history *h);
 

@@ -276,3 +276,122 @@ def test_standalone_retention_and_restart_give_gaps(server):
         await ws.close()
 
     run(after_restart())
+
+
+# ------------------------------------------------------------ RabbitMQ
+
+from rabbitmq import amqp_server, unique_exchange  # noqa: E402,F401
+
+
+def amqp_cfg(exchange, size="100000", ttl="300"):
+    return {"history": {"channels": "^(chat|private-chat)", "size": size,
+                        "ttl": ttl, "stream": exchange + ".history"},
+            "amqp": {"exchange": exchange}}
+
+
+async def wait_caught_up(srv, channel="chat", timeout=10.0):
+    """The node answers history (it has caught up with the stream)."""
+    ws, _ = await ws_connect(srv)
+    r = await request(ws, "history", {"channel": channel, "limit": 0},
+                      callback_id="up", )
+    await ws.close()
+    return r["data"]
+
+
+async def publisher_task(srv, channel, sent, stop, delay=0.0):
+    i = 0
+    while not stop.is_set():
+        await asyncio.to_thread(post, srv, channel, i)
+        sent.append(i)
+        i += 1
+        if delay:
+            await asyncio.sleep(delay)
+
+
+async def resume(srv, epoch, pos, cb):
+    ws, _ = await ws_connect(srv)
+    await sub(ws, "chat", {"epoch": epoch, "offset": pos}, cb=cb)
+    before, d = await until_callback(ws, cb)
+    return ws, before, d
+
+
+async def read_until(ws, got, last, pos):
+    while not got or got[-1] != last:
+        m = await recv_json(ws)
+        assert m["offset"] > pos, m
+        pos = m["offset"]
+        got.append(m["data"])
+    return pos
+
+
+def test_amqp_resume_on_another_node_and_after_sigkill(amqp_server):
+    ex = unique_exchange("hist")
+    a = amqp_server(amqp_cfg(ex))
+    b = amqp_server(amqp_cfg(ex))
+
+    async def scenario():
+        da = await wait_caught_up(a)
+        db = await wait_caught_up(b)
+        assert da["epoch"] == db["epoch"], (da, db)
+        ws, _ = await ws_connect(a)
+        await sub(ws, "chat")
+        _, d = await until_callback(ws, "s")
+        epoch, pos = d["epoch"], d["offset"]
+        stop, sent, got = asyncio.Event(), [], []
+        task = asyncio.create_task(publisher_task(a, "chat", sent, stop,
+                                                  delay=0.002))
+        for _ in range(30):
+            m = await recv_json(ws)
+            got.append(m["data"])
+            pos = m["offset"]
+        await ws.close()                 # cut while broadcasts flow
+        await asyncio.sleep(0.2)
+        # Resume on the other node: every missed broadcast once, in order.
+        ws, before, d = await resume(b, epoch, pos, "rb")
+        assert d["recovered"] is True, d
+        for m in before:
+            assert m["offset"] > pos
+            pos = m["offset"]
+            got.append(m["data"])
+        assert len(before) > 0
+        for _ in range(20):
+            m = await recv_json(ws)
+            assert m["offset"] > pos
+            pos = m["offset"]
+            got.append(m["data"])
+        await ws.close()
+        stop.set()
+        await task
+        assert got == list(range(len(got))), got
+        return epoch, pos, sent[-1], len(got)
+
+    epoch, pos, last, n_got = run(scenario())
+    # The node it was on is killed (SIGKILL) and restarted; broadcasts
+    # go on through b meanwhile.
+    a.signal(9)
+    a.wait_exit(10)
+
+    async def while_down():
+        for i in range(last + 1, last + 21):
+            await asyncio.to_thread(post, b, "chat", i)
+    run(while_down())
+    a.start()
+    a.wait_amqp("connected", timeout=15.0)
+
+    async def after_restart():
+        d = await wait_caught_up(a)
+        assert d["epoch"] == epoch, d
+        ws, before, d = await resume(a, epoch, pos, "ra")
+        assert d["recovered"] is True, d
+        got = [m["data"] for m in before]
+        assert got == list(range(n_got, last + 21)), got
+        await asyncio.to_thread(post, b, "chat", "live")
+        m = await recv_json(ws)
+        assert m["data"] == "live" and m["offset"] > before[-1]["offset"]
+        # An unknown epoch, or a position older than what is kept.
+        ws2, before, d = await resume(a, "other", pos, "re")
+        assert before == [] and d["recovered"] is False
+        await ws.close()
+        await ws2.close()
+
+    run(after_restart())
