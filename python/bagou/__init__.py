@@ -7,9 +7,11 @@ session authentication). See docs/django.md."""
 from .conf import configure
 from .exceptions import (BagouError, BroadcastError, ConfigurationError,
                          EventError)
+from .history import HistoryError, history
 from .publish import broadcast
 
 __version__ = "2.0.0"
 
 __all__ = ["BagouError", "BroadcastError", "ConfigurationError",
-           "EventError", "broadcast", "configure", "__version__"]
+           "EventError", "HistoryError", "broadcast", "configure",
+           "history", "__version__"]
