@@ -442,3 +442,12 @@ fuzz-run: fuzz
 	    -runs=$(FUZZ_RUNS) -max_len=4096 -timeout=10 \
 	    -rss_limit_mb=2048 -print_final_stats=1 \
 	    -artifact_prefix=$(BUILD)/fuzz-work/$$t-; done
+
+# History (issue 10), the long run: 1,000 clients reconnecting at once to
+# another node after theirs was SIGKILLed (tests/integration/
+# test_history_long.py; sized by BAGOU_HISTORY_CLIENTS, _RATE, _MISSED).
+.PHONY: test-history-long
+test-history-long: $(OUT)/bagou-server
+	cd tests/integration && BAGOU_HISTORY_LONG=1 \
+	  BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice /usr/bin/python3 -m pytest \
+	  -q -s -p no:cacheprovider test_history_long.py

@@ -298,6 +298,21 @@ async def wait_caught_up(srv, channel="chat", timeout=10.0):
     return r["data"]
 
 
+async def wait_history_last(srv, data, timeout=10.0):
+    """Until the node has the broadcast whose data is `data`."""
+    ws, _ = await ws_connect(srv)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        r = await request(ws, "history", {"channel": "chat", "limit": 1},
+                          callback_id="w")
+        pubs = r["data"]["publications"]
+        if pubs and pubs[-1]["data"] == data:
+            break
+        assert asyncio.get_running_loop().time() < deadline, r
+        await asyncio.sleep(0.05)
+    await ws.close()
+
+
 async def publisher_task(srv, channel, sent, stop, delay=0.0):
     i = 0
     while not stop.is_set():
@@ -395,3 +410,54 @@ def test_amqp_resume_on_another_node_and_after_sigkill(amqp_server):
         await ws2.close()
 
     run(after_restart())
+
+
+def test_amqp_retention_new_stream_and_private(amqp_server, rabbitmq):
+    ex = unique_exchange("hist")
+    cfg = amqp_cfg(ex, size="5")
+    cfg["auth"] = {"secret": "s3cret"}
+    srv = amqp_server(cfg)
+
+    async def scenario():
+        d = await wait_caught_up(srv)
+        epoch = d["epoch"]
+        ws, _ = await ws_connect(srv)
+        await sub(ws, "chat")
+        _, d = await until_callback(ws, "s")
+        await asyncio.to_thread(post, srv, "chat", "first")
+        first = (await recv_json(ws))["offset"]
+        await ws.close()
+        for i in range(10):               # more than size (5)
+            await asyncio.to_thread(post, srv, "chat", i)
+        await wait_history_last(srv, 9)
+        ws, before, d = await resume(srv, epoch, first, "old")
+        assert before == [] and d["recovered"] is False
+        await asyncio.to_thread(post, srv, "chat", "live")
+        assert (await recv_json(ws))["data"] == "live"
+        # Private channels: the rules of subscribe, recover or not.
+        r = await request(ws, "subscribe", {"channel": "private-chat",
+                          "recover": {"epoch": epoch, "offset": 1}},
+                          callback_id="p")
+        assert error_code(r) == "forbidden"
+        await ws.close()
+        return epoch, d["offset"]
+
+    epoch, top = run(scenario())
+    # A new stream (deleted while the node was down): offsets restart,
+    # so the epoch is new and an old position is a gap.
+    srv.stop()
+    import pika
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    conn.channel().queue_delete(ex + ".history")
+    conn.close()
+    srv.start()
+    srv.wait_amqp("connected", timeout=15.0)
+
+    async def after():
+        d = await wait_caught_up(srv)
+        assert d["epoch"] != epoch
+        ws, before, d = await resume(srv, epoch, top, "new")
+        assert before == [] and d["recovered"] is False
+        await ws.close()
+
+    run(after())
