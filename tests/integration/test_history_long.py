@@ -5,8 +5,8 @@ at once to the surviving node with its position and must get every
 missed broadcast once and in order before any live one. Prints the
 recovery time (kill -> reconnect wave -> last client recovered).
 
-BAGOU_HISTORY_LONG=1 runs it; BAGOU_HISTORY_CLIENTS (1000),
-BAGOU_HISTORY_RATE (broadcasts/s, 20) and BAGOU_HISTORY_MISSED (s, 10)
+HISTORY_LONG_RUN=1 runs it; HISTORY_LONG_CLIENTS (1000),
+HISTORY_LONG_RATE (broadcasts/s, 20) and HISTORY_LONG_MISSED (s, 10)
 size it."""
 
 import asyncio
@@ -20,12 +20,12 @@ from rabbitmq import amqp_server, unique_exchange  # noqa: F401
 from support import recv_json, run, send_json, ws_connect
 from test_history import amqp_cfg, post, until_callback, wait_caught_up
 
-pytestmark = pytest.mark.skipif(not os.environ.get("BAGOU_HISTORY_LONG"),
+pytestmark = pytest.mark.skipif(not os.environ.get("HISTORY_LONG_RUN"),
                                 reason="make test-history-long")
 
-N = int(os.environ.get("BAGOU_HISTORY_CLIENTS", "1000"))
-RATE = float(os.environ.get("BAGOU_HISTORY_RATE", "20"))
-MISSED = float(os.environ.get("BAGOU_HISTORY_MISSED", "10"))
+N = int(os.environ.get("HISTORY_LONG_CLIENTS", "1000"))
+RATE = float(os.environ.get("HISTORY_LONG_RATE", "20"))
+MISSED = float(os.environ.get("HISTORY_LONG_MISSED", "10"))
 
 
 def test_thousand_clients_resume_after_node_kill(amqp_server):
