@@ -77,6 +77,7 @@ def test_thousand_clients_resume_after_node_kill(amqp_server):
                    for ws, st in zip(conns, states)]
         await asyncio.sleep(2.0)
         a.signal(9)                       # the node dies
+        a.expected_exit = (0, -9)
         t_kill = time.monotonic()
         await asyncio.gather(*readers)
         await asyncio.sleep(MISSED)       # traffic they miss
