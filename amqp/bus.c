@@ -118,6 +118,7 @@ struct bg_bus {
 	bool floor_set;              /* the first position is known */
 	uint64_t last_pos;           /* the latest stream position */
 	uint64_t epoch_ms;           /* next epoch record to publish */
+	uint64_t catch_up_until_ms;  /* a marker lost: live anyway then */
 };
 
 struct bg_bus *
@@ -201,6 +202,9 @@ now_ms(void)
 /* How long a request naming a later position than the node has seen
  * waits for the stream to catch up before it is answered as a gap. */
 #define HIST_WAIT_MS 3000
+/* Longest catch-up on the stream at start before the node goes live
+ * without its marker. */
+#define CATCH_UP_MAX_MS 30000
 
 /* Sends an answered request back: into the asking worker's ring, in
  * order with the broadcasts (what follows it there came after it), or
@@ -268,12 +272,26 @@ hist_retry(struct bg_bus *b, bool force)
 	}
 }
 
+static void new_epoch(struct bg_bus *b);
+
 /* Once a second: publications past [history] ttl go. */
 static void
 hist_tick(struct bg_bus *b)
 {
 	uint64_t now = now_ms();
 
+	if (b->catching_up && now >= b->catch_up_until_ms) {
+		/* Our marker never came back: clients must not wait for
+		 * live broadcasts any longer. What was read so far is kept;
+		 * positions before it stay unknown (gaps). */
+		bg_log_warn("history: no catch-up marker back from the stream "
+			    "within %d s; delivering live from here",
+			    CATCH_UP_MAX_MS / 1000);
+		b->catching_up = false;
+		if (!b->epoch_seen)
+			new_epoch(b);
+		hist_retry(b, false);
+	}
 	if (b->deferred != NULL)
 		hist_retry(b, false);
 	if (now < b->expire_ms)
@@ -379,8 +397,6 @@ forget_tags(struct bg_bus *b, bool requeued)
 	b->done_tag = b->acked_tag = 0;
 	b->epoch = bg_link_channel_epoch(b->link);
 }
-
-static void hist_retry(struct bg_bus *b, bool force);
 
 /* A new epoch record: random, published to the stream for every node. */
 static void
@@ -638,6 +654,8 @@ amqp_loop(struct bg_bus *b)
 				forget_tags(b, false);
 				b->catching_up = b->stream &&
 					bg_link_catching_up(b->link);
+				b->catch_up_until_ms = now_ms() +
+						       CATCH_UP_MAX_MS;
 				set_state(b, STATE_CONNECTED);
 				release_waiting(b, false);
 				drain_outbox(b);

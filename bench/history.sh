@@ -121,10 +121,10 @@ rss0=$(awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER_PID/status")
 import http.client, json, sys
 port, n = int(sys.argv[1]), int(sys.argv[2])
 c = http.client.HTTPConnection("127.0.0.1", port)
-for i in range(0, n, 500):
+for i in range(0, n, 200):
     batch = [{"event": "m", "channel": "keep",
               "data": {"i": j, "text": "x" * 80}}
-             for j in range(i, min(n, i + 500))]
+             for j in range(i, min(n, i + 200))]
     c.request("POST", "/broadcast", json.dumps(batch),
               {"Content-Type": "application/json"})
     r = c.getresponse(); r.read()
