@@ -119,6 +119,16 @@ struct bg_bus {
 	uint64_t last_pos;           /* the latest stream position */
 	uint64_t epoch_ms;           /* next epoch record to publish */
 	uint64_t catch_up_until_ms;  /* a marker lost: live anyway then */
+
+	/* Reading the stream back for a position older than memory, one
+	 * request at a time (the others queue). */
+	struct bg_hist_req *rb_req;
+	struct bg_hist_req *rb_queue;
+	uint64_t rb_next;            /* the position expected next */
+	uint64_t rb_target;          /* memory holds what follows it */
+	uint64_t rb_deadline_ms;
+	struct bg_hist_pub *rb_pubs;
+	uint32_t rb_n, rb_cap;
 };
 
 struct bg_bus *
@@ -202,6 +212,10 @@ now_ms(void)
 /* How long a request naming a later position than the node has seen
  * waits for the stream to catch up before it is answered as a gap. */
 #define HIST_WAIT_MS 3000
+/* Reading the stream back: at most this long, and this many
+ * publications of the channel. */
+#define RB_MAX_MS 5000
+#define RB_MAX_PUBS 100000
 /* Longest catch-up on the stream at start before the node goes live
  * without its marker. */
 #define CATCH_UP_MAX_MS 30000
@@ -234,6 +248,30 @@ hist_reply(struct bg_bus *b, struct bg_msg *m)
 	}
 }
 
+static void rb_enqueue(struct bg_bus *b, struct bg_hist_req *r,
+		       uint64_t floor);
+
+/* Answers r, or hands it to the read-back when it names a position
+ * older than memory; false when it must wait (catching up, or the
+ * node behind the client's position) unless late. */
+static bool
+hist_try(struct bg_bus *b, struct bg_hist_req *r, bool late)
+{
+	uint64_t floor;
+
+	if (b->catching_up && !late)
+		return false;
+	if (b->stream && !b->catching_up && bg_link_up(b->link) &&
+	    bg_history_behind_memory(b->hist, r, &floor)) {
+		rb_enqueue(b, r, floor);
+		return true;
+	}
+	if (!bg_history_answer(b->hist, r, late))
+		return false;
+	hist_reply(b, r->self);
+	return true;
+}
+
 /* A request from the outbox: answered now, or deferred while the node
  * is behind the stream. Takes m. */
 static void
@@ -241,13 +279,11 @@ hist_serve(struct bg_bus *b, struct bg_msg *m)
 {
 	struct bg_hist_req *r = bg_hist_req_of(m);
 
-	if (b->catching_up || !bg_history_answer(b->hist, r, false)) {
-		r->wait_until_ms = now_ms() + HIST_WAIT_MS;
-		r->next_wait = b->deferred;
-		b->deferred = r;
+	if (hist_try(b, r, false))
 		return;
-	}
-	hist_reply(b, m);
+	r->wait_until_ms = now_ms() + HIST_WAIT_MS;
+	r->next_wait = b->deferred;
+	b->deferred = r;
 }
 
 /* Deferred requests: answered once the node has caught up, or as they
@@ -259,17 +295,141 @@ hist_retry(struct bg_bus *b, bool force)
 	uint64_t now = now_ms();
 
 	while ((r = *p) != NULL) {
-		bool late = force || now >= r->wait_until_ms;
-
 		/* Late while catching up: a gap, never a hole. */
-		if ((b->catching_up && !late) ||
-		    !bg_history_answer(b->hist, r, late)) {
+		if (!hist_try(b, r, force || now >= r->wait_until_ms)) {
 			p = &r->next_wait;
 			continue;
 		}
 		*p = r->next_wait;
-		hist_reply(b, r->self);
 	}
+}
+
+/* ------------------------------------------------ reading back */
+
+static void rb_finish(struct bg_bus *b, bool complete);
+
+static bool
+rb_grow(struct bg_bus *b)
+{
+	uint32_t cap = b->rb_cap ? b->rb_cap * 2 : 64;
+	struct bg_hist_pub *p = realloc(b->rb_pubs, cap * sizeof(*p));
+
+	if (p == NULL)
+		return false;
+	b->rb_pubs = p;
+	b->rb_cap = cap;
+	return true;
+}
+
+static void
+rb_begin(struct bg_bus *b, struct bg_hist_req *r, uint64_t floor)
+{
+	b->rb_req = r;
+	b->rb_target = floor;
+	b->rb_next = r->offset + 1;
+	b->rb_n = 0;
+	b->rb_deadline_ms = now_ms() + RB_MAX_MS;
+	if (b->rb_next > b->rb_target) {
+		rb_finish(b, true);
+		return;
+	}
+	if (bg_link_readback_start(b->link, b->rb_next) != BG_OK)
+		rb_finish(b, false);
+}
+
+static void
+rb_enqueue(struct bg_bus *b, struct bg_hist_req *r, uint64_t floor)
+{
+	struct bg_hist_req **p = &b->rb_queue;
+
+	if (b->rb_req == NULL) {
+		rb_begin(b, r, floor);
+		return;
+	}
+	while (*p != NULL)
+		p = &(*p)->next_wait;
+	r->next_wait = NULL;
+	*p = r;
+}
+
+/* The read-back is over: complete (every position up to rb_target
+ * seen), or not (the stream no longer holds them, too slow, the link
+ * went). The answer joins what was read to what memory holds after
+ * rb_target, when memory still holds all of it; else it is a gap. */
+static void
+rb_finish(struct bg_bus *b, bool complete)
+{
+	struct bg_hist_req *r = b->rb_req;
+	uint64_t asked = r->offset;
+
+	b->rb_req = NULL;
+	bg_link_readback_stop(b->link);
+	if (complete) {
+		r->offset = b->rb_target;
+		bg_history_answer(b->hist, r, true);
+		r->offset = asked;
+		complete = r->recovered;
+	}
+	if (complete) {
+		bg_history_prepend(r, b->rb_pubs, b->rb_n);
+	} else {
+		for (uint32_t i = 0; i < b->rb_n; i++)
+			bg_msg_unref(b->rb_pubs[i].m);
+		/* As memory alone answers it: a gap. */
+		bg_history_answer(b->hist, r, true);
+	}
+	b->rb_n = 0;
+	hist_reply(b, r->self);
+	while (b->rb_req == NULL && (r = b->rb_queue) != NULL) {
+		b->rb_queue = r->next_wait;
+		if (!hist_try(b, r, true)) {
+			bg_history_answer(b->hist, r, true);
+			hist_reply(b, r->self);
+		}
+	}
+}
+
+/* A delivery of the read-back channel. */
+static void
+rb_delivery(struct bg_bus *b, const void *body, size_t len, uint64_t tag)
+{
+	uint64_t pos = bg_link_delivery_pos(b->link);
+	struct bg_hist_req *r = b->rb_req;
+	enum bg_code code;
+	struct bg_msg *m;
+	char err[8];
+	int idx;
+
+	if (bg_link_readback_ack(b->link, tag) != BG_OK || r == NULL ||
+	    pos < b->rb_next)
+		return;
+	if (pos > b->rb_next) {
+		/* Positions the stream no longer holds (retention). */
+		rb_finish(b, false);
+		return;
+	}
+	b->rb_next = pos + 1;
+	if (!bg_link_delivery_note(b->link) && pos <= b->rb_target &&
+	    len <= bg_server_cfg(b->srv)->max_message_size &&
+	    (m = bg_proto_broadcast_text(body, len, NULL, &code, err,
+					 sizeof(err))) != NULL) {
+		idx = bg_history_frame_for(b->hist, m, pos, r->channel);
+		if (idx < 0) {
+			bg_msg_unref(m);
+		} else if (b->rb_n == b->rb_cap &&
+			   (b->rb_cap >= RB_MAX_PUBS ||
+			    !rb_grow(b))) {
+			bg_msg_unref(m);
+			rb_finish(b, false);
+			return;
+		} else {
+			b->rb_pubs[b->rb_n++] = (struct bg_hist_pub){
+				.m = m, .frame = (uint32_t)idx,
+				.offset = pos };
+		}
+	}
+	if (pos >= b->rb_target)
+		rb_finish(b, true);
 }
 
 static void new_epoch(struct bg_bus *b);
@@ -292,6 +452,8 @@ hist_tick(struct bg_bus *b)
 			new_epoch(b);
 		hist_retry(b, false);
 	}
+	if (b->rb_req != NULL && now >= b->rb_deadline_ms)
+		rb_finish(b, false);
 	if (b->deferred != NULL)
 		hist_retry(b, false);
 	if (now < b->expire_ms)
@@ -471,6 +633,10 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag)
 	int kind = b->stream ? bg_link_delivery_kind(b->link)
 			     : BG_LINK_BROADCAST;
 
+	if (kind == BG_LINK_READBACK) {
+		rb_delivery(b, body, len, tag);
+		return;
+	}
 	if (pos != 0)
 		check_restart(b, pos);
 	if (kind != BG_LINK_BROADCAST) {
@@ -554,6 +720,8 @@ link_lost(struct bg_bus *b)
 	/* An exclusive queue dies with its connection: what it gave us is
 	 * not given again, so the held deliveries are still delivered. */
 	forget_tags(b, false);
+	if (b->rb_req != NULL)
+		rb_finish(b, false);
 	set_state(b, STATE_DISCONNECTED);
 	bg_log_warn("amqp: disconnected; POST /broadcast and publish answer "
 		    "'unavailable' until the broker is back");
@@ -800,6 +968,16 @@ bg_bus_free(struct bg_bus *b)
 		b->deferred = r->next_wait;
 		bg_msg_unref(r->self);
 	}
+	while (b->rb_queue != NULL) {
+		struct bg_hist_req *r = b->rb_queue;
+		b->rb_queue = r->next_wait;
+		bg_msg_unref(r->self);
+	}
+	if (b->rb_req != NULL)
+		bg_msg_unref(b->rb_req->self);
+	for (uint32_t i = 0; i < b->rb_n; i++)
+		bg_msg_unref(b->rb_pubs[i].m);
+	free(b->rb_pubs);
 	bg_history_free(b->hist);
 	bg_link_free(b->link);
 	bg_ring_free(b->outbox);

@@ -26,6 +26,8 @@
 #define CONNECT_TIMEOUT_S 5
 #define RPC_TIMEOUT_S 5
 #define MAX_PER_SERVICE 1024
+#define RB_CHANNEL 3        /* reading the stream back (history) */
+#define RB_PREFETCH 1000
 
 struct bg_link {
 	const struct bg_config *cfg;
@@ -48,6 +50,8 @@ struct bg_link {
 	uint64_t d_pos;
 	int d_kind;
 	char d_epoch[80];
+	bool d_note;                     /* a note (marker, epoch record) */
+	bool rb_open;                    /* the read-back channel is open */
 };
 
 struct bg_link *
@@ -86,6 +90,7 @@ bg_link_reset(struct bg_link *l)
 		amqp_destroy_connection(l->conn);
 	l->conn = NULL;
 	l->up = false;
+	l->rb_open = false;
 }
 
 void
@@ -515,19 +520,12 @@ header(const amqp_envelope_t *env, const char *name)
 	return NULL;
 }
 
-/* Sets d_pos/d_kind/d_epoch for the delivery about to be handed on. */
+/* d_pos from the delivery's x-stream-offset (0 without one). */
 static void
-classify(struct bg_link *l, const amqp_envelope_t *env)
+offset_header(struct bg_link *l, const amqp_envelope_t *env)
 {
 	const amqp_basic_properties_t *p = &env->message.properties;
-	const amqp_bytes_t *v;
 
-	l->d_pos = 0;
-	l->d_kind = BG_LINK_BROADCAST;
-	if (!l->stream || l->stream_tag.len != env->consumer_tag.len ||
-	    memcmp(l->stream_tag.bytes, env->consumer_tag.bytes,
-		   env->consumer_tag.len) != 0)
-		return;
 	for (int i = 0; (p->_flags & AMQP_BASIC_HEADERS_FLAG) &&
 	     i < p->headers.num_entries; i++) {
 		const amqp_table_entry_t *e = &p->headers.entries[i];
@@ -537,6 +535,30 @@ classify(struct bg_link *l, const amqp_envelope_t *env)
 		    e->value.value.i64 >= 0)
 			l->d_pos = (uint64_t)e->value.value.i64 + 1;
 	}
+}
+
+/* Sets d_pos/d_kind/d_epoch for the delivery about to be handed on. */
+static void
+classify(struct bg_link *l, const amqp_envelope_t *env)
+{
+	const amqp_bytes_t *v;
+
+	l->d_pos = 0;
+	l->d_kind = BG_LINK_BROADCAST;
+	l->d_note = false;
+	if (env->channel == RB_CHANNEL) {
+		/* Read back: its position, and whether it is a note. */
+		l->d_kind = BG_LINK_READBACK;
+		offset_header(l, env);
+		l->d_note = header(env, "x-bagou-marker") != NULL ||
+			    header(env, "x-bagou-epoch") != NULL;
+		return;
+	}
+	if (!l->stream || l->stream_tag.len != env->consumer_tag.len ||
+	    memcmp(l->stream_tag.bytes, env->consumer_tag.bytes,
+		   env->consumer_tag.len) != 0)
+		return;
+	offset_header(l, env);
 	if (l->d_pos != 0)
 		l->next_offset = l->d_pos + 1;
 	if ((v = header(env, "x-bagou-marker")) != NULL) {
@@ -558,6 +580,12 @@ bg_link_delivery_pos(const struct bg_link *l)
 	return l->d_pos;
 }
 
+bool
+bg_link_delivery_note(const struct bg_link *l)
+{
+	return l->d_note;
+}
+
 int
 bg_link_delivery_kind(const struct bg_link *l)
 {
@@ -576,6 +604,72 @@ bg_link_publish_epoch(struct bg_link *l, const char *epoch)
 	if (!l->up || !l->stream)
 		return BG_ERR;
 	if (stream_note(l, "x-bagou-epoch", epoch) != BG_OK) {
+		bg_link_reset(l);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+int
+bg_link_readback_start(struct bg_link *l, uint64_t pos)
+{
+	amqp_table_entry_t arg;
+	amqp_table_t table = { 1, &arg };
+
+	if (!l->up || !l->stream)
+		return BG_ERR;
+	if (l->rb_open)
+		bg_link_readback_stop(l);
+	amqp_channel_open(l->conn, RB_CHANNEL);
+	if (!rpc_ok(l, "channel.open (read back)"))
+		goto fail;
+	l->rb_open = true;
+	amqp_basic_qos(l->conn, RB_CHANNEL, 0, RB_PREFETCH, 0);
+	if (!rpc_ok(l, "basic.qos (read back)"))
+		goto fail;
+	arg.key = amqp_cstring_bytes("x-stream-offset");
+	arg.value.kind = AMQP_FIELD_KIND_I64;
+	arg.value.value.i64 = (int64_t)pos - 1;
+	amqp_basic_consume(l->conn, RB_CHANNEL,
+			   amqp_cstring_bytes(l->cfg->history_stream),
+			   amqp_empty_bytes, 0, 0, 0, table);
+	if (!rpc_ok(l, "basic.consume (read back)"))
+		goto fail;
+	return BG_OK;
+fail:
+	/* A channel error closed only that channel; anything else is the
+	 * connection's. */
+	if (amqp_get_rpc_reply(l->conn).reply_type ==
+	    AMQP_RESPONSE_SERVER_EXCEPTION &&
+	    amqp_get_rpc_reply(l->conn).reply.id == AMQP_CHANNEL_CLOSE_METHOD &&
+	    close_ok(l, RB_CHANNEL)) {
+		l->rb_open = false;
+		return BG_ERR;
+	}
+	l->rb_open = false;
+	bg_link_reset(l);
+	return BG_ERR;
+}
+
+void
+bg_link_readback_stop(struct bg_link *l)
+{
+	if (!l->rb_open)
+		return;
+	l->rb_open = false;
+	if (!l->up)
+		return;
+	amqp_channel_close(l->conn, RB_CHANNEL, AMQP_REPLY_SUCCESS);
+	if (!rpc_ok(l, "channel.close (read back)"))
+		bg_link_reset(l);
+}
+
+int
+bg_link_readback_ack(struct bg_link *l, uint64_t tag)
+{
+	if (!l->up || !l->rb_open)
+		return BG_OK;
+	if (amqp_basic_ack(l->conn, RB_CHANNEL, tag, 0) != AMQP_STATUS_OK) {
 		bg_link_reset(l);
 		return BG_ERR;
 	}

@@ -531,3 +531,66 @@ bg_hist_pub_json(const struct bg_hist_pub *p, size_t *len)
 	*len = f->len - hdr;
 	return (const char *)f->data + hdr;
 }
+
+int
+bg_history_frame_for(const struct bg_history *h, struct bg_msg *m,
+		     uint64_t offset, const char *channel)
+{
+	bool which[BG_MSG_MAX_TARGETS];
+	int found = -1;
+
+	if (!h->on || m->target != BG_MSG_CHANNELS)
+		return -1;
+	for (uint32_t i = 0; i < m->n_names; i++) {
+		which[i] = bg_history_match(h, m->names[i]);
+		if (which[i] && found < 0 && strcmp(m->names[i], channel) == 0)
+			found = (int)i;
+	}
+	if (found < 0 || bg_proto_set_offset(m, which, offset) != BG_OK)
+		return -1;
+	return found;
+}
+
+bool
+bg_history_behind_memory(const struct bg_history *h,
+			 const struct bg_hist_req *r, uint64_t *floor)
+{
+	const struct hchan *c;
+
+	if (!h->on || !r->has_pos || strcmp(r->epoch, h->epoch) != 0 ||
+	    !bg_history_match(h, r->channel) || r->offset > h->top)
+		return false;
+	c = find(h, r->channel, hash_name(r->channel));
+	*floor = c != NULL ? c->floor : h->forgotten;
+	return r->offset < *floor;
+}
+
+void
+bg_history_prepend(struct bg_hist_req *r, struct bg_hist_pub *older,
+		   uint32_t n)
+{
+	uint32_t limit = r->kind == BG_HIST_SUBSCRIBE ? UINT32_MAX : r->limit;
+	uint32_t total = n + r->n_pubs, keep;
+	struct bg_hist_pub *all;
+
+	keep = total > limit ? limit : total;
+	all = keep ? malloc(keep * sizeof(*all)) : NULL;
+	if (keep && all == NULL) {
+		r->unavailable = true;
+		r->recovered = false;
+		for (uint32_t i = 0; i < n; i++)
+			bg_msg_unref(older[i].m);
+		return;
+	}
+	/* The first `keep` of older + r->pubs, oldest first. */
+	for (uint32_t i = 0; i < total; i++) {
+		struct bg_hist_pub *p = i < n ? &older[i] : &r->pubs[i - n];
+		if (i < keep)
+			all[i] = *p;
+		else
+			bg_msg_unref(p->m);
+	}
+	free(r->pubs);
+	r->pubs = all;
+	r->n_pubs = keep;
+}

@@ -144,6 +144,25 @@ const char *bg_history_epoch(const struct bg_history *h);
 /* Bus thread: the latest position seen. */
 uint64_t bg_history_top(const struct bg_history *h);
 
+/*
+ * Reading the stream back (bus.c): true when r names a position of this
+ * epoch older than what memory keeps for its channel (*floor: memory has
+ * every publication after it). Bus thread.
+ */
+bool bg_history_behind_memory(const struct bg_history *h,
+			      const struct bg_hist_req *r, uint64_t *floor);
+
+/* Frames m (read back from the stream at offset) as a live broadcast
+ * would be, without keeping it; the index of channel's frame, or -1
+ * when m is not on that history channel. Bus thread. */
+int bg_history_frame_for(const struct bg_history *h, struct bg_msg *m,
+			 uint64_t offset, const char *channel);
+
+/* Puts older[0..n) (references taken over, oldest first) before r's
+ * publications, keeping the first r->limit (HISTORY, API). Bus thread. */
+void bg_history_prepend(struct bg_hist_req *r, struct bg_hist_pub *older,
+			uint32_t n);
+
 /* /metrics lines (kept publications, bytes), snprintf-style. Any
  * thread. */
 int bg_history_metrics(const struct bg_history *h, char *buf, size_t size);

@@ -177,7 +177,7 @@ bg_api_history(struct bg_server *srv, const char *query,
 	}
 	if (epoch[0] != '\0') {
 		r->has_pos = true;
-		snprintf(r->epoch, sizeof(r->epoch), "%s", epoch);
+		memcpy(r->epoch, epoch, strlen(epoch) + 1); /* <= 64 */
 		digits(offset, BG_HIST_OFFSET_MAX, &r->offset);
 	}
 	bg_msg_ref(m); /* the bus's */

@@ -412,7 +412,7 @@ def test_amqp_resume_on_another_node_and_after_sigkill(amqp_server):
     run(after_restart())
 
 
-def test_amqp_retention_new_stream_and_private(amqp_server, rabbitmq):
+def test_amqp_read_back_new_stream_and_private(amqp_server, rabbitmq):
     ex = unique_exchange("hist")
     cfg = amqp_cfg(ex, size="5")
     cfg["auth"] = {"secret": "s3cret"}
@@ -429,11 +429,22 @@ def test_amqp_retention_new_stream_and_private(amqp_server, rabbitmq):
         await ws.close()
         for i in range(10):               # more than size (5)
             await asyncio.to_thread(post, srv, "chat", i)
+            await asyncio.to_thread(post, srv, "chat-other", i)
         await wait_history_last(srv, 9)
+        # Older than memory: read back from the stream, then memory.
         ws, before, d = await resume(srv, epoch, first, "old")
-        assert before == [] and d["recovered"] is False
+        assert d["recovered"] is True, d
+        assert [m["data"] for m in before] == list(range(10))
+        assert all(m["channel"] == "chat" for m in before)
+        offs = [m["offset"] for m in before]
+        assert offs == sorted(offs) and offs[0] > first
         await asyncio.to_thread(post, srv, "chat", "live")
         assert (await recv_json(ws))["data"] == "live"
+        r = await request(ws, "history", {"channel": "chat", "limit": 3,
+                          "since": {"epoch": epoch, "offset": first}},
+                          callback_id="hb")
+        assert "gap" not in r["data"]
+        assert [p["data"] for p in r["data"]["publications"]] == [0, 1, 2]
         # Private channels: the rules of subscribe, recover or not.
         r = await request(ws, "subscribe", {"channel": "private-chat",
                           "recover": {"epoch": epoch, "offset": 1}},
@@ -461,3 +472,39 @@ def test_amqp_retention_new_stream_and_private(amqp_server, rabbitmq):
         await ws.close()
 
     run(after())
+
+
+def test_amqp_positions_past_stream_retention(amqp_server, rabbitmq):
+    """The stream no longer holds the position (x-max-age, small
+    segments): recovered false, nothing replayed, live goes on."""
+    import pika
+    ex = unique_exchange("hist")
+    conn = pika.BlockingConnection(pika.URLParameters(rabbitmq.url))
+    conn.channel().queue_declare(ex + ".history", durable=True, arguments={
+        "x-queue-type": "stream", "x-max-age": "1s",
+        "x-stream-max-segment-size-bytes": 2000})
+    conn.close()
+    srv = amqp_server(amqp_cfg(ex, size="5"))
+
+    async def scenario():
+        d = await wait_caught_up(srv)
+        epoch = d["epoch"]
+        ws, _ = await ws_connect(srv)
+        await sub(ws, "chat")
+        _, d = await until_callback(ws, "s")
+        await asyncio.to_thread(post, srv, "chat", "first")
+        first = (await recv_json(ws))["offset"]
+        await ws.close()
+        for i in range(40):
+            await asyncio.to_thread(post, srv, "chat", "x" * 100)
+        await asyncio.sleep(2.5)
+        for i in range(40):
+            await asyncio.to_thread(post, srv, "chat", i)
+        await wait_history_last(srv, 39)
+        ws, before, d = await resume(srv, epoch, first, "gone")
+        assert before == [] and d["recovered"] is False, (before[:3], d)
+        await asyncio.to_thread(post, srv, "chat", "live")
+        assert (await recv_json(ws))["data"] == "live"
+        await ws.close()
+
+    run(scenario())
