@@ -108,8 +108,8 @@ bool bg_history_match(const struct bg_history *h, const char *name);
  * `offset` (0: standalone, the store numbers it itself when it names a
  * history channel). The frames of its history channels get "offset",
  * and it is kept for each of them. Returns the position it took, 0 when
- * none (no history channel). live: false while the node catches up on
- * the stream at start (kept, not fanned out).
+ * none (no history channel). The caller then fans m out (or, catching
+ * up on the stream at start, only drops its reference).
  */
 uint64_t bg_history_record(struct bg_history *h, struct bg_msg *m,
 			   uint64_t offset);
