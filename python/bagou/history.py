@@ -81,7 +81,8 @@ def history(channel: str, limit: Optional[int] = None,
     req = urllib.request.Request(url, headers=headers, method="GET")
     try:
         with urllib.request.urlopen(req, timeout=s.confirm_timeout) as r:
-            return json.loads(r.read().decode("utf-8"))
+            answer: Dict[str, Any] = json.loads(r.read().decode("utf-8"))
+            return answer
     except urllib.error.HTTPError as e:
         code = message = None
         try:
