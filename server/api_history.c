@@ -35,7 +35,8 @@ hexval(int ch)
 	return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
 }
 
-/* Percent-decodes src[0..n) into out; false when malformed or long. */
+/* Percent-decodes src[0..n) into out; false when malformed, long, or
+ * holding a NUL byte. */
 static bool
 decode(const char *src, size_t n, char *out, size_t outlen)
 {
@@ -57,7 +58,7 @@ decode(const char *src, size_t n, char *out, size_t outlen)
 		} else if (c == '+') {
 			c = ' ';
 		}
-		if (k + 1 >= outlen)
+		if (c == '\0' || k + 1 >= outlen)
 			return false;
 		out[k++] = (char)c;
 	}

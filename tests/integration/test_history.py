@@ -182,7 +182,10 @@ def test_history_limits_since_api_and_private(server):
                        ("channel=chat&since_epoch=e", 400),
                        ("channel=chat&since_offset=1", 400),
                        ("channel=chat&bogus=1", 400), ("", 400),
-                       ("channel=%zz", 400)):
+                       ("channel=%zz", 400), ("channel=chat%00x", 400),
+                       ("channel=chat&limit=99999999999999999999999", 400),
+                       ("channel=chat&since_epoch=e&since_offset="
+                        "9007199254740992", 400)):
         st, d = api_history(srv, q)
         assert st == st_want, (q, st, d)
         assert d["error"]["code"] and d["error"]["message"]
