@@ -476,3 +476,13 @@ $(BUILD)/malloc_count.so: bench/tools/malloc_count.c
 bench-cost: $(OUT)/bagou-server $(BUILD)/malloc_count.so
 	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice \
 	  /usr/bin/python3 bench/broadcast_cost.py
+
+
+# History (issue 10), the long run: 1,000 clients reconnecting at once to
+# another node after theirs was SIGKILLed (tests/integration/
+# test_history_long.py; sized by HISTORY_LONG_CLIENTS, _RATE, _MISSED).
+.PHONY: test-history-long
+test-history-long: $(OUT)/bagou-server
+	cd tests/integration && HISTORY_LONG_RUN=1 \
+	  BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice /usr/bin/python3 -m pytest \
+	  -q -s -p no:cacheprovider test_history_long.py

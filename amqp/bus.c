@@ -46,6 +46,7 @@
 #include <unistd.h>
 
 #include "amqp/control.h"
+#include "amqp/history.h"
 #include "amqp/link.h"
 #include "common/bg.h"
 #include "common/chan.h"
@@ -70,6 +71,8 @@
 struct held_delivery {
 	struct bg_msg *m;
 	uint64_t tag;
+	uint64_t pos;               /* history position, 0 = none */
+	bool quiet;                 /* catch-up: kept, not fanned out */
 	struct held_delivery *next;
 };
 
@@ -165,6 +168,29 @@ struct bg_bus {
 	uint64_t bind_ops;          /* bus writes, any reads: binds and
 	                               unbinds sent */
 	uint64_t n_bound;           /* bus writes, any reads: gauge */
+
+	/* History (amqp/history.h): the store, bus thread only; requests
+	 * waiting for the node to catch up with the stream. */
+	struct bg_history *hist;
+	struct bg_hist_req *deferred;
+	uint64_t expire_ms;          /* next ttl sweep */
+	bool stream;                 /* AMQP with history: the stream */
+	bool catching_up;            /* before our marker came back */
+	bool epoch_seen;             /* an epoch record seen since start */
+	bool floor_set;              /* the first position is known */
+	uint64_t last_pos;           /* the latest stream position */
+	uint64_t epoch_ms;           /* next epoch record to publish */
+	uint64_t catch_up_until_ms;  /* a marker lost: live anyway then */
+
+	/* Reading the stream back for a position older than memory, one
+	 * request at a time (the others queue). */
+	struct bg_hist_req *rb_req;
+	struct bg_hist_req *rb_queue;
+	uint64_t rb_next;            /* the position expected next */
+	uint64_t rb_target;          /* memory holds what follows it */
+	uint64_t rb_deadline_ms;
+	struct bg_hist_pub *rb_pubs;
+	uint32_t rb_n, rb_cap;
 };
 
 /* A control-plane delivery, from inside bg_link_service: queued for
@@ -202,7 +228,11 @@ bg_bus_new(struct bg_server *srv)
 		}
 		bg_link_set_control(b->link, on_control, b);
 		b->state = STATE_DISCONNECTED;
-		bool per_channel = !bg_server_cfg(srv)->amqp_bind_all;
+		/* With history, broadcasts come from the stream (bound with
+		 * '#'): the node queue needs no channel bindings. */
+		bool per_channel = !bg_server_cfg(srv)->amqp_bind_all &&
+				   bg_server_cfg(srv)->history_channels[0] ==
+				   '\0';
 		if (per_channel) {
 			b->bind_buckets = 256;
 			b->bind_tab = calloc(b->bind_buckets,
@@ -225,12 +255,20 @@ bg_bus_new(struct bg_server *srv)
 			return NULL;
 		}
 	}
+	b->hist = bg_history_new(bg_server_cfg(srv));
+	if (b->hist == NULL) {
+		bg_link_free(b->link);
+		free(b);
+		return NULL;
+	}
+	b->stream = b->link != NULL && bg_history_on(b->hist);
 	b->waiting_tail = &b->waiting;
 	b->seed = (unsigned int)time(NULL) ^ (unsigned int)getpid();
 	b->outbox = bg_ring_new(OUTBOX_SIZE, true);
 	b->stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (b->outbox == NULL || b->stop_efd < 0) {
 		bg_log_errno("bus: eventfd()/ring");
+		bg_history_free(b->hist);
 		bg_link_free(b->link);
 		bg_ring_free(b->outbox);
 		if (b->stop_efd >= 0)
@@ -344,6 +382,267 @@ now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* How long a request naming a later position than the node has seen
+ * waits for the stream to catch up before it is answered as a gap. */
+#define HIST_WAIT_MS 3000
+/* Reading the stream back: at most this long, and this many
+ * publications of the channel. */
+#define RB_MAX_MS 5000
+#define RB_MAX_PUBS 100000
+/* Longest catch-up on the stream at start before the node goes live
+ * without its marker. */
+#define CATCH_UP_MAX_MS 30000
+
+/* Sends an answered request back: into the asking worker's ring, in
+ * order with the broadcasts (what follows it there came after it), or
+ * to the API thread waiting on it. Takes m. */
+static void
+hist_reply(struct bg_bus *b, struct bg_msg *m)
+{
+	struct bg_hist_req *r = bg_hist_req_of(m);
+	struct bg_server *srv = b->srv;
+	long wait_ns = 20000;
+
+	if (r->kind == BG_HIST_API || r->worker < 0 ||
+	    r->worker >= srv->n_workers) {
+		sem_post(&r->done);
+		bg_msg_unref(m);
+		return;
+	}
+	while (!bg_worker_deliver(srv->workers[r->worker], m)) {
+		struct timespec ts = { 0, wait_ns };
+		if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
+			bg_msg_unref(m);
+			return;
+		}
+		nanosleep(&ts, NULL);
+		if (wait_ns < 1000000)
+			wait_ns *= 2;
+	}
+}
+
+static void rb_enqueue(struct bg_bus *b, struct bg_hist_req *r,
+		       uint64_t floor);
+
+/* Answers r, or hands it to the read-back when it names a position
+ * older than memory; false when it must wait (catching up, or the
+ * node behind the client's position) unless late. */
+static bool
+hist_try(struct bg_bus *b, struct bg_hist_req *r, bool late)
+{
+	uint64_t floor;
+
+	if (b->catching_up && !late)
+		return false;
+	if (b->stream && !b->catching_up && bg_link_up(b->link) &&
+	    bg_history_behind_memory(b->hist, r, &floor)) {
+		rb_enqueue(b, r, floor);
+		return true;
+	}
+	if (!bg_history_answer(b->hist, r, late))
+		return false;
+	hist_reply(b, r->self);
+	return true;
+}
+
+/* A request from the outbox: answered now, or deferred while the node
+ * is behind the stream. Takes m. */
+static void
+hist_serve(struct bg_bus *b, struct bg_msg *m)
+{
+	struct bg_hist_req *r = bg_hist_req_of(m);
+
+	if (hist_try(b, r, false))
+		return;
+	r->wait_until_ms = now_ms() + HIST_WAIT_MS;
+	r->next_wait = b->deferred;
+	b->deferred = r;
+}
+
+/* Deferred requests: answered once the node has caught up, or as they
+ * are when their wait is over (or the node stops: force). */
+static void
+hist_retry(struct bg_bus *b, bool force)
+{
+	struct bg_hist_req **p = &b->deferred, *r;
+	uint64_t now = now_ms();
+
+	while ((r = *p) != NULL) {
+		/* Late while catching up: a gap, never a hole. */
+		if (!hist_try(b, r, force || now >= r->wait_until_ms)) {
+			p = &r->next_wait;
+			continue;
+		}
+		*p = r->next_wait;
+	}
+}
+
+/* ------------------------------------------------ reading back */
+
+static void rb_finish(struct bg_bus *b, bool complete);
+
+static bool
+rb_grow(struct bg_bus *b)
+{
+	uint32_t cap = b->rb_cap ? b->rb_cap * 2 : 64;
+	struct bg_hist_pub *p = realloc(b->rb_pubs, cap * sizeof(*p));
+
+	if (p == NULL)
+		return false;
+	b->rb_pubs = p;
+	b->rb_cap = cap;
+	return true;
+}
+
+static void
+rb_begin(struct bg_bus *b, struct bg_hist_req *r, uint64_t floor)
+{
+	b->rb_req = r;
+	b->rb_target = floor;
+	b->rb_next = r->offset + 1;
+	b->rb_n = 0;
+	b->rb_deadline_ms = now_ms() + RB_MAX_MS;
+	if (b->rb_next > b->rb_target) {
+		rb_finish(b, true);
+		return;
+	}
+	if (bg_link_readback_start(b->link, b->rb_next) != BG_OK)
+		rb_finish(b, false);
+}
+
+static void
+rb_enqueue(struct bg_bus *b, struct bg_hist_req *r, uint64_t floor)
+{
+	struct bg_hist_req **p = &b->rb_queue;
+
+	if (b->rb_req == NULL) {
+		rb_begin(b, r, floor);
+		return;
+	}
+	while (*p != NULL)
+		p = &(*p)->next_wait;
+	r->next_wait = NULL;
+	*p = r;
+}
+
+/* The read-back is over: complete (every position up to rb_target
+ * seen), or not (the stream no longer holds them, too slow, the link
+ * went). The answer joins what was read to what memory holds after
+ * rb_target, when memory still holds all of it; else it is a gap. */
+static void
+rb_finish(struct bg_bus *b, bool complete)
+{
+	struct bg_hist_req *r = b->rb_req;
+	uint64_t asked = r->offset;
+
+	b->rb_req = NULL;
+	bg_link_readback_stop(b->link);
+	if (complete) {
+		r->offset = b->rb_target;
+		bg_history_answer(b->hist, r, true);
+		r->offset = asked;
+		complete = r->recovered;
+	}
+	if (complete) {
+		bg_history_prepend(r, b->rb_pubs, b->rb_n);
+	} else {
+		for (uint32_t i = 0; i < b->rb_n; i++)
+			bg_msg_unref(b->rb_pubs[i].m);
+		/* As memory alone answers it: a gap. */
+		bg_history_answer(b->hist, r, true);
+	}
+	b->rb_n = 0;
+	hist_reply(b, r->self);
+	while (b->rb_req == NULL && (r = b->rb_queue) != NULL) {
+		b->rb_queue = r->next_wait;
+		if (!hist_try(b, r, true)) {
+			bg_history_answer(b->hist, r, true);
+			hist_reply(b, r->self);
+		}
+	}
+}
+
+/* A delivery of the read-back channel. */
+static void
+rb_delivery(struct bg_bus *b, const void *body, size_t len, uint64_t tag)
+{
+	uint64_t pos = bg_link_delivery_pos(b->link);
+	struct bg_hist_req *r = b->rb_req;
+	enum bg_code code;
+	struct bg_msg *m;
+	char err[8];
+	int idx;
+
+	if (bg_link_readback_ack(b->link, tag) != BG_OK || r == NULL ||
+	    pos < b->rb_next)
+		return;
+	if (pos > b->rb_next) {
+		/* Positions the stream no longer holds (retention). */
+		rb_finish(b, false);
+		return;
+	}
+	b->rb_next = pos + 1;
+	if (!bg_link_delivery_note(b->link) && pos <= b->rb_target &&
+	    len <= bg_server_cfg(b->srv)->max_message_size &&
+	    (m = bg_proto_broadcast_text(body, len, NULL, &code, err,
+					 sizeof(err))) != NULL) {
+		idx = bg_history_frame_for(b->hist, m, pos, r->channel);
+		if (idx < 0) {
+			bg_msg_unref(m);
+		} else if (b->rb_n == b->rb_cap &&
+			   (b->rb_cap >= RB_MAX_PUBS ||
+			    !rb_grow(b))) {
+			bg_msg_unref(m);
+			rb_finish(b, false);
+			return;
+		} else {
+			b->rb_pubs[b->rb_n++] = (struct bg_hist_pub){
+				.m = m, .frame = (uint32_t)idx,
+				.offset = pos };
+		}
+	}
+	if (pos >= b->rb_target)
+		rb_finish(b, true);
+}
+
+static void new_epoch(struct bg_bus *b);
+
+/* Once a second: publications past [history] ttl go. */
+static void
+hist_tick(struct bg_bus *b)
+{
+	uint64_t now = now_ms();
+
+	if (b->catching_up && now >= b->catch_up_until_ms) {
+		/* Our marker never came back: clients must not wait for
+		 * live broadcasts any longer. What was read so far is kept;
+		 * positions before it stay unknown (gaps). */
+		bg_log_warn("history: no catch-up marker back from the stream "
+			    "within %d s; delivering live from here",
+			    CATCH_UP_MAX_MS / 1000);
+		b->catching_up = false;
+		if (!b->epoch_seen)
+			new_epoch(b);
+		hist_retry(b, false);
+	}
+	if (b->rb_req != NULL && now >= b->rb_deadline_ms)
+		rb_finish(b, false);
+	if (b->deferred != NULL)
+		hist_retry(b, false);
+	if (now < b->expire_ms)
+		return;
+	b->expire_ms = now + 1000;
+	bg_history_expire(b->hist, now);
+	/* Every ttl/2: the epoch record again, so that a node starting
+	 * later finds one in its catch-up window. */
+	if (b->stream && !b->catching_up && bg_link_up(b->link) &&
+	    now >= b->epoch_ms) {
+		b->epoch_ms = now + (uint64_t)bg_server_cfg(b->srv)->
+			      history_ttl * 500;
+		bg_link_publish_epoch(b->link, bg_history_epoch(b->hist));
+	}
 }
 
 bool
@@ -624,11 +923,28 @@ comes_back(const struct bg_bus *b, const struct bg_msg *m)
 			 m->hashed ? m->hashes[0] :
 			 bg_chan_hash(m->names[0], strlen(m->names[0])));
 	return e != NULL && (e->bound || e->sent);
+
+}
+
+
+/* A broadcast from the broker, in order: it takes its history position
+ * (history.h) just before it is fanned out, never earlier, so an answer
+ * given between two fan-outs is exact. quiet (catch-up): kept only. */
+static void
+deliver_now(struct bg_bus *b, struct bg_msg *m, uint64_t pos, bool quiet)
+{
+	if (pos != 0)
+		bg_history_record(b->hist, m, pos);
+	if (quiet)
+		bg_msg_unref(m);
+	else
+		fan_out(b, m);
 }
 
 /* Holds a delivery (m may be NULL: rejected) until the workers drain. */
 static void
-wait_delivery(struct bg_bus *b, struct bg_msg *m, uint64_t tag)
+wait_delivery(struct bg_bus *b, struct bg_msg *m, uint64_t tag,
+	      uint64_t pos, bool quiet)
 {
 	struct held_delivery *d = malloc(sizeof(*d));
 
@@ -640,7 +956,8 @@ wait_delivery(struct bg_bus *b, struct bg_msg *m, uint64_t tag)
 	}
 	if (b->waiting == NULL)
 		bg_stat_add(&b->pauses, 1);
-	*d = (struct held_delivery){ .m = m, .tag = tag };
+	*d = (struct held_delivery){ .m = m, .tag = tag, .pos = pos,
+				     .quiet = quiet };
 	*b->waiting_tail = d;
 	b->waiting_tail = &d->next;
 	bg_stat_add(&b->n_waiting, 1);
@@ -658,7 +975,7 @@ release_waiting(struct bg_bus *b, bool force)
 			b->waiting_tail = &b->waiting;
 		bg_stat_add(&b->n_waiting, (uint64_t)-1);
 		if (d->m != NULL)
-			fan_out(b, d->m);
+			deliver_now(b, d->m, d->pos, d->quiet);
 		if (d->tag != 0)
 			b->done_tag = d->tag;
 		free(d);
@@ -689,6 +1006,65 @@ forget_tags(struct bg_bus *b, bool requeued)
 	b->epoch = bg_link_channel_epoch(b->link);
 }
 
+/* A new epoch record: random, published to the stream for every node. */
+static void
+new_epoch(struct bg_bus *b)
+{
+	char epoch[BG_HIST_EPOCH_MAX + 1];
+
+	snprintf(epoch, sizeof(epoch), "s%08x%08x", (unsigned)time(NULL),
+		 (unsigned)rand_r(&b->seed));
+	bg_history_set_epoch(b->hist, epoch);
+	b->epoch_seen = true;
+	if (bg_link_publish_epoch(b->link, epoch) == BG_OK)
+		bg_log_info("history: new epoch %s", epoch);
+}
+
+/*
+ * A note in the stream (link.h): no broadcast, but it has a position.
+ * Our marker ends the catch-up: the node knows the stream from there on,
+ * takes the epoch it found (or starts one) and answers what waited.
+ */
+static void
+on_note(struct bg_bus *b, int kind, uint64_t pos)
+{
+	bg_history_advance(b->hist, pos);
+	if (kind == BG_LINK_EPOCH) {
+		const char *e = bg_link_delivery_epoch(b->link);
+		if (strcmp(e, bg_history_epoch(b->hist)) != 0)
+			bg_log_info("history: epoch %s (from the stream)", e);
+		bg_history_set_epoch(b->hist, e);
+		b->epoch_seen = true;
+	} else if (kind == BG_LINK_MARKER) {
+		b->catching_up = false;
+		if (!b->epoch_seen)
+			new_epoch(b);
+		bg_log_info("history: caught up with the stream at position "
+			    "%llu, epoch %s", (unsigned long long)pos,
+			    bg_history_epoch(b->hist));
+		hist_retry(b, false);
+	}
+}
+
+/* The stream's first position seen, or one lower than the last: the
+ * stream is new (deleted and declared again, or a new broker), its
+ * offsets restarted. Everything kept is void and the epoch changes. */
+static void
+check_restart(struct bg_bus *b, uint64_t pos)
+{
+	if (!b->floor_set) {
+		b->floor_set = true;
+		bg_history_reset(b->hist, bg_history_epoch(b->hist), pos - 1);
+	} else if (pos <= b->last_pos) {
+		bg_log_warn("history: the stream restarted (position %llu "
+			    "after %llu): new epoch", (unsigned long long)pos,
+			    (unsigned long long)b->last_pos);
+		bg_history_reset(b->hist, bg_history_epoch(b->hist), pos - 1);
+		new_epoch(b);
+	}
+	b->last_pos = pos;
+}
+
 /* A delivery from RabbitMQ: validated and framed once, then fanned out,
  * or held while the workers are congested. */
 static void
@@ -700,7 +1076,25 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag,
 	struct bg_msg *m;
 	char err[200];
 	size_t max = bg_server_cfg(b->srv)->max_message_size;
+	uint64_t pos = b->stream ? bg_link_delivery_pos(b->link) : 0;
+	int kind = b->stream ? bg_link_delivery_kind(b->link)
+			     : BG_LINK_BROADCAST;
 
+	if (kind == BG_LINK_READBACK) {
+		rb_delivery(b, body, len, tag);
+		return;
+	}
+	if (pos != 0)
+		check_restart(b, pos);
+	if (kind != BG_LINK_BROADCAST) {
+		/* In order behind what is held (acked with it). */
+		if (b->waiting != NULL)
+			wait_delivery(b, NULL, tag, 0, false);
+		else
+			b->done_tag = tag;
+		on_note(b, kind, pos);
+		return;
+	}
 	if (mid_len > 0 && (m = own_take(b, mid, mid_len)) != NULL) {
 		/* Ours, back from the broker: built and checked already
 		 * (one parse per node). */
@@ -713,9 +1107,11 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag,
 			 "(%zu bytes)", max);
 		m = NULL;
 	} else {
-		/* Fanned out here, never republished: no body. */
-		m = bg_proto_broadcast_text_opt(body, len, NULL, 0, &code,
-						err, sizeof(err));
+		/* Fanned out here, never republished: no body, unless the
+		 * history store frames it again with its offset. */
+		m = bg_proto_broadcast_text_opt(body, len, NULL,
+						b->stream ? BG_PROTO_BODY : 0,
+						&code, err, sizeof(err));
 	}
 	if (m == NULL) {
 		static struct bg_log_throttle throttle =
@@ -725,15 +1121,16 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag,
 				 "%zu bytes rejected (%s): %s (%llu rejected "
 				 "so far)", len, bg_code_name(code), err,
 				 (unsigned long long)bg_stat_get(&b->rejected));
+		bg_history_advance(b->hist, pos);
 	}
 	/* In order: behind what is held, or held itself when the workers
 	 * cannot take more. */
 	if (b->waiting != NULL || (m != NULL && bg_bus_congested(b))) {
-		wait_delivery(b, m, tag);
+		wait_delivery(b, m, tag, pos, b->catching_up);
 		return;
 	}
 	if (m != NULL)
-		fan_out(b, m);
+		deliver_now(b, m, pos, b->catching_up);
 	b->done_tag = tag;
 }
 
@@ -779,6 +1176,8 @@ link_lost(struct bg_bus *b)
 	forget_tags(b, false);
 	own_clear(b);
 	bindings_reset(b, false);
+	if (b->rb_req != NULL)
+		rb_finish(b, false);
 	set_state(b, STATE_DISCONNECTED);
 	bg_log_warn("amqp: disconnected; POST /broadcast and publish answer "
 		    "'unavailable' until the broker is back");
@@ -811,7 +1210,13 @@ hand_on(struct bg_bus *b, struct bg_msg *m, unsigned int tries)
 	const char *why = NULL;
 	int rc;
 
+	if (m->hist != NULL) {
+		hist_serve(b, m);
+		return true;
+	}
 	if (b->link == NULL) {
+		/* Standalone: the node numbers history broadcasts itself. */
+		bg_history_record(b->hist, m, 0);
 		fan_out(b, m);
 		return true;
 	}
@@ -874,7 +1279,7 @@ bg_bus_to_workers(struct bg_bus *b, struct bg_msg *m)
 {
 	/* Behind held deliveries: the workers see one order. */
 	if (b->waiting != NULL)
-		wait_delivery(b, m, 0);
+		wait_delivery(b, m, 0, 0, false);
 	else
 		fan_out(b, m);
 }
@@ -935,6 +1340,10 @@ amqp_loop(struct bg_bus *b)
 				b->attempt = 0;
 				forget_tags(b, false);
 				bindings_reset(b, true);
+				b->catching_up = b->stream &&
+					bg_link_catching_up(b->link);
+				b->catch_up_until_ms = now_ms() +
+						       CATCH_UP_MAX_MS;
 				set_state(b, STATE_CONNECTED);
 				release_waiting(b, false);
 				drain_outbox(b);
@@ -994,8 +1403,10 @@ amqp_loop(struct bg_bus *b)
 			link_lost(b);
 			continue;
 		}
+		/* A stream consumer resumes after what it gave: the held
+		 * deliveries are not given again. */
 		if (bg_link_channel_epoch(b->link) != b->epoch) {
-			forget_tags(b, true);
+			forget_tags(b, !b->stream);
 			bindings_reset(b, true);
 		}
 		if (!ack_done(b)) {
@@ -1003,6 +1414,7 @@ amqp_loop(struct bg_bus *b)
 			continue;
 		}
 		drain_outbox(b);
+		hist_tick(b);
 	}
 }
 
@@ -1039,6 +1451,7 @@ bus_main(void *arg)
 			break;
 		}
 		drain_outbox(b);
+		hist_tick(b);
 	}
 	return NULL;
 }
@@ -1114,10 +1527,40 @@ bg_bus_free(struct bg_bus *b)
 		}
 	}
 	free(b->bind_tab);
+	while (b->deferred != NULL) {
+		struct bg_hist_req *r = b->deferred;
+		b->deferred = r->next_wait;
+		bg_msg_unref(r->self);
+	}
+	while (b->rb_queue != NULL) {
+		struct bg_hist_req *r = b->rb_queue;
+		b->rb_queue = r->next_wait;
+		bg_msg_unref(r->self);
+	}
+	if (b->rb_req != NULL)
+		bg_msg_unref(b->rb_req->self);
+	for (uint32_t i = 0; i < b->rb_n; i++)
+		bg_msg_unref(b->rb_pubs[i].m);
+	free(b->rb_pubs);
+	bg_history_free(b->hist);
 	bg_link_free(b->link);
 	bg_ring_free(b->outbox);
 	close(b->stop_efd);
 	free(b);
+}
+
+int
+bg_bus_request(struct bg_bus *b, struct bg_msg *m)
+{
+	if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED))
+		return BG_AGAIN;
+	return bg_ring_push(b->outbox, m) ? BG_OK : BG_AGAIN;
+}
+
+const struct bg_history *
+bg_bus_history(const struct bg_bus *b)
+{
+	return b->hist;
 }
 
 int
@@ -1268,6 +1711,12 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 		(unsigned long long)bg_stat_get(&b->n_waiting),
 		(unsigned long long)backed_up,
 		(unsigned long long)bg_stat_get(&b->own_reused));
+	if (k < 0)
+		return k;
+	n += k;
+	if ((size_t)k >= size || !bg_history_on(b->hist))
+		return n;
+	k = bg_history_metrics(b->hist, buf + k, size - (size_t)k);
 	return k < 0 ? k : n + k;
 }
 
@@ -1301,7 +1750,9 @@ bg_bus_interest(struct bg_bus *b, const char *name, size_t len, int delta)
 bool
 bg_bus_wants_body(const struct bg_bus *b)
 {
-	return b->link != NULL;
+	/* RabbitMQ republishes it; the history store frames it again with
+	 * its offset. */
+	return b->link != NULL || bg_history_on(b->hist);
 }
 
 bool

@@ -55,6 +55,20 @@ void bg_bus_free(struct bg_bus *b);
  */
 int bg_bus_publish(struct bg_bus *b, struct bg_msg *m);
 
+/*
+ * Any worker thread, or the API thread: queues a history request
+ * (m->hist, amqp/history.h) for the bus, behind what was published
+ * before it; the bus answers it into the asking worker's ring (or posts
+ * the API thread). Never refused for congestion. BG_OK (reference taken
+ * over), or BG_AGAIN (stopping, the outbox full: "unavailable").
+ */
+int bg_bus_request(struct bg_bus *b, struct bg_msg *m);
+
+struct bg_history;
+
+/* The history store, for bg_history_match (any thread). */
+const struct bg_history *bg_bus_history(const struct bg_bus *b);
+
 /* True while some worker is congested (bg_worker_congested): publishes
  * are refused and deliveries from RabbitMQ held. Any thread. */
 bool bg_bus_congested(const struct bg_bus *b);

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include "common/bg.h"
 #include "common/log.h"
@@ -25,6 +26,8 @@
 #define CONNECT_TIMEOUT_S 5
 #define RPC_TIMEOUT_S 5
 #define MAX_PER_SERVICE 1024
+#define RB_CHANNEL 3        /* reading the stream back (history) */
+#define RB_PREFETCH 1000
 
 struct bg_link {
 	const struct bg_config *cfg;
@@ -46,6 +49,20 @@ struct bg_link {
 	char api_queue[300];
 	bg_link_control_fn ctl_fn;
 	void *ctl_arg;
+
+	/* History on ([history] channels): broadcasts come from the
+	 * stream (link.h, history). */
+	bool stream;
+	uint64_t next_offset;            /* stream offset to resume at + 1;
+	                                    0: catch up from now - ttl */
+	char marker[40];                 /* our catch-up marker, or "" */
+	amqp_bytes_t stream_tag;         /* the stream consumer's tag */
+	/* The delivery being handed to the bus (valid during fn). */
+	uint64_t d_pos;
+	int d_kind;
+	char d_epoch[80];
+	bool d_note;                     /* a note (marker, epoch record) */
+	bool rb_open;                    /* the read-back channel is open */
 };
 
 static bool rpc_ok(struct bg_link *l, const char *what);
@@ -160,6 +177,7 @@ bg_link_new(const struct bg_config *cfg, char *err, size_t errlen)
 		 cfg->amqp_exchange);
 	snprintf(l->api_queue, sizeof(l->api_queue), "%s.api",
 		 cfg->amqp_exchange);
+	l->stream = cfg->history_channels[0] != '\0';
 	amqp_default_connection_info(&l->ci);
 	rc = amqp_parse_url(l->url, &l->ci);
 	if (rc != AMQP_STATUS_OK) {
@@ -183,6 +201,7 @@ bg_link_reset(struct bg_link *l)
 		amqp_destroy_connection(l->conn);
 	l->conn = NULL;
 	l->up = false;
+	l->rb_open = false;
 }
 
 void
@@ -195,6 +214,7 @@ bg_link_free(struct bg_link *l)
 		amqp_connection_close(l->conn, AMQP_REPLY_SUCCESS);
 	}
 	bg_link_reset(l);
+	amqp_bytes_free(l->stream_tag);
 	free(l->url);
 	free(l);
 }
@@ -285,6 +305,129 @@ open_socket(struct bg_link *l)
 	return BG_OK;
 }
 
+/* Sends channel.close-ok for a channel the broker closed. */
+static bool
+close_ok(struct bg_link *l, amqp_channel_t ch)
+{
+	amqp_channel_close_ok_t ok = { 0 };
+
+	return amqp_send_method(l->conn, ch, AMQP_CHANNEL_CLOSE_OK_METHOD,
+				&ok) == AMQP_STATUS_OK;
+}
+
+/*
+ * The stream queue ([history] stream): used as it is when it exists (a
+ * passive declare on a side channel, which the broker closes when it
+ * does not), else declared durable with x-max-age = [history] max_age.
+ * Then bound to the exchange with '#': every broadcast gets a position.
+ */
+static int
+declare_stream(struct bg_link *l)
+{
+	const struct bg_config *cfg = l->cfg;
+	amqp_bytes_t name = amqp_cstring_bytes(cfg->history_stream);
+	amqp_table_entry_t args[2];
+	amqp_table_t table = { 2, args };
+	char age[32];
+	bool exists;
+
+	amqp_channel_open(l->conn, CHANNEL + 1);
+	if (!rpc_ok(l, "channel.open (stream check)"))
+		return BG_ERR;
+	amqp_queue_declare(l->conn, CHANNEL + 1, name, 1, 0, 0, 0,
+			   amqp_empty_table);
+	exists = amqp_get_rpc_reply(l->conn).reply_type ==
+		 AMQP_RESPONSE_NORMAL;
+	if (exists) {
+		amqp_channel_close(l->conn, CHANNEL + 1, AMQP_REPLY_SUCCESS);
+	} else if (!close_ok(l, CHANNEL + 1)) {
+		return BG_ERR;
+	}
+	if (!exists) {
+		snprintf(age, sizeof(age), "%ds", cfg->history_max_age);
+		args[0].key = amqp_cstring_bytes("x-queue-type");
+		args[0].value.kind = AMQP_FIELD_KIND_UTF8;
+		args[0].value.value.bytes = amqp_cstring_bytes("stream");
+		args[1].key = amqp_cstring_bytes("x-max-age");
+		args[1].value.kind = AMQP_FIELD_KIND_UTF8;
+		args[1].value.value.bytes = amqp_cstring_bytes(age);
+		amqp_queue_declare(l->conn, CHANNEL, name, 0, 1, 0, 0, table);
+		if (!rpc_ok(l, "queue.declare ([history] stream)"))
+			return BG_ERR;
+		bg_log_info("amqp: declared the history stream '%s' "
+			    "(x-max-age %s)", cfg->history_stream, age);
+	}
+	amqp_queue_bind(l->conn, CHANNEL, name,
+			amqp_cstring_bytes(cfg->amqp_exchange),
+			amqp_cstring_bytes("#"), amqp_empty_table);
+	return rpc_ok(l, "queue.bind ([history] stream)") ? BG_OK : BG_ERR;
+}
+
+/* Publishes an empty message straight to the stream with one header. */
+static int
+stream_note(struct bg_link *l, const char *header, const char *value)
+{
+	amqp_basic_properties_t props;
+	amqp_table_entry_t h[1];
+
+	memset(&props, 0, sizeof(props));
+	h[0].key = amqp_cstring_bytes(header);
+	h[0].value.kind = AMQP_FIELD_KIND_UTF8;
+	h[0].value.value.bytes = amqp_cstring_bytes(value);
+	props._flags = AMQP_BASIC_HEADERS_FLAG;
+	props.headers.num_entries = 1;
+	props.headers.entries = h;
+	if (amqp_basic_publish(l->conn, CHANNEL, amqp_empty_bytes,
+			       amqp_cstring_bytes(l->cfg->history_stream), 0,
+			       0, &props, amqp_empty_bytes) !=
+	    AMQP_STATUS_OK) {
+		bg_log_warn("amqp: publish to the history stream failed");
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+/*
+ * Consumes the stream: from where this link stopped (next_offset), or,
+ * the first time, from [history] ttl seconds ago, to fill the node's
+ * memory; a marker published right after tells where that catch-up
+ * ends (BG_LINK_MARKER).
+ */
+static int
+consume_stream(struct bg_link *l)
+{
+	amqp_table_entry_t arg;
+	amqp_table_t table = { 1, &arg };
+	amqp_basic_consume_ok_t *ok;
+	struct timespec ts;
+
+	arg.key = amqp_cstring_bytes("x-stream-offset");
+	if (l->next_offset > 0) {
+		arg.value.kind = AMQP_FIELD_KIND_I64;
+		arg.value.value.i64 = (int64_t)l->next_offset - 1;
+	} else {
+		clock_gettime(CLOCK_REALTIME, &ts);
+		arg.value.kind = AMQP_FIELD_KIND_TIMESTAMP;
+		arg.value.value.u64 = (uint64_t)ts.tv_sec -
+				      (uint64_t)l->cfg->history_ttl;
+	}
+	ok = amqp_basic_consume(l->conn, CHANNEL,
+				amqp_cstring_bytes(l->cfg->history_stream),
+				amqp_empty_bytes, 0, 0, 0, table);
+	if (!rpc_ok(l, "basic.consume ([history] stream)") || ok == NULL)
+		return BG_ERR;
+	amqp_bytes_free(l->stream_tag);
+	l->stream_tag = amqp_bytes_malloc_dup(ok->consumer_tag);
+	l->marker[0] = '\0';
+	if (l->next_offset == 0) {
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		snprintf(l->marker, sizeof(l->marker), "%p-%lld-%ld",
+			 (void *)l, (long long)ts.tv_sec, ts.tv_nsec);
+		return stream_note(l, "x-bagou-marker", l->marker);
+	}
+	return BG_OK;
+}
+
 /* Opens the channel and declares the topology on it. The node queue is
  * the connection's: declared once (fresh), then only bound again after a
  * channel was reopened. */
@@ -323,20 +466,29 @@ declare(struct bg_link *l, bool fresh)
 		snprintf(l->queue, sizeof(l->queue), "%.*s",
 			 (int)q->queue.len, (char *)q->queue.bytes);
 	}
-	/* Everything, or "" (several channels, everyone, client ids) and
-	 * then the node's channels, all in place before consuming. */
-	amqp_queue_bind(l->conn, CHANNEL, amqp_cstring_bytes(l->queue), ex,
-			amqp_cstring_bytes(l->binder ? "" : "#"),
-			amqp_empty_table);
-	if (!rpc_ok(l, "queue.bind"))
-		return BG_ERR;
-	if (l->binder != NULL) {
-		bool up = l->up;
-		l->up = true; /* bg_link_bind may send */
-		l->binder(l->binder_arg, l);
-		if (l->conn == NULL)
-			return BG_ERR; /* a send failed: reset */
-		l->up = up;
+	/* With history, broadcasts come from the stream instead: the node
+	 * queue keeps only what others route to it by name. */
+	if (l->stream) {
+		if (declare_stream(l) != BG_OK)
+			return BG_ERR;
+	} else {
+		/* Everything, or "" (several channels, everyone, client
+		 * ids) and then the node's channels, all in place before
+		 * consuming. */
+		amqp_queue_bind(l->conn, CHANNEL,
+				amqp_cstring_bytes(l->queue), ex,
+				amqp_cstring_bytes(l->binder ? "" : "#"),
+				amqp_empty_table);
+		if (!rpc_ok(l, "queue.bind"))
+			return BG_ERR;
+		if (l->binder != NULL) {
+			bool up = l->up;
+			l->up = true; /* bg_link_bind may send */
+			l->binder(l->binder_arg, l);
+			if (l->conn == NULL)
+				return BG_ERR; /* a send failed: reset */
+			l->up = up;
+		}
 	}
 	if (cfg->amqp_queue[0] != '\0') {
 		amqp_queue_declare(l->conn, CHANNEL,
@@ -353,6 +505,8 @@ declare(struct bg_link *l, bool fresh)
 	amqp_basic_consume(l->conn, CHANNEL, amqp_cstring_bytes(l->queue),
 			   amqp_empty_bytes, 0, 0, 1, amqp_empty_table);
 	if (!rpc_ok(l, "basic.consume"))
+		return BG_ERR;
+	if (l->stream && consume_stream(l) != BG_OK)
 		return BG_ERR;
 	if (cfg->amqp_queue[0] != '\0') {
 		amqp_basic_consume(l->conn, CHANNEL,
@@ -477,6 +631,193 @@ other_frame(struct bg_link *l)
 	}
 }
 
+/* A header's string value, or NULL. */
+static const amqp_bytes_t *
+header(const amqp_envelope_t *env, const char *name)
+{
+	const amqp_basic_properties_t *p = &env->message.properties;
+
+	if (!(p->_flags & AMQP_BASIC_HEADERS_FLAG))
+		return NULL;
+	for (int i = 0; i < p->headers.num_entries; i++) {
+		const amqp_table_entry_t *e = &p->headers.entries[i];
+		if (e->key.len == strlen(name) &&
+		    memcmp(e->key.bytes, name, e->key.len) == 0 &&
+		    (e->value.kind == AMQP_FIELD_KIND_UTF8 ||
+		     e->value.kind == AMQP_FIELD_KIND_BYTES))
+			return &e->value.value.bytes;
+	}
+	return NULL;
+}
+
+/* d_pos from the delivery's x-stream-offset (0 without one). */
+static void
+offset_header(struct bg_link *l, const amqp_envelope_t *env)
+{
+	const amqp_basic_properties_t *p = &env->message.properties;
+
+	for (int i = 0; (p->_flags & AMQP_BASIC_HEADERS_FLAG) &&
+	     i < p->headers.num_entries; i++) {
+		const amqp_table_entry_t *e = &p->headers.entries[i];
+		if (e->key.len == 15 &&
+		    memcmp(e->key.bytes, "x-stream-offset", 15) == 0 &&
+		    e->value.kind == AMQP_FIELD_KIND_I64 &&
+		    e->value.value.i64 >= 0)
+			l->d_pos = (uint64_t)e->value.value.i64 + 1;
+	}
+}
+
+/* Sets d_pos/d_kind/d_epoch for the delivery about to be handed on. */
+static void
+classify(struct bg_link *l, const amqp_envelope_t *env)
+{
+	const amqp_bytes_t *v;
+
+	l->d_pos = 0;
+	l->d_kind = BG_LINK_BROADCAST;
+	l->d_note = false;
+	if (env->channel == RB_CHANNEL) {
+		/* Read back: its position, and whether it is a note. */
+		l->d_kind = BG_LINK_READBACK;
+		offset_header(l, env);
+		l->d_note = header(env, "x-bagou-marker") != NULL ||
+			    header(env, "x-bagou-epoch") != NULL;
+		return;
+	}
+	if (!l->stream || l->stream_tag.len != env->consumer_tag.len ||
+	    memcmp(l->stream_tag.bytes, env->consumer_tag.bytes,
+		   env->consumer_tag.len) != 0)
+		return;
+	offset_header(l, env);
+	if (l->d_pos != 0)
+		l->next_offset = l->d_pos + 1;
+	if ((v = header(env, "x-bagou-marker")) != NULL) {
+		l->d_kind = v->len == strlen(l->marker) &&
+			    memcmp(v->bytes, l->marker, v->len) == 0 ?
+			    BG_LINK_MARKER : BG_LINK_NOTE;
+		if (l->d_kind == BG_LINK_MARKER)
+			l->marker[0] = '\0';
+	} else if ((v = header(env, "x-bagou-epoch")) != NULL) {
+		l->d_kind = BG_LINK_EPOCH;
+		snprintf(l->d_epoch, sizeof(l->d_epoch), "%.*s",
+			 (int)(v->len < 64 ? v->len : 64), (char *)v->bytes);
+	}
+}
+
+uint64_t
+bg_link_delivery_pos(const struct bg_link *l)
+{
+	return l->d_pos;
+}
+
+bool
+bg_link_delivery_note(const struct bg_link *l)
+{
+	return l->d_note;
+}
+
+int
+bg_link_delivery_kind(const struct bg_link *l)
+{
+	return l->d_kind;
+}
+
+const char *
+bg_link_delivery_epoch(const struct bg_link *l)
+{
+	return l->d_epoch;
+}
+
+int
+bg_link_publish_epoch(struct bg_link *l, const char *epoch)
+{
+	if (!l->up || !l->stream)
+		return BG_ERR;
+	if (stream_note(l, "x-bagou-epoch", epoch) != BG_OK) {
+		bg_link_reset(l);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+int
+bg_link_readback_start(struct bg_link *l, uint64_t pos)
+{
+	amqp_table_entry_t arg;
+	amqp_table_t table = { 1, &arg };
+
+	if (!l->up || !l->stream)
+		return BG_ERR;
+	if (l->rb_open)
+		bg_link_readback_stop(l);
+	amqp_channel_open(l->conn, RB_CHANNEL);
+	if (!rpc_ok(l, "channel.open (read back)"))
+		goto fail;
+	l->rb_open = true;
+	amqp_basic_qos(l->conn, RB_CHANNEL, 0, RB_PREFETCH, 0);
+	if (!rpc_ok(l, "basic.qos (read back)"))
+		goto fail;
+	arg.key = amqp_cstring_bytes("x-stream-offset");
+	arg.value.kind = AMQP_FIELD_KIND_I64;
+	arg.value.value.i64 = (int64_t)pos - 1;
+	amqp_basic_consume(l->conn, RB_CHANNEL,
+			   amqp_cstring_bytes(l->cfg->history_stream),
+			   amqp_empty_bytes, 0, 0, 0, table);
+	if (!rpc_ok(l, "basic.consume (read back)"))
+		goto fail;
+	return BG_OK;
+fail:
+	/* A channel error closed only that channel; anything else is the
+	 * connection's. */
+	if (amqp_get_rpc_reply(l->conn).reply_type ==
+	    AMQP_RESPONSE_SERVER_EXCEPTION &&
+	    amqp_get_rpc_reply(l->conn).reply.id == AMQP_CHANNEL_CLOSE_METHOD &&
+	    close_ok(l, RB_CHANNEL)) {
+		l->rb_open = false;
+		return BG_ERR;
+	}
+	l->rb_open = false;
+	bg_link_reset(l);
+	return BG_ERR;
+}
+
+void
+bg_link_readback_stop(struct bg_link *l)
+{
+	if (!l->rb_open)
+		return;
+	l->rb_open = false;
+	if (!l->up)
+		return;
+	amqp_channel_close(l->conn, RB_CHANNEL, AMQP_REPLY_SUCCESS);
+	if (!rpc_ok(l, "channel.close (read back)"))
+		bg_link_reset(l);
+}
+
+int
+bg_link_readback_ack(struct bg_link *l, uint64_t tag)
+{
+	if (!l->up || !l->rb_open)
+		return BG_OK;
+	if (amqp_basic_ack(l->conn, RB_CHANNEL, tag, 0) != AMQP_STATUS_OK) {
+		bg_link_reset(l);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+bool
+bg_link_catching_up(const struct bg_link *l)
+{
+	return l->marker[0] != '\0';
+}
+
+void
+bg_link_forget_position(struct bg_link *l)
+{
+	l->next_offset = 0;
+}
+
 int
 bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg)
 {
@@ -497,11 +838,13 @@ bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg)
 				&env.message.properties;
 			bool has_id = pr->_flags &
 				      AMQP_BASIC_MESSAGE_ID_FLAG;
-			if (!control_delivery(l, &env))
+			if (!control_delivery(l, &env)) {
+				classify(l, &env);
 				fn(arg, env.message.body.bytes,
 				   env.message.body.len, env.delivery_tag,
 				   has_id ? pr->message_id.bytes : NULL,
 				   has_id ? pr->message_id.len : 0);
+			}
 			amqp_destroy_envelope(&env);
 			continue;
 		}

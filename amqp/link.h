@@ -153,4 +153,47 @@ int bg_link_publish(struct bg_link *l, const struct bg_msg *m,
 int bg_link_publish_id(struct bg_link *l, const struct bg_msg *m,
 		       const char *mid, const char **why);
 
+
+/*
+ * History on ([history] channels set): broadcasts come from the stream
+ * queue [history] stream (bound to the exchange with '#') instead of the
+ * node queue, and each carries its position (x-stream-offset + 1). The
+ * stream also holds the nodes' notes: epoch records (header
+ * x-bagou-epoch) and catch-up markers (x-bagou-marker). During
+ * bg_link_service's callback, these say what the delivery is.
+ */
+enum {
+	BG_LINK_BROADCAST,  /* a broadcast (position 0: not from the stream) */
+	BG_LINK_MARKER,     /* this link's marker: the catch-up is over */
+	BG_LINK_NOTE,       /* another node's marker: nothing for clients */
+	BG_LINK_EPOCH,      /* an epoch record (bg_link_delivery_epoch) */
+	BG_LINK_READBACK,   /* read back (bg_link_readback_start): ack it
+	                       with bg_link_readback_ack, not bg_link_ack */
+};
+uint64_t bg_link_delivery_pos(const struct bg_link *l);
+int bg_link_delivery_kind(const struct bg_link *l);
+/* BG_LINK_READBACK: a note rather than a broadcast. */
+bool bg_link_delivery_note(const struct bg_link *l);
+const char *bg_link_delivery_epoch(const struct bg_link *l);
+
+/* True from a connect without a known position until its marker comes
+ * back: what arrives meanwhile is older than the node's start. */
+bool bg_link_catching_up(const struct bg_link *l);
+
+/* The next connect catches up from [history] ttl ago again (the stream
+ * was found restarted). */
+void bg_link_forget_position(struct bg_link *l);
+
+/* Reads the stream again from position pos on a channel of its own,
+ * next to the live consumer (deliveries: BG_LINK_READBACK), until
+ * bg_link_readback_stop. BG_OK, or BG_ERR (logged; the link may be
+ * down then). */
+int bg_link_readback_start(struct bg_link *l, uint64_t pos);
+void bg_link_readback_stop(struct bg_link *l);
+int bg_link_readback_ack(struct bg_link *l, uint64_t tag);
+
+/* Publishes an epoch record to the stream. BG_OK, or BG_ERR when the
+ * link failed (it is then down). */
+int bg_link_publish_epoch(struct bg_link *l, const char *epoch);
+
 #endif

@@ -150,6 +150,7 @@ bg_chan_subscribe(struct bg_chan_table *t, const char *name, size_t len,
 	s->chan = c;
 	s->owner = owner;
 	s->pos = c->n_subs;
+	s->hold = 0;
 	c->subs[c->n_subs++] = s;
 	t->n_subs++;
 	return s;

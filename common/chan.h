@@ -19,6 +19,9 @@ struct bg_chan_sub {
 	struct bg_chan *chan;
 	void *owner;     /* the subscriber (a connection) */
 	uint32_t pos;    /* index in chan->subs */
+	uint32_t hold;   /* history: nonzero while the subscription waits
+	                    for its position from the bus (handlers/
+	                    history.c); broadcasts skip it meanwhile */
 };
 
 struct bg_chan {

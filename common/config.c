@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <amqp.h>
 #include <ini.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,6 +111,10 @@ bg_config_defaults(struct bg_config *cfg)
 	cfg->cluster_heartbeat = 2;
 	cfg->cluster_timeout = 15;
 	cfg->cluster_query_timeout = 2;
+	cfg->history_size = 100;
+	cfg->history_ttl = 300;
+	strcpy(cfg->history_stream, "bagou.history");
+	cfg->history_max_age = 3600;
 }
 
 /*
@@ -726,6 +731,29 @@ parse_api_listen(const struct key *k, struct bg_config *cfg, const char *v,
 	return BG_OK;
 }
 
+/* [history] channels: a POSIX extended regex, compiled once here so a
+ * bad one is refused with regerror's words; "" = no history. */
+static int
+parse_regex(const struct key *k, struct bg_config *cfg, const char *v,
+	    char *msg, size_t len)
+{
+	regex_t re;
+	char why[128];
+	int rc;
+
+	if (v[0] != '\0') {
+		rc = regcomp(&re, v, REG_EXTENDED | REG_NOSUB);
+		if (rc != 0) {
+			regerror(rc, &re, why, sizeof(why));
+			seterr(msg, len, "not a valid extended regular "
+			       "expression: %s", why);
+			return BG_ERR;
+		}
+		regfree(&re);
+	}
+	return parse_str(k, cfg, v, msg, len);
+}
+
 #define OFF(f) offsetof(struct bg_config, f)
 #define STR(f) 0, FIELD_SIZE(f) - 1
 
@@ -802,6 +830,14 @@ static const struct key keys[] = {
 	{ "cluster", "timeout", parse_int, OFF(cluster_timeout), 2, 3600 },
 	{ "cluster", "query_timeout", parse_int, OFF(cluster_query_timeout),
 	  1, 60 },
+	{ "history", "channels", parse_regex, OFF(history_channels),
+	  STR(history_channels) },
+	{ "history", "size", parse_int, OFF(history_size), 1, 100000 },
+	{ "history", "ttl", parse_int, OFF(history_ttl), 1, 604800 },
+	{ "history", "stream", parse_amqp_name, OFF(history_stream),
+	  STR(history_stream) },
+	{ "history", "max_age", parse_int, OFF(history_max_age), 1,
+	  31536000 },
 };
 
 static const struct key *

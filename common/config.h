@@ -120,6 +120,19 @@ struct bg_config {
 	int cluster_timeout;             /* s of silence: node dead, 15 */
 	int cluster_query_timeout;       /* s a cluster-wide query waits
 	                                    for the other nodes, 2 */
+
+
+	/* [history] (PROTOCOL.md, history and recovery) */
+	char history_channels[1024];     /* POSIX extended regex of the
+	                                    channels that keep history;
+	                                    "" = none */
+	int history_size;                /* publications kept per channel in
+	                                    memory, 100 */
+	int history_ttl;                 /* s a publication stays in memory,
+	                                    300 */
+	char history_stream[BG_CONFIG_STR]; /* RabbitMQ stream queue,
+	                                    "bagou.history" */
+	int history_max_age;             /* s the stream keeps, 3600 */
 };
 
 /* Fills every field with its documented default. */

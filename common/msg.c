@@ -90,6 +90,17 @@ bg_msg_carve(struct bg_msg *m, size_t len)
 	return p;
 }
 
+/* True when p lies in m's own block (a packed message's carved parts),
+ * which is freed with m, not on its own. */
+static bool
+msg_owns(const struct bg_msg *m, const void *p)
+{
+	const uint8_t *b = (const uint8_t *)m;
+
+	return m->packed && (const uint8_t *)p >= b &&
+	       (const uint8_t *)p < b + m->carved;
+}
+
 int
 bg_msg_set_frame(struct bg_msg *m, uint32_t i, const char *payload,
 		 size_t len)
@@ -99,7 +110,8 @@ bg_msg_set_frame(struct bg_msg *m, uint32_t i, const char *payload,
 
 	if (i >= m->n_frames || len > UINT32_MAX - BG_FRAME_HDR_MAX)
 		return BG_ERR;
-	free(m->frames[i].block);
+	if (!msg_owns(m, m->frames[i].block))
+		free(m->frames[i].block);
 	m->frames[i].block = bg_frame_text(payload, len, &frame, &flen);
 	if (m->frames[i].block == NULL)
 		return BG_ERR;
@@ -127,11 +139,14 @@ bg_msg_ref(struct bg_msg *m)
 static void
 msg_free(struct bg_msg *m)
 {
+	/* Frames set again (history offsets) live outside a packed
+	 * message's block. */
+	for (uint32_t i = 0; i < m->n_frames; i++)
+		if (!msg_owns(m, m->frames[i].block))
+			free(m->frames[i].block);
 	if (!m->packed) {
 		for (uint32_t i = 0; m->names && i < m->n_names; i++)
 			free(m->names[i]);
-		for (uint32_t i = 0; i < m->n_frames; i++)
-			free(m->frames[i].block);
 		free(m->exclude);
 		free(m->body);
 	}
@@ -140,6 +155,8 @@ msg_free(struct bg_msg *m)
 	free(m->reply_cb);
 	if (m->task_free != NULL)
 		m->task_free(m->task);
+	if (m->hist != NULL)
+		m->hist_free(m->hist);
 	free(m);
 }
 

@@ -78,6 +78,11 @@ struct bg_msg {
 	void (*task_fn)(struct bg_worker *w, struct bg_msg *m);
 	void *task;
 	void (*task_free)(void *task);
+	void *hist;                  /* not a broadcast: a history request
+	                                travelling to the bus and back
+	                                (amqp/history.h), freed with the
+	                                message by hist_free; or NULL */
+	void (*hist_free)(void *);
 };
 
 /*

@@ -248,6 +248,7 @@ sb_str(struct sbuf *b, const char *s)
 /* The pieces every payload of one broadcast shares, each already JSON. */
 struct parts {
 	char *event, *data, *callback_id, *from;
+	uint64_t offset;             /* history position; 0 = none */
 };
 
 static void
@@ -297,6 +298,12 @@ add_payload(struct bg_msg *m, uint32_t i, const struct parts *p,
 	if (p->from != NULL) {
 		sb_str(&b, ",\"from\":");
 		sb_str(&b, p->from);
+	}
+	if (p->offset != 0) {
+		char num[32];
+		snprintf(num, sizeof(num), ",\"offset\":%llu",
+			 (unsigned long long)p->offset);
+		sb_str(&b, num);
 	}
 	sb_str(&b, "}");
 	rc = b.oom ? BG_ERR : bg_msg_set_frame(m, i, b.p, b.len);
@@ -931,4 +938,47 @@ bg_proto_broadcast_text_opt(const char *buf, size_t len, const char *from,
 	m = bg_proto_broadcast_opt(root, from, flags, code, err, errlen);
 	json_decref(root);
 	return m;
+}
+
+int
+bg_proto_set_offset(struct bg_msg *m, const bool *which, uint64_t offset)
+{
+	json_t *root, *ev, *data, *cb, *from;
+	struct parts p = { 0 };
+	int rc = BG_ERR;
+
+	if (m->target != BG_MSG_CHANNELS || m->body == NULL)
+		return BG_ERR;
+	root = json_loadb(m->body, m->body_len, 0, NULL);
+	if (root == NULL)
+		return BG_ERR;
+	ev = json_object_get(root, "event");
+	data = json_object_get(root, "data");
+	cb = json_object_get(root, "callbackId");
+	from = json_object_get(root, "from");
+	p.event = ev ? json_text(ev) : NULL;
+	p.data = data ? json_text(data) : strdup("{}");
+	p.callback_id = json_is_string(cb) ? json_text(cb) : NULL;
+	p.from = json_is_string(from) ? json_text(from) : NULL;
+	p.offset = offset;
+	if (p.event == NULL || p.data == NULL ||
+	    (json_is_string(cb) && p.callback_id == NULL) ||
+	    (json_is_string(from) && p.from == NULL))
+		goto out;
+	for (uint32_t i = 0; i < m->n_names; i++) {
+		char *c;
+
+		if (!which[i])
+			continue;
+		c = quoted(m->names[i]);
+		rc = c ? add_payload(m, i, &p, c) : BG_ERR;
+		free(c);
+		if (rc != BG_OK)
+			goto out;
+	}
+	rc = BG_OK;
+out:
+	parts_free(&p);
+	json_decref(root);
+	return rc;
 }

@@ -113,4 +113,15 @@ struct bg_msg *bg_proto_broadcast_text_opt(const char *buf, size_t len,
 					   enum bg_code *code, char *err,
 					   size_t errlen);
 
+
+/*
+ * History (PROTOCOL.md, history and recovery): frames again, with
+ * "offset": offset last, the payloads of m's channels i for which
+ * which[i] is true. m must be a channel broadcast built above, not yet
+ * shared with another thread. BG_OK, or BG_ERR (out of memory; m keeps
+ * its frames).
+ */
+int bg_proto_set_offset(struct bg_msg *m, const bool *which,
+			uint64_t offset);
+
 #endif

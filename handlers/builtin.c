@@ -8,9 +8,11 @@
 #include <time.h>
 
 #include "amqp/bus.h"
+#include "amqp/history.h"
 #include "handlers/auth.h"
 #include "handlers/forward.h"
 #include "handlers/handlers.h"
+#include "handlers/history.h"
 #include "handlers/modules.h"
 #include "server/conn.h"
 #include "server/worker.h"
@@ -60,14 +62,21 @@ on_subscribe(const struct bg_hook_args *a)
 	struct bg_conn *c = a->c;
 	const struct bg_request *req = a->req;
 	struct bg_hook_args hook = { .c = c, .req = req };
+	struct bg_hist_pos pos;
 	const char *name;
 	enum bg_code code;
 	json_t *extra;
+	char err[160];
 	size_t len;
 	bool added;
 
 	if ((name = channel_arg(c, req, &len)) == NULL)
 		return GO_ON;
+	if (bg_history_parse_pos(req->data, "recover", &pos, err,
+				 sizeof(err)) != BG_OK) {
+		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE, err);
+		return GO_ON;
+	}
 	if (bg_conn_is_subscribed(c, name, len)) {
 		reply_channel(c, req, name); /* idempotent */
 		return GO_ON;
@@ -98,9 +107,28 @@ on_subscribe(const struct bg_hook_args *a)
 		bg_conn_reply_error(c, req, code, "subscribe failed");
 		return GO_ON;
 	}
-	extra = json_pack("{s:s}", "channel", name);
-	bg_conn_reply_subscribed(c, req, extra, name, len);
-	json_decref(extra);
+	if (bg_history_match(bg_bus_history(c->w->srv->bus), name)) {
+		/* Answered by the bus, with the position (history.c). */
+		if (bg_history_subscribe(c, req, name, len, &pos) != BG_OK) {
+			bg_conn_unsubscribe(c, name, len);
+			bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
+					    "history is unavailable (the node "
+					    "is stopping or busy); retry "
+					    "later");
+			return GO_ON;
+		}
+	} else if (pos.given) {
+		/* No history here: nothing can be recovered, and the
+		 * client is told so. */
+		extra = json_pack("{s:s, s:b}", "channel", name,
+				  "recovered", 0);
+		bg_conn_reply_subscribed(c, req, extra, name, len);
+		json_decref(extra);
+	} else {
+		extra = json_pack("{s:s}", "channel", name);
+		bg_conn_reply_subscribed(c, req, extra, name, len);
+		json_decref(extra);
+	}
 	bg_forward_lifecycle(c, BG_FORWARD_SUBSCRIBE, "subscribe", name);
 	return GO_ON;
 }
@@ -285,6 +313,7 @@ bg_builtin_register(char *err, size_t errlen)
 		{ BG_ON_EVENT, "ping", NULL, on_ping },
 		{ BG_ON_EVENT, "publish", NULL, on_publish },
 		{ BG_ON_EVENT, "authenticate", NULL, on_authenticate },
+		{ BG_ON_EVENT, "history", NULL, bg_history_on_event },
 	};
 
 	for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++)

@@ -45,6 +45,7 @@
 #include "common/log.h"
 #include "common/ring.h"
 #include "server/cmd.h"
+#include "server/api_history.h"
 #include "server/http.h"
 #include "server/server.h"
 
@@ -56,7 +57,7 @@
 #define ANSWER_RING 4096       /* bus -> API: answers of commands */
 #define WAIT_SLACK_SECS 3       /* past [cluster] query_timeout: 503 */
 
-enum route { R_BROADCAST, R_METRICS, R_HEALTH, R_LIVE, R_CMD };
+enum route { R_BROADCAST, R_METRICS, R_HEALTH, R_LIVE, R_CMD, R_HISTORY };
 enum state { S_IDLE, S_HEAD, S_BODY, S_WAIT, S_LINGER };
 
 /* The API listener's endpoints. R_CMD rows are the server API of
@@ -79,6 +80,7 @@ static const struct route_def routes[] = {
 	{ "/api/unsubscribe", R_CMD, true, "unsubscribe" },
 	{ "/api/channels", R_CMD, false, "channels" },
 	{ "/api/info", R_CMD, false, "info" },
+	{ "/api/history", R_HISTORY, false, NULL },
 };
 
 /* One command on its way: API thread -> bus (bg_control_post), run
@@ -441,7 +443,7 @@ serve_cmd_body(struct api_conn *c, json_t *args, const json_error_t *jerr)
 }
 
 static bool
-serve_get(struct api_conn *c, enum route r, bool close)
+serve_get(struct api_conn *c, enum route r, bool close, const char *query)
 {
 	char body[384];
 	unsigned int status;
@@ -449,6 +451,16 @@ serve_get(struct api_conn *c, enum route r, bool close)
 	char *text;
 	bool alive;
 
+	if (r == R_HISTORY) {
+		text = bg_api_history(c->api->srv, query, &status, &n);
+		if (text == NULL)
+			return reply_error(c, 500, "internal", "out of memory",
+					   NULL, true);
+		alive = reply(c, status, JSON_TYPE, text, n, status == 503 ?
+			      "Retry-After: 1\r\n" : NULL, close);
+		free(text);
+		return alive;
+	}
 	if (r == R_METRICS) {
 		text = bg_http_metrics(c->api->srv, &n);
 		if (text == NULL)
@@ -572,7 +584,7 @@ on_head(struct api_conn *c, char *head, size_t len)
 		return submit(c, args);
 	}
 	if (!def->post)
-		return serve_get(c, r, body_pending);
+		return serve_get(c, r, body_pending, req.query);
 	if (!req.has_length)
 		return reply_error(c, 411, "bad_message", "Content-Length is "
 				   "required", NULL, true);

@@ -431,6 +431,14 @@ find_sub(const struct bg_conn *c, const char *channel, size_t len)
 	return NULL;
 }
 
+struct bg_chan_sub *
+bg_conn_find_sub(const struct bg_conn *c, const char *channel, size_t len)
+{
+	struct bg_chan_sub **slot = find_sub(c, channel, len);
+
+	return slot != NULL ? *slot : NULL;
+}
+
 bool
 bg_conn_is_subscribed(const struct bg_conn *c, const char *channel,
 		      size_t len)

@@ -218,6 +218,9 @@ enum bg_code bg_conn_subscribe(struct bg_conn *c, const char *channel,
 			       size_t len, bool *added);
 void bg_conn_unsubscribe(struct bg_conn *c, const char *channel,
 			 size_t len);
+/* c's subscription to channel, or NULL. */
+struct bg_chan_sub *bg_conn_find_sub(const struct bg_conn *c,
+				     const char *channel, size_t len);
 
 /* Merges obj into the store unless the result exceeds max_store_bytes.
  * BG_OK, or BG_ERR with the store unchanged. */

@@ -89,6 +89,13 @@ static const struct field fields[] = {
 	F("[cluster] heartbeat", cluster_heartbeat, K_INT, true),
 	F("[cluster] timeout", cluster_timeout, K_INT, true),
 	F("[cluster] query_timeout", cluster_query_timeout, K_INT, true),
+	/* The bus thread compiles the regex and sizes its store at start;
+	 * the stream's arguments are fixed when RabbitMQ declares it. */
+	F("[history] channels", history_channels, K_STR, false),
+	F("[history] size", history_size, K_INT, false),
+	F("[history] ttl", history_ttl, K_INT, false),
+	F("[history] stream", history_stream, K_STR, false),
+	F("[history] max_age", history_max_age, K_INT, false),
 };
 
 static void

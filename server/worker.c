@@ -26,6 +26,7 @@
 #include "handlers/forward.h"
 #include "handlers/handlers.h"
 #include "amqp/bus.h"
+#include "handlers/history.h"
 #include "server/acceptor.h"
 #include "server/conn.h"
 #include "server/http.h"
@@ -572,6 +573,11 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 		bg_msg_unref(m);
 		return;
 	}
+	if (m->hist != NULL) {
+		/* A history answer, in order with the broadcasts. */
+		bg_history_answered(w, m);
+		return;
+	}
 	f = bg_wframe_new(w); /* ours, for the fan-out */
 	seq = ++w->seq;
 	if (f == NULL) {
@@ -598,8 +604,10 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 			for (uint32_t j = 0; ch != NULL && j < ch->n_subs;
 			     j++) {
 				c = ch->subs[j]->owner;
-				/* First listed channel wins; once only. */
-				if (c->last_seq == seq)
+				/* First listed channel wins; once only. A
+				 * subscription waiting for its history
+				 * position gets it through the answer. */
+				if (c->last_seq == seq || ch->subs[j]->hold)
 					continue;
 				c->last_seq = seq;
 				if (c != excl)

@@ -8,10 +8,12 @@ from .api import channels, disconnect, info, subscribe, unsubscribe
 from .conf import configure
 from .exceptions import (ApiError, BagouError, BroadcastError,
                          ConfigurationError, EventError)
+from .history import HistoryError, history
 from .publish import broadcast
 
 __version__ = "2.0.0"
 
 __all__ = ["ApiError", "BagouError", "BroadcastError", "ConfigurationError",
-           "EventError", "broadcast", "channels", "configure", "disconnect",
-           "info", "subscribe", "unsubscribe", "__version__"]
+           "EventError", "HistoryError", "broadcast", "channels", "configure",
+           "disconnect", "history", "info", "subscribe", "unsubscribe",
+           "__version__"]

@@ -98,6 +98,11 @@ assert_config_equal(const struct bg_config *a, const struct bg_config *b)
 	assert_int_equal(a->drain_delay, b->drain_delay);
 	assert_string_equal(a->auth_previous_secret, b->auth_previous_secret);
 	assert_string_equal(a->log_file, b->log_file);
+	assert_string_equal(a->history_channels, b->history_channels);
+	assert_int_equal(a->history_size, b->history_size);
+	assert_int_equal(a->history_ttl, b->history_ttl);
+	assert_string_equal(a->history_stream, b->history_stream);
+	assert_int_equal(a->history_max_age, b->history_max_age);
 }
 
 static void
@@ -1322,6 +1327,39 @@ test_log_format_access(void **state)
 				   sizeof(err)), BG_ERR);
 }
 
+/* [history]: defaults, every key, and a bad regex refused with its
+ * reason (the bus compiles it again at start and must not fail). */
+static void
+test_history_keys(void **state)
+{
+	struct bg_config cfg;
+	char err[512] = "";
+
+	bg_config_defaults(&cfg);
+	assert_string_equal(cfg.history_channels, "");
+	assert_int_equal(cfg.history_size, 100);
+	assert_int_equal(cfg.history_ttl, 300);
+	assert_string_equal(cfg.history_stream, "bagou.history");
+	assert_int_equal(cfg.history_max_age, 3600);
+	assert_int_equal(load_text(&cfg, "[history]\n"
+		"channels = ^(chat|news)-\nsize = 5\nttl = 60\n"
+		"stream = app.log\nmax_age = 86400\n", err, sizeof(err)),
+		BG_OK);
+	assert_string_equal(cfg.history_channels, "^(chat|news)-");
+	assert_int_equal(cfg.history_size, 5);
+	assert_int_equal(cfg.history_ttl, 60);
+	assert_string_equal(cfg.history_stream, "app.log");
+	assert_int_equal(cfg.history_max_age, 86400);
+	expect_set_error("history", "channels", "(chat",
+			 "[history] channels: not a valid extended regular "
+			 "expression: Unmatched ( or \\(");
+	expect_set_error("history", "size", "0",
+			 "[history] size: expected an integer from 1 to "
+			 "100000, got '0'");
+	expect_set_error("history", "stream", "",
+			 "[history] stream: must not be empty");
+}
+
 int
 main(void)
 {
@@ -1360,6 +1398,7 @@ main(void)
 		cmocka_unit_test(test_load_text),
 		cmocka_unit_test(test_reload_keys),
 		cmocka_unit_test(test_log_format_access),
+		cmocka_unit_test(test_history_keys),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

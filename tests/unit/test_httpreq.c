@@ -40,6 +40,7 @@ test_get(void **state)
 			       "\r\n", &r, err, sizeof(err)), BG_OK);
 	assert_int_equal(r.method, BG_HTTPREQ_GET);
 	assert_string_equal(r.path, "/health");
+	assert_string_equal(r.query, "x=1&y");
 	assert_int_equal(r.minor, 1);
 	assert_true(r.keep_alive);
 	assert_false(r.has_length);

@@ -1344,6 +1344,43 @@ test_broadcast_hostile(void **state)
 	bg_msg_unref(m);
 }
 
+/* History: "offset" framed last, only into the channels asked for; the
+ * body and the other frames stay as they were. */
+static void
+test_set_offset(void **state)
+{
+	enum bg_code code;
+	struct bg_msg *m = broadcast("{\"event\":\"m\",\"channel\":[\"a\","
+				     "\"b\"],\"data\":{\"x\":1},"
+				     "\"callbackId\":\"c\"}", "cid", &code);
+	bool which[2] = { false, true };
+	const char *p;
+	size_t len;
+
+	assert_non_null(m);
+	assert_int_equal(bg_proto_set_offset(m, which, 9007199254740991ull),
+			 BG_OK);
+	p = frame_payload(m, 0, &len);
+	assert_int_equal(memcmp(p, "{\"event\":\"m\",\"channel\":\"a\","
+				"\"data\":{\"x\":1},\"callbackId\":\"c\","
+				"\"from\":\"cid\"}", len), 0);
+	p = frame_payload(m, 1, &len);
+	assert_int_equal(len, strlen("{\"event\":\"m\",\"channel\":\"b\","
+				     "\"data\":{\"x\":1},\"callbackId\":"
+				     "\"c\",\"from\":\"cid\",\"offset\":"
+				     "9007199254740991}"));
+	assert_int_equal(memcmp(p, "{\"event\":\"m\",\"channel\":\"b\","
+				"\"data\":{\"x\":1},\"callbackId\":\"c\","
+				"\"from\":\"cid\",\"offset\":"
+				"9007199254740991}", len), 0);
+	bg_msg_unref(m);
+	/* Not a channel broadcast: refused, nothing changed. */
+	m = broadcast("{\"event\":\"m\"}", NULL, &code);
+	assert_non_null(m);
+	assert_int_equal(bg_proto_set_offset(m, which, 1), BG_ERR);
+	bg_msg_unref(m);
+}
+
 int
 main(void)
 {
@@ -1378,6 +1415,7 @@ main(void)
 		cmocka_unit_test(test_broadcast_max_targets),
 		cmocka_unit_test(test_broadcast_rejects),
 		cmocka_unit_test(test_broadcast_hostile),
+		cmocka_unit_test(test_set_offset),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,284 @@
+/*
+ * history.c - subscribe on history channels, the history event, and the
+ * bus's answers (handlers/history.h). Worker threads.
+ *
+ * The ordering argument (docs/DESIGN.md, history): a subscription is
+ * made at once but held; the request goes to the bus through the same
+ * outbox as publishes; the bus answers it into this worker's ring
+ * between two broadcasts. Every broadcast the held subscription skipped
+ * was pushed before the answer, so it is at or below the answer's top
+ * and, when it is after the client's position, in the replay; every
+ * broadcast after the answer is live. Hence each missed broadcast
+ * exactly once, oldest first, before any live one.
+ */
+#include "handlers/history.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "amqp/bus.h"
+#include "amqp/history.h"
+#include "handlers/auth.h"
+#include "server/conn.h"
+#include "server/worker.h"
+
+#define GO_ON BG_CODE_COUNT
+
+/* Hold tokens: a later subscribe to the same channel gets a new one, so
+ * a stale answer never releases it. */
+static __thread uint32_t next_hold;
+
+int
+bg_history_parse_pos(json_t *data, const char *field,
+		     struct bg_hist_pos *pos, char *err, size_t errlen)
+{
+	json_t *v = json_is_object(data) ? json_object_get(data, field) : NULL;
+	json_t *e, *o;
+
+	memset(pos, 0, sizeof(*pos));
+	if (v == NULL || json_is_null(v))
+		return BG_OK;
+	e = json_object_get(v, "epoch");
+	o = json_object_get(v, "offset");
+	if (!json_is_object(v) || !json_is_string(e) ||
+	    json_string_length(e) == 0 || json_string_length(e) > 64 ||
+	    !json_is_integer(o) || json_integer_value(o) < 0 ||
+	    (uint64_t)json_integer_value(o) > BG_HIST_OFFSET_MAX) {
+		snprintf(err, errlen, "data.%s must be {\"epoch\": a string "
+			 "of 1 to 64 bytes, \"offset\": an integer from 0 "
+			 "to 2^53-1}", field);
+		return BG_ERR;
+	}
+	pos->given = true;
+	memcpy(pos->epoch, json_string_value(e), json_string_length(e) + 1);
+	pos->offset = (uint64_t)json_integer_value(o);
+	return BG_OK;
+}
+
+static struct bg_msg *
+new_request(struct bg_conn *c, enum bg_hist_kind kind, const char *name,
+	    const struct bg_request *req, const struct bg_hist_pos *pos)
+{
+	struct bg_msg *m = bg_hist_req_new(kind, name);
+	struct bg_hist_req *r;
+
+	if (m == NULL)
+		return NULL;
+	r = bg_hist_req_of(m);
+	r->worker = c->w->index;
+	snprintf(r->client, sizeof(r->client), "%s", c->id);
+	if (req->callback_id != NULL &&
+	    (r->callback_id = strdup(req->callback_id)) == NULL) {
+		bg_msg_unref(m);
+		return NULL;
+	}
+	if (pos != NULL && pos->given) {
+		r->has_pos = true;
+		snprintf(r->epoch, sizeof(r->epoch), "%s", pos->epoch);
+		r->offset = pos->offset;
+	}
+	return m;
+}
+
+int
+bg_history_subscribe(struct bg_conn *c, const struct bg_request *req,
+		     const char *name, size_t len,
+		     const struct bg_hist_pos *pos)
+{
+	struct bg_chan_sub *s = bg_conn_find_sub(c, name, len);
+	struct bg_msg *m;
+
+	if (s == NULL)
+		return BG_ERR;
+	m = new_request(c, BG_HIST_SUBSCRIBE, name, req, pos);
+	if (m == NULL)
+		return BG_ERR;
+	if (++next_hold == 0)
+		next_hold = 1;
+	bg_hist_req_of(m)->hold = next_hold;
+	s->hold = next_hold;
+	if (bg_bus_request(c->w->srv->bus, m) != BG_OK) {
+		s->hold = 0;
+		bg_msg_unref(m);
+		return BG_ERR;
+	}
+	return BG_OK;
+}
+
+static bool
+is_private(const struct bg_conn *c, const char *channel)
+{
+	const char *prefix = bg_server_cfg(c->w->srv)->private_prefix;
+
+	return prefix[0] != '\0' &&
+	       strncmp(channel, prefix, strlen(prefix)) == 0;
+}
+
+enum bg_code
+bg_history_on_event(const struct bg_hook_args *a)
+{
+	struct bg_conn *c = a->c;
+	const struct bg_request *req = a->req;
+	json_t *ch = json_object_get(req->data, "channel");
+	json_t *lim = json_object_get(req->data, "limit");
+	struct bg_hist_pos pos;
+	const char *name;
+	struct bg_msg *m;
+	char err[160];
+
+	if (!json_is_string(ch) ||
+	    !bg_proto_channel_valid(json_string_value(ch),
+				    json_string_length(ch))) {
+		bg_conn_reply_error(c, req, BG_CODE_INVALID_CHANNEL,
+				    "data.channel must be 1-200 printable "
+				    "ASCII bytes without space * # \" \\");
+		return GO_ON;
+	}
+	name = json_string_value(ch);
+	if (lim != NULL && !json_is_null(lim) &&
+	    (!json_is_integer(lim) || json_integer_value(lim) < 0)) {
+		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE,
+				    "data.limit must be an integer from 0 "
+				    "(larger values are clamped to [history] "
+				    "size)");
+		return GO_ON;
+	}
+	if (bg_history_parse_pos(req->data, "since", &pos, err,
+				 sizeof(err)) != BG_OK) {
+		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE, err);
+		return GO_ON;
+	}
+	if (is_private(c, name) &&
+	    (c->ident.user == NULL ||
+	     !bg_auth_channel_allowed(&c->ident, name))) {
+		bg_conn_reply_error(c, req, BG_CODE_FORBIDDEN,
+				    c->ident.user == NULL ?
+				    "private channel: authenticate first" :
+				    "private channel: not in your token's "
+				    "channels");
+		return GO_ON;
+	}
+	if (!bg_history_match(bg_bus_history(c->w->srv->bus), name)) {
+		bg_conn_reply_error(c, req, BG_CODE_NOT_ALLOWED,
+				    "this channel keeps no history ([history] "
+				    "channels)");
+		return GO_ON;
+	}
+	m = new_request(c, BG_HIST_HISTORY, name, req, &pos);
+	if (m == NULL) {
+		bg_conn_reply_error(c, req, BG_CODE_INTERNAL, "out of memory");
+		return GO_ON;
+	}
+	if (lim != NULL && json_is_integer(lim))
+		bg_hist_req_of(m)->limit =
+			json_integer_value(lim) > UINT32_MAX ? UINT32_MAX :
+			(uint32_t)json_integer_value(lim);
+	if (bg_bus_request(c->w->srv->bus, m) != BG_OK) {
+		bg_msg_unref(m);
+		bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
+				    "history is unavailable (the node is "
+				    "stopping or busy); retry later");
+	}
+	return GO_ON;
+}
+
+/* True when p was not meant for c ("exclude"). */
+static bool
+excluded(const struct bg_hist_pub *p, const struct bg_conn *c)
+{
+	return p->m->exclude != NULL && strcmp(p->m->exclude, c->id) == 0;
+}
+
+/* The missed publications, queued before anything live. */
+static void
+replay(struct bg_conn *c, const struct bg_hist_req *r)
+{
+	for (uint32_t i = 0; i < r->n_pubs; i++) {
+		const struct bg_hist_pub *p = &r->pubs[i];
+		struct bg_wframe *f;
+
+		if (excluded(p, c))
+			continue;
+		f = calloc(1, sizeof(*f));
+		if (f == NULL) {
+			bg_conn_fail(c, 1011, "out of memory");
+			return;
+		}
+		f->refs = 1;
+		f->msg = p->m;
+		bg_msg_ref(p->m);
+		bg_conn_push(c, f, p->m->frames[p->frame].data,
+			     p->m->frames[p->frame].len, true);
+		bg_wframe_unref(f);
+		if (c->closing)
+			return;
+	}
+}
+
+static json_t *
+publications(const struct bg_conn *c, const struct bg_hist_req *r)
+{
+	json_t *list = json_array();
+
+	for (uint32_t i = 0; list != NULL && i < r->n_pubs; i++) {
+		size_t len;
+		const char *text;
+
+		if (excluded(&r->pubs[i], c))
+			continue;
+		text = bg_hist_pub_json(&r->pubs[i], &len);
+		json_array_append_new(list, json_loadb(text, len, 0, NULL));
+	}
+	return list;
+}
+
+void
+bg_history_answered(struct bg_worker *w, struct bg_msg *m)
+{
+	struct bg_hist_req *r = bg_hist_req_of(m);
+	struct bg_request req = { .callback_id = r->callback_id };
+	struct bg_conn *c = bg_worker_conn(w, r->client);
+	struct bg_chan_sub *s;
+	json_t *extra;
+
+	if (c == NULL || c->closing) {
+		bg_msg_unref(m);
+		return;
+	}
+	extra = json_pack("{s:s, s:s, s:I}", "channel", r->channel, "epoch",
+			  r->cur_epoch, "offset", (json_int_t)r->top);
+	if (r->kind == BG_HIST_SUBSCRIBE) {
+		req.event = "subscribe";
+		s = bg_conn_find_sub(c, r->channel, strlen(r->channel));
+		/* Unsubscribed meanwhile, or subscribed again (a newer hold
+		 * answers that one): no replay, a gap if one was asked. */
+		if (s == NULL || s->hold != r->hold)
+			r->recovered = false;
+		else
+			replay(c, r);
+		if (s != NULL && s->hold == r->hold)
+			s->hold = 0;
+		if (r->has_pos && extra != NULL)
+			json_object_set_new(extra, "recovered",
+					    json_boolean(r->recovered));
+		if (!c->closing)
+			bg_conn_reply_ok(c, &req, extra);
+	} else {
+		req.event = "history";
+		if (extra != NULL) {
+			json_object_set_new(extra, "publications",
+					    publications(c, r));
+			if (!r->recovered)
+				json_object_set_new(extra, "gap",
+						    json_true());
+		}
+		if (r->unavailable)
+			bg_conn_reply_error(c, &req, BG_CODE_UNAVAILABLE,
+					    "history: out of memory");
+		else
+			bg_conn_reply_ok(c, &req, extra);
+	}
+	json_decref(extra);
+	bg_msg_unref(m);
+}
