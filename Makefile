@@ -210,8 +210,9 @@ test-fuzz: $(FUZZ_BIN)
 # Two passes: every file but IT_SERIAL on IT_JOBS pytest-xdist workers
 # (whole files per worker: module fixtures and a file's order stay as
 # they are; each worker has its own session broker), then the IT_SERIAL
-# files alone, whose figures (RSS, a canary's latency, deadlines under a
-# flood) need the CPUs to themselves. Both passes run; either fails it.
+# files alone, whose figures (RSS, a canary's latency, publishers that
+# must outpace readers) need the CPUs to themselves. Both passes run;
+# either fails it.
 test-integration: $(OUT)/bagou-server $(BROADCAST_BIN)
 	$(Q)export BAGOU_BIN=$(abspath $(OUT)/bagou-server) $(SAN_ENV) \
 	  BAGOU_START_TIMEOUT=$(BAGOU_START_TIMEOUT) \
@@ -231,6 +232,7 @@ test-integration: $(OUT)/bagou-server $(BROADCAST_BIN)
 IT_TESTS  ?= tests/integration
 IT_JOBS   ?= 2
 IT_SERIAL ?= tests/integration/test_attacks.py tests/integration/test_link.py \
+             tests/integration/test_limits.py \
              tests/integration/test_resources.py
 IT_WHOLE  = $(filter tests/integration tests/integration/,$(IT_TESTS))
 IT_SER    = $(if $(IT_WHOLE),$(IT_SERIAL),$(filter $(IT_SERIAL),$(IT_TESTS)))

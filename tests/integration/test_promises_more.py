@@ -3,7 +3,8 @@ docs/PROMISES.md: an HTTP/1.0 request on the public port is answered and
 its connection ends; the API listener holds at most 1024 connections and
 refuses the next one without an answer, then serves again once one
 closed; an upgrade that reaches a node shutting down is answered 503;
-a client publish is answered unavailable under backpressure; a worker
+a client publish is answered unavailable under backpressure, an event
+forwarded to the application is not; a worker
 stuck at shutdown makes the exit status 1; reconnecting to the broker
 backs off exponentially from 100 ms."""
 
@@ -20,6 +21,7 @@ import time
 
 import pytest
 
+from rabbitmq import amqp_server, publisher, unique_exchange  # noqa: F401
 from rawws import OP_TEXT, RawWS, handshake_request
 from support import (HOST, async_wait_for, error_code, metric_sum,
                      parse_metrics, recv_json, run, send_json,
@@ -348,3 +350,63 @@ def test_reconnect_backoff_doubles_from_100ms(url_server):
         delay = 0.1 * 2 ** k
         assert delay / 2 - 0.1 <= gap <= delay + 1.0, (k, gaps)
     assert gaps[5] > 2 * gaps[2], gaps
+
+
+def test_forwarded_event_not_refused_under_backpressure(amqp_server,
+                                                        publisher):
+    """PROTOCOL.md §8 Backpressure: events forwarded to the application
+    are not refused while a worker is congested (they add nothing to the
+    subscribers' queues). Congested as in the client publish test above
+    (a client publish gets unavailable, so it was), a client's own event
+    still reaches the [forward] exchange, and no failure answers it."""
+    bx = unique_exchange("bagou-bp")
+    fx = unique_exchange("bagou-bp-events")
+    srv = amqp_server(config={"channels": {"client_publish": "all"},
+                              "limits": {"rate": 0},
+                              "forward": {"exchange": fx}},
+                      workers=1, exchange=bx)
+    events = publisher(fx)
+    tap = events.tap("#")
+    stalled = [RawWS(HOST, srv.port, rcvbuf=4096) for _ in range(2)]
+    for ws in stalled:
+        op, _ = ws.recv_message()
+        assert op == OP_TEXT
+        ws.send_text(json.dumps({"event": "subscribe", "callbackId": "s",
+                                 "data": {"channel": "flood"}}))
+        op, payload = ws.recv_message()
+        assert json.loads(payload)["data"]["success"] is True, payload
+
+    async def scenario():
+        app, _ = await ws_connect(srv)
+        pad = "x" * 32000
+        refused = None
+        for seq in range(2000):
+            status, _, body = await asyncio.to_thread(
+                srv.post, "/broadcast", {"event": "flood",
+                                         "channel": "flood",
+                                         "data": {"seq": seq, "pad": pad}})
+            if status != 202:
+                refused = json.loads(body)
+                break
+        assert refused is not None, "never congested"
+        assert "backpressure" in refused["error"]["message"], refused
+        await send_json(app, {"event": "publish", "callbackId": "p",
+                              "data": {"channel": "other", "event": "x"}})
+        await send_json(app, {"event": "order", "callbackId": "f",
+                              "data": {"n": 1}})
+        await send_json(app, {"event": "ping", "callbackId": "z"})
+        first = await recv_json(app)
+        assert first["callbackId"] == "p", first
+        assert error_code(first) == "unavailable", first
+        # The next answer is the ping's: nothing refused the event.
+        second = await recv_json(app)
+        assert second.get("callbackId") == "z", second
+        key, body = await asyncio.to_thread(events.get, tap)
+        assert key == "order" and body["callbackId"] == "f", (key, body)
+        await app.close()
+
+    try:
+        run(scenario(), timeout=90)
+    finally:
+        for ws in stalled:
+            ws.close()
