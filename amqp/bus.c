@@ -226,7 +226,7 @@ bg_bus_new(struct bg_server *srv)
 			free(b);
 			return NULL;
 		}
-		bg_link_set_control(b->link, on_control, b);
+		bg_link_set_control(b->link, srv->node_id, on_control, b);
 		b->state = STATE_DISCONNECTED;
 		/* With history, broadcasts come from the stream (bound with
 		 * '#'): the node queue needs no channel bindings. */
