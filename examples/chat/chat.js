@@ -11,6 +11,10 @@
  *   ws.emit("chat", {room, text})    the app relays {"event":"chat"} to the
  *                                    room, then answers the callback
  *
+ * When the server keeps history for rooms ([history] channels = ^room-),
+ * a late joiner also sees the room's last messages (the history event),
+ * marked as earlier ones, above what comes after its join.
+ *
  * Closing the page (or losing the connection) also makes the app send a
  * leave notice. bagou.js reconnects by itself and restores the store and
  * the subscription, so the page only shows the connection state.
@@ -38,7 +42,7 @@
 
   /* ------------------------------------------------------------ view */
 
-  function line(kind, text, who) {
+  function line(kind, text, who, before) {
     const li = document.createElement("li");
     li.className = kind;
     li.dataset.kind = kind;
@@ -55,7 +59,7 @@
     li.appendChild(t);
     const atBottom = ui.log.scrollHeight - ui.log.scrollTop -
       ui.log.clientHeight < 40;
-    ui.log.appendChild(li);
+    ui.log.insertBefore(li, before || null);
     if (atBottom) ui.log.scrollTop = ui.log.scrollHeight;
   }
 
@@ -127,20 +131,56 @@
     line("info", "You are " + value + ".");
   }
 
+  // How many earlier messages a late joiner is shown.
+  const EARLIER = 20;
+
+  /* The room's last messages up to the position the subscribe answered
+   * (later ones arrive live), inserted before mark. Nothing when the
+   * server keeps no history for rooms. */
+  async function showEarlier(channel, answer, mark) {
+    if (!answer || typeof answer.offset !== "number" || !answer.offset) {
+      return;
+    }
+    let res;
+    try {
+      res = await ws.emit("history", {channel: channel, limit: EARLIER});
+    } catch (err) {
+      return;  // not kept here: the room starts empty, as before
+    }
+    if (channel !== room) return;
+    const earlier = (res.publications || []).filter(function (p) {
+      return p.event === "chat" && p.offset <= answer.offset;
+    });
+    if (!earlier.length) return;
+    line("info", "Earlier in #" + label(channel) + ":", undefined, mark);
+    for (const p of earlier) {
+      const d = p.data || {};
+      line("chat earlier", d.text, d.name, mark);
+    }
+  }
+
   async function join(channel) {
     await setName(ui.name.value);
     if (channel === room) return;
     if (room) await leave();
     room = channel;  // before the answer: the join notice may come first
     render();
+    // Where earlier messages go: before anything of this room.
+    const mark = document.createElement("li");
+    mark.hidden = true;
+    ui.log.appendChild(mark);
+    let answer;
     try {
-      await ws.subscribe(channel, {onMessage: onRoomMessage});
+      answer = await ws.subscribe(channel, {onMessage: onRoomMessage});
     } catch (err) {
       room = null;
+      mark.remove();
       throw err;
     }
     ui.text.disabled = false;
     ui.text.focus();
+    await showEarlier(channel, answer, mark);
+    mark.remove();
   }
 
   async function leave() {
