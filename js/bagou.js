@@ -471,7 +471,8 @@
     }
     const req = this._prepare("subscribe", data, callback,
                               {channel: channel, entries: entries,
-                               recover: recover});
+                               recover: recover,
+                               already: this._channels.has(channel)});
     if (recover) this._startRecovery(channel, req, recover);
     return this._launch(req);
   };
@@ -922,8 +923,12 @@
   proto._subscribed = function (req, res) {
     const ch = req.channel;
     const rec = this._recovering.get(ch);
-    const mine = !!rec && rec.req === req;
-    if (mine) this._recovering.delete(ch);
+    // A recover on a channel this connection was already subscribed to
+    // is answered without "recovered" (it received live all along): no
+    // recovery, and what came meanwhile counts from the live position.
+    const mine = !!rec && rec.req === req &&
+      !(req.already && res.recovered === undefined);
+    if (rec && rec.req === req) this._recovering.delete(ch);
     const from = mine ? rec.from : this._positions.get(ch) || null;
     const top = typeof res.offset === "number" ? res.offset : 0;
     let pos = null;
@@ -936,6 +941,7 @@
       this._positions.delete(ch);
     }
     if (!mine) {
+      if (rec && rec.req === req) this._release(rec.buffer, pos);
       if (pos) pos.offset = Math.max(pos.offset, top);
       return;
     }
@@ -1319,12 +1325,18 @@
         return;
       }
     }
-    if (typeof msg.channel === "string") {
-      if (typeof msg.offset === "number" && !this._track(msg)) return;
-      if (msg.event === "unsubscribed") {
-        this._forget(msg.channel);
-      } else if (msg.event === "subscribed") {
-        this._serverSubscribed(msg.channel, msg.data || {});
+    if (typeof msg.channel === "string" && typeof msg.offset === "number" &&
+        !this._track(msg)) {
+      return;
+    }
+    if (msg.event === "unsubscribed" || msg.event === "subscribed") {
+      // The server API's acknowledgement: {"event": "unsubscribed",
+      // "data": {"channel": C}} (the channel in data, or beside it).
+      const data = msg.data && typeof msg.data === "object" ? msg.data : {};
+      const ch = typeof msg.channel === "string" ? msg.channel : data.channel;
+      if (typeof ch === "string") {
+        if (msg.event === "unsubscribed") this._forget(ch);
+        else this._serverSubscribed(ch, data);
       }
     }
     this._dispatch(msg);

@@ -292,6 +292,34 @@ describe("gaps (protocol fake)", function () {
     assert.deepEqual(ws.channels, ["h-news"]);
   });
 
+  it("a recover on a channel already subscribed, answered without " +
+     "recovered, is no recovery: no event, live messages kept",
+     async function () {
+    const f = await fake();
+    const ws = client(f.url);
+    const got = collect(ws, "h-news");
+    const seen = events(ws, ["recovered", "gap"]);
+    await ws.subscribe("h-news");
+    f.publish("h-news", "message", {n: 1});
+    await T.waitFor(function () { return got.length === 1; }, 3000, "1");
+    // As bagou-server answers it: idempotent, without "recovered"; a
+    // live message comes before the answer.
+    f.hold = function (msg, c) {
+      if (msg.event !== "subscribe") return false;
+      f.publish("h-news", "message", {n: 2});
+      f._answer(c, msg, {success: true, channel: "h-news",
+                         epoch: "epoch-1", offset: 2});
+      return true;
+    };
+    const res = await ws.subscribe("h-news",
+                                   {recover: {epoch: "epoch-1", offset: 0}});
+    assert.equal(res.recovered, undefined);
+    f.publish("h-news", "message", {n: 3});
+    await T.waitFor(function () { return got.length === 3; }, 3000, "3");
+    assert.deepEqual(got, [1, 2, 3]);
+    assert.deepEqual(seen, []);
+  });
+
   it("subscribe(channel, {recover}) resumes from a position the page " +
      "kept; bad positions throw", async function () {
     const f = await fake();
@@ -533,9 +561,8 @@ describe("the server's unsubscribe and disconnect (protocol fake)",
     const told = T.within(ws.once("unsubscribed"), 3000, "unsubscribed");
     let channelsThen = null;
     ws.on("unsubscribed", function () { channelsThen = ws.channels; });
-    f.sendAll({event: "unsubscribed", channel: "h-news",
-               data: {reason: "moved"}});
-    assert.deepEqual(await told, {reason: "moved"});
+    f.sendAll({event: "unsubscribed", data: {channel: "h-news"}});
+    assert.deepEqual(await told, {channel: "h-news"});
     assert.deepEqual(channelsThen, ["sport"]);
     assert.equal(ws.position("h-news"), null);
     assert.deepEqual(viaOn, []);   // a notice, not a channel message
@@ -561,19 +588,26 @@ describe("the server's unsubscribe and disconnect (protocol fake)",
     await opened(ws);
     const told = T.within(ws.once("subscribed"), 3000, "subscribed");
     f.publish("h-news", "message", {n: 1});
-    for (const c of f.conns) c.channels.add("h-news");
+    for (const c of f.conns) c.channels.add("h-news").add("news");
+    // The server API's shape: the channel in data, no position.
+    f.sendAll({event: "subscribed", data: {channel: "news"}});
+    assert.deepEqual(await told, {channel: "news"});
+    // With a position (and the channel beside data) it is kept too.
     f.sendAll({event: "subscribed", channel: "h-news",
                data: {success: true, channel: "h-news", epoch: "epoch-1",
                       offset: 1}});
-    await told;
-    assert.deepEqual(ws.channels, ["h-news"]);
+    await T.waitFor(function () { return ws.channels.length === 2; }, 3000,
+                    "h-news");
+    assert.deepEqual(ws.channels, ["news", "h-news"]);
+    assert.equal(ws.position("news"), null);
     assert.deepEqual(ws.position("h-news"), {epoch: "epoch-1", offset: 1});
     const rec = T.within(ws.once("recovered"), 3000, "recovered");
     f.drop();
     await rec;
-    assert.deepEqual(f.received("subscribe")[0].data,
-                     {channel: "h-news",
-                      recover: {epoch: "epoch-1", offset: 1}});
+    assert.deepEqual(f.received("subscribe").map(function (m) {
+      return m.data;
+    }), [{channel: "news"},
+         {channel: "h-news", recover: {epoch: "epoch-1", offset: 1}}]);
   });
 
   it("does not reconnect after a close code 4500-4999: disconnected, " +

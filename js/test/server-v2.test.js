@@ -162,7 +162,7 @@ describe("presence (real server)", function () {
 describe("the server API's disconnect and unsubscribe (real server)",
          function () {
   it("a disconnect with a code from 4500 is not followed by a " +
-     "reconnection; an API unsubscribe reaches the page",
+     "reconnection; an API unsubscribe and subscribe reach the page",
      async function (t) {
     const srv = await start("");
     const ws = client(srv.url);
@@ -176,6 +176,12 @@ describe("the server API's disconnect and unsubscribe (real server)",
       return ws.channels.length === 1;
     }, 5000, "news dropped");
     assert.deepEqual(ws.channels, ["sport"]);
+    const added = T.within(ws.once("subscribed"), 5000, "subscribed");
+    const s = await T.request(srv.apiPort, "POST", "/api/subscribe",
+                              {client: ws.id, channel: "extra"});
+    assert.ok(s.status === 200 || s.status === 202, s.status + s.body);
+    assert.equal((await added).channel, "extra");
+    assert.deepEqual(ws.channels, ["sport", "extra"]);
 
     const seen = [];
     ws.on("disconnected", function (info) { seen.push(info); });
