@@ -206,6 +206,14 @@
     // channel -> {req, from, buffer}: a subscribe with "recover" in
     // flight; the channel's messages wait in buffer until its answer.
     this._recovering = new Map();
+    // {epoch, offset}: the highest offset delivered live on this
+    // connection. Offsets grow across channels in one epoch and each
+    // connection gets them in that order, so every channel with a
+    // position and no recovery on its way has had all of its messages up
+    // to there: its position moves up to it (_markPositions), and a
+    // broadcast to several channels, delivered once, is not replayed for
+    // the others after a reconnect.
+    this._mark = null;
     this._storeData = {};
     this._auth = opt.token ? {token: opt.token} : null;
     this._authToken = null;     // the token a function returned, this time
@@ -518,7 +526,12 @@
    *  a channel with history (a copy), or null. */
   proto.position = function (channel) {
     const pos = this._positions.get(channel);
-    return pos ? {epoch: pos.epoch, offset: pos.offset} : null;
+    if (!pos) return null;
+    const mark = this._mark;
+    const live = !this._recovering.has(channel);
+    return {epoch: pos.epoch,
+            offset: live && mark && mark.epoch === pos.epoch ?
+              Math.max(pos.offset, mark.offset) : pos.offset};
   };
 
   /** unsubscribe(channel, callback): leaves channel (and drops the
@@ -885,7 +898,34 @@
     if (!pos) return true;
     if (msg.offset <= pos.offset) return false;
     pos.offset = msg.offset;
+    const mark = this._mark;
+    if (mark && mark.epoch === pos.epoch) {
+      mark.offset = Math.max(mark.offset, msg.offset);
+    } else {
+      this._mark = {epoch: pos.epoch, offset: msg.offset};
+    }
     return true;
+  };
+
+  // The connection ends (lost, or close()): the channels it delivered
+  // live move up to its mark (see this._mark); those still recovering
+  // keep their position, and what their recovery held back is dropped,
+  // so the next recovery asks for it again. A page's own subscribe with
+  // recover is sent again, and keeps its recovery.
+  proto._endConnection = function () {
+    const mark = this._mark;
+    this._mark = null;
+    if (mark) {
+      for (const [ch, pos] of this._positions) {
+        if (pos.epoch === mark.epoch && !this._recovering.has(ch)) {
+          pos.offset = Math.max(pos.offset, mark.offset);
+        }
+      }
+    }
+    for (const [ch, rec] of Array.from(this._recovering)) {
+      if (rec.req.internal) this._recovering.delete(ch);
+      else rec.buffer = [];
+    }
   };
 
   // Delivers what a recovery held back, oldest first (by offset, should
@@ -981,6 +1021,7 @@
     this._clearTimers();
     const s = this.socket;
     this.state = "closed";
+    this._endConnection();
     this._failAll("closed", "the client was closed");
     if (s) {
       try {
@@ -1210,13 +1251,7 @@
       }
     }
     this._queue = again.concat(rest);
-    // What a recovery held back came on the lost connection: dropped
-    // (the position stays where it was, so the next recovery asks for
-    // it again). A page's own subscribe with recover is sent again.
-    for (const [ch, rec] of Array.from(this._recovering)) {
-      if (rec.req.internal) this._recovering.delete(ch);
-      else rec.buffer = [];
-    }
+    this._endConnection();
 
     // The server closed with a code of its own (4000-4999): said to the
     // page, with whether the client comes back.

@@ -83,22 +83,33 @@ class FakeServer {
     this.trimmed = new Map();
   }
 
-  /** Publishes to channel's subscribers; with history, gets an offset. */
+  /** Publishes to the subscribers of channel (a name or a list: one
+   *  offset, kept per history channel, delivered once per connection as
+   *  the first listed channel it is subscribed to). */
   publish(channel, event, data) {
-    const msg = {event: event, channel: channel, data: data};
-    if (this.history.test(channel)) {
-      msg.offset = ++this.offset;
-      const list = this.log.get(channel) || [];
-      list.push(msg);
+    const names = Array.isArray(channel) ? channel : [channel];
+    const self = this;
+    const offset = names.some(function (n) { return self.history.test(n); }) ?
+      ++this.offset : 0;
+    const label = function (name) {
+      const m = {event: event, channel: name, data: data};
+      if (offset && self.history.test(name)) m.offset = offset;
+      return m;
+    };
+    for (const name of names) {
+      if (!offset || !this.history.test(name)) continue;
+      const list = this.log.get(name) || [];
+      list.push(label(name));
       while (list.length > this.kept) {
-        this.trimmed.set(channel, list.shift().offset);
+        this.trimmed.set(name, list.shift().offset);
       }
-      this.log.set(channel, list);
+      this.log.set(name, list);
     }
     for (const c of this.conns) {
-      if (c.channels.has(channel)) this.send(c, msg);
+      const first = names.find(function (n) { return c.channels.has(n); });
+      if (first !== undefined) this.send(c, label(first));
     }
-    return msg;
+    return label(names[0]);
   }
 
   /** Sends msg to every connection (or to those test(conn) accepts). */

@@ -228,6 +228,71 @@ describe("recovery cut short (protocol fake)", function () {
   });
 });
 
+describe("positions across channels (protocol fake)", function () {
+  it("a broadcast to several channels, delivered once, is not replayed " +
+     "for the others after a reconnect", async function () {
+    const f = await fake();
+    const ws = client(f.url);
+    const all = [];
+    ws.on("message", function (data, msg) {
+      all.push(msg.channel + ":" + data.n);
+    });
+    await ws.subscribe("h-a");
+    await ws.subscribe("h-b");
+    f.publish(["h-a", "h-b"], "message", {n: 1});
+    f.publish("h-a", "message", {n: 2});
+    await T.waitFor(function () { return all.length === 2; }, 3000, "2");
+    // h-b had everything up to offset 2 (offsets grow across channels).
+    assert.deepEqual(ws.position("h-b"), {epoch: "epoch-1", offset: 2});
+    let recovered = 0;
+    ws.on("recovered", function () { recovered++; });
+    f.drop();
+    await T.waitFor(function () { return recovered === 2; }, 3000,
+                    "recovered");
+    f.publish("h-b", "message", {n: 3});
+    await T.waitFor(function () { return all.length === 3; }, 3000, "3");
+    assert.deepEqual(all, ["h-a:1", "h-a:2", "h-b:3"]);
+    assert.deepEqual(f.received("subscribe").slice(2).map(function (m) {
+      return m.data.recover.offset;
+    }), [2, 2]);
+  });
+
+  it("a channel still recovering when the connection drops keeps its own " +
+     "position", async function () {
+    const f = await fake();
+    const ws = client(f.url);
+    const got = collect(ws, "h-c");
+    const gotA = collect(ws, "h-a");
+    await ws.subscribe("h-a");
+    await ws.subscribe("h-c");
+    f.publish("h-c", "message", {n: 1});
+    await T.waitFor(function () { return got.length === 1; }, 3000, "1");
+    // The next connection answers h-a, not h-c; meanwhile h-c gets 2
+    // (not delivered: not subscribed there yet) and h-a gets 3, live.
+    f.hold = function (msg) {
+      return msg.event === "subscribe" && msg.data.channel === "h-c";
+    };
+    const open = T.within(ws.once("recovered"), 3000, "h-a recovered");
+    f.drop();
+    await open;
+    f.publish("h-c", "message", {n: 2});
+    f.publish("h-a", "message", {n: 3});
+    await T.waitFor(function () { return gotA.length === 1; }, 3000, "3");
+    assert.deepEqual(ws.position("h-c"), {epoch: "epoch-1", offset: 1});
+    // Dropped before h-c's answer: h-c resumes from 1, and gets 2.
+    f.hold = null;
+    const back = T.within(ws.once("recovered"), 3000, "recovered");
+    f.drop();
+    await back;
+    await T.waitFor(function () { return got.length === 2; }, 3000, "2");
+    assert.deepEqual(got, [1, 2]);
+    const last = f.received("subscribe").filter(function (m) {
+      return m.data.channel === "h-c";
+    }).pop();
+    assert.deepEqual(last.data.recover, {epoch: "epoch-1", offset: 1});
+  });
+});
+
 describe("gaps (protocol fake)", function () {
   it("reports a gap after a new epoch, and delivers the new epoch's " +
      "offsets from 1 again", async function () {

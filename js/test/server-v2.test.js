@@ -123,6 +123,36 @@ describe("history and recovery (real server)", function () {
   });
 });
 
+describe("positions across channels (real server)", function () {
+  it("a broadcast to two history channels is delivered once, and not " +
+     "again after a reconnect", async function (t) {
+    const srv = await start("[history]\nchannels = ^h-\n");
+    if (!srv) return skip(t, "the server has no [history] section yet");
+    const ws = client(srv.url);
+    const all = [];
+    ws.on("message", function (data, msg) {
+      all.push(msg.channel + ":" + data.n);
+    });
+    const res = await ws.subscribe("h-a");
+    if (typeof res.epoch !== "string") {
+      return skip(t, "the subscribe answer has no epoch");
+    }
+    await ws.subscribe("h-b");
+    await srv.broadcast({event: "message", channel: ["h-a", "h-b"],
+                         data: {n: 1}});
+    await T.waitFor(function () { return all.length === 1; }, 5000, "1");
+    let recovered = 0;
+    ws.on("recovered", function () { recovered++; });
+    ws.close();
+    ws.connect();
+    await T.waitFor(function () { return recovered === 2; }, 5000,
+                    "recovered");
+    await srv.broadcast({event: "message", channel: "h-b", data: {n: 2}});
+    await T.waitFor(function () { return all.length === 2; }, 5000, "2");
+    assert.deepEqual(all, ["h-a:1", "h-b:2"]);
+  });
+});
+
 describe("presence (real server)", function () {
   it("members in the subscribe answer, onJoin/onLeave, presence() and " +
      "presenceStats()", async function (t) {
