@@ -241,9 +241,10 @@ declare namespace BagouWebSocket {
     reconnect: boolean;
   }
 
-  /** The data of the server's "unsubscribed" notice. */
-  interface UnsubscribedData {
-    reason?: string;
+  /** The data of the server's "subscribed" and "unsubscribed" notices
+   *  (POST /api/subscribe, /api/unsubscribe). */
+  interface SubscriptionNotice {
+    channel: string;
     [key: string]: any;
   }
 
@@ -323,8 +324,8 @@ declare class BagouWebSocket {
        void): this;
   on(event: "presence_join" | "presence_leave",
      fn: BagouWebSocket.MemberHandler): this;
-  on(event: "unsubscribed",
-     fn: BagouWebSocket.Handler<BagouWebSocket.UnsubscribedData>): this;
+  on(event: "subscribed" | "unsubscribed",
+     fn: BagouWebSocket.Handler<BagouWebSocket.SubscriptionNotice>): this;
   on<D = any>(event: string, fn: BagouWebSocket.Handler<D>): this;
 
   once(event: "connecting",

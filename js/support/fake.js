@@ -191,7 +191,7 @@ class FakeServer {
     case "presence":
     case "presence_stats":
       if (!ch.startsWith(this.presencePrefix)) {
-        return this._fail(c, msg, "not_allowed", "not a presence channel");
+        return this._fail(c, msg, "bad_message", "not a presence channel");
       }
       if (msg.event === "presence") {
         return this._answer(c, msg, {success: true,

@@ -107,7 +107,8 @@ async function demo(): Promise<void> {
     .on("disconnected", ({code, reason, reconnect}) =>
       console.log(code, reason, reconnect))
     .on("presence_join", (m) => console.log(m.user))
-    .on("unsubscribed", (d, msg) => console.log(d.reason, msg.channel));
+    .on("unsubscribed", (d, msg) => console.log(d.channel, msg.event))
+    .on("subscribed", (d) => console.log(d.channel.length));
   const g: BagouWebSocket.GapInfo = await ws.once("gap");
   console.log(n, g.since.epoch, bad);
   // @ts-expect-error: a position is {epoch, offset}

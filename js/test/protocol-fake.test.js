@@ -510,11 +510,11 @@ describe("history, presence (protocol fake)", function () {
     assert.deepEqual(stats, {success: true, users: 2, clients: 3});
     assert.deepEqual(f.received("presence_stats")[0].data,
                      {channel: "presence-room"});
-    await assert.rejects(a.presence("news"), {code: "not_allowed",
+    await assert.rejects(a.presence("news"), {code: "bad_message",
                                               event: "presence",
                                               channel: "news"});
     await assert.rejects(a.presenceStats("news"),
-                         {code: "not_allowed", event: "presence_stats"});
+                         {code: "bad_message", event: "presence_stats"});
     const cbs = [];
     a.presence("presence-room", function (m) { cbs.push(m); });
     a.presenceStats("presence-room", function (m) { cbs.push(m); });
