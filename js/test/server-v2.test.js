@@ -108,6 +108,8 @@ describe("history and recovery (real server)", function () {
     assert.deepEqual(since.publications.map(function (p) {
       return p.data.n;
     }), [3, 4, 5]);
+    await assert.rejects(ws.history("plain"), {code: "not_allowed",
+                                               event: "history"});
 
     // A restart (standalone: a new epoch) is a gap, and the new epoch's
     // broadcasts are delivered.
@@ -182,6 +184,7 @@ describe("presence (real server)", function () {
     const stats = await a.presenceStats("presence-room");
     assert.equal(stats.clients, 2);
     assert.equal(stats.users, 2);
+    await assert.rejects(a.presence("room"), {code: "bad_message"});
     await b.unsubscribe("presence-room");
     await T.waitFor(function () { return leaves.includes("bob"); }, 5000,
                     "bob leaves");
