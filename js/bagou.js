@@ -413,6 +413,11 @@
       if (event === "subscribe" || event === "unsubscribe") {
         extra.channel = data.channel;
       }
+      if (event === "subscribe" && data.recover != null) {
+        // As subscribe(channel, {recover}): recovered or gap follows.
+        extra.recover = position(data.recover, "emit: recover");
+        extra.already = this._channels.has(data.channel);
+      }
       if (event === "authenticate") {
         extra.barrier = true;
         // What is sent again after a reconnect: the token, or the data
@@ -421,7 +426,9 @@
           {token: data.token} : {data: Object.assign({}, data)};
       }
     }
-    return this._request(event, data, callback, extra);
+    const req = this._prepare(event, data, callback, extra);
+    if (extra.recover) this._startRecovery(extra.channel, req, extra.recover);
+    return this._launch(req);
   };
 
   /** send(event, data): fire and forget (no callbackId, no answer). Queued

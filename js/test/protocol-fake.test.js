@@ -409,6 +409,15 @@ describe("gaps (protocol fake)", function () {
                              callback: function (msg) { cbs.push(msg); }});
     await T.waitFor(function () { return cbs.length === 1; }, 3000, "cb");
     assert.equal(cbs[0].data.recovered, true);
+    // emit("subscribe") with recover is the same request.
+    const viaEmit = await ws.emit("subscribe", {
+      channel: "h-fourth", recover: {epoch: "epoch-2", offset: 0}});
+    assert.equal(viaEmit.recovered, false);
+    assert.equal(seen[seen.length - 1][0], "gap");
+    assert.equal(seen[seen.length - 1][1].channel, "h-fourth");
+    assert.throws(function () {
+      ws.emit("subscribe", {channel: "h-news", recover: {epoch: "e"}});
+    }, TypeError);
     for (const bad of [{epoch: 1, offset: 1}, {epoch: "e", offset: -1},
                        {epoch: "e", offset: 1.5}, {epoch: "e"}, "e:1"]) {
       assert.throws(function () { ws.subscribe("h-news", {recover: bad}); },
