@@ -14,6 +14,12 @@
  * Closing the page (or losing the connection) also makes the app send a
  * leave notice. bagou.js reconnects by itself and restores the store and
  * the subscription, so the page only shows the connection state.
+ *
+ * With history on the server ([history] channels = ^room-, PROTOCOL.md
+ * §9), a late joiner also sees the room's last messages (ws.history), and
+ * a reconnection, even across a server restart, misses no line: bagou.js
+ * resumes the room by itself, and the page says so when it could not
+ * ("gap").
  */
 (function () {
   "use strict";
@@ -38,7 +44,8 @@
 
   /* ------------------------------------------------------------ view */
 
-  function line(kind, text, who) {
+  // One line at the end of the log, or before the node `before`.
+  function line(kind, text, who, before) {
     const li = document.createElement("li");
     li.className = kind;
     li.dataset.kind = kind;
@@ -55,7 +62,7 @@
     li.appendChild(t);
     const atBottom = ui.log.scrollHeight - ui.log.scrollTop -
       ui.log.clientHeight < 40;
-    ui.log.appendChild(li);
+    ui.log.insertBefore(li, before || null);
     if (atBottom) ui.log.scrollTop = ui.log.scrollHeight;
   }
 
@@ -133,14 +140,36 @@
     if (room) await leave();
     room = channel;  // before the answer: the join notice may come first
     render();
+    // Where the room's earlier messages go, above what comes live.
+    const earlier = document.createElement("li");
+    earlier.hidden = true;
+    ui.log.appendChild(earlier);
+    let answer;
     try {
-      await ws.subscribe(channel, {onMessage: onRoomMessage});
+      answer = await ws.subscribe(channel, {onMessage: onRoomMessage});
     } catch (err) {
       room = null;
+      earlier.remove();
       throw err;
     }
     ui.text.disabled = false;
     ui.text.focus();
+    showEarlier(channel, answer, earlier).catch(function (err) {
+      line("error", "No earlier messages: " + err.message);
+    }).finally(function () { earlier.remove(); });
+  }
+
+  // The room's last messages, up to the subscribe answer's position
+  // (what came after it arrives live), when the server keeps history.
+  async function showEarlier(channel, answer, earlier) {
+    if (typeof answer.epoch !== "string") return;  // no history
+    const h = await ws.history(channel, {limit: 50});
+    if (channel !== room) return;
+    for (const p of h.publications) {
+      const d = p.data || {};
+      if (p.event !== "chat" || p.offset > answer.offset) continue;
+      line("chat old", d.text, d.name, earlier);
+    }
   }
 
   async function leave() {
@@ -205,6 +234,12 @@
   });
   ws.on("reconnecting", function (ev) {
     setStatus("reconnecting", "reconnecting (attempt " + ev.attempt + ")");
+  });
+  ws.on("gap", function (g) {
+    if (g.channel === room) {
+      line("info", "Some messages of #" + label(room) +
+           " may be missing (the server could not replay them).");
+    }
   });
   ws.on("error", function (err) {
     line("error", err.message + (err.code ? " (" + err.code + ")" : ""));
