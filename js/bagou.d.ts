@@ -144,11 +144,112 @@ declare namespace BagouWebSocket {
   interface SubscribeOptions {
     /** Channel handler, removed by unsubscribe() or a failed subscribe. */
     onMessage?: Handler;
+    /** presence_join / presence_leave handlers, removed likewise. */
+    onJoin?: MemberHandler;
+    onLeave?: MemberHandler;
+    /** Resume from this position: "recovered" or "gap" follows. */
+    recover?: Position;
     callback?: Callback;
   }
 
   interface ConnectingInfo { attempt: number; }
   interface ReconnectingInfo { attempt: number; delay: number; }
+
+  /** A position in a channel with history (PROTOCOL.md §9). */
+  interface Position {
+    epoch: string;
+    offset: number;
+  }
+
+  /** One publication of a history answer. */
+  interface Publication<D = any> {
+    event: string;
+    channel: string;
+    data: D;
+    offset: number;
+    [field: string]: any;
+  }
+
+  interface HistoryOptions {
+    /** How many (server default 50, at most its [history] size). */
+    limit?: number;
+    /** Only those after this position. */
+    since?: Position;
+  }
+
+  /** What history() resolves with. */
+  interface HistoryAnswer extends Answer {
+    channel: string;
+    epoch: string;
+    /** The channel's latest offset (0: nothing yet). */
+    offset: number;
+    /** Oldest first. */
+    publications: Publication[];
+    /** since named another epoch: these are the latest, not a sequel. */
+    gap?: boolean;
+  }
+
+  /** A member of a presence channel: one per user. */
+  interface Member {
+    user: string;
+    info?: {[key: string]: any};
+  }
+
+  interface PresenceAnswer extends Answer {
+    members: Member[];
+  }
+
+  interface PresenceStatsAnswer extends Answer {
+    /** Connections subscribed. */
+    clients: number;
+    /** Distinct users among them. */
+    users: number;
+  }
+
+  /** The "recovered" event: every message missed on channel since
+   *  `since` was delivered (count of them), once, in order. */
+  interface RecoveredInfo {
+    channel: string;
+    epoch: string;
+    offset: number;
+    since: Position;
+    count: number;
+  }
+
+  /** The "gap" event: what followed `since` on channel could not be
+   *  recovered; delivery goes on from (epoch, offset), both null when
+   *  the channel has no history any more. */
+  interface GapInfo {
+    channel: string;
+    epoch: string | null;
+    offset: number | null;
+    since: Position;
+  }
+
+  /** The "resubscribed" event: the re-sync's subscribe was answered
+   *  (data: the answer, with members on a presence channel). */
+  interface ResubscribedInfo {
+    channel: string;
+    data: Answer;
+  }
+
+  /** The "disconnected" event: the server closed with a code of its own
+   *  (4000-4999); reconnect false for 4500-4999. */
+  interface DisconnectedInfo {
+    code: number;
+    reason: string;
+    reconnect: boolean;
+  }
+
+  /** The data of the server's "subscribed" and "unsubscribed" notices
+   *  (POST /api/subscribe, /api/unsubscribe). */
+  interface SubscriptionNotice {
+    channel: string;
+    [key: string]: any;
+  }
+
+  type MemberHandler =
+    (this: BagouWebSocket, member: Member, msg: Message<Member>) => void;
 }
 
 declare class BagouWebSocket {
@@ -210,6 +311,21 @@ declare class BagouWebSocket {
     this;
   on(event: "connect",
      fn: BagouWebSocket.Handler<BagouWebSocket.ConnectData>): this;
+  on(event: "recovered",
+     fn: (this: BagouWebSocket, info: BagouWebSocket.RecoveredInfo) => void):
+    this;
+  on(event: "gap",
+     fn: (this: BagouWebSocket, info: BagouWebSocket.GapInfo) => void): this;
+  on(event: "resubscribed",
+     fn: (this: BagouWebSocket, info: BagouWebSocket.ResubscribedInfo) =>
+       void): this;
+  on(event: "disconnected",
+     fn: (this: BagouWebSocket, info: BagouWebSocket.DisconnectedInfo) =>
+       void): this;
+  on(event: "presence_join" | "presence_leave",
+     fn: BagouWebSocket.MemberHandler): this;
+  on(event: "subscribed" | "unsubscribed",
+     fn: BagouWebSocket.Handler<BagouWebSocket.SubscriptionNotice>): this;
   on<D = any>(event: string, fn: BagouWebSocket.Handler<D>): this;
 
   once(event: "connecting",
@@ -231,6 +347,10 @@ declare class BagouWebSocket {
   once(event: "connecting"): Promise<BagouWebSocket.ConnectingInfo>;
   once(event: "error"): Promise<BagouWebSocket.ErrorInfo>;
   once(event: "connect"): Promise<BagouWebSocket.ConnectData>;
+  once(event: "recovered"): Promise<BagouWebSocket.RecoveredInfo>;
+  once(event: "gap"): Promise<BagouWebSocket.GapInfo>;
+  once(event: "resubscribed"): Promise<BagouWebSocket.ResubscribedInfo>;
+  once(event: "disconnected"): Promise<BagouWebSocket.DisconnectedInfo>;
   once<D = any>(event: string): Promise<D>;
 
   /** off(event, fn), off(event) for all its handlers, off() for all. */
@@ -239,6 +359,12 @@ declare class BagouWebSocket {
   /** fn(data, msg) for every message on channel, whatever its event. */
   onChannel<D = any>(channel: string, fn: BagouWebSocket.Handler<D>): this;
   offChannel(channel: string, fn?: (...args: any[]) => void): this;
+
+  /** fn(member, msg) when a user joins / leaves a presence channel. */
+  onJoin(channel: string, fn: BagouWebSocket.MemberHandler): this;
+  onLeave(channel: string, fn: BagouWebSocket.MemberHandler): this;
+  offJoin(channel: string, fn?: (...args: any[]) => void): this;
+  offLeave(channel: string, fn?: (...args: any[]) => void): this;
 
   emit(event: string, data: any, callback: BagouWebSocket.Callback): this;
   emit(event: string, callback: BagouWebSocket.Callback): this;
@@ -253,8 +379,28 @@ declare class BagouWebSocket {
   subscribe(channel: string, options: BagouWebSocket.SubscribeOptions & {
     callback: BagouWebSocket.Callback;
   }): this;
-  subscribe(channel: string, options?: {onMessage?: BagouWebSocket.Handler}):
+  subscribe(channel: string,
+            options?: Omit<BagouWebSocket.SubscribeOptions, "callback">):
     Promise<BagouWebSocket.Answer>;
+
+  /** The channel's last publications (or those after since). */
+  history(channel: string, options: BagouWebSocket.HistoryOptions,
+          callback: BagouWebSocket.Callback): this;
+  history(channel: string, callback: BagouWebSocket.Callback): this;
+  history(channel: string, options?: BagouWebSocket.HistoryOptions):
+    Promise<BagouWebSocket.HistoryAnswer>;
+
+  /** The members of a presence channel, across the cluster. */
+  presence(channel: string, callback: BagouWebSocket.Callback): this;
+  presence(channel: string): Promise<BagouWebSocket.PresenceAnswer>;
+
+  /** Connections and users in a presence channel. */
+  presenceStats(channel: string, callback: BagouWebSocket.Callback): this;
+  presenceStats(channel: string):
+    Promise<BagouWebSocket.PresenceStatsAnswer>;
+
+  /** The last position delivered on a channel with history, or null. */
+  position(channel: string): BagouWebSocket.Position | null;
 
   unsubscribe(channel: string, callback: BagouWebSocket.Callback): this;
   unsubscribe(channel: string): Promise<BagouWebSocket.Answer>;

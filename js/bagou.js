@@ -18,6 +18,9 @@
  * What it keeps across connections: the subscribed channels, the store and
  * the authentication. After a reconnect it re-sends them by itself, in that
  * order (authentication first), then what was queued while disconnected.
+ * For a channel with history (PROTOCOL.md §9) it also keeps the last
+ * position seen, (epoch, offset), re-subscribes with "recover" from it,
+ * drops what it has already delivered, and says "recovered" or "gap".
  *
  * Inside, one request object per message follows one path: the queue
  * (this._queue, while the socket is not open, or behind an authenticate
@@ -53,6 +56,19 @@
                         authenticate: 1};
 
   const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;  // WebSocket's
+
+  // Close codes from the server after which the client does not
+  // reconnect (docs/client.md §6): the server, or the application through
+  // POST /api/disconnect, said this connection must not come back. The
+  // rest of 4000-4999 (4001 slow consumer, 4002 token expired, a
+  // disconnect that lets the client back) is followed by a reconnection.
+  const NO_RECONNECT_MIN = 4500, NO_RECONNECT_MAX = 4999;
+
+  // Server notices about a channel (PROTOCOL.md §10, §11): they carry the
+  // channel, but are not messages published to it, so channel message
+  // handlers (onChannel, onMessage) do not get them.
+  const NOTICES = {presence_join: "join", presence_leave: "leave",
+                   subscribed: "", unsubscribed: ""};
   const noop = function () {};
 
   function failure(code, message) {
@@ -120,6 +136,17 @@
     req.text = JSON.stringify(msg);
   }
 
+  // A position given by the page: {epoch: string, offset: integer >= 0}.
+  function position(p, what) {
+    if (!p || typeof p !== "object" || typeof p.epoch !== "string" ||
+        typeof p.offset !== "number" || !(p.offset >= 0) ||
+        Math.floor(p.offset) !== p.offset) {
+      throw new TypeError("BagouWebSocket." + what + " must be {epoch: " +
+                          "string, offset: integer >= 0}");
+    }
+    return {epoch: p.epoch, offset: p.offset};
+  }
+
   function toError(res, req) {
     const info = (res && res.error) || {};
     const err = new Error(info.message || info.code || "request failed");
@@ -164,7 +191,8 @@
     }
 
     this._handlers = Object.create(null);  // event -> [fn]
-    this._channelHandlers = new Map();    // channel -> [{fn, auto}]
+    // channel -> [{fn, auto, kind}], kind "message", "join" or "leave"
+    this._channelHandlers = new Map();
     this._queue = [];           // requests waiting to be sent, in order
     this._queued = 0;           // new user messages among them (queueSize)
     this._pending = new Map();  // callbackId -> request, in sending order
@@ -172,6 +200,20 @@
 
     // What the server holds for this client, re-sent after a reconnect.
     this._channels = new Set();
+    // channel -> {epoch, offset}: the last position delivered on a
+    // channel with history, known once a subscribe answer gave its epoch.
+    this._positions = new Map();
+    // channel -> {req, from, buffer}: a subscribe with "recover" in
+    // flight; the channel's messages wait in buffer until its answer.
+    this._recovering = new Map();
+    // {epoch, offset}: the highest offset delivered live on this
+    // connection. Offsets grow across channels in one epoch and each
+    // connection gets them in that order, so every channel with a
+    // position and no recovery on its way has had all of its messages up
+    // to there: its position moves up to it (_markPositions), and a
+    // broadcast to several channels, delivered once, is not replayed for
+    // the others after a reconnect.
+    this._mark = null;
     this._storeData = {};
     this._auth = opt.token ? {token: opt.token} : null;
     this._authToken = null;     // the token a function returned, this time
@@ -251,28 +293,54 @@
   /** onChannel(channel, fn): fn(data, msg) for every message that arrives
    *  on channel, whatever its event. Adding the same fn twice is a no-op. */
   proto.onChannel = function (channel, fn) {
-    this._addChannelHandler(channel, fn, false);
+    this._addChannelHandler(channel, fn, false, "message");
     return this;
   };
 
   /** offChannel(channel, fn) removes fn; offChannel(channel) all. */
   proto.offChannel = function (channel, fn) {
-    const list = this._channelHandlers.get(channel);
-    if (!list) return this;
-    const rest = fn ? list.filter(function (h) { return h.fn !== fn; }) : [];
-    if (rest.length) this._channelHandlers.set(channel, rest);
-    else this._channelHandlers.delete(channel);
+    return this._offKind(channel, fn, "message");
+  };
+
+  /** onJoin(channel, fn): fn(member, msg) when a user joins the presence
+   *  channel (presence_join; member = {user, info}). Same function once. */
+  proto.onJoin = function (channel, fn) {
+    this._addChannelHandler(channel, fn, false, "join");
     return this;
   };
 
-  proto._addChannelHandler = function (channel, fn, auto) {
+  /** onLeave(channel, fn): fn(member, msg) when a user's last connection
+   *  leaves the presence channel (presence_leave). */
+  proto.onLeave = function (channel, fn) {
+    this._addChannelHandler(channel, fn, false, "leave");
+    return this;
+  };
+
+  /** offJoin(channel, fn) / offLeave(channel, fn); without fn, all. */
+  proto.offJoin = function (channel, fn) {
+    return this._offKind(channel, fn, "join");
+  };
+  proto.offLeave = function (channel, fn) {
+    return this._offKind(channel, fn, "leave");
+  };
+
+  proto._offKind = function (channel, fn, kind) {
+    this._removeChannelEntries(channel, function (h) {
+      return h.kind === kind && (!fn || h.fn === fn);
+    });
+    return this;
+  };
+
+  proto._addChannelHandler = function (channel, fn, auto, kind) {
     if (typeof fn !== "function") {
       throw new TypeError("BagouWebSocket: channel handler must be a " +
                           "function");
     }
     const list = this._channelHandlers.get(channel) || [];
-    if (list.some(function (h) { return h.fn === fn; })) return null;
-    const entry = {fn: fn, auto: auto};
+    if (list.some(function (h) { return h.fn === fn && h.kind === kind; })) {
+      return null;
+    }
+    const entry = {fn: fn, auto: auto, kind: kind};
     list.push(entry);
     this._channelHandlers.set(channel, list);
     return entry;
@@ -345,6 +413,11 @@
       if (event === "subscribe" || event === "unsubscribe") {
         extra.channel = data.channel;
       }
+      if (event === "subscribe" && data.recover != null) {
+        // As subscribe(channel, {recover}): recovered or gap follows.
+        extra.recover = position(data.recover, "emit: recover");
+        extra.already = this._channels.has(data.channel);
+      }
       if (event === "authenticate") {
         extra.barrier = true;
         // What is sent again after a reconnect: the token, or the data
@@ -353,7 +426,9 @@
           {token: data.token} : {data: Object.assign({}, data)};
       }
     }
-    return this._request(event, data, callback, extra);
+    const req = this._prepare(event, data, callback, extra);
+    if (extra.recover) this._startRecovery(extra.channel, req, extra.recover);
+    return this._launch(req);
   };
 
   /** send(event, data): fire and forget (no callbackId, no answer). Queued
@@ -382,22 +457,88 @@
 
   /**
    * subscribe(channel, callback) - the original form: callback(answer).
-   * subscribe(channel, {onMessage, callback}) - also adds onMessage as a
-   *   channel handler, removed again by unsubscribe(channel) or a failure.
+   * subscribe(channel, {onMessage, onJoin, onLeave, recover, callback}) -
+   *   also adds the handlers (removed again by unsubscribe(channel) or a
+   *   failure); recover: {epoch, offset} asks for what followed that
+   *   position (PROTOCOL.md §9), answered by "recovered" or "gap".
    * Without a callback, returns a Promise. Channels are re-subscribed after
-   * every reconnect.
+   * every reconnect, with "recover" from the last position on a channel
+   * with history.
    */
   proto.subscribe = function (channel, arg) {
     let callback = arg;
-    let entry = null;
+    const entries = [];
+    const data = {channel: channel};
+    let recover = null;
     if (arg && typeof arg === "object") {
       callback = arg.callback;
-      if (arg.onMessage !== undefined) {
-        entry = this._addChannelHandler(channel, arg.onMessage, true);
+      if (arg.recover !== undefined && arg.recover !== null) {
+        recover = position(arg.recover, "subscribe: recover");
+        data.recover = recover;
+      }
+      const kinds = [["onMessage", "message"], ["onJoin", "join"],
+                     ["onLeave", "leave"]];
+      for (const k of kinds) {
+        if (arg[k[0]] === undefined) continue;
+        const entry = this._addChannelHandler(channel, arg[k[0]], true, k[1]);
+        if (entry) entries.push(entry);
       }
     }
-    return this._request("subscribe", {channel: channel}, callback,
-                         {channel: channel, entry: entry});
+    const req = this._prepare("subscribe", data, callback,
+                              {channel: channel, entries: entries,
+                               recover: recover,
+                               already: this._channels.has(channel)});
+    if (recover) this._startRecovery(channel, req, recover);
+    return this._launch(req);
+  };
+
+  /** history(channel, {limit, since: {epoch, offset}}, callback): the
+   *  channel's last publications, or those after since (PROTOCOL.md §9).
+   *  Promise of {success, channel, epoch, offset, publications, gap?}
+   *  without a callback. Positions are not changed by it. */
+  proto.history = function (channel, opts, callback) {
+    if (typeof opts === "function" && callback === undefined) {
+      callback = opts;
+      opts = undefined;
+    }
+    const data = {channel: channel};
+    if (opts !== undefined && opts !== null) {
+      if (typeof opts !== "object") {
+        throw new TypeError("BagouWebSocket.history: options must be an " +
+                            "object");
+      }
+      if (opts.limit !== undefined) data.limit = opts.limit;
+      if (opts.since !== undefined && opts.since !== null) {
+        data.since = position(opts.since, "history: since");
+      }
+    }
+    return this._request("history", data, callback, {channel: channel});
+  };
+
+  /** presence(channel, callback): the members of a presence channel,
+   *  across the cluster: Promise of {success, members: [{user, info}]}. */
+  proto.presence = function (channel, callback) {
+    return this._request("presence", {channel: channel}, callback,
+                         {channel: channel});
+  };
+
+  /** presenceStats(channel, callback): Promise of {success, clients,
+   *  users} for a presence channel. */
+  proto.presenceStats = function (channel, callback) {
+    return this._request("presence_stats", {channel: channel}, callback,
+                         {channel: channel});
+  };
+
+  /** position(channel): {epoch, offset} of the last message delivered on
+   *  a channel with history (a copy), or null. */
+  proto.position = function (channel) {
+    const pos = this._positions.get(channel);
+    if (!pos) return null;
+    const mark = this._mark;
+    const live = !this._recovering.has(channel);
+    return {epoch: pos.epoch,
+            offset: live && mark && mark.epoch === pos.epoch ?
+              Math.max(pos.offset, mark.offset) : pos.offset};
   };
 
   /** unsubscribe(channel, callback): leaves channel (and drops the
@@ -503,6 +644,12 @@
   /* ------------------------------------------------------ requests */
 
   proto._request = function (event, data, callback, extra) {
+    return this._launch(this._prepare(event, data, callback, extra));
+  };
+
+  // A request built (its frame encoded, its callback or Promise made)
+  // but not armed or submitted yet: _launch does that.
+  proto._prepare = function (event, data, callback, extra) {
     const self = this;
     const req = Object.assign({
       id: uuid(), event: event, data: data, internal: false,
@@ -525,9 +672,14 @@
         };
       });
     }
+    req.promise = promise;
+    return req;
+  };
+
+  proto._launch = function (req) {
     this._arm(req);
     this._submit(req);
-    return promise || this;
+    return req.promise || this;
   };
 
   // Internal requests (the re-sync after a reconnect) report failures as
@@ -568,6 +720,12 @@
     req.settled = true;
     if (req.timer) clearTimeout(req.timer);
     req.timer = null;
+    if (req.recover && req.where !== "pending") {
+      // Never to be answered (closed, queue_full, expired in the queue):
+      // its recovery ends here.
+      const rec = this._recovering.get(req.channel);
+      if (rec && rec.req === req) this._flushRecovery(req.channel, rec);
+    }
     if (req.done) {
       if (later) {
         Promise.resolve().then(function () { req.done(res, msg); });
@@ -666,20 +824,25 @@
     req.where = null;
     const ok = !(res && res.success === false);
     const ch = req.channel;
+    let resubscribed = false;
     if (req.event === "subscribe") {
       if (ok) {
         this._channels.add(ch);
+        this._subscribed(req, res || {});
+        resubscribed = !!req.resync;
       } else if (req.resync) {
         // The new connection is not subscribed: forget the channel.
-        this._channels.delete(ch);
-        this._removeChannelEntries(ch, function (h) { return h.auto; });
-      } else if (req.entry) {
-        const entry = req.entry;
-        this._removeChannelEntries(ch, function (h) { return h === entry; });
+        this._forget(ch);
+      } else {
+        const entries = req.entries || [];
+        this._removeChannelEntries(ch, function (h) {
+          return entries.indexOf(h) >= 0;
+        });
+        const rec = this._recovering.get(ch);
+        if (rec && rec.req === req) this._flushRecovery(ch, rec);
       }
     } else if (req.event === "unsubscribe" && ok) {
-      this._channels.delete(ch);
-      this._removeChannelEntries(ch, function (h) { return h.auto; });
+      this._forget(ch);
     } else if (req.event === "store" && ok && req.data &&
                typeof req.data === "object") {
       Object.assign(this._storeData, req.data);
@@ -702,6 +865,146 @@
     if (wasBarrier) this._barrier = null;
     this._settle(req, res || {}, false, msg);
     if (wasBarrier) this._flush();
+    if (resubscribed) {
+      this._fire("resubscribed", {channel: ch, data: res || {}});
+    }
+  };
+
+  // Leaves nothing of channel behind: no re-subscription, no position,
+  // no recovery (its held messages dropped), no handler subscribe() added.
+  proto._forget = function (channel) {
+    this._channels.delete(channel);
+    this._positions.delete(channel);
+    this._recovering.delete(channel);
+    this._removeChannelEntries(channel, function (h) { return h.auto; });
+  };
+
+  /* ---------------------------------------------- positions, recovery */
+
+  // A subscribe with "recover" from `from` is on its way: the channel's
+  // messages wait until its answer says what they are.
+  proto._startRecovery = function (channel, req, from) {
+    const rec = this._recovering.get(channel);
+    if (rec) {
+      rec.req = req;
+      rec.from = from;
+    } else {
+      this._recovering.set(channel, {req: req, from: from, buffer: []});
+    }
+  };
+
+  // A message with an offset on `channel`: false when it is held back
+  // (a recovery is on its way) or was delivered already.
+  proto._track = function (msg) {
+    const rec = this._recovering.get(msg.channel);
+    if (rec) {
+      rec.buffer.push(msg);
+      return false;
+    }
+    const pos = this._positions.get(msg.channel);
+    if (!pos) return true;
+    if (msg.offset <= pos.offset) return false;
+    pos.offset = msg.offset;
+    const mark = this._mark;
+    if (mark && mark.epoch === pos.epoch) {
+      mark.offset = Math.max(mark.offset, msg.offset);
+    } else {
+      this._mark = {epoch: pos.epoch, offset: msg.offset};
+    }
+    return true;
+  };
+
+  // The connection ends (lost, or close()): the channels it delivered
+  // live move up to its mark (see this._mark); those still recovering
+  // keep their position, and what their recovery held back is dropped,
+  // so the next recovery asks for it again. A page's own subscribe with
+  // recover is sent again, and keeps its recovery.
+  proto._endConnection = function () {
+    const mark = this._mark;
+    this._mark = null;
+    if (mark) {
+      for (const [ch, pos] of this._positions) {
+        if (pos.epoch === mark.epoch && !this._recovering.has(ch)) {
+          pos.offset = Math.max(pos.offset, mark.offset);
+        }
+      }
+    }
+    for (const [ch, rec] of Array.from(this._recovering)) {
+      if (rec.req.internal) this._recovering.delete(ch);
+      else rec.buffer = [];
+    }
+  };
+
+  // Delivers what a recovery held back, oldest first (by offset, should
+  // a live message have come before the replay), each once: those past
+  // pos (none is skipped without a position).
+  proto._release = function (buffer, pos) {
+    let n = 0;
+    const sorted = buffer.slice().sort(function (a, b) {
+      return a.offset - b.offset;
+    });
+    for (const msg of sorted) {
+      if (pos) {
+        if (msg.offset <= pos.offset) continue;
+        pos.offset = msg.offset;
+      }
+      n++;
+      this._dispatch(msg);
+    }
+    return n;
+  };
+
+  // A recovery ends without an answer that says how (its subscribe
+  // failed): what it held is delivered against the position it started
+  // from.
+  proto._flushRecovery = function (channel, rec) {
+    this._recovering.delete(channel);
+    const pos = this._positions.get(channel) || null;
+    this._release(rec.buffer, pos);
+  };
+
+  // A successful subscribe answer: the channel's position when it has
+  // history ({epoch, offset: TOP}), and the end of a recovery, told to
+  // the page as "recovered" (after the replayed messages) or "gap"
+  // (before anything that came after the hole).
+  proto._subscribed = function (req, res) {
+    const ch = req.channel;
+    const rec = this._recovering.get(ch);
+    // A recover on a channel this connection was already subscribed to
+    // is answered without "recovered" (it received live all along): no
+    // recovery, and what came meanwhile counts from the live position.
+    const mine = !!rec && rec.req === req &&
+      !(req.already && res.recovered === undefined);
+    if (rec && rec.req === req) this._recovering.delete(ch);
+    const from = mine ? rec.from : this._positions.get(ch) || null;
+    const top = typeof res.offset === "number" ? res.offset : 0;
+    let pos = null;
+    if (typeof res.epoch === "string") {
+      // Within one epoch what was delivered stays delivered.
+      pos = {epoch: res.epoch,
+             offset: from && from.epoch === res.epoch ? from.offset : 0};
+      this._positions.set(ch, pos);
+    } else {
+      this._positions.delete(ch);
+    }
+    if (!mine) {
+      if (rec && rec.req === req) this._release(rec.buffer, pos);
+      if (pos) pos.offset = Math.max(pos.offset, top);
+      return;
+    }
+    const since = {epoch: from.epoch, offset: from.offset};
+    if (res.recovered === true && pos && from.epoch === pos.epoch) {
+      const count = this._release(rec.buffer, pos);
+      pos.offset = Math.max(pos.offset, top);
+      this._fire("recovered", {channel: ch, epoch: pos.epoch,
+                               offset: pos.offset, since: since,
+                               count: count});
+      return;
+    }
+    this._fire("gap", {channel: ch, epoch: pos ? pos.epoch : null,
+                       offset: pos ? top : null, since: since});
+    this._release(rec.buffer, pos);
+    if (pos) pos.offset = Math.max(pos.offset, top);
   };
 
   /* --------------------------------------------------- connection */
@@ -725,6 +1028,7 @@
     this._clearTimers();
     const s = this.socket;
     this.state = "closed";
+    this._endConnection();
     this._failAll("closed", "the client was closed");
     if (s) {
       try {
@@ -901,8 +1205,15 @@
     }
     for (const ch of this._channels) {
       if (last.get(ch) === "unsubscribe") continue;
-      front.push(this._internal("subscribe", {channel: ch},
-                                {channel: ch, resync: true}));
+      // From the last position delivered, on a channel with history.
+      const pos = this._positions.get(ch);
+      const data = {channel: ch};
+      if (pos) data.recover = {epoch: pos.epoch, offset: pos.offset};
+      const req = this._internal("subscribe", data,
+                                 {channel: ch, resync: true,
+                                  recover: data.recover || null});
+      if (pos) this._startRecovery(ch, req, data.recover);
+      front.push(req);
     }
     if (Object.keys(this._storeData).length) {
       front.push(this._internal("store", Object.assign({}, this._storeData),
@@ -947,8 +1258,29 @@
       }
     }
     this._queue = again.concat(rest);
+    this._endConnection();
+
+    // The server closed with a code of its own (4000-4999): said to the
+    // page, with whether the client comes back.
+    const code = ev && typeof ev.code === "number" ? ev.code : 0;
+    const final = code >= NO_RECONNECT_MIN && code <= NO_RECONNECT_MAX;
+    if (code >= 4000 && code <= 4999 && !this._stopped) {
+      this._fire("disconnected", {
+        code: code, reason: ev.reason || "",
+        reconnect: !final && !!this._opt.reconnect &&
+          this._attempt < this._opt.reconnectAttempts,
+      });
+    }
 
     if (this._stopped) {
+      this._setState("closed", "close", ev);
+      return;
+    }
+    if (final) {
+      this._stopped = true;
+      this.state = "closed";
+      this._failAll("closed", "the server closed the connection for good " +
+                    "(" + code + (ev.reason ? " " + ev.reason : "") + ")");
       this._setState("closed", "close", ev);
       return;
     }
@@ -1035,12 +1367,53 @@
         return;
       }
     }
+    if (typeof msg.channel === "string" && typeof msg.offset === "number" &&
+        !this._track(msg)) {
+      return;
+    }
+    if (msg.event === "unsubscribed" || msg.event === "subscribed") {
+      // The server API's acknowledgement: {"event": "unsubscribed",
+      // "data": {"channel": C}} (the channel in data, or beside it).
+      const data = msg.data && typeof msg.data === "object" ? msg.data : {};
+      const ch = typeof msg.channel === "string" ? msg.channel : data.channel;
+      if (typeof ch === "string") {
+        if (msg.event === "unsubscribed") this._forget(ch);
+        else this._serverSubscribed(ch, data);
+      }
+    }
+    this._dispatch(msg);
+  };
+
+  // A subscription the server made for this client (POST
+  // /api/subscribe): kept and re-subscribed like one the page asked for.
+  proto._serverSubscribed = function (channel, data) {
+    this._channels.add(channel);
+    if (typeof data.epoch !== "string" || typeof data.offset !== "number" ||
+        this._recovering.has(channel)) {
+      return;
+    }
+    const pos = this._positions.get(channel);
+    if (pos && pos.epoch === data.epoch) {
+      pos.offset = Math.max(pos.offset, data.offset);
+    } else {
+      this._positions.set(channel, {epoch: data.epoch, offset: data.offset});
+    }
+  };
+
+  // One message to the page: the message option, on() handlers, then
+  // the channel's handlers of its kind (a broadcast to onChannel and
+  // onMessage, presence_join to onJoin, presence_leave to onLeave).
+  proto._dispatch = function (msg) {
     if (this.options.message) safely(this.options.message, this, [msg]);
     this._fire(msg.event, msg.data, msg);
     if (typeof msg.channel === "string") {
       const list = this._channelHandlers.get(msg.channel);
       if (list) {
-        for (const h of list.slice()) safely(h.fn, this, [msg.data, msg]);
+        const kind = Object.prototype.hasOwnProperty.call(NOTICES, msg.event) ?
+          NOTICES[msg.event] : "message";
+        for (const h of list.slice()) {
+          if (h.kind === kind) safely(h.fn, this, [msg.data, msg]);
+        }
       }
     }
   };

@@ -18,6 +18,12 @@
  * Closing the page (or losing the connection) also makes the app send a
  * leave notice. bagou.js reconnects by itself and restores the store and
  * the subscription, so the page only shows the connection state.
+ *
+ * With history on the server ([history] channels = ^room-, PROTOCOL.md
+ * §9), a late joiner also sees the room's last messages (ws.history), and
+ * a reconnection, even across a server restart, misses no line: bagou.js
+ * resumes the room by itself, and the page says so when it could not
+ * ("gap").
  */
 (function () {
   "use strict";
@@ -42,6 +48,7 @@
 
   /* ------------------------------------------------------------ view */
 
+  // One line at the end of the log, or before the node `before`.
   function line(kind, text, who, before) {
     const li = document.createElement("li");
     li.className = kind;
@@ -143,7 +150,7 @@
     }
     let res;
     try {
-      res = await ws.emit("history", {channel: channel, limit: EARLIER});
+      res = await ws.history(channel, {limit: EARLIER});
     } catch (err) {
       return;  // not kept here: the room starts empty, as before
     }
@@ -165,22 +172,23 @@
     if (room) await leave();
     room = channel;  // before the answer: the join notice may come first
     render();
-    // Where earlier messages go: before anything of this room.
-    const mark = document.createElement("li");
-    mark.hidden = true;
-    ui.log.appendChild(mark);
+    // Where the room's earlier messages go, above what comes live.
+    const earlier = document.createElement("li");
+    earlier.hidden = true;
+    ui.log.appendChild(earlier);
     let answer;
     try {
       answer = await ws.subscribe(channel, {onMessage: onRoomMessage});
     } catch (err) {
       room = null;
-      mark.remove();
+      earlier.remove();
       throw err;
     }
     ui.text.disabled = false;
     ui.text.focus();
-    await showEarlier(channel, answer, mark);
-    mark.remove();
+    showEarlier(channel, answer, earlier).catch(function (err) {
+      line("error", "No earlier messages: " + err.message);
+    }).finally(function () { earlier.remove(); });
   }
 
   async function leave() {
@@ -245,6 +253,12 @@
   });
   ws.on("reconnecting", function (ev) {
     setStatus("reconnecting", "reconnecting (attempt " + ev.attempt + ")");
+  });
+  ws.on("gap", function (g) {
+    if (g.channel === room) {
+      line("info", "Some messages of #" + label(room) +
+           " may be missing (the server could not replay them).");
+    }
   });
   ws.on("error", function (err) {
     line("error", err.message + (err.code ? " (" + err.code + ")" : ""));

@@ -10,7 +10,10 @@
  *
  * (a) a page subscribes to a channel, receives a broadcast published
  *     through RabbitMQ, survives a restart of the server (SIGTERM, then a
- *     new process on the same port) and receives a later broadcast;
+ *     new process on the same port) and receives a later broadcast; when
+ *     the server has history ([history] channels = ^room-, tried first),
+ *     the chat page shows a late joiner the room's last messages and a
+ *     line published during the restart arrives once;
  * (b) the chat example: two people join the same room, see each other's
  *     join notices, talk both ways, one leaves and the other sees it.
  *     Screenshot: build/e2e/chat.png.
@@ -65,7 +68,7 @@ if (missing.length) {
 }
 
 const env = {broker: null, app: null, server: null, browser: null,
-             original: null};
+             original: null, history: false};
 const pageErrors = [];       // uncaught exceptions in any page
 const consoleLines = [];     // console output of every page (diagnostics)
 let stopping = null;
@@ -134,8 +137,10 @@ async function withDiagnostics(name, pages, body) {
 }
 
 /** A new page (its own browser context: its own cookies, like another
- *  person) on the chat example, served by bagou-server under /static/. */
-async function openChat(label) {
+ *  person) on the chat example, served by bagou-server (server, default
+ *  env.server) under /static/. */
+async function openChat(label, server) {
+  server = server || env.server;
   const context = await env.browser.newContext({
     viewport: {width: 860, height: 640},
   });
@@ -155,7 +160,7 @@ async function openChat(label) {
       cache: res.headers()["cache-control"] || "",
     };
   });
-  const res = await page.goto(env.server.origin + "/static/index.html",
+  const res = await page.goto(server.origin + "/static/index.html",
                               {waitUntil: "load", timeout: WAIT});
   assert.equal(res.status(), 200, "GET /static/index.html");
   // The page, its script and stylesheet from /static/, the client from
@@ -232,8 +237,18 @@ describe("browser end-to-end", function () {
     // forwards to.
     env.app = new S.App(env.broker.url);
     await env.app.start();
-    env.server = new S.BagouServer(env.broker.url, CONFIG);
-    await env.server.start();
+    // History on the chat rooms when the server has it (PROTOCOL.md §9).
+    env.server = new S.BagouServer(env.broker.url, CONFIG +
+                                   "[history]\nchannels = ^room-\n");
+    try {
+      await env.server.start();
+      env.history = true;
+    } catch (err) {
+      if (!/unknown section \[history\]/.test(err.message)) throw err;
+      env.server.cleanup();
+      env.server = new S.BagouServer(env.broker.url, CONFIG);
+      await env.server.start();
+    }
     env.browser = await S.launchBrowser();
   }, {timeout: 240000});
 
@@ -243,10 +258,31 @@ describe("browser end-to-end", function () {
   }, {timeout: 120000});
 
   it("a page served from /static/ receives RabbitMQ broadcasts, before " +
-     "and after a server restart", {timeout: 120000}, async function () {
+     "and after a server restart", {timeout: 120000}, async function (t) {
     const pages = {};
+    const chat = function (text) {
+      return S.publish(env.broker.url, "room-hist", "chat",
+                       {name: "Alice", text: text, from: "elsewhere"});
+    };
     await withDiagnostics("restart", pages, async function () {
       const page = pages.probe = await openChat("probe");
+      if (env.history) {
+        // Said before Bob comes: the chat page shows them first.
+        await chat("first line");
+        await chat("second line");
+        await join(page, "Bob", "hist");
+        await sees(page, "chat.earlier", "second line");
+        assert.deepEqual((await logLines(page)).slice(0, 5), [
+          "info: You are Bob.",
+          "info: Earlier in #hist:",
+          "chat earlier: Alice first line",
+          "chat earlier: Alice second line",
+          "join: You joined #hist",
+        ]);
+      } else {
+        t.diagnostic("the server has no [history]: the chat page's " +
+                     "history part is not run");
+      }
       // A client of the page's own, from the /bagou.js it loaded.
       await page.evaluate(async function () {
         window.got = [];
@@ -278,6 +314,8 @@ describe("browser end-to-end", function () {
       await page.locator('#status[data-state="reconnecting"]')
         .waitFor({timeout: WAIT});
       await sees(page, "info", "Connection lost, reconnecting");
+      // With history, said while the server is down: it arrives once.
+      if (env.history) await chat("while you were away");
 
       // A new process on the same port; the clients come back by
       // themselves and re-subscribe.
@@ -304,6 +342,20 @@ describe("browser end-to-end", function () {
       await page.locator('#status[data-state="online"]')
         .waitFor({timeout: RESTART_WAIT});
       await sees(page, "info", "Reconnected.");
+      if (env.history) {
+        await sees(page, "chat", "while you were away", RESTART_WAIT);
+        await chat("after the restart");
+        await sees(page, "chat", "after the restart");
+        const all = await logLines(page);
+        for (const text of ["first line", "second line",
+                            "while you were away", "after the restart"]) {
+          assert.equal(all.filter(function (l) {
+            return l.endsWith(text);
+          }).length, 1, text + " once in:\n" + all.join("\n"));
+        }
+        assert.ok(!all.some(function (l) { return /missing/.test(l); }),
+                  all.join("\n"));
+      }
       await page.evaluate(function () { window.probe.close(); });
       assert.deepEqual(pageErrors, []);
     });

@@ -78,6 +78,43 @@ async function demo(): Promise<void> {
   ws.onChannel("news", "nope");
   // @ts-expect-error: unknown state
   const bad: BagouWebSocket.State = "broken";
+
+  // Version 2: history and recovery, presence, the server's disconnect.
+  const h: BagouWebSocket.HistoryAnswer =
+    await ws.history("h-news", {limit: 10});
+  const first: number = h.publications[0].offset;
+  await ws.history("h-news", {since: {epoch: h.epoch, offset: first}});
+  ws.history("h-news", (m) => console.log(m.data?.publications));
+  ws.history("h-news", {limit: 1}, (m) => console.log(m.data));
+  const pos: BagouWebSocket.Position | null = ws.position("h-news");
+  if (pos) await ws.subscribe("h-news", {recover: pos});
+  const members: BagouWebSocket.Member[] =
+    (await ws.presence("presence-room")).members;
+  const stats = await ws.presenceStats("presence-room");
+  const n: number = stats.clients + stats.users + members.length;
+  await ws.subscribe("presence-room", {
+    onJoin: (m) => console.log(m.user, m.info),
+    onLeave(m, msg) { console.log(m.user, msg.channel); },
+  });
+  ws.onJoin("presence-room", (m) => console.log(m.user))
+    .onLeave("presence-room", (m) => console.log(m.user))
+    .offJoin("presence-room")
+    .offLeave("presence-room")
+    .on("recovered", ({channel, count, since}) =>
+      console.log(channel, count, since.offset))
+    .on("gap", (g) => console.log(g.channel, g.epoch ?? "none", g.offset))
+    .on("resubscribed", ({channel, data}) => console.log(channel, data))
+    .on("disconnected", ({code, reason, reconnect}) =>
+      console.log(code, reason, reconnect))
+    .on("presence_join", (m) => console.log(m.user))
+    .on("unsubscribed", (d, msg) => console.log(d.channel, msg.event))
+    .on("subscribed", (d) => console.log(d.channel.length));
+  const g: BagouWebSocket.GapInfo = await ws.once("gap");
+  console.log(n, g.since.epoch, bad);
+  // @ts-expect-error: a position is {epoch, offset}
+  ws.subscribe("h-news", {recover: {offset: 1}});
+  // @ts-expect-error: the limit is a number
+  ws.history("h-news", {limit: "10"});
   console.log(bad, BagouWebSocket.DEFAULTS.timeout,
               BagouWebSocket.BagouWebSocket);
 }
