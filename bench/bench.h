@@ -43,6 +43,13 @@
 #define BG_HIST_SUB	(1u << BG_HIST_BITS)
 #define BG_HIST_BUCKETS	(BG_HIST_SUB * (65 - BG_HIST_BITS))
 
+/* What the subscribers speak (--proto). */
+enum bg_proto {
+	BG_PROTO_BAGOU,		/* Bagou's JSON events (docs/PROTOCOL.md) */
+	BG_PROTO_SOCKETIO,	/* Socket.IO 4 over the engine.io 4 WebSocket
+				 * transport (bench/peers/README.md) */
+};
+
 enum bg_bench_mode {
 	BG_BENCH_FANOUT,
 	BG_BENCH_IDLE,
@@ -105,6 +112,7 @@ struct bg_ws {
 	char *frag;		/* fragments of a message so far */
 	size_t fraglen;
 	uint64_t unique;	/* deliveries in publisher order */
+	unsigned ch;		/* channel index, 0..channels-1 */
 	int64_t last_ps[BG_BENCH_MAX_PUBS];	/* per publisher, -1 none */
 	char key[32];		/* Sec-WebSocket-Key, base64 */
 };
@@ -168,6 +176,8 @@ struct bg_bench {
 	char http_hostport[64];
 	char channel[256];
 	char event[64];
+	unsigned channels;		/* 1: channel; N: channel-0..N-1 */
+	int proto;			/* enum bg_proto */
 	unsigned clients;
 	double rate;			/* broadcasts/s, 0 = closed loop */
 	double duration;
@@ -201,6 +211,11 @@ struct bg_bench {
 	uint64_t pings, server_errors, binary, other_msgs, bad_ticks;
 	unsigned close_code[8], close_count[8];	/* codes from the server */
 	unsigned logged;			/* rate limit of warnings */
+
+	/* per channel (channels entries): live subscribers, accepted */
+	unsigned *ch_live;
+	unsigned *ch_subscribed;	/* ever subscribed */
+	uint64_t *ch_accepted;
 
 	/* deliveries */
 	uint64_t deliveries, unique, out_of_order, gaps;
@@ -252,6 +267,15 @@ bool bg_json_int(const char *p, size_t len, const char *qkey, int64_t *v);
 bool bg_json_str(const char *p, size_t len, const char *qkey,
 		 const char **s, size_t *slen);
 bool bg_json_true(const char *p, size_t len, const char *qkey);
+
+/*
+ * The name of channel k into out (size n): --channel itself when there
+ * is one channel, else "<--channel>-<k>".  Returns its length.
+ */
+size_t bg_bench_channel(const struct bg_bench *b, unsigned k, char *out,
+			size_t n);
+/* The channel index of broadcast seq: publishers go round the channels. */
+unsigned bg_bench_channel_of(const struct bg_bench *b, uint64_t seq);
 
 /* bench_ws.c */
 /*

@@ -88,6 +88,7 @@ static void note_answer(struct bg_bench *b, uint64_t seq, bool ok,
 
 	if (ok) {
 		b->accepted++;
+		b->ch_accepted[bg_bench_channel_of(b, seq)]++;
 	} else {
 		b->rejected++;
 		if (!b->first_status && !b->first_error[0]) {
@@ -661,6 +662,7 @@ static void http_send(struct bg_pub *p)
 	uint64_t seq;
 	size_t n;
 	int hn;
+	char ch[300];
 
 	if (t - p->t_state > STALE_NS) {
 		/* Idle too long: the server may be timing it out. */
@@ -669,8 +671,9 @@ static void http_send(struct bg_pub *p)
 		return;
 	}
 	seq = claim(p, t);
+	bg_bench_channel(b, bg_bench_channel_of(b, seq), ch, sizeof(ch));
 	n = (size_t)snprintf(b->body, 512, "{\"event\":\"%s\",\"channel\":"
-			     "\"%s\",\"data\":", b->event, b->channel);
+			     "\"%s\",\"data\":", b->event, ch);
 	n += compose_data(p, b->body + n, seq, t);
 	b->body[n++] = '}';
 	hn = snprintf(p->out, 512,
@@ -690,10 +693,12 @@ static void ws_send(struct bg_pub *p)
 	int64_t t = bg_bench_now();
 	uint64_t seq = claim(p, t);
 	size_t n;
+	char ch[300];
 
+	bg_bench_channel(b, bg_bench_channel_of(b, seq), ch, sizeof(ch));
 	n = (size_t)snprintf(b->body, 512, "{\"event\":\"publish\",\"data\":"
 			     "{\"channel\":\"%s\",\"event\":\"%s\",\"data\":",
-			     b->channel, b->event);
+			     ch, b->event);
 	n += compose_data(p, b->body + n, seq, t);
 	n += (size_t)snprintf(b->body + n, 64, "},\"callbackId\":\"%llu\"}",
 			      (unsigned long long)seq);
@@ -741,7 +746,8 @@ void bg_pub_pump(struct bg_bench *b)
 
 static bool complete(const struct bg_bench *b, const struct bg_bcast *r)
 {
-	return r->state == BG_BCAST_FAILED || r->delivered >= b->live;
+	return r->state == BG_BCAST_FAILED ||
+	       r->delivered >= b->ch_live[bg_bench_channel_of(b, r->seq)];
 }
 
 void bg_pub_advance(struct bg_bench *b)
