@@ -322,8 +322,7 @@ static void report_fanout(struct bg_bench *b)
 	double run_s = secs(b->t_run_end - b->t_run);
 	double span = b->t_last_delivery > b->t_run ?
 		secs(b->t_last_delivery - b->t_run) : run_s;
-	uint64_t expected = 0;
-	uint64_t lost = expected > b->unique ? expected - b->unique : 0;
+	uint64_t expected = 0, lost;
 	double p50 = ms(bg_hist_quantile(&b->lat, 0.50));
 	double p99 = ms(bg_hist_quantile(&b->lat, 0.99));
 	double p999 = ms(bg_hist_quantile(&b->lat, 0.999));
@@ -332,6 +331,7 @@ static void report_fanout(struct bg_bench *b)
 
 	for (k = 0; k < b->channels; k++)
 		expected += b->ch_accepted[k] * b->ch_subscribed[k];
+	lost = expected > b->unique ? expected - b->unique : 0;
 	double a50 = ms(bg_hist_quantile(&b->ack, 0.50));
 	double a99 = ms(bg_hist_quantile(&b->ack, 0.99));
 	double c50 = ms(bg_hist_quantile(&b->conn, 0.50));
@@ -380,7 +380,8 @@ static void report_fanout(struct bg_bench *b)
 	       "\"broadcasts_per_s\":%.1f,\"deliveries\":%llu,"
 	       "\"delivered_per_s\":%.1f,\"expected\":%llu,\"lost\":%llu,"
 	       "\"out_of_order\":%llu,\"gaps\":%llu,\"p50_ms\":%.3f,"
-	       "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,\"ack_p50_ms\":%.3f,"
+	       "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,"
+	       "\"ack_p50_ms\":%.3f,"
 	       "\"ack_p99_ms\":%.3f,\"ack_max_ms\":%.3f,"
 	       "\"pub_connect_p50_ms\":%.3f,\"pub_connect_p99_ms\":%.3f,"
 	       "\"connect_failures\":%llu,"

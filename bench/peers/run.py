@@ -255,6 +255,7 @@ def run_fanout(srv, tag, clients, duration, rate=0.0, channels=1,
     cpu1 = srv.stat()[0]
     r = {"exit": rc, "deliv_s": res["delivered_per_s"],
          "bcast_s": res["broadcasts_per_s"], "lost": res["lost"],
+         "expected": res["expected"],
          "ooo": res["out_of_order"], "p50": res["p50_ms"],
          "p99": res["p99_ms"], "p999": res["p999_ms"],
          "max": res["max_ms"], "subscribed": res["subscribed"],
@@ -493,7 +494,7 @@ def cell(scen, runs):
     lost = med(good, "lost")
     exp = med(good, "expected")
     if lost and exp:
-        c += ", %.0f %% late" % (100.0 * lost / exp)
+        c += ", %.0f %% undelivered" % (100.0 * lost / exp)
     return c + flag
 
 
