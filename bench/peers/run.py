@@ -528,13 +528,40 @@ def table(peers, scens, results):
     return "\n".join(lines) + "\n"
 
 
+KEYS = {"fanout": ("deliv_s", fmt_rate), "channels": ("deliv_s", fmt_rate),
+        "flood": ("deliv_s", fmt_rate),
+        "latency": ("p99", lambda v: "%.1f ms" % v),
+        "idle": ("bytes_per_conn", lambda v: "{:,.0f} B".format(v))}
+
+
+def rounds_table(peers, scens, results):
+    """Every round's headline figure, in the order the rounds ran."""
+    lines = ["| scenario (every round) | " + " | ".join(
+        PEER_NAMES[p] for p in peers) + " |", "|---" * (len(peers) + 1)
+        + "|"]
+    for sc in scens:
+        key, fmt = KEYS[sc]
+        cells = []
+        for p in peers:
+            runs = results.get(sc, {}).get(p)
+            if runs is None:
+                cells.append("n/a")
+                continue
+            cells.append(", ".join(
+                fmt(r[key]) if r and r.get(key) is not None else "failed"
+                for r in runs))
+        lines.append("| %s: %s | %s |" % (sc, key, " | ".join(cells)))
+    return "\n".join(lines) + "\n"
+
+
 def rerender(path):
     """--table RESULTS.json: the table of an earlier run, again."""
     with open(path) as f:
         saved = json.load(f)
     S.update(saved["meta"]["sizes"])
-    sys.stdout.write(table(saved["meta"]["peers"],
-                           saved["meta"]["scenarios"], saved["results"]))
+    args = (saved["meta"]["peers"], saved["meta"]["scenarios"],
+            saved["results"])
+    sys.stdout.write(table(*args) + "\n" + rounds_table(*args))
     return 0
 
 
@@ -606,7 +633,8 @@ def main():
             "cpus": os.cpu_count()}
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
-    t = table(peers, scens, results)
+    t = table(peers, scens, results) + "\n" + rounds_table(
+        peers, scens, results)
     with open(os.path.join(OUT, "table.md"), "w") as f:
         f.write(t)
     print()
