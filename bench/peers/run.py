@@ -468,7 +468,9 @@ def cell(scen, runs):
     """The table cell of one peer and scenario (medians)."""
     if runs is None:
         return "n/a"
-    good = [r for r in runs if r and len(r) > 1]
+    # A run whose setup failed (exit 2: connections refused or timed
+    # out) measured nothing; losses (exit 3) are measurements.
+    good = [r for r in runs if r and len(r) > 1 and r["exit"] in (0, 3)]
     if not good:
         return "failed"
     flag = "" if all(ok(r) for r in runs) else " (!)"
@@ -490,7 +492,7 @@ def cell(scen, runs):
     c = fmt_rate(med(good, "deliv_s"))
     cpu = med(good, "cpu_us_per_bcast")
     if cpu is not None:
-        c += " (%.0f µs)" % cpu
+        c += " ({:,.0f} µs)".format(cpu)
     lost = med(good, "lost")
     exp = med(good, "expected")
     if lost and exp:
@@ -499,8 +501,8 @@ def cell(scen, runs):
 
 
 ROW_NAMES = {
-    "fanout": lambda: "fan-out: %d subscribers, one channel, %d HTTP "
-    "publishers (deliveries/s; server CPU per delivery)" % (
+    "fanout": lambda: "fan-out: {:,} subscribers, one channel, {} HTTP "
+    "publishers (deliveries/s; server CPU per delivery)".format(
         S["fanout_clients"], S["publishers"]),
     "latency": lambda: "latency p50 / p99 / p999: %d subscribers, %g "
     "broadcasts/s" % (S["latency_clients"], S["latency_rate"]),
@@ -510,9 +512,9 @@ ROW_NAMES = {
     "HTTP publishers (deliveries/s; server CPU per delivery)" % (
         "{:,}".format(S["channels_clients"]), S["channels_n"],
         S["channels_publishers"]),
-    "flood": lambda: "RabbitMQ flood: %d subscribers, %g broadcasts/s for "
-    "%g s through RabbitMQ (deliveries/s; server CPU per broadcast)" % (
-        S["flood_clients"], S["flood_rate"], S["flood_duration"]),
+    "flood": lambda: "RabbitMQ flood: {:,} subscribers, {:,g} broadcasts/s "
+    "for {:g} s through RabbitMQ (deliveries/s; server CPU per broadcast)"
+    .format(S["flood_clients"], S["flood_rate"], S["flood_duration"]),
 }
 
 
