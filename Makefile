@@ -488,3 +488,31 @@ test-history-long: $(OUT)/bagou-server
 	cd tests/integration && HISTORY_LONG_RUN=1 \
 	  BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice /usr/bin/python3 -m pytest \
 	  -q -s -p no:cacheprovider test_history_long.py
+
+
+# ---------------------------------------------------------------- peers
+# Bagou beside uWebSockets.js, node ws, Socket.IO and a Tornado+Pika server
+# built as the original Bagou was (docs/BENCHMARKS.md; about 12 min). The
+# node peers come from npm at the versions of bench/peers/package-lock.json,
+# installed into build/peers; Tornado, Pika and RabbitMQ from Debian. Not
+# part of make test. BENCH_PEERS_ARGS: environment for bench/peers/run.py,
+# e.g. make bench-peers BENCH_PEERS_ARGS="QUICK=1" (a one-minute check).
+PEERS_DIR := $(BUILD)/peers
+.PHONY: bench-peers bench-peers-deps
+
+bench-peers-deps: test-packages
+	$(call apt_install,python3-tornado)
+	$(Q)command -v node >/dev/null && command -v npm >/dev/null || \
+	  $(MAKE) --no-print-directory js-packages
+	$(Q)mkdir -p $(PEERS_DIR) && \
+	  cp -p bench/peers/package.json bench/peers/package-lock.json \
+	    $(PEERS_DIR)/ && cd $(PEERS_DIR) && \
+	  { [ -d node_modules ] && \
+	    [ node_modules/.package-lock.json -nt package-lock.json ] || \
+	    npm ci --no-audit --no-fund --ignore-scripts --loglevel=error; }
+
+bench-peers: deps all bench-peers-deps
+	$(Q)env BAGOU_BIN=$(abspath $(OUT)/bagou-server) \
+	  BAGOU_BENCH=$(abspath $(OUT)/bagou-bench) \
+	  PEERS_MODULES=$(abspath $(PEERS_DIR))/node_modules \
+	  $(BENCH_PEERS_ARGS) /usr/bin/python3 bench/peers/run.py

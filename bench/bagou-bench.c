@@ -53,9 +53,12 @@ static const char usage_text[] =
 "  --url URL            WebSocket endpoint, loopback only (required)\n"
 "  --clients N          subscriber connections (100)\n"
 "  --channel NAME       channel to subscribe and publish to (bench)\n"
-"  --channels N         spread over N channels NAME-0..NAME-(N-1):\n"
-"                       subscriber i on NAME-(i %% N), broadcast S to\n"
-"                       NAME-(S %% N) (1: just NAME)\n"
+"  --channels N         N > 1: subscriber i subscribes to NAME-(i mod N),\n"
+"                       broadcast s goes to NAME-(s mod N) (1)\n"
+"  --proto P            bagou: Bagou's events; socketio: Socket.IO 4 on\n"
+"                       engine.io 4 (URL /socket.io/?EIO=4&transport=\n"
+"                       websocket): emit subscribe with an ack, ticks as\n"
+"                       42[\"tick\",DATA] (bagou)\n"
 "  --connect-rate C     new connections per second (2000)\n"
 "  --max-pending N      handshakes in progress at once (256)\n"
 "  --conn-timeout S     per connection, until subscribed (10)\n"
@@ -79,6 +82,7 @@ static const char usage_text[] =
 "  --drain S            wait for late deliveries at most (5)\n"
 "  --event NAME         event name of the broadcasts (tick)\n"
 "  --ready-file PATH    written once every subscriber is subscribed\n"
+"                       (and the publishers are connected)\n"
 "  --done-file PATH     external: the publisher writes \"COUNT [START_NS\n"
 "                       END_NS]\" here when done (CLOCK_MONOTONIC ns);\n"
 "                       --duration bounds the wait for it\n"
@@ -92,7 +96,7 @@ enum {
 	OPT_CONN_TIMEOUT, OPT_PUBLISHERS, OPT_PIPELINE, OPT_WINDOW, OPT_DRAIN,
 	OPT_PUBLISH, OPT_DEPTH,
 	OPT_HOLD, OPT_READY_FILE, OPT_DONE_FILE, OPT_MAX_FAIL, OPT_EVENT,
-	OPT_QUIET, OPT_CHANNELS,
+	OPT_QUIET, OPT_CHANNELS, OPT_PROTO,
 	OPT_HELP,
 };
 
@@ -100,7 +104,6 @@ static const struct option long_opts[] = {
 	{ "url", required_argument, NULL, OPT_URL },
 	{ "clients", required_argument, NULL, OPT_CLIENTS },
 	{ "channel", required_argument, NULL, OPT_CHANNEL },
-	{ "channels", required_argument, NULL, OPT_CHANNELS },
 	{ "rate", required_argument, NULL, OPT_RATE },
 	{ "duration", required_argument, NULL, OPT_DURATION },
 	{ "size", required_argument, NULL, OPT_SIZE },
@@ -121,6 +124,8 @@ static const struct option long_opts[] = {
 	{ "max-fail-pct", required_argument, NULL, OPT_MAX_FAIL },
 	{ "event", required_argument, NULL, OPT_EVENT },
 	{ "quiet", no_argument, NULL, OPT_QUIET },
+	{ "channels", required_argument, NULL, OPT_CHANNELS },
+	{ "proto", required_argument, NULL, OPT_PROTO },
 	{ "help", no_argument, NULL, OPT_HELP },
 	{ NULL, 0, NULL, 0 },
 };
@@ -160,13 +165,19 @@ void bg_bench_warn(struct bg_bench *b, const char *fmt, ...)
 	fputc('\n', stderr);
 }
 
-void bg_bench_chan_name(const struct bg_bench *b, unsigned k, char *out)
+size_t bg_bench_channel(const struct bg_bench *b, unsigned k, char *out,
+			size_t n)
 {
-	/* --channel is at most 200 bytes (channel_ok). */
-	if (b->n_channels > 1)
-		snprintf(out, 256, "%.200s-%u", b->channel, k);
-	else
-		snprintf(out, 256, "%s", b->channel);
+	int len = b->channels > 1 ?
+		snprintf(out, n, "%s-%u", b->channel, k) :
+		snprintf(out, n, "%s", b->channel);
+
+	return len < 0 ? 0 : (size_t)len < n ? (size_t)len : n - 1;
+}
+
+unsigned bg_bench_channel_of(const struct bg_bench *b, uint64_t seq)
+{
+	return (unsigned)(seq % b->channels);
 }
 
 void bg_bench_on_subscribed(struct bg_ws *c)
@@ -176,7 +187,8 @@ void bg_bench_on_subscribed(struct bg_ws *c)
 	b->pending--;
 	b->live++;
 	b->subscribed++;
-	b->chan_live[bg_bench_chan_of(b, (uint64_t)(c - b->ws))]++;
+	b->ch_live[c->ch]++;
+	b->ch_subscribed[c->ch]++;
 }
 
 void bg_bench_on_tick(struct bg_ws *c, const char *p, size_t len,
@@ -228,8 +240,7 @@ void bg_bench_on_tick(struct bg_ws *c, const char *p, size_t len,
 		b->out_of_order++;
 		return;
 	}
-	/* With --channels a subscriber sees only its channel's share. */
-	if (ps > *last + 1 && b->n_channels == 1)
+	if (ps > *last + 1)
 		b->gaps += (uint64_t)(ps - *last - 1);
 	*last = ps;
 	c->unique++;
@@ -253,7 +264,7 @@ void bg_bench_on_closed(struct bg_ws *c, int old_state, const char *why)
 			b->fail_subscribe++;
 	} else {
 		b->live--;
-		b->chan_live[bg_bench_chan_of(b, (uint64_t)(c - b->ws))]--;
+		b->ch_live[c->ch]--;
 		b->disconnects++;
 		bg_pub_advance(b);
 	}
@@ -311,12 +322,16 @@ static void report_fanout(struct bg_bench *b)
 	double run_s = secs(b->t_run_end - b->t_run);
 	double span = b->t_last_delivery > b->t_run ?
 		secs(b->t_last_delivery - b->t_run) : run_s;
-	uint64_t expected = b->n_channels > 1 ? b->expected_sum :
-			    b->accepted * b->subscribed;
-	uint64_t lost = expected > b->unique ? expected - b->unique : 0;
+	uint64_t expected = 0, lost;
 	double p50 = ms(bg_hist_quantile(&b->lat, 0.50));
 	double p99 = ms(bg_hist_quantile(&b->lat, 0.99));
+	double p999 = ms(bg_hist_quantile(&b->lat, 0.999));
 	double pmax = ms(b->lat.max);
+	unsigned k;
+
+	for (k = 0; k < b->channels; k++)
+		expected += b->ch_accepted[k] * b->ch_subscribed[k];
+	lost = expected > b->unique ? expected - b->unique : 0;
 	double a50 = ms(bg_hist_quantile(&b->ack, 0.50));
 	double a99 = ms(bg_hist_quantile(&b->ack, 0.99));
 	double c50 = ms(bg_hist_quantile(&b->conn, 0.50));
@@ -365,12 +380,14 @@ static void report_fanout(struct bg_bench *b)
 	       "\"broadcasts_per_s\":%.1f,\"deliveries\":%llu,"
 	       "\"delivered_per_s\":%.1f,\"expected\":%llu,\"lost\":%llu,"
 	       "\"out_of_order\":%llu,\"gaps\":%llu,\"p50_ms\":%.3f,"
-	       "\"p99_ms\":%.3f,\"max_ms\":%.3f,\"ack_p50_ms\":%.3f,"
+	       "\"p99_ms\":%.3f,\"p999_ms\":%.3f,\"max_ms\":%.3f,"
+	       "\"ack_p50_ms\":%.3f,"
 	       "\"ack_p99_ms\":%.3f,\"ack_max_ms\":%.3f,"
 	       "\"pub_connect_p50_ms\":%.3f,\"pub_connect_p99_ms\":%.3f,"
 	       "\"connect_failures\":%llu,"
 	       "\"disconnects\":%llu,\"window_timeouts\":%llu,"
-	       "\"server_errors\":%llu,\"exit\":%d}\n",
+	       "\"server_errors\":%llu,\"channels\":%u,\"proto\":\"%s\","
+	       "\"exit\":%d}\n",
 	       publish_name(b),
 	       b->publish == BG_PUB_EXTERNAL ? 1 : b->publishers,
 	       b->publish == BG_PUB_WS ? b->depth : 1,
@@ -388,12 +405,14 @@ static void report_fanout(struct bg_bench *b)
 	       (unsigned long long)b->deliveries, dps,
 	       (unsigned long long)expected, (unsigned long long)lost,
 	       (unsigned long long)b->out_of_order,
-	       (unsigned long long)b->gaps, p50, p99, pmax, a50, a99,
+	       (unsigned long long)b->gaps, p50, p99, p999, pmax, a50, a99,
 	       ms(b->ack.max), c50, c99,
 	       (unsigned long long)(failures(b) - b->disconnects),
 	       (unsigned long long)b->disconnects,
 	       (unsigned long long)b->window_timeouts,
-	       (unsigned long long)b->server_errors, b->exit_code);
+	       (unsigned long long)b->server_errors, b->channels,
+	       b->proto == BG_PROTO_SOCKETIO ? "socketio" : "bagou",
+	       b->exit_code);
 }
 
 static void report_idle(struct bg_bench *b)
@@ -499,6 +518,9 @@ static void setup_done(struct bg_bench *b, int64_t now)
 		write_ready_file(b);
 		return;
 	}
+	/* Tells a watcher (bench/peers/run.py: server CPU) that
+	 * publishing starts now. */
+	write_ready_file(b);
 	bg_pub_pump(b);
 	if (b->rate > 0) {
 		pace_ev = event_new(b->base, -1, EV_PERSIST, pace_cb, b);
@@ -566,9 +588,7 @@ static bool drained(const struct bg_bench *b)
 		return false;
 	for (i = 0; i < b->started; i++)
 		if (b->ws[i].state == BG_WS_SUBSCRIBED &&
-		    b->ws[i].unique < (b->n_channels == 1 ? b->accepted :
-				       b->chan_accepted[
-					       bg_bench_chan_of(b, i)]))
+		    b->ws[i].unique < b->ch_accepted[b->ws[i].ch])
 			return false;
 	return true;
 }
@@ -667,6 +687,7 @@ static bool read_done_file(struct bg_bench *b, int64_t now)
 		return true;
 	}
 	b->accepted = b->next_seq = count;
+	b->ch_accepted[0] = count;	/* external: one channel */
 	if (n == 3 && t0 > 0 && t1 >= t0) {
 		b->t_run = t0;
 		b->t_run_end = t1;
@@ -829,11 +850,6 @@ static const char *set_opt(struct bg_bench *b, int opt, const char *arg,
 			return "bad --channel";
 		snprintf(b->channel, sizeof(b->channel), "%s", arg);
 		return NULL;
-	case OPT_CHANNELS:
-		if (!num(arg, 1, 100000, &v) || v != (unsigned)v)
-			return "bad --channels (1..100000)";
-		b->n_channels = (unsigned)v;
-		return NULL;
 	case OPT_EVENT:
 		if (!channel_ok(arg) || strlen(arg) >= sizeof(b->event))
 			return "bad --event";
@@ -857,6 +873,14 @@ static const char *set_opt(struct bg_bench *b, int opt, const char *arg,
 			b->publish = BG_PUB_EXTERNAL;
 		else
 			return "--publish is http, ws or external";
+		return NULL;
+	case OPT_PROTO:
+		if (!strcmp(arg, "bagou"))
+			b->proto = BG_PROTO_BAGOU;
+		else if (!strcmp(arg, "socketio"))
+			b->proto = BG_PROTO_SOCKETIO;
+		else
+			return "--proto is bagou or socketio";
 		return NULL;
 	case OPT_PIPELINE:
 		return "--pipeline was removed: HTTP slots keep one POST "
@@ -917,6 +941,11 @@ static const char *set_opt(struct bg_bench *b, int opt, const char *arg,
 	case OPT_MAX_FAIL:
 		b->max_fail_pct = v;
 		break;
+	case OPT_CHANNELS:
+		if (v < 1 || v > 100000)
+			return "--channels must be 1..100000";
+		b->channels = (unsigned)v;
+		break;
 	}
 	return NULL;
 }
@@ -939,7 +968,6 @@ static int parse_args(struct bg_bench *b, int argc, char **argv)
 		return usage("the mode is fanout or idle");
 	b->clients = 100;
 	strcpy(b->channel, "bench");
-	b->n_channels = 1;
 	strcpy(b->event, "tick");
 	b->duration = 10;
 	b->size = 100;
@@ -952,6 +980,8 @@ static int parse_args(struct bg_bench *b, int argc, char **argv)
 	b->drain = 5;
 	b->hold = 10;
 	b->max_fail_pct = 1;
+	b->channels = 1;
+	b->proto = BG_PROTO_BAGOU;
 	optind = 2;
 	while ((opt = getopt_long(argc, argv, "", long_opts, NULL)) != -1) {
 		if (opt == OPT_HELP)
@@ -979,11 +1009,13 @@ static int parse_args(struct bg_bench *b, int argc, char **argv)
 	if (b->mode == BG_BENCH_FANOUT && b->publish == BG_PUB_EXTERNAL) {
 		if (!b->done_file)
 			return usage("--publish external needs --done-file");
-		if (b->publish == BG_PUB_EXTERNAL && b->n_channels > 1)
-			return usage("--channels needs http or ws publishers");
 		b->window = 0;	/* nothing to pace: not ours */
 		b->rate = 0;
+		if (b->channels > 1)
+			return usage("--publish external takes one channel");
 	}
+	if (b->proto == BG_PROTO_SOCKETIO && b->publish == BG_PUB_WS)
+		return usage("--proto socketio publishes over HTTP only");
 	/* Never load anything but this machine. */
 	if (!loopback(&b->ws_addr.sin_addr) ||
 	    !loopback(&b->http_addr.sin_addr))
@@ -1033,16 +1065,19 @@ int main(int argc, char **argv)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	bg_bench_seed();
 	b->ws = calloc(b->clients, sizeof(*b->ws));
-	b->chan_live = calloc(b->n_channels, sizeof(*b->chan_live));
-	b->chan_accepted = calloc(b->n_channels, sizeof(*b->chan_accepted));
+	b->ch_live = calloc(b->channels, sizeof(*b->ch_live));
+	b->ch_subscribed = calloc(b->channels, sizeof(*b->ch_subscribed));
+	b->ch_accepted = calloc(b->channels, sizeof(*b->ch_accepted));
 	cfg = event_config_new();
-	if (!b->ws || !cfg || !b->chan_live || !b->chan_accepted) {
+	if (!b->ws || !b->ch_live || !b->ch_subscribed || !b->ch_accepted ||
+	    !cfg) {
 		fputs("bagou-bench: out of memory\n", stderr);
 		return 1;
 	}
 	for (i = 0; i < b->clients; i++) {
 		b->ws[i].b = b;
 		b->ws[i].fd = -1;
+		b->ws[i].ch = i % b->channels;
 	}
 	event_config_set_flag(cfg, EVENT_BASE_FLAG_NOLOCK);
 	b->base = event_base_new_with_config(cfg);
@@ -1072,5 +1107,8 @@ int main(int argc, char **argv)
 		event_free(pace_ev);
 	event_base_free(b->base);
 	free(b->ws);
+	free(b->ch_live);
+	free(b->ch_subscribed);
+	free(b->ch_accepted);
 	return b->exit_code;
 }

@@ -43,6 +43,13 @@
 #define BG_HIST_SUB	(1u << BG_HIST_BITS)
 #define BG_HIST_BUCKETS	(BG_HIST_SUB * (65 - BG_HIST_BITS))
 
+/* What the subscribers speak (--proto). */
+enum bg_proto {
+	BG_PROTO_BAGOU,		/* Bagou's JSON events (docs/PROTOCOL.md) */
+	BG_PROTO_SOCKETIO,	/* Socket.IO 4 over the engine.io 4 WebSocket
+				 * transport (bench/peers/README.md) */
+};
+
 enum bg_bench_mode {
 	BG_BENCH_FANOUT,
 	BG_BENCH_IDLE,
@@ -105,6 +112,7 @@ struct bg_ws {
 	char *frag;		/* fragments of a message so far */
 	size_t fraglen;
 	uint64_t unique;	/* deliveries in publisher order */
+	unsigned ch;		/* channel index, 0..channels-1 */
 	int64_t last_ps[BG_BENCH_MAX_PUBS];	/* per publisher, -1 none */
 	char key[32];		/* Sec-WebSocket-Key, base64 */
 };
@@ -114,7 +122,6 @@ struct bg_bcast {
 	uint64_t seq;
 	int64_t sent_ns;
 	uint32_t delivered;	/* subscribers that received it */
-	uint32_t chan;		/* its channel (--channels) */
 	uint8_t state;		/* enum bg_bcast_state */
 };
 
@@ -168,15 +175,9 @@ struct bg_bench {
 	struct sockaddr_in http_addr;
 	char http_hostport[64];
 	char channel[256];
-	unsigned n_channels;		/* --channels: subscriber i on channel
-					 * "NAME-(i % n)", broadcast seq on
-					 * "NAME-(seq % n)"; 1: just NAME */
-	unsigned *chan_live;		/* per channel: live subscribers */
-	uint64_t *chan_accepted;	/* per channel: accepted broadcasts */
-	uint64_t expected_sum;		/* n_channels > 1: sum of the live
-					 * subscribers of each accepted
-					 * broadcast's channel */
 	char event[64];
+	unsigned channels;		/* 1: channel; N: channel-0..N-1 */
+	int proto;			/* enum bg_proto */
 	unsigned clients;
 	double rate;			/* broadcasts/s, 0 = closed loop */
 	double duration;
@@ -211,6 +212,11 @@ struct bg_bench {
 	unsigned close_code[8], close_count[8];	/* codes from the server */
 	unsigned logged;			/* rate limit of warnings */
 
+	/* per channel (channels entries): live subscribers, accepted */
+	unsigned *ch_live;
+	unsigned *ch_subscribed;	/* ever subscribed */
+	uint64_t *ch_accepted;
+
 	/* deliveries */
 	uint64_t deliveries, unique, out_of_order, gaps;
 	int64_t t_first_delivery, t_last_delivery;
@@ -235,16 +241,6 @@ struct bg_bench {
 	struct bg_bcast *ring;			/* window slots */
 	uint64_t low;				/* oldest incomplete seq */
 };
-
-/* The channel index of subscriber c or broadcast seq (--channels). */
-static inline unsigned bg_bench_chan_of(const struct bg_bench *b,
-					uint64_t i)
-{
-	return (unsigned)(i % b->n_channels);
-}
-
-/* Writes the name of channel k into out (size 256). */
-void bg_bench_chan_name(const struct bg_bench *b, unsigned k, char *out);
 
 /* bench_util.c */
 int64_t bg_bench_now(void);
@@ -271,6 +267,15 @@ bool bg_json_int(const char *p, size_t len, const char *qkey, int64_t *v);
 bool bg_json_str(const char *p, size_t len, const char *qkey,
 		 const char **s, size_t *slen);
 bool bg_json_true(const char *p, size_t len, const char *qkey);
+
+/*
+ * The name of channel k into out (size n): --channel itself when there
+ * is one channel, else "<--channel>-<k>".  Returns its length.
+ */
+size_t bg_bench_channel(const struct bg_bench *b, unsigned k, char *out,
+			size_t n);
+/* The channel index of broadcast seq: publishers go round the channels. */
+unsigned bg_bench_channel_of(const struct bg_bench *b, uint64_t seq);
 
 /* bench_ws.c */
 /*

@@ -87,11 +87,8 @@ static void note_answer(struct bg_bench *b, uint64_t seq, bool ok,
 	int n = (int)(blen < 150 ? blen : 150);
 
 	if (ok) {
-		unsigned k = bg_bench_chan_of(b, seq);
-
 		b->accepted++;
-		b->chan_accepted[k]++;
-		b->expected_sum += b->chan_live[k];
+		b->ch_accepted[bg_bench_channel_of(b, seq)]++;
 	} else {
 		b->rejected++;
 		if (!b->first_status && !b->first_error[0]) {
@@ -653,7 +650,6 @@ static uint64_t claim(struct bg_pub *p, int64_t t)
 		r->seq = seq;
 		r->sent_ns = t;
 		r->delivered = 0;
-		r->chan = bg_bench_chan_of(b, seq);
 		r->state = BG_BCAST_SENT;
 	}
 	return seq;
@@ -664,9 +660,9 @@ static void http_send(struct bg_pub *p)
 	struct bg_bench *b = p->b;
 	int64_t t = bg_bench_now();
 	uint64_t seq;
-	char name[256];
 	size_t n;
 	int hn;
+	char ch[300];
 
 	if (t - p->t_state > STALE_NS) {
 		/* Idle too long: the server may be timing it out. */
@@ -675,9 +671,9 @@ static void http_send(struct bg_pub *p)
 		return;
 	}
 	seq = claim(p, t);
-	bg_bench_chan_name(b, bg_bench_chan_of(b, seq), name);
+	bg_bench_channel(b, bg_bench_channel_of(b, seq), ch, sizeof(ch));
 	n = (size_t)snprintf(b->body, 512, "{\"event\":\"%s\",\"channel\":"
-			     "\"%s\",\"data\":", b->event, name);
+			     "\"%s\",\"data\":", b->event, ch);
 	n += compose_data(p, b->body + n, seq, t);
 	b->body[n++] = '}';
 	hn = snprintf(p->out, 512,
@@ -696,13 +692,13 @@ static void ws_send(struct bg_pub *p)
 	struct bg_bench *b = p->b;
 	int64_t t = bg_bench_now();
 	uint64_t seq = claim(p, t);
-	char name[256];
 	size_t n;
+	char ch[300];
 
-	bg_bench_chan_name(b, bg_bench_chan_of(b, seq), name);
+	bg_bench_channel(b, bg_bench_channel_of(b, seq), ch, sizeof(ch));
 	n = (size_t)snprintf(b->body, 512, "{\"event\":\"publish\",\"data\":"
 			     "{\"channel\":\"%s\",\"event\":\"%s\",\"data\":",
-			     name, b->event);
+			     ch, b->event);
 	n += compose_data(p, b->body + n, seq, t);
 	n += (size_t)snprintf(b->body + n, 64, "},\"callbackId\":\"%llu\"}",
 			      (unsigned long long)seq);
@@ -751,8 +747,7 @@ void bg_pub_pump(struct bg_bench *b)
 static bool complete(const struct bg_bench *b, const struct bg_bcast *r)
 {
 	return r->state == BG_BCAST_FAILED ||
-	       r->delivered >= (b->n_channels > 1 ? b->chan_live[r->chan] :
-				b->live);
+	       r->delivered >= b->ch_live[bg_bench_channel_of(b, r->seq)];
 }
 
 void bg_pub_advance(struct bg_bench *b)

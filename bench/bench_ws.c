@@ -289,14 +289,18 @@ static int ws_check_upgrade(struct bg_ws *c, const char *buf, size_t len)
 
 static int ws_subscribe(struct bg_ws *c)
 {
-	char msg[600], name[256];
+	char msg[400], ch[300];
 	int n;
 
-	bg_bench_chan_name(c->b, bg_bench_chan_of(c->b,
-			   (uint64_t)(c - c->b->ws)), name);
-	n = snprintf(msg, sizeof(msg),
-		     "{\"event\":\"subscribe\",\"data\":{\"channel\":\"%s\"},"
-		     "\"callbackId\":\"1\"}", name);
+	bg_bench_channel(c->b, c->ch, ch, sizeof(ch));
+	if (c->b->proto == BG_PROTO_SOCKETIO)
+		/* A Socket.IO event with ack id 0: 42<id>["subscribe",C] */
+		n = snprintf(msg, sizeof(msg), "420[\"subscribe\",\"%s\"]",
+			     ch);
+	else
+		n = snprintf(msg, sizeof(msg),
+			     "{\"event\":\"subscribe\",\"data\":"
+			     "{\"channel\":\"%s\"},\"callbackId\":\"1\"}", ch);
 	c->state = BG_WS_SUBSCRIBING;
 	return ws_send(c, 0x1, msg, (size_t)n);
 }
@@ -342,6 +346,73 @@ static int ws_pub_message(struct bg_ws *c, const char *p, size_t len,
 	return BG_BENCH_OK;
 }
 
+/*
+ * One complete text message of --proto socketio: an engine.io 4 packet
+ * (type digit first) that carries, for type 4, a Socket.IO 4 packet.
+ * 0 open -> "40" (connect to namespace /); 2 ping -> "3" pong; 40 the
+ * namespace's connect -> subscribe (event with ack id 0); 430[...] that
+ * ack; 42["<event>",DATA] a tick; 44 connect error; 1 close.
+ */
+static int sio_message(struct bg_ws *c, const char *p, size_t len,
+		       int64_t now)
+{
+	struct bg_bench *b = c->b;
+	size_t evlen = strlen(b->event);
+	char why[200];
+
+	if (!len) {
+		b->other_msgs++;
+		return BG_BENCH_OK;
+	}
+	switch (p[0]) {
+	case '0':
+		if (c->state != BG_WS_OPEN) {
+			b->other_msgs++;
+			return BG_BENCH_OK;
+		}
+		return ws_send(c, 0x1, "40", 2);
+	case '2':
+		b->pings++;
+		return ws_send(c, 0x1, "3", 1);
+	case '1':
+		ws_end(c, "engine.io close packet");
+		return BG_BENCH_ERR;
+	case '4':
+		break;
+	default:
+		b->other_msgs++;
+		return BG_BENCH_OK;
+	}
+	if (len >= 2 && p[1] == '2' && len > evlen + 5 && p[2] == '[' &&
+	    p[3] == '"' && !memcmp(p + 4, b->event, evlen) &&
+	    p[4 + evlen] == '"') {
+		bg_bench_on_tick(c, p, len, now);
+		return BG_BENCH_OK;
+	}
+	if (len >= 2 && p[1] == '0' && c->state == BG_WS_OPEN)
+		return ws_subscribe(c);
+	if (len >= 4 && p[1] == '3' && p[2] == '0' && p[3] == '[' &&
+	    c->state == BG_WS_SUBSCRIBING) {
+		if (!bg_json_true(p, len, "\"success\"")) {
+			snprintf(why, sizeof(why), "subscribe refused: %.*s",
+				 (int)(len < 120 ? len : 120), p);
+			ws_end(c, why);
+			return BG_BENCH_ERR;
+		}
+		c->state = BG_WS_SUBSCRIBED;
+		bg_bench_on_subscribed(c);
+		return BG_BENCH_OK;
+	}
+	if (len >= 2 && p[1] == '4') {
+		snprintf(why, sizeof(why), "namespace refused: %.*s",
+			 (int)(len < 120 ? len : 120), p);
+		ws_end(c, why);
+		return BG_BENCH_ERR;
+	}
+	b->other_msgs++;
+	return BG_BENCH_OK;
+}
+
 /* One complete text message. */
 static int ws_message(struct bg_ws *c, const char *p, size_t len,
 		      int64_t now)
@@ -351,6 +422,8 @@ static int ws_message(struct bg_ws *c, const char *p, size_t len,
 	size_t evlen, cblen;
 	char why[200];
 
+	if (b->proto == BG_PROTO_SOCKETIO && !c->pub)
+		return sio_message(c, p, len, now);
 	if (!bg_json_str(p, len, "\"event\"", &ev, &evlen)) {
 		b->other_msgs++;
 		return BG_BENCH_OK;
