@@ -1268,9 +1268,17 @@ drain_outbox(struct bg_bus *b)
 			if (!hand_on(b, m, b->held_tries))
 				return;
 		}
-		while ((m = bg_ring_pop(b->outbox)) != NULL)
+		while ((m = bg_ring_pop(b->outbox)) != NULL) {
+			/* A worker tells of a new channel before it publishes
+			 * (a lifecycle "subscribe" the application answers on
+			 * that channel): bound first, on the same AMQP
+			 * channel, so the answer is routed to this node. */
+			if (b->interest != NULL &&
+			    bg_ring_count(b->interest) > 0)
+				(void)take_interest(b);
 			if (!hand_on(b, m, 0))
 				return;
+		}
 	} while (!bg_ring_sleep(b->outbox));
 }
 

@@ -251,10 +251,12 @@ class Publisher:
                     "bagou-server with [amqp] queue = %s, or remove "
                     "QUEUE_NAME (and set EXCHANGE) to publish to the "
                     "exchange" % (s.queue_name, s.queue_name), e) from None
-            # No node is connected: nobody to deliver to, which is not
-            # the publisher's failure (broadcasts are not a mailbox).
-            log.warning("no queue is bound to exchange '%s': no "
-                        "bagou-server node received this broadcast",
+            # No node has a subscriber on that channel (nodes bind per
+            # channel), or none is connected: nobody to deliver to, which
+            # is not the publisher's failure (not a mailbox).
+            log.warning("no queue is bound to exchange '%s' for this "
+                        "routing key: no bagou-server node has a "
+                        "subscriber on that channel (or none is running)",
                         s.exchange)
         except pika.exceptions.NackError as e:
             raise BroadcastError("the broker refused the message "

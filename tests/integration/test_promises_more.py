@@ -167,7 +167,13 @@ def test_client_publish_unavailable_under_backpressure(server):
     up); once the 2 s rule has closed them, the same publish goes
     through and reaches a reading subscriber."""
     srv = server({"channels": {"client_publish": "all"},
-                  "limits": {"rate": 0}}, workers=1)
+                  # Room between "backed up" (half of it) and the 4001
+                  # cut: the two stalled sockets' kernel buffers differ
+                  # by up to a few MB, and both must back up before
+                  # either is cut.
+                  "limits": {"rate": 0, "max_queued_bytes": 8 << 20,
+                             "max_connection_memory": 16 << 20}},
+                 workers=1)
     stalled = [RawWS(HOST, srv.port, rcvbuf=4096) for _ in range(2)]
     for ws in stalled:
         op, _ = ws.recv_message()
@@ -362,7 +368,9 @@ def test_forwarded_event_not_refused_under_backpressure(amqp_server,
     bx = unique_exchange("bagou-bp")
     fx = unique_exchange("bagou-bp-events")
     srv = amqp_server(config={"channels": {"client_publish": "all"},
-                              "limits": {"rate": 0},
+                              "limits": {"rate": 0,
+                                         "max_queued_bytes": 8 << 20,
+                                         "max_connection_memory": 16 << 20},
                               "forward": {"exchange": fx}},
                       workers=1, exchange=bx)
     events = publisher(fx)
