@@ -875,8 +875,10 @@ publish(const struct opts *o, const struct bg_msg *m,
 	if (rc != 0)
 		goto out;
 	if (unroutable && !o->quiet)
-		fail("warning: no queue is bound to exchange '%s': no "
-		     "bagou-server node received this broadcast", o->exchange);
+		fail("warning: no queue is bound to exchange '%s' for "
+		     "routing key '%s': no bagou-server node received this "
+		     "broadcast (none is connected, or none has a subscriber "
+		     "for this channel)", o->exchange, key);
 	if (!o->quiet)
 		printf("published '%s' to exchange '%s' with routing key "
 		       "'%s' (%zu bytes, confirmed)\n", o->event, o->exchange,

@@ -842,9 +842,18 @@ drain_outbox(struct bg_bus *b)
 			if (!hand_on(b, m, b->held_tries))
 				return;
 		}
-		while ((m = bg_ring_pop(b->outbox)) != NULL)
+		while ((m = bg_ring_pop(b->outbox)) != NULL) {
+			/* A channel a worker reported before it queued m is
+			 * bound first: on this one AMQP channel the broker
+			 * binds before it routes what follows (a forwarded
+			 * subscribe the application answers on the channel,
+			 * a client's publish right after its subscribe). */
+			if (b->interest != NULL &&
+			    bg_ring_count(b->interest) > 0)
+				take_interest(b);
 			if (!hand_on(b, m, 0))
 				return;
+		}
 	} while (!bg_ring_sleep(b->outbox));
 }
 
