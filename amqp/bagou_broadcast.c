@@ -876,9 +876,9 @@ publish(const struct opts *o, const struct bg_msg *m,
 		goto out;
 	if (unroutable && !o->quiet)
 		fail("warning: no queue is bound to exchange '%s' for "
-		     "routing key '%s': no bagou-server node has a subscriber "
-		     "on that channel (or none is running); nobody received "
-		     "this broadcast", o->exchange, key);
+		     "routing key '%s': no bagou-server node received this "
+		     "broadcast (none is connected, or none has a subscriber "
+		     "for this channel)", o->exchange, key);
 	if (!o->quiet)
 		printf("published '%s' to exchange '%s' with routing key "
 		       "'%s' (%zu bytes, confirmed)\n", o->event, o->exchange,

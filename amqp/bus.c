@@ -1269,13 +1269,14 @@ drain_outbox(struct bg_bus *b)
 				return;
 		}
 		while ((m = bg_ring_pop(b->outbox)) != NULL) {
-			/* A worker tells of a new channel before it publishes
-			 * (a lifecycle "subscribe" the application answers on
-			 * that channel): bound first, on the same AMQP
-			 * channel, so the answer is routed to this node. */
+			/* A channel a worker reported before it queued m is
+			 * bound first: on this one AMQP channel the broker
+			 * binds before it routes what follows (a forwarded
+			 * subscribe the application answers on the channel,
+			 * a client's publish right after its subscribe). */
 			if (b->interest != NULL &&
 			    bg_ring_count(b->interest) > 0)
-				(void)take_interest(b);
+				take_interest(b);
 			if (!hand_on(b, m, 0))
 				return;
 		}

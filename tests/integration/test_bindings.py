@@ -127,7 +127,10 @@ def test_node_gets_only_its_channels(proxied, publisher):
         assert [(m["event"], m["data"]) for m in got] == [
             ("multi", tag), ("one", tag), ("all", tag)], got
         assert (await recv_json(b))["event"] == "all"
-        # "all" came last through the one queue: all is counted now.
+        # "all" came last through the one queue: once it is counted (the
+        # bus counts after handing it over), so is all that came before.
+        wait_for(lambda: metric(srv, "bagou_broadcasts_total") - before
+                 >= 3, timeout=5, what="the broadcasts counted")
         delta = metric(srv, "bagou_broadcasts_total") - before
         assert delta == 3, "the node consumed %d broadcasts, not 3: it " \
             "received a channel none of its clients holds" % delta
@@ -178,6 +181,8 @@ def test_bindings_all_gets_everything(amqp_server, publisher):
                          "data": i})
         pub.publish({"event": "all"})
         assert (await recv_json(a))["event"] == "all"
+        wait_for(lambda: metric(srv, "bagou_broadcasts_total") - before
+                 >= 6, timeout=5, what="the broadcasts counted")
         assert metric(srv, "bagou_broadcasts_total") - before == 6
         await a.close()
 

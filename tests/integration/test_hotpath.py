@@ -5,7 +5,7 @@ tree still mean what they say."""
 import json
 
 from support import (expect_only_sentinel, recv_json, run, subscribe,
-                     ws_connect)
+                     wait_for, ws_connect)
 
 
 def worker_of(cid):
@@ -42,6 +42,10 @@ def test_idle_worker_not_woken(server):
             assert got["data"] == {"i": i}, got
         # To everyone: both workers; then the counts are final.
         await expect_only_sentinel(srv, [other])
+        # The bus counts after it hands over: wait for the sentinel's.
+        wait_for(lambda: handed(srv)[1] - before[1] >= 1 and
+                 handed(srv)[0] - before[0] >= 21, timeout=5,
+                 what="the hand-overs counted")
         after = handed(srv)
         assert after[0] - before[0] >= 21, (before, after)
         assert after[1] - before[1] == 1, (before, after)

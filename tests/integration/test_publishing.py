@@ -540,9 +540,9 @@ def test_exit_0_warns_when_no_queue_is_bound(rabbitmq, tap):
     assert p.returncode == 0, show(p)
     assert p.stderr == ("bagou-broadcast: warning: no queue is bound to "
                         "exchange '%s' for routing key 'news': no "
-                        "bagou-server node has a subscriber on that channel "
-                        "(or none is running); nobody received this "
-                        "broadcast\n" % ex), show(p)
+                        "bagou-server node received this broadcast (none "
+                        "is connected, or none has a subscriber for this "
+                        "channel)\n" % ex), show(p)
     p = cli("--url", rabbitmq.url, "--exchange", ex, "--event", "e",
             "--quiet")
     assert p.returncode == 0 and p.stdout == "" and p.stderr == "", show(p)
@@ -574,20 +574,23 @@ def test_snippet_reaches_a_subscribed_client(snippet, node, rabbitmq):
 
 
 def test_cli_snippet_prints_the_confirmation(node, rabbitmq):
-    """The confirmation on stdout; and, since nodes bind their queues
-    per channel (PROTOCOL.md §5.2), a channel no client of any node is
-    subscribed to is unroutable: the warning says so."""
-    node()
+    srv = node()
     channel = unique("news")
-    p = run_snippet("bagou_broadcast.sh", BAGOU_AMQP_URL=rabbitmq.url,
-                    BAGOU_CHANNEL=channel)
-    assert p.stdout.startswith("published 'message' to exchange 'bagou' "
-                               "with routing key '%s'" % channel), show(p)
-    assert p.stderr == ("bagou-broadcast: warning: no queue is bound to "
-                        "exchange 'bagou' for routing key '%s': no "
-                        "bagou-server node has a subscriber on that channel "
-                        "(or none is running); nobody received this "
-                        "broadcast\n" % channel), show(p)
+
+    async def scenario():
+        # A subscriber: the node binds the channel (PROTOCOL §5.2), so
+        # the broadcast is routed and no warning is printed.
+        ws, _ = await subscribed(srv, channel)
+        p = await in_thread(run_snippet, "bagou_broadcast.sh",
+                            BAGOU_AMQP_URL=rabbitmq.url,
+                            BAGOU_CHANNEL=channel)
+        assert p.stdout.startswith("published 'message' to exchange "
+                                   "'bagou' with routing key '%s'"
+                                   % channel), show(p)
+        assert p.stderr == "", show(p)
+        await ws.close()
+
+    run(scenario())
 
 
 def test_legacy_helper_with_amqp_queue(node, rabbitmq, tap):

@@ -76,7 +76,8 @@ def test_max_connections_counts_silent_sockets(server):
     try:
         # Let the acceptor take them all; /health is answered anyway.
         wait_for(lambda: srv.health()["status"] == "ok", what="health")
-        time.sleep(0.2)
+        wait_for(lambda: metric_sum(srv.metrics(), "bagou_sockets") >= 5,
+                 what="the 5 silent sockets accepted")
         assert upgrade_status(srv) == 503
         status, _, body = http_get(srv.port, "/health")
         assert status == 200 and json.loads(body)["status"] == "ok"
