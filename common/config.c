@@ -107,6 +107,9 @@ bg_config_defaults(struct bg_config *cfg)
 	strcpy(cfg->api_host, "127.0.0.1");
 	cfg->api_port = 9001;
 	cfg->body_timeout = 10;
+	strcpy(cfg->presence_prefix, "presence-");
+	cfg->presence_timeout = 15;
+	cfg->presence_max_members = 10000;
 }
 
 /*
@@ -781,6 +784,11 @@ static const struct key keys[] = {
 	{ "log", "file", parse_logfile, OFF(log_file), STR(log_file) },
 	{ "log", "format", parse_log_format, 0, 0, 0 },
 	{ "log", "access", parse_bool, OFF(log_access), 0, 0 },
+	{ "presence", "prefix", parse_str, OFF(presence_prefix),
+	  STR(presence_prefix) },
+	{ "presence", "timeout", parse_int, OFF(presence_timeout), 1, 3600 },
+	{ "presence", "max_members", parse_int, OFF(presence_max_members),
+	  1, 10000000 },
 };
 
 static const struct key *

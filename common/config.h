@@ -112,6 +112,12 @@ struct bg_config {
 	char log_file[1024];             /* append here; "" = stderr */
 	int log_format;                  /* enum bg_log_format, text */
 	bool log_access;                 /* HTTP access log, no */
+
+	/* [presence] */
+	char presence_prefix[BG_CONFIG_STR]; /* "presence-"; "" = none */
+	int presence_timeout;            /* s before a silent node's members
+	                                    leave, 15 */
+	int presence_max_members;        /* users per channel, 10000 */
 };
 
 /* Fills every field with its documented default. */

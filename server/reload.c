@@ -83,6 +83,9 @@ static const struct field fields[] = {
 	F("[log] file", log_file, K_STR, true),
 	F("[log] format", log_format, K_INT, true),
 	F("[log] access", log_access, K_BOOL, true),
+	F("[presence] prefix", presence_prefix, K_STR, false),
+	F("[presence] timeout", presence_timeout, K_INT, true),
+	F("[presence] max_members", presence_max_members, K_INT, true),
 };
 
 static void
