@@ -101,6 +101,7 @@ request_line(char *line, struct bg_httpreq *r, char *err, size_t errlen)
 	if (q != NULL)
 		*q = '\0';
 	r->path = sp1 + 1;
+	r->query = q != NULL ? q + 1 : "";
 	if (strcmp(line, "GET") == 0)
 		r->method = BG_HTTPREQ_GET;
 	else if (strcmp(line, "HEAD") == 0)

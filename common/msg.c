@@ -83,6 +83,7 @@ msg_free(struct bg_msg *m)
 	free(m->auth);
 	free(m->forward_key);
 	free(m->reply_cb);
+	free(m->unsubscribe);
 	free(m);
 }
 

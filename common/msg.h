@@ -51,6 +51,9 @@ struct bg_msg {
 	                                receipt, POST accepted): latency */
 	char *reply_cb;              /* a reply to clients: its callbackId
 	                                (forward round trips), or NULL */
+	char *unsubscribe;           /* a reply to clients: drop their
+	                                subscription to this channel first
+	                                (presence: channel_full), or NULL */
 };
 
 /*

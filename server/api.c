@@ -22,6 +22,7 @@
  */
 #include "server/api.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -42,7 +43,9 @@
 #include "common/bg.h"
 #include "common/httpreq.h"
 #include "common/log.h"
+#include "common/proto.h"
 #include "server/http.h"
+#include "server/presence.h"
 #include "server/server.h"
 
 #define JSON_TYPE "application/json"
@@ -50,7 +53,8 @@
 #define LINGER_SECS 2
 #define PAUSE_MS 100             /* accept paused after EMFILE */
 
-enum route { R_NONE, R_BROADCAST, R_METRICS, R_HEALTH, R_LIVE };
+enum route { R_NONE, R_BROADCAST, R_METRICS, R_HEALTH, R_LIVE, R_PRESENCE,
+	     R_PRESENCE_STATS };
 enum state { S_IDLE, S_HEAD, S_BODY, S_LINGER };
 
 struct api_conn {
@@ -207,7 +211,78 @@ find_route(const char *path)
 		return R_HEALTH;
 	if (strcmp(path, "/health/live") == 0)
 		return R_LIVE;
+	if (strcmp(path, "/api/presence") == 0)
+		return R_PRESENCE;
+	if (strcmp(path, "/api/presence_stats") == 0)
+		return R_PRESENCE_STATS;
 	return R_NONE;
+}
+
+/* The value of name in a query string, %XX-decoded into out; false when
+ * absent, undecodable or too long. */
+static bool
+query_arg(const char *query, const char *name, char *out, size_t size)
+{
+	size_t nlen = strlen(name), n = 0;
+	const char *p = query;
+
+	while (*p != '\0') {
+		const char *end = p + strcspn(p, "&");
+		if ((size_t)(end - p) > nlen && p[nlen] == '=' &&
+		    strncmp(p, name, nlen) == 0) {
+			for (p += nlen + 1; p < end; p++) {
+				unsigned int x;
+				char ch = *p;
+				if (ch == '%') {
+					if (end - p < 3 ||
+					    sscanf(p + 1, "%2x", &x) != 1 ||
+					    !isxdigit((unsigned char)p[1]) ||
+					    !isxdigit((unsigned char)p[2]))
+						return false;
+					ch = (char)x;
+					p += 2;
+				}
+				if (n + 1 >= size)
+					return false;
+				out[n++] = ch;
+			}
+			out[n] = '\0';
+			return true;
+		}
+		p = *end ? end + 1 : end;
+	}
+	return false;
+}
+
+/* GET /api/presence and /api/presence_stats (PROTOCOL.md §10, §11). */
+static bool
+serve_presence(struct api_conn *c, enum route r, const char *query,
+	       bool close)
+{
+	char channel[BG_CHANNEL_MAX + 2];
+	unsigned int status;
+	char *body;
+	size_t len;
+	bool alive;
+
+	if (!query_arg(query, "channel", channel, sizeof(channel)) ||
+	    !bg_proto_channel_valid(channel, strlen(channel)))
+		return reply_error(c, 400, "invalid_channel", "?channel= "
+				   "must be 1-200 printable ASCII bytes "
+				   "without space * # \" \\", NULL, close);
+	status = bg_presence_api(c->api->srv, channel, r == R_PRESENCE_STATS,
+				 &body, &len);
+	if (status == 400)
+		return reply_error(c, 400, "bad_message", "not a presence "
+				   "channel", NULL, close);
+	if (status != 200)
+		return reply_error(c, status == 503 ? 503 : 500,
+				   status == 503 ? "unavailable" : "internal",
+				   "presence did not answer", status == 503 ?
+				   "Retry-After: 1\r\n" : NULL, close);
+	alive = reply(c, 200, JSON_TYPE, body, len, NULL, close);
+	free(body);
+	return alive;
 }
 
 static bool
@@ -327,6 +402,8 @@ on_head(struct api_conn *c, char *head, size_t len)
 		return reply_error(c, 403, "forbidden", "wrong API key", NULL,
 				   body_pending);
 	}
+	if (r == R_PRESENCE || r == R_PRESENCE_STATS)
+		return serve_presence(c, r, req.query, body_pending);
 	if (r != R_BROADCAST)
 		return serve_get(c, r, body_pending);
 	if (!req.has_length)

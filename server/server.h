@@ -36,6 +36,7 @@ struct bg_bus;
 struct bg_acceptor;
 struct bg_tls;
 struct bg_api;
+struct bg_pres;
 
 /* Close codes counted apart in bg_stats.closes (bg_stat_close); any
  * other code is counted in the last slot, "other". */
@@ -95,6 +96,9 @@ struct bg_server {
 	struct bg_acceptor *acceptor;
 	struct bg_tls *tls;             /* NULL = plain; main reloads it */
 	struct bg_api *api;             /* NULL when api_listen is empty */
+	struct bg_pres *presence;       /* server/presence.c: immutable once
+	                                   started; its state is the bus
+	                                   thread's */
 	uint64_t started_ms;            /* CLOCK_REALTIME at start */
 	char static_root[4096];         /* realpath of [http] static_dir */
 };

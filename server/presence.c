@@ -1,0 +1,928 @@
+/*
+ * presence.c - presence channels: the workers' side (subscribe, leave,
+ * the presence and presence_stats events), the bus thread's side (the
+ * member table, events, answers) and replication between nodes over the
+ * control plane. See presence.h for the threads; docs/DESIGN.md,
+ * "Presence", for the design and what it guarantees.
+ *
+ * Replication (control messages, "node" is the sender):
+ *   presence.delta {"seq":S,"ops":[[CHANNEL,USER,INFO,COUNT],...]}
+ *       the sender's own count of USER's connections in CHANNEL is now
+ *       COUNT (absolute, 0 = none); INFO is the member's info as JSON
+ *       text. S grows by one per delta.
+ *   presence.hb {"seq":S}  every heartbeat period: "my last delta is S".
+ *   presence.state {"seq":S,"part":I,"last":B,"entries":[...]}
+ *       the sender's whole state (in parts of STATE_CHUNK entries), as
+ *       of delta S: a receiver replaces what it held for that node.
+ *   presence.ask {"to":NODE}  NODE, send your state.
+ * A node sends its state when another node comes up (control plane's
+ * node-up), and when asked; a receiver asks when it sees a gap in a
+ * node's seq (a lost delta) or a node it has no state of. A node not
+ * heard for [presence] timeout, or declared down by the control plane,
+ * is dropped: its members leave, with leave events.
+ */
+#include "server/presence.h"
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "amqp/control.h"
+#include "common/bg.h"
+#include "common/log.h"
+#include "common/msg.h"
+#include "common/members.h"
+#include "handlers/auth.h"
+#include "handlers/handlers.h"
+#include "server/conn.h"
+#include "server/server.h"
+#include "server/worker.h"
+
+#define GO_ON BG_CODE_COUNT
+#define STATE_CHUNK 500          /* entries per presence.state part */
+#define ASK_EVERY_MS 1000        /* state requests per node, at most */
+#define HB_MAX_MS 2000           /* presence.hb period, at most */
+#define PUSH_WAIT_MS 2000        /* a full worker ring, at most */
+#define API_WAIT_MS 1000         /* the bus's answer to the API */
+
+enum op_kind { OP_JOIN, OP_LEAVE, OP_MEMBERS, OP_STATS, OP_API, OP_FLUSH };
+
+/* A worker's (or the API's) request to the bus thread. */
+struct op {
+	struct bg_control_job job;       /* first: the control plane's */
+	struct bg_pres *P;               /* immutable */
+	enum op_kind kind;
+	int worker;
+	char client[BG_ID_MAX + 1];
+	char *channel, *user, *info, *cb;
+	/* OP_API: the caller waits on cv; both sides hold a reference. */
+	bool stats;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool done;
+	unsigned int refs;               /* atomic */
+	char *answer;
+	size_t len;
+	unsigned int status;
+};
+
+/* Another node, by its index in the table. Bus thread. */
+struct peer {
+	uint64_t seq;                    /* last delta applied */
+	uint64_t heard_ms;               /* 0: not heard (or dropped) */
+	uint64_t asked_ms;
+	bool synced;                     /* a whole state was applied */
+};
+
+struct bg_pres {
+	struct bg_server *srv;           /* immutable */
+	struct bg_control *ctl;          /* immutable */
+	/* Bus thread only. */
+	struct bg_members *table;
+	json_t *pending;                 /* delta ops not sent yet */
+	bool flush_posted;
+	uint64_t seq;
+	uint64_t next_hb_ms;
+	const char *exclude;             /* a local join: not told of it */
+	struct peer peers[BG_MEMBERS_MAX_NODES];
+	struct op flush;                 /* the one OP_FLUSH job */
+	/* Bus writes, any thread reads (/metrics). */
+	uint64_t n_entries, n_bytes, n_joins, n_leaves, n_dropped;
+};
+
+static uint64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+bool
+bg_presence_is_channel(const struct bg_config *cfg, const char *channel)
+{
+	size_t n = strlen(cfg->presence_prefix);
+
+	return n > 0 && strncmp(channel, cfg->presence_prefix, n) == 0;
+}
+
+static void
+op_free(struct op *o)
+{
+	free(o->channel);
+	free(o->user);
+	free(o->info);
+	free(o->cb);
+	free(o->answer);
+	if (o->kind == OP_API) {
+		pthread_mutex_destroy(&o->mu);
+		pthread_cond_destroy(&o->cv);
+	}
+	free(o);
+}
+
+static void
+op_unref(struct op *o)
+{
+	if (__atomic_sub_fetch(&o->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		op_free(o);
+}
+
+/* ------------------------------------------------ bus: to the workers */
+
+/* Hands m (one reference, taken over) to worker i, waiting a little
+ * while its ring is full. */
+static void
+push_worker(struct bg_server *srv, int i, struct bg_msg *m)
+{
+	long wait_ns = 20000, waited = 0;
+
+	bg_msg_ref(m);
+	while (!bg_worker_deliver(srv->workers[i], m)) {
+		struct timespec ts = { 0, wait_ns };
+		if (waited >= (long)PUSH_WAIT_MS * 1000000) {
+			static struct bg_log_throttle throttle =
+				BG_LOG_THROTTLE("presence: messages lost", 5);
+			bg_log_throttled(&throttle, BG_LOG_WARN, "presence: "
+					 "worker %d's ring stayed full; a "
+					 "presence message was lost", i);
+			bg_msg_unref(m);
+			return;
+		}
+		nanosleep(&ts, NULL);
+		waited += wait_ns;
+		if (wait_ns < 1000000)
+			wait_ns *= 2;
+	}
+}
+
+/* A reply (text, malloc'd, taken over) to one connection of worker i;
+ * unsub: its subscription to that channel is dropped first. */
+static void
+reply(struct bg_pres *P, int worker, const char *client, char *text,
+      size_t len, const char *unsub)
+{
+	struct bg_msg *m = text ? bg_msg_new(BG_MSG_CLIENTS, 1) : NULL;
+
+	if (m == NULL || (m->names[0] = strdup(client)) == NULL ||
+	    bg_msg_set_frame(m, 0, text, len) != BG_OK ||
+	    (unsub != NULL && (m->unsubscribe = strdup(unsub)) == NULL)) {
+		bg_log_error("presence: a reply to %s was lost: out of "
+			     "memory", client);
+		bg_msg_unref(m);
+		free(text);
+		return;
+	}
+	free(text);
+	if (worker >= 0 && worker < P->srv->n_workers)
+		push_worker(P->srv, worker, m);
+	bg_msg_unref(m);
+}
+
+/* The table's change callback: presence_join / presence_leave to the
+ * channel's subscribers on this node. */
+static void
+on_change(void *arg, const char *channel, const char *user,
+	  const char *info, bool joined)
+{
+	struct bg_pres *P = arg;
+	json_t *data = json_loads(info, 0, NULL);
+	struct bg_msg *m = NULL;
+	char *text;
+	json_t *ev;
+
+	bg_stat_add(joined ? &P->n_joins : &P->n_leaves, 1);
+	ev = json_pack("{s:s, s:s, s:{s:s, s:o}}", "event",
+		       joined ? "presence_join" : "presence_leave",
+		       "channel", channel, "data", "user", user,
+		       "info", data ? data : json_object());
+	text = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+	json_decref(ev);
+	if (text != NULL)
+		m = bg_msg_new(BG_MSG_CHANNELS, 1);
+	if (m == NULL || (m->names[0] = strdup(channel)) == NULL ||
+	    bg_msg_set_frame(m, 0, text, strlen(text)) != BG_OK ||
+	    (joined && P->exclude != NULL &&
+	     (m->exclude = strdup(P->exclude)) == NULL)) {
+		bg_log_error("presence: a %s event was lost: out of memory",
+			     joined ? "join" : "leave");
+		bg_msg_unref(m);
+		free(text);
+		return;
+	}
+	free(text);
+	for (int i = 0; i < P->srv->n_workers; i++)
+		push_worker(P->srv, i, m);
+	bg_msg_unref(m);
+}
+
+/* The table's gauges for /metrics. */
+static void
+gauges(struct bg_pres *P)
+{
+	__atomic_store_n(&P->n_entries, bg_members_entries(P->table),
+			 __ATOMIC_RELAXED);
+	__atomic_store_n(&P->n_bytes, bg_members_bytes(P->table),
+			 __ATOMIC_RELAXED);
+}
+
+/* ----------------------------------------------- bus: replication out */
+
+static void
+post_flush(struct bg_pres *P)
+{
+	if (P->flush_posted || P->ctl == NULL)
+		return;
+	/* Runs after the jobs already queued: one delta for all of them. */
+	if (bg_control_post(P->ctl, &P->flush.job) == BG_OK)
+		P->flush_posted = true;
+}
+
+/* This node's count of user in channel changed to count. */
+static void
+queue_delta(struct bg_pres *P, const char *channel, const char *user,
+	    const char *info, uint32_t count)
+{
+	json_t *e = json_pack("[s, s, s?, I]", channel, user, info,
+			      (json_int_t)count);
+
+	if (e == NULL || json_array_append_new(P->pending, e) != 0) {
+		/* Peers will see the seq gap and ask for the state. */
+		P->seq++;
+		return;
+	}
+	post_flush(P);
+}
+
+static void
+send_msg(struct bg_pres *P, json_t *msg)
+{
+	if (msg != NULL)
+		bg_control_send(P->ctl, msg); /* lost when down: seq says */
+}
+
+static void
+flush_deltas(struct bg_pres *P)
+{
+	json_t *ops = P->pending;
+
+	P->flush_posted = false;
+	if (json_array_size(ops) == 0)
+		return;
+	P->pending = json_array();
+	P->seq++;
+	send_msg(P, json_pack("{s:s, s:I, s:o}", "type", "presence.delta",
+			      "seq", (json_int_t)P->seq, "ops", ops));
+	if (P->pending == NULL)
+		P->pending = json_array();
+}
+
+struct dump {
+	struct bg_pres *P;
+	json_t *entries;
+	int part;
+};
+
+static void
+send_part(struct dump *d, bool last)
+{
+	send_msg(d->P, json_pack("{s:s, s:I, s:i, s:b, s:o}", "type",
+				 "presence.state", "seq",
+				 (json_int_t)d->P->seq, "part", d->part++,
+				 "last", last, "entries", d->entries));
+	d->entries = json_array();
+}
+
+static void
+dump_entry(void *arg, const char *channel, const char *user,
+	   const char *info, uint32_t count)
+{
+	struct dump *d = arg;
+
+	json_array_append_new(d->entries, json_pack("[s, s, s, I]", channel,
+			      user, info, (json_int_t)count));
+	if (json_array_size(d->entries) >= STATE_CHUNK)
+		send_part(d, false);
+}
+
+/* Sends this node's whole state (after any pending delta). */
+static void
+send_state(struct bg_pres *P)
+{
+	struct dump d = { .P = P, .entries = json_array() };
+
+	flush_deltas(P);
+	bg_members_each(P->table, 0, dump_entry, &d);
+	send_part(&d, true);
+	json_decref(d.entries);
+}
+
+static void
+ask_state(struct bg_pres *P, const char *node, struct peer *peer)
+{
+	uint64_t now = now_ms();
+
+	if (peer->asked_ms != 0 && now - peer->asked_ms < ASK_EVERY_MS)
+		return;
+	peer->asked_ms = now;
+	send_msg(P, json_pack("{s:s, s:s}", "type", "presence.ask", "to",
+			      node));
+}
+
+/* ------------------------------------------------ bus: replication in */
+
+static void
+drop_peer(struct bg_pres *P, int idx, const char *why)
+{
+	uint64_t n = bg_members_drop_node(P->table, idx);
+
+	if (n > 0 || P->peers[idx].heard_ms != 0)
+		bg_log_info("presence: node %s %s: %llu entries dropped",
+			    bg_members_node_id(P->table, idx), why,
+			    (unsigned long long)n);
+	memset(&P->peers[idx], 0, sizeof(P->peers[idx]));
+	bg_stat_add(&P->n_dropped, 1);
+}
+
+/* The peer a message came from, heard now; NULL for this node's own. */
+static struct peer *
+heard(struct bg_pres *P, const char *node, int *idx)
+{
+	if (strcmp(node, P->srv->node_id) == 0)
+		return NULL;
+	*idx = bg_members_node(P->table, node, true);
+	if (*idx <= 0)
+		return NULL;
+	P->peers[*idx].heard_ms = now_ms();
+	return &P->peers[*idx];
+}
+
+/* Applies [[CHANNEL,USER,INFO,COUNT],...] of node idx. */
+static void
+apply_entries(struct bg_pres *P, int idx, json_t *arr)
+{
+	size_t i;
+	json_t *e;
+
+	json_array_foreach(arr, i, e) {
+		const char *ch = json_string_value(json_array_get(e, 0));
+		const char *user = json_string_value(json_array_get(e, 1));
+		const char *info = json_string_value(json_array_get(e, 2));
+		json_t *n = json_array_get(e, 3);
+		json_int_t count = json_integer_value(n);
+
+		if (ch == NULL || user == NULL || !json_is_integer(n) ||
+		    count < 0 || count > UINT32_MAX)
+			continue;
+		bg_members_set(P->table, idx, ch, user, info,
+				(uint32_t)count);
+	}
+}
+
+static void
+on_delta(struct bg_control *ctl, const char *node, json_t *msg, void *arg)
+{
+	struct bg_pres *P = arg;
+	uint64_t seq = (uint64_t)json_integer_value(json_object_get(msg,
+								    "seq"));
+	struct peer *peer;
+	int idx;
+
+	if ((peer = heard(P, node, &idx)) == NULL)
+		return;
+	if (!peer->synced || seq != peer->seq + 1)
+		ask_state(P, node, peer);
+	apply_entries(P, idx, json_object_get(msg, "ops"));
+	peer->seq = seq;
+}
+
+static void
+on_hb(struct bg_control *ctl, const char *node, json_t *msg, void *arg)
+{
+	struct bg_pres *P = arg;
+	uint64_t seq = (uint64_t)json_integer_value(json_object_get(msg,
+								    "seq"));
+	struct peer *peer;
+	int idx;
+
+	if ((peer = heard(P, node, &idx)) == NULL)
+		return;
+	if (!peer->synced || seq != peer->seq)
+		ask_state(P, node, peer);
+}
+
+static void
+on_state(struct bg_control *ctl, const char *node, json_t *msg, void *arg)
+{
+	struct bg_pres *P = arg;
+	struct peer *peer;
+	int idx;
+
+	if ((peer = heard(P, node, &idx)) == NULL)
+		return;
+	if (json_integer_value(json_object_get(msg, "part")) == 0)
+		bg_members_mark(P->table, idx);
+	apply_entries(P, idx, json_object_get(msg, "entries"));
+	if (json_is_true(json_object_get(msg, "last"))) {
+		bg_members_sweep(P->table, idx);
+		peer->seq = (uint64_t)json_integer_value(
+			json_object_get(msg, "seq"));
+		peer->synced = true;
+	}
+}
+
+static void
+on_ask(struct bg_control *ctl, const char *node, json_t *msg, void *arg)
+{
+	struct bg_pres *P = arg;
+	const char *to = json_string_value(json_object_get(msg, "to"));
+	int idx;
+
+	heard(P, node, &idx);
+	if (to != NULL && strcmp(to, P->srv->node_id) == 0)
+		send_state(P);
+}
+
+static void
+on_node(struct bg_control *ctl, const char *node, bool up, void *arg)
+{
+	struct bg_pres *P = arg;
+	int idx = bg_members_node(P->table, node, up);
+
+	if (up)
+		send_state(P); /* it starts empty-handed */
+	else if (idx > 0)
+		drop_peer(P, idx, "is down");
+}
+
+/* Bus thread, every loop turn (at least once a second): heartbeats, and
+ * nodes silent for [presence] timeout dropped. */
+void
+bg_presence_tick(struct bg_server *srv)
+{
+	struct bg_pres *P = srv->presence;
+	uint64_t now = now_ms();
+	uint64_t timeout = (uint64_t)bg_server_cfg(srv)->presence_timeout *
+			   1000;
+	uint64_t period = timeout / 3 < HB_MAX_MS ? timeout / 3 : HB_MAX_MS;
+
+	if (P == NULL)
+		return;
+	if (now >= P->next_hb_ms) {
+		P->next_hb_ms = now + period;
+		flush_deltas(P);
+		send_msg(P, json_pack("{s:s, s:I}", "type", "presence.hb",
+				      "seq", (json_int_t)P->seq));
+	}
+	for (int i = 1; i < BG_MEMBERS_MAX_NODES; i++)
+		if (P->peers[i].heard_ms != 0 &&
+		    now - P->peers[i].heard_ms > timeout)
+			drop_peer(P, i, "is silent");
+	gauges(P);
+}
+
+/* ----------------------------------------------------- bus: requests */
+
+static void
+answer_join(struct bg_pres *P, struct op *o)
+{
+	const struct bg_config *cfg = bg_server_cfg(P->srv);
+	uint64_t clients, users;
+	uint32_t before, after;
+	json_t *extra;
+	size_t len = 0;
+	char *text;
+	int rc;
+
+	before = bg_members_count(P->table, 0, o->channel, o->user);
+	P->exclude = o->client;
+	rc = bg_members_join(P->table, o->channel, o->client, o->user,
+			      o->info, (uint32_t)cfg->presence_max_members);
+	P->exclude = NULL;
+	after = bg_members_count(P->table, 0, o->channel, o->user);
+	if (after != before)
+		queue_delta(P, o->channel, o->user, o->info, after);
+	if (rc == BG_MEMBERS_FULL || rc < 0) {
+		char msg[96];
+		snprintf(msg, sizeof(msg), rc < 0 ? "out of memory" :
+			 "the presence channel has %d members",
+			 cfg->presence_max_members);
+		text = bg_proto_failure(o->cb, "subscribe", rc < 0 ?
+					BG_CODE_INTERNAL :
+					BG_CODE_CHANNEL_FULL, msg, &len);
+		reply(P, o->worker, o->client, text, len, o->channel);
+		return;
+	}
+	if (o->cb == NULL)
+		return; /* success is silent: no member list to build */
+	bg_members_stats(P->table, o->channel, &clients, &users);
+	extra = json_pack("{s:s, s:o, s:I}", "channel", o->channel,
+			  "members", bg_members_members(P->table,
+							 o->channel),
+			  "count", (json_int_t)users);
+	text = extra ? bg_proto_callback_ok(o->cb, extra, &len) : NULL;
+	json_decref(extra);
+	reply(P, o->worker, o->client, text, len, NULL);
+}
+
+static void
+answer_leave(struct bg_pres *P, struct op *o)
+{
+	const char *user = bg_members_client_user(P->table, o->channel,
+						   o->client);
+	uint32_t before, after;
+	char *u;
+
+	if (user == NULL)
+		return; /* never joined (refused), or left already */
+	u = strdup(user);
+	before = bg_members_count(P->table, 0, o->channel, u);
+	bg_members_leave(P->table, o->channel, o->client);
+	after = bg_members_count(P->table, 0, o->channel, u);
+	if (after != before)
+		queue_delta(P, o->channel, u, NULL, after);
+	free(u);
+}
+
+/* {"members":[..]} or {"clients":N,"users":M}: a new object. */
+static json_t *
+query(struct bg_pres *P, const char *channel, bool stats)
+{
+	uint64_t clients, users;
+
+	if (!stats)
+		return json_pack("{s:o}", "members",
+				 bg_members_members(P->table, channel));
+	bg_members_stats(P->table, channel, &clients, &users);
+	return json_pack("{s:I, s:I}", "clients", (json_int_t)clients,
+			 "users", (json_int_t)users);
+}
+
+static void
+answer_query(struct bg_pres *P, struct op *o)
+{
+	json_t *extra = query(P, o->channel, o->kind == OP_STATS);
+	size_t len = 0;
+	char *text;
+
+	text = extra ? bg_proto_callback_ok(o->cb, extra, &len) :
+	       bg_proto_failure(o->cb, o->kind == OP_STATS ?
+				"presence_stats" : "presence",
+				BG_CODE_INTERNAL, "out of memory", &len);
+	json_decref(extra);
+	reply(P, o->worker, o->client, text, len, NULL);
+}
+
+static void
+answer_api(struct bg_pres *P, struct op *o)
+{
+	json_t *body = query(P, o->channel, o->stats);
+
+	pthread_mutex_lock(&o->mu);
+	o->answer = body ? json_dumps(body, JSON_COMPACT) : NULL;
+	o->len = o->answer ? strlen(o->answer) : 0;
+	o->status = o->answer ? 200 : 500;
+	o->done = true;
+	pthread_cond_signal(&o->cv);
+	pthread_mutex_unlock(&o->mu);
+	json_decref(body);
+}
+
+static void
+run_op(struct bg_control *ctl, struct bg_control_job *job)
+{
+	struct op *o = (struct op *)(void *)job;
+	struct bg_pres *P = o->P;
+
+	switch (o->kind) {
+	case OP_FLUSH:
+		flush_deltas(P);
+		return; /* P->flush is not freed */
+	case OP_JOIN:
+		answer_join(P, o);
+		gauges(P);
+		break;
+	case OP_LEAVE:
+		answer_leave(P, o);
+		gauges(P);
+		break;
+	case OP_MEMBERS:
+	case OP_STATS:
+		answer_query(P, o);
+		break;
+	case OP_API:
+		answer_api(P, o);
+		op_unref(o);
+		return;
+	}
+	op_free(o);
+}
+
+static void
+drop_op(struct bg_control_job *job)
+{
+	struct op *o = (struct op *)(void *)job;
+
+	switch (o->kind) {
+	case OP_FLUSH:
+		return;
+	case OP_API:
+		pthread_mutex_lock(&o->mu);
+		o->status = 503;
+		o->done = true;
+		pthread_cond_signal(&o->cv);
+		pthread_mutex_unlock(&o->mu);
+		op_unref(o);
+		return;
+	default:
+		op_free(o);
+	}
+}
+
+/* ----------------------------------------------------------- workers */
+
+static struct op *
+op_new(struct bg_pres *P, enum op_kind kind, const char *channel)
+{
+	struct op *o = P ? calloc(1, sizeof(*o)) : NULL;
+
+	if (o == NULL)
+		return NULL;
+	o->P = P;
+	o->job.run = run_op;
+	o->job.drop = drop_op;
+	o->kind = kind;
+	o->refs = 1;
+	if ((o->channel = strdup(channel)) == NULL) {
+		free(o);
+		return NULL;
+	}
+	return o;
+}
+
+/* Posts o from c's worker; false (o freed) when the bus cannot take it. */
+static bool
+post_from(struct bg_conn *c, struct op *o)
+{
+	o->worker = c->w->index;
+	snprintf(o->client, sizeof(o->client), "%s", c->id);
+	if (bg_control_post(c->w->srv->control, &o->job) == BG_OK)
+		return true;
+	op_free(o);
+	return false;
+}
+
+static char *
+dup_or_null(const char *s, bool *oom)
+{
+	char *d;
+
+	if (s == NULL)
+		return NULL;
+	if ((d = strdup(s)) == NULL)
+		*oom = true;
+	return d;
+}
+
+void
+bg_presence_subscribe(struct bg_conn *c, const struct bg_request *req,
+		      const char *channel)
+{
+	struct op *o = op_new(c->w->srv->presence, OP_JOIN, channel);
+	bool oom = o == NULL;
+
+	if (o != NULL) {
+		o->user = dup_or_null(c->ident.user, &oom);
+		o->info = dup_or_null(c->ident.info, &oom);
+		o->cb = dup_or_null(req->callback_id, &oom);
+		if (oom)
+			op_free(o);
+	}
+	if (!oom && post_from(c, o))
+		return;
+	/* Not counted anywhere: the local subscription goes too. */
+	bg_conn_unsubscribe(c, channel, strlen(channel));
+	bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE, "presence is "
+			    "unavailable (the node is busy or stopping)");
+}
+
+void
+bg_presence_conn_left(struct bg_conn *c, const char *channel)
+{
+	struct op *o;
+
+	if (!bg_presence_is_channel(bg_server_cfg(c->w->srv), channel))
+		return;
+	o = op_new(c->w->srv->presence, OP_LEAVE, channel);
+	if (o == NULL || !post_from(c, o)) {
+		static struct bg_log_throttle throttle =
+			BG_LOG_THROTTLE("presence: leaves lost", 5);
+		if (o == NULL || !c->w->stopping)
+			bg_log_throttled(&throttle, BG_LOG_WARN, "presence: "
+					 "client %s left %s, but the bus "
+					 "could not be told", c->id, channel);
+	}
+}
+
+/* The presence / presence_stats events: the caller must be allowed to
+ * subscribe to the channel. */
+static enum bg_code
+on_query_event(const struct bg_hook_args *a, enum op_kind kind)
+{
+	struct bg_conn *c = a->c;
+	const struct bg_request *req = a->req;
+	json_t *ch = json_object_get(req->data, "channel");
+	const char *name = json_string_value(ch);
+	struct op *o;
+
+	if (!json_is_string(ch) ||
+	    !bg_proto_channel_valid(name, json_string_length(ch))) {
+		bg_conn_reply_error(c, req, BG_CODE_INVALID_CHANNEL,
+				    "data.channel must be 1-200 printable "
+				    "ASCII bytes without space * # \" \\");
+		return GO_ON;
+	}
+	if (!bg_presence_is_channel(bg_server_cfg(c->w->srv), name)) {
+		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE,
+				    "not a presence channel");
+		return GO_ON;
+	}
+	if (c->ident.user == NULL ||
+	    !bg_auth_channel_allowed(&c->ident, name)) {
+		bg_conn_reply_error(c, req, BG_CODE_FORBIDDEN,
+				    c->ident.user == NULL ?
+				    "presence channel: authenticate first" :
+				    "presence channel: not in your token's "
+				    "channels");
+		return GO_ON;
+	}
+	if (req->callback_id == NULL)
+		return GO_ON; /* the answer is the callback: nothing to do */
+	o = op_new(c->w->srv->presence, kind, name);
+	if (o == NULL || (o->cb = strdup(req->callback_id)) == NULL) {
+		if (o != NULL)
+			op_free(o);
+		bg_conn_reply_error(c, req, BG_CODE_INTERNAL,
+				    "out of memory");
+		return GO_ON;
+	}
+	if (!post_from(c, o))
+		bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE, "presence "
+				    "is unavailable (the node is busy or "
+				    "stopping)");
+	return GO_ON;
+}
+
+static enum bg_code
+on_presence(const struct bg_hook_args *a)
+{
+	return on_query_event(a, OP_MEMBERS);
+}
+
+static enum bg_code
+on_presence_stats(const struct bg_hook_args *a)
+{
+	return on_query_event(a, OP_STATS);
+}
+
+int
+bg_presence_register(char *err, size_t errlen)
+{
+	static const struct bg_handler handlers[] = {
+		{ BG_ON_EVENT, "presence", NULL, on_presence },
+		{ BG_ON_EVENT, "presence_stats", NULL, on_presence_stats },
+	};
+
+	for (size_t i = 0; i < BG_ARRAY_LEN(handlers); i++)
+		if (bg_handlers_register(&handlers[i], err, errlen) != BG_OK)
+			return BG_ERR;
+	return BG_OK;
+}
+
+/* --------------------------------------------------------------- API */
+
+unsigned int
+bg_presence_api(struct bg_server *srv, const char *channel, bool stats,
+		char **body, size_t *len)
+{
+	struct op *o;
+	struct timespec until;
+	unsigned int status;
+
+	*body = NULL;
+	*len = 0;
+	if (!bg_presence_is_channel(bg_server_cfg(srv), channel))
+		return 400;
+	if (srv->control == NULL || (o = op_new(srv->presence, OP_API, channel)) == NULL)
+		return 503;
+	o->stats = stats;
+	o->refs = 2;
+	pthread_mutex_init(&o->mu, NULL);
+	pthread_cond_init(&o->cv, NULL);
+	if (bg_control_post(srv->control, &o->job) != BG_OK) {
+		op_free(o);
+		return 503;
+	}
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += API_WAIT_MS / 1000;
+	pthread_mutex_lock(&o->mu);
+	while (!o->done &&
+	       pthread_cond_timedwait(&o->cv, &o->mu, &until) == 0)
+		;
+	status = o->done ? o->status : 503;
+	if (status == 200) {
+		*body = o->answer;
+		*len = o->len;
+		o->answer = NULL;
+	}
+	pthread_mutex_unlock(&o->mu);
+	op_unref(o);
+	return status;
+}
+
+/* ------------------------------------------------------------- setup */
+
+int
+bg_presence_init(struct bg_server *srv)
+{
+	struct bg_pres *P = calloc(1, sizeof(*P));
+
+	if (P == NULL)
+		goto oom;
+	P->srv = srv;
+	P->ctl = srv->control;
+	P->table = bg_members_new(srv->node_id, on_change, P);
+	P->pending = json_array();
+	P->flush.job.run = run_op;
+	P->flush.job.drop = drop_op;
+	P->flush.kind = OP_FLUSH;
+	P->flush.P = P;
+	if (P->table == NULL || P->pending == NULL || P->ctl == NULL ||
+	    bg_control_on(P->ctl, "presence.delta", on_delta, P) != BG_OK ||
+	    bg_control_on(P->ctl, "presence.hb", on_hb, P) != BG_OK ||
+	    bg_control_on(P->ctl, "presence.state", on_state, P) != BG_OK ||
+	    bg_control_on(P->ctl, "presence.ask", on_ask, P) != BG_OK ||
+	    bg_control_on_node(P->ctl, on_node, P) != BG_OK)
+		goto oom;
+	srv->presence = P;
+	return BG_OK;
+oom:
+	bg_log_error("presence: cannot start: out of memory");
+	if (P != NULL) {
+		bg_members_free(P->table);
+		json_decref(P->pending);
+		free(P);
+	}
+	return BG_ERR;
+}
+
+void
+bg_presence_free(struct bg_server *srv)
+{
+	struct bg_pres *P = srv->presence;
+
+	if (P == NULL)
+		return;
+	bg_members_free(P->table);
+	json_decref(P->pending);
+	free(P);
+	srv->presence = NULL;
+}
+
+int
+bg_presence_metrics(const struct bg_server *srv, char *buf, size_t size)
+{
+	const struct bg_pres *P = srv->presence;
+
+	if (P == NULL)
+		return 0;
+	return snprintf(buf, size,
+		"# HELP bagou_presence_entries Presence entries (channel, "
+		"user, node) this node holds, for every node.\n"
+		"# TYPE bagou_presence_entries gauge\n"
+		"bagou_presence_entries %llu\n"
+		"# HELP bagou_presence_bytes Bytes of the presence table.\n"
+		"# TYPE bagou_presence_bytes gauge\n"
+		"bagou_presence_bytes %llu\n"
+		"# HELP bagou_presence_joins_total presence_join events made "
+		"on this node.\n"
+		"# TYPE bagou_presence_joins_total counter\n"
+		"bagou_presence_joins_total %llu\n"
+		"# HELP bagou_presence_leaves_total presence_leave events "
+		"made on this node.\n"
+		"# TYPE bagou_presence_leaves_total counter\n"
+		"bagou_presence_leaves_total %llu\n"
+		"# HELP bagou_presence_nodes_dropped_total Other nodes dropped "
+		"(silent for [presence] timeout, or down).\n"
+		"# TYPE bagou_presence_nodes_dropped_total counter\n"
+		"bagou_presence_nodes_dropped_total %llu\n",
+		(unsigned long long)bg_stat_get(&P->n_entries),
+		(unsigned long long)bg_stat_get(&P->n_bytes),
+		(unsigned long long)bg_stat_get(&P->n_joins),
+		(unsigned long long)bg_stat_get(&P->n_leaves),
+		(unsigned long long)bg_stat_get(&P->n_dropped));
+}
