@@ -7,9 +7,11 @@ session authentication). See docs/django.md."""
 from .conf import configure
 from .exceptions import (BagouError, BroadcastError, ConfigurationError,
                          EventError)
+from .presence import presence, presence_stats
 from .publish import broadcast
 
 __version__ = "2.0.0"
 
 __all__ = ["BagouError", "BroadcastError", "ConfigurationError",
-           "EventError", "broadcast", "configure", "__version__"]
+           "EventError", "broadcast", "configure", "presence",
+           "presence_stats", "__version__"]
