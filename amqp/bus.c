@@ -45,11 +45,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "amqp/control.h"
 #include "amqp/link.h"
 #include "common/bg.h"
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/ring.h"
+#include "server/presence.h"
 #include "server/server.h"
 #include "server/worker.h"
 
@@ -75,6 +77,7 @@ enum { STATE_DISABLED, STATE_DISCONNECTED, STATE_CONNECTED };
 
 struct bg_bus {
 	struct bg_server *srv;      /* immutable */
+	struct bg_control *ctl;     /* immutable: srv->control */
 	struct bg_ring *outbox;     /* workers -> bus */
 	int stop_efd;               /* immutable */
 	unsigned int stopping;      /* atomic */
@@ -105,6 +108,21 @@ struct bg_bus {
 	unsigned int seed;
 };
 
+/* A control-plane delivery, from inside bg_link_service: queued for
+ * bg_control_service, which may use the link. */
+static void
+on_control(void *arg, enum bg_link_source src, const void *body, size_t len,
+	   const char *reply_to, const char *correlation_id)
+{
+	struct bg_bus *b = arg;
+
+	if (src == BG_LINK_CONTROL)
+		bg_control_deliver(b->ctl, body, len);
+	else
+		bg_control_request(b->ctl, body, len, reply_to,
+				   correlation_id);
+}
+
 struct bg_bus *
 bg_bus_new(struct bg_server *srv)
 {
@@ -113,6 +131,7 @@ bg_bus_new(struct bg_server *srv)
 	if (b == NULL)
 		return NULL;
 	b->srv = srv;
+	b->ctl = srv->control;
 	b->state = STATE_DISABLED;
 	if (!bg_config_standalone(bg_server_cfg(srv))) {
 		char err[512];
@@ -122,6 +141,7 @@ bg_bus_new(struct bg_server *srv)
 			free(b);
 			return NULL;
 		}
+		bg_link_set_control(b->link, on_control, b);
 		b->state = STATE_DISCONNECTED;
 	}
 	b->waiting_tail = &b->waiting;
@@ -162,7 +182,8 @@ fan_out(struct bg_bus *b, struct bg_msg *m)
 		}
 	}
 done:
-	bg_stat_add(&b->broadcasts, 1);
+	if (m->target != BG_MSG_TASK)
+		bg_stat_add(&b->broadcasts, 1);
 	bg_msg_unref(m);
 }
 
@@ -405,12 +426,49 @@ drain_outbox(struct bg_bus *b)
 	} while (!bg_ring_sleep(b->outbox));
 }
 
+void
+bg_bus_to_workers(struct bg_bus *b, struct bg_msg *m)
+{
+	/* Behind held deliveries: the workers see one order. */
+	if (b->waiting != NULL)
+		wait_delivery(b, m, 0);
+	else
+		fan_out(b, m);
+}
+
+int
+bg_bus_send_control(struct bg_bus *b, const void *body, size_t len)
+{
+	return bg_bus_send_raw(b, NULL, "", body, len, NULL);
+}
+
+int
+bg_bus_send_raw(struct bg_bus *b, const char *exchange, const char *key,
+		const void *body, size_t len, const char *correlation_id)
+{
+	int rc;
+
+	if (b->link == NULL)
+		return BG_ERR;
+	if (!bg_link_up(b->link))
+		return BG_AGAIN;
+	rc = bg_link_publish_raw(b->link, exchange, key, body, len,
+				 correlation_id);
+	if (rc == BG_LINK_REFUSED)
+		return BG_ERR;
+	if (rc != BG_OK) {
+		link_lost(b);
+		return BG_AGAIN;
+	}
+	return BG_OK;
+}
+
 static void
 amqp_loop(struct bg_bus *b)
 {
-	struct pollfd fds[3];
+	struct pollfd fds[4];
 	uint64_t now;
-	int timeout, n;
+	int timeout, n, ctl_ms;
 
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 		bg_server_quiescent(b->srv, BG_SEEN_BUS);
@@ -426,15 +484,22 @@ amqp_loop(struct bg_bus *b)
 				set_state(b, STATE_CONNECTED);
 				release_waiting(b, false);
 				drain_outbox(b);
+				bg_control_link_up(b->ctl);
 			} else {
 				schedule_retry(b);
 			}
-			now = now_ms();
 		}
+		/* Control messages, jobs and timers, up or down (it may take
+		 * the link down). */
+		ctl_ms = bg_control_service(b->ctl);
+		bg_presence_tick(b->srv);
+		now = now_ms();
 		/* Up: wake at least once a second for heartbeats. Down:
 		 * leave the outbox alone until the next attempt. */
 		n = 0;
 		fds[n++] = (struct pollfd){ .fd = b->stop_efd,
+					    .events = POLLIN };
+		fds[n++] = (struct pollfd){ .fd = bg_control_fd(b->ctl),
 					    .events = POLLIN };
 		if (bg_link_up(b->link)) {
 			fds[n++] = (struct pollfd){
@@ -448,6 +513,8 @@ amqp_loop(struct bg_bus *b)
 			if (timeout > 1000)
 				timeout = 1000;
 		}
+		if (ctl_ms < timeout)
+			timeout = ctl_ms;
 		if (poll(fds, (nfds_t)n, timeout) < 0 && errno != EINTR) {
 			bg_log_errno("bus: poll()");
 			continue;
@@ -456,6 +523,7 @@ amqp_loop(struct bg_bus *b)
 			/* The workers are joined: publish what they left. */
 			if (bg_link_up(b->link))
 				drain_outbox(b);
+			bg_control_bye(b->ctl);
 			break;
 		}
 		release_waiting(b, false);
@@ -479,12 +547,15 @@ static void *
 bus_main(void *arg)
 {
 	struct bg_bus *b = arg;
-	struct pollfd fds[2] = {
+	struct pollfd fds[3] = {
 		{ .fd = bg_ring_fd(b->outbox), .events = POLLIN },
 		{ .fd = b->stop_efd, .events = POLLIN },
+		{ .fd = bg_control_fd(b->ctl), .events = POLLIN },
 	};
+	int timeout;
 
 	pthread_setname_np(pthread_self(), "bg-bus");
+	bg_control_attach(b->ctl, b);
 	if (b->link != NULL) {
 		amqp_loop(b);
 		return NULL;
@@ -492,13 +563,17 @@ bus_main(void *arg)
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 		/* Once a second at least: a replaced config waits for it. */
 		bg_server_quiescent(b->srv, BG_SEEN_BUS);
-		if (poll(fds, 2, 1000) < 0) {
+		timeout = bg_control_service(b->ctl);
+		bg_presence_tick(b->srv);
+		if (poll(fds, 3, timeout) < 0) {
 			if (errno != EINTR)
 				bg_log_errno("bus: poll()");
 			continue;
 		}
-		if (fds[1].revents)
+		if (fds[1].revents) {
+			bg_control_bye(b->ctl);
 			break;
+		}
 		drain_outbox(b);
 	}
 	return NULL;
@@ -615,11 +690,34 @@ bg_bus_reconnects(const struct bg_bus *b)
 	return bg_stat_get(&b->reconnects);
 }
 
+/* The control plane's lines (amqp/control.h). */
+static int
+control_metrics(const struct bg_bus *b, char *buf, size_t size)
+{
+	return snprintf(buf, size,
+		"# HELP bagou_cluster_nodes Live nodes of the cluster, this "
+		"one included.\n"
+		"# TYPE bagou_cluster_nodes gauge\n"
+		"bagou_cluster_nodes %llu\n"
+		"# HELP bagou_cluster_queries_total Cluster-wide queries this "
+		"node started (server API commands).\n"
+		"# TYPE bagou_cluster_queries_total counter\n"
+		"bagou_cluster_queries_total %llu\n",
+		(unsigned long long)bg_control_live(b->ctl),
+		(unsigned long long)bg_control_queries(b->ctl));
+}
+
 int
 bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 {
 	uint64_t reopens = b->link ? bg_link_channel_reopens(b->link) : 0;
 	uint64_t backed_up = 0;
+	int n = control_metrics(b, buf, size);
+
+	if (n < 0 || (size_t)n >= size)
+		return n;
+	buf += n;
+	size -= (size_t)n;
 
 	for (int i = 0; i < b->srv->n_workers; i++)
 		if (b->srv->workers[i] != NULL)
@@ -659,7 +757,7 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 		(unsigned long long)bg_stat_get(&b->busy),
 		(unsigned long long)bg_stat_get(&b->pauses),
 		(unsigned long long)bg_stat_get(&b->n_waiting),
-		(unsigned long long)backed_up);
+		(unsigned long long)backed_up) + n;
 }
 
 bool

@@ -72,4 +72,20 @@ uint64_t bg_bus_rejected(const struct bg_bus *b);
 uint64_t bg_bus_reconnects(const struct bg_bus *b);
 bool bg_bus_connected(const struct bg_bus *b);
 
+/* ---- for the control plane (amqp/control.c), bus thread only ---- */
+
+/* Hands m (a task or a broadcast; its reference taken over) to every
+ * worker, in order with the broadcasts (behind held deliveries). */
+void bg_bus_to_workers(struct bg_bus *b, struct bg_msg *m);
+
+/* Publishes body to the control exchange. BG_OK; BG_AGAIN when the
+ * link is down (or went down now); BG_ERR when it cannot be sent at
+ * all, or standalone. */
+int bg_bus_send_control(struct bg_bus *b, const void *body, size_t len);
+
+/* The same to exchange ("" is the default one, NULL the control
+ * exchange) with routing key key and a correlation_id (or NULL). */
+int bg_bus_send_raw(struct bg_bus *b, const char *exchange, const char *key,
+		    const void *body, size_t len, const char *correlation_id);
+
 #endif

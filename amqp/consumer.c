@@ -35,7 +35,110 @@ struct bg_link {
 	char queue[256];                 /* the server-named node queue */
 	uint64_t epoch;                  /* bus reads: channel generation */
 	uint64_t reopens;                /* bus writes, any reads */
+	/* The control plane (control.h): its exchange, this connection's
+	 * exclusive queue on it, the shared API queue, the callback. */
+	char ctl_exchange[300];
+	char ctl_queue[256];
+	char api_queue[300];
+	bg_link_control_fn ctl_fn;
+	void *ctl_arg;
 };
+
+static bool rpc_ok(struct bg_link *l, const char *what);
+
+#define CTL_TAG "bagou-control"
+#define API_TAG "bagou-api"
+
+void
+bg_link_set_control(struct bg_link *l, bg_link_control_fn fn, void *arg)
+{
+	l->ctl_fn = fn;
+	l->ctl_arg = arg;
+}
+
+/* The control exchange and its queues, consumed without acks (control
+ * messages must not wait behind held broadcasts; a multiple ack of a
+ * broadcast would also ack them). */
+static int
+declare_control(struct bg_link *l, bool fresh)
+{
+	amqp_queue_declare_ok_t *q;
+
+	amqp_exchange_declare(l->conn, CHANNEL,
+			      amqp_cstring_bytes(l->ctl_exchange),
+			      amqp_cstring_bytes("fanout"), 0, 1, 0, 0,
+			      amqp_empty_table);
+	if (!rpc_ok(l, "exchange.declare (control)"))
+		return BG_ERR;
+	if (fresh) {
+		q = amqp_queue_declare(l->conn, CHANNEL, amqp_empty_bytes, 0,
+				       0, 1, 0, amqp_empty_table);
+		if (!rpc_ok(l, "queue.declare (control)") || q == NULL)
+			return BG_ERR;
+		snprintf(l->ctl_queue, sizeof(l->ctl_queue), "%.*s",
+			 (int)q->queue.len, (char *)q->queue.bytes);
+	}
+	amqp_queue_bind(l->conn, CHANNEL, amqp_cstring_bytes(l->ctl_queue),
+			amqp_cstring_bytes(l->ctl_exchange), amqp_empty_bytes,
+			amqp_empty_table);
+	if (!rpc_ok(l, "queue.bind (control)"))
+		return BG_ERR;
+	/* Shared by the nodes: each request goes to one of them. Not
+	 * durable, deleted with its last consumer: with no node up, a
+	 * request is unroutable (the client's mandatory flag tells it). */
+	amqp_queue_declare(l->conn, CHANNEL, amqp_cstring_bytes(l->api_queue),
+			   0, 0, 0, 1, amqp_empty_table);
+	if (!rpc_ok(l, "queue.declare (API)"))
+		return BG_ERR;
+	amqp_basic_consume(l->conn, CHANNEL, amqp_cstring_bytes(l->ctl_queue),
+			   amqp_cstring_bytes(CTL_TAG), 0, 1, 1,
+			   amqp_empty_table);
+	if (!rpc_ok(l, "basic.consume (control)"))
+		return BG_ERR;
+	amqp_basic_consume(l->conn, CHANNEL, amqp_cstring_bytes(l->api_queue),
+			   amqp_cstring_bytes(API_TAG), 0, 1, 0,
+			   amqp_empty_table);
+	if (!rpc_ok(l, "basic.consume (API)"))
+		return BG_ERR;
+	return BG_OK;
+}
+
+/* A control-plane delivery: true when it was one (handed on). */
+static bool
+control_delivery(struct bg_link *l, const amqp_envelope_t *env)
+{
+	const amqp_basic_properties_t *p = &env->message.properties;
+	enum bg_link_source src;
+	char reply_to[256], corr[256];
+	bool has_reply, has_corr;
+
+	if (env->consumer_tag.len == sizeof(CTL_TAG) - 1 &&
+	    memcmp(env->consumer_tag.bytes, CTL_TAG, sizeof(CTL_TAG) - 1) ==
+	    0)
+		src = BG_LINK_CONTROL;
+	else if (env->consumer_tag.len == sizeof(API_TAG) - 1 &&
+		 memcmp(env->consumer_tag.bytes, API_TAG,
+			sizeof(API_TAG) - 1) == 0)
+		src = BG_LINK_API;
+	else
+		return false;
+	has_reply = (p->_flags & AMQP_BASIC_REPLY_TO_FLAG) &&
+		    p->reply_to.len < sizeof(reply_to);
+	has_corr = (p->_flags & AMQP_BASIC_CORRELATION_ID_FLAG) &&
+		   p->correlation_id.len < sizeof(corr);
+	if (has_reply)
+		snprintf(reply_to, sizeof(reply_to), "%.*s",
+			 (int)p->reply_to.len, (char *)p->reply_to.bytes);
+	if (has_corr)
+		snprintf(corr, sizeof(corr), "%.*s",
+			 (int)p->correlation_id.len,
+			 (char *)p->correlation_id.bytes);
+	if (l->ctl_fn != NULL)
+		l->ctl_fn(l->ctl_arg, src, env->message.body.bytes,
+			  env->message.body.len, has_reply ? reply_to : NULL,
+			  has_corr ? corr : NULL);
+	return true;
+}
 
 struct bg_link *
 bg_link_new(const struct bg_config *cfg, char *err, size_t errlen)
@@ -49,6 +152,10 @@ bg_link_new(const struct bg_config *cfg, char *err, size_t errlen)
 		return NULL;
 	}
 	l->cfg = cfg;
+	snprintf(l->ctl_exchange, sizeof(l->ctl_exchange), "%s.control",
+		 cfg->amqp_exchange);
+	snprintf(l->api_queue, sizeof(l->api_queue), "%s.api",
+		 cfg->amqp_exchange);
 	amqp_default_connection_info(&l->ci);
 	rc = amqp_parse_url(l->url, &l->ci);
 	if (rc != AMQP_STATUS_OK) {
@@ -223,6 +330,8 @@ declare(struct bg_link *l, bool fresh)
 		if (!rpc_ok(l, "queue.declare (legacy [amqp] queue)"))
 			return BG_ERR;
 	}
+	if (declare_control(l, fresh) != BG_OK)
+		return BG_ERR;
 	amqp_basic_qos(l->conn, CHANNEL, 0, (uint16_t)cfg->amqp_prefetch, 0);
 	if (!rpc_ok(l, "basic.qos"))
 		return BG_ERR;
@@ -365,8 +474,9 @@ bg_link_service(struct bg_link *l, bg_link_deliver_fn fn, void *arg)
 		amqp_maybe_release_buffers(l->conn);
 		r = amqp_consume_message(l->conn, &env, &zero, 0);
 		if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-			fn(arg, env.message.body.bytes, env.message.body.len,
-			   env.delivery_tag);
+			if (!control_delivery(l, &env))
+				fn(arg, env.message.body.bytes,
+				   env.message.body.len, env.delivery_tag);
 			amqp_destroy_envelope(&env);
 			continue;
 		}
@@ -441,4 +551,10 @@ const char *
 bg_link_forward_exchange(const struct bg_link *l)
 {
 	return l->cfg->forward_exchange;
+}
+
+const char *
+bg_link_control_exchange(const struct bg_link *l)
+{
+	return l->ctl_exchange;
 }

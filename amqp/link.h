@@ -77,6 +77,33 @@ uint64_t bg_link_channel_epoch(const struct bg_link *l);
 /* Channels reopened after the broker closed them, for /metrics. */
 uint64_t bg_link_channel_reopens(const struct bg_link *l);
 
+/* Where a control-plane delivery came from. */
+enum bg_link_source {
+	BG_LINK_CONTROL,   /* the fanout exchange "<exchange>.control" */
+	BG_LINK_API,       /* the shared queue "<exchange>.api" */
+};
+
+/* Handles one control-plane delivery (auto-acked: nothing to ack).
+ * reply_to and correlation_id: its properties, NULL when absent. Called
+ * from inside bg_link_service: it must not use the link (copy, and act
+ * later). */
+typedef void (*bg_link_control_fn)(void *arg, enum bg_link_source src,
+				   const void *body, size_t len,
+				   const char *reply_to,
+				   const char *correlation_id);
+
+/* Where control-plane deliveries go. Before bg_link_connect. */
+void bg_link_set_control(struct bg_link *l, bg_link_control_fn fn,
+			 void *arg);
+
+/* Publishes body to the control exchange (exchange NULL), or to
+ * exchange with routing key key, with correlation_id (may be NULL).
+ * BG_OK, BG_LINK_REFUSED (key too long: nothing sent, the link stays) or
+ * BG_ERR (the link failed and is down, logged). */
+int bg_link_publish_raw(struct bg_link *l, const char *exchange,
+			const char *key, const void *body, size_t len,
+			const char *correlation_id);
+
 /*
  * Pure, any thread: NULL when m can be published, else why not (a
  * routing key over BG_LINK_MAX_KEY bytes, a body over BG_LINK_MAX_BODY).

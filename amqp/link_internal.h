@@ -12,5 +12,6 @@
 amqp_connection_state_t bg_link_conn(struct bg_link *l);
 const char *bg_link_exchange(const struct bg_link *l);
 const char *bg_link_forward_exchange(const struct bg_link *l);
+const char *bg_link_control_exchange(const struct bg_link *l);
 
 #endif

@@ -78,3 +78,44 @@ bg_link_publish(struct bg_link *l, const struct bg_msg *m, const char **why)
 		return BG_ERR;
 	}
 }
+
+int
+bg_link_publish_raw(struct bg_link *l, const char *exchange, const char *key,
+		    const void *body, size_t len, const char *correlation_id)
+{
+	amqp_basic_properties_t props;
+	amqp_bytes_t b;
+	int rc;
+
+	if (!bg_link_up(l))
+		return BG_ERR;
+	if (strlen(key) > BG_LINK_MAX_KEY || len > BG_LINK_MAX_BODY)
+		return BG_LINK_REFUSED;
+	if (exchange == NULL)
+		exchange = bg_link_control_exchange(l);
+	memset(&props, 0, sizeof(props));
+	props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG;
+	props.content_type = amqp_cstring_bytes("application/json");
+	if (correlation_id != NULL) {
+		props._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+		props.correlation_id = amqp_cstring_bytes(correlation_id);
+	}
+	b.bytes = (void *)body;
+	b.len = len;
+	rc = amqp_basic_publish(bg_link_conn(l), 1,
+				amqp_cstring_bytes(exchange),
+				amqp_cstring_bytes(key), 0, 0, &props, b);
+	switch (rc) {
+	case AMQP_STATUS_OK:
+		return BG_OK;
+	case AMQP_STATUS_BAD_AMQP_DATA:
+	case AMQP_STATUS_TABLE_TOO_BIG:
+	case AMQP_STATUS_NO_MEMORY:
+		return BG_LINK_REFUSED;
+	default:
+		bg_log_warn("amqp: publish (control) failed: %s",
+			    amqp_error_string2(rc));
+		bg_link_reset(l);
+		return BG_ERR;
+	}
+}

@@ -107,6 +107,9 @@ bg_config_defaults(struct bg_config *cfg)
 	strcpy(cfg->api_host, "127.0.0.1");
 	cfg->api_port = 9001;
 	cfg->body_timeout = 10;
+	cfg->cluster_heartbeat = 2;
+	cfg->cluster_timeout = 15;
+	cfg->cluster_query_timeout = 2;
 	strcpy(cfg->presence_prefix, "presence-");
 	cfg->presence_timeout = 15;
 	cfg->presence_max_members = 10000;
@@ -784,6 +787,10 @@ static const struct key keys[] = {
 	{ "log", "file", parse_logfile, OFF(log_file), STR(log_file) },
 	{ "log", "format", parse_log_format, 0, 0, 0 },
 	{ "log", "access", parse_bool, OFF(log_access), 0, 0 },
+	{ "cluster", "heartbeat", parse_int, OFF(cluster_heartbeat), 1, 60 },
+	{ "cluster", "timeout", parse_int, OFF(cluster_timeout), 2, 3600 },
+	{ "cluster", "query_timeout", parse_int, OFF(cluster_query_timeout),
+	  1, 60 },
 	{ "presence", "prefix", parse_str, OFF(presence_prefix),
 	  STR(presence_prefix) },
 	{ "presence", "timeout", parse_int, OFF(presence_timeout), 1, 3600 },
@@ -1267,6 +1274,12 @@ bg_config_validate(const struct bg_config *cfg, char *err, size_t errlen)
 	if (cfg->forward_lifecycle != 0 && cfg->forward_exchange[0] == '\0') {
 		seterr(err, errlen, "[forward] lifecycle needs [forward] "
 		       "exchange");
+		return BG_ERR;
+	}
+	if (cfg->cluster_timeout <= cfg->cluster_heartbeat) {
+		seterr(err, errlen, "[cluster] timeout (%d s) must be longer "
+		       "than [cluster] heartbeat (%d s)", cfg->cluster_timeout,
+		       cfg->cluster_heartbeat);
 		return BG_ERR;
 	}
 	return BG_OK;

@@ -113,6 +113,11 @@ struct bg_config {
 	int log_format;                  /* enum bg_log_format, text */
 	bool log_access;                 /* HTTP access log, no */
 
+	/* [cluster] */
+	int cluster_heartbeat;           /* s between node heartbeats, 2 */
+	int cluster_timeout;             /* s of silence: node dead, 15 */
+	int cluster_query_timeout;       /* s a cluster-wide query waits
+	                                    for the other nodes, 2 */
 	/* [presence] */
 	char presence_prefix[BG_CONFIG_STR]; /* "presence-"; "" = none */
 	int presence_timeout;            /* s before a silent node's members

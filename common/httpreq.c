@@ -98,10 +98,12 @@ request_line(char *line, struct bg_httpreq *r, char *err, size_t errlen)
 		if ((unsigned char)*t <= ' ' || (unsigned char)*t >= 0x7f)
 			return fail(err, errlen, "bad request target");
 	q = strchr(sp1 + 1, '?');
-	if (q != NULL)
+	r->query = NULL;
+	if (q != NULL) {
 		*q = '\0';
+		r->query = q + 1;
+	}
 	r->path = sp1 + 1;
-	r->query = q != NULL ? q + 1 : "";
 	if (strcmp(line, "GET") == 0)
 		r->method = BG_HTTPREQ_GET;
 	else if (strcmp(line, "HEAD") == 0)

@@ -29,7 +29,8 @@ enum bg_httpreq_method {
 struct bg_httpreq {
 	enum bg_httpreq_method method;
 	const char *path;        /* the target up to '?', NUL-terminated */
-	const char *query;       /* what follows '?', NUL-terminated; "" */
+	const char *query;       /* what follows '?' (NUL-terminated), or
+	                            NULL without one */
 	int minor;               /* HTTP/1.minor: 0 or 1 */
 	bool keep_alive;         /* from the version and Connection */
 	bool has_length;         /* a Content-Length was given */

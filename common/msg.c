@@ -83,6 +83,8 @@ msg_free(struct bg_msg *m)
 	free(m->auth);
 	free(m->forward_key);
 	free(m->reply_cb);
+	if (m->task_free != NULL)
+		m->task_free(m->task);
 	free(m->unsubscribe);
 	free(m);
 }

@@ -24,7 +24,11 @@ enum bg_msg_target {
 	BG_MSG_ALL,       /* every connected client */
 	BG_MSG_CHANNELS,  /* subscribers of names[] (first match wins) */
 	BG_MSG_CLIENTS,   /* the connections whose ids are names[] */
+	BG_MSG_TASK,      /* not a broadcast: task_fn runs on each worker,
+	                     in ring order (amqp/control.c) */
 };
+
+struct bg_worker;
 
 struct bg_msg_frame {
 	uint8_t *block;        /* malloc'd; frame lives inside it */
@@ -51,6 +55,12 @@ struct bg_msg {
 	                                receipt, POST accepted): latency */
 	char *reply_cb;              /* a reply to clients: its callbackId
 	                                (forward round trips), or NULL */
+	/* BG_MSG_TASK: run by each worker it reaches (on that worker's
+	 * thread), then the ring's reference is dropped; task_free(task)
+	 * when the message is freed. */
+	void (*task_fn)(struct bg_worker *w, struct bg_msg *m);
+	void *task;
+	void (*task_free)(void *task);
 	char *unsubscribe;           /* a reply to clients: drop their
 	                                subscription to this channel first
 	                                (presence: channel_full), or NULL */

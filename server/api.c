@@ -22,7 +22,6 @@
  */
 #include "server/api.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -40,12 +39,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "amqp/control.h"
 #include "common/bg.h"
 #include "common/httpreq.h"
 #include "common/log.h"
-#include "common/proto.h"
+#include "common/ring.h"
+#include "server/cmd.h"
 #include "server/http.h"
-#include "server/presence.h"
 #include "server/server.h"
 
 #define JSON_TYPE "application/json"
@@ -53,9 +53,48 @@
 #define LINGER_SECS 2
 #define PAUSE_MS 100             /* accept paused after EMFILE */
 
-enum route { R_NONE, R_BROADCAST, R_METRICS, R_HEALTH, R_LIVE, R_PRESENCE,
-	     R_PRESENCE_STATS };
-enum state { S_IDLE, S_HEAD, S_BODY, S_LINGER };
+#define ANSWER_RING 4096       /* bus -> API: answers of commands */
+#define WAIT_SLACK_SECS 3       /* past [cluster] query_timeout: 503 */
+
+enum route { R_BROADCAST, R_METRICS, R_HEALTH, R_LIVE, R_CMD };
+enum state { S_IDLE, S_HEAD, S_BODY, S_WAIT, S_LINGER };
+
+/* The API listener's endpoints. R_CMD rows are the server API of
+ * PROTOCOL.md §11: a POST's JSON body, or a GET's query parameters (as
+ * strings), are the arguments of the command (server/cmd.c) it names. */
+struct route_def {
+	const char *path;
+	enum route r;
+	bool post;                /* POST only; else GET and HEAD */
+	const char *command;      /* R_CMD */
+};
+
+static const struct route_def routes[] = {
+	{ "/broadcast", R_BROADCAST, true, NULL },
+	{ "/metrics", R_METRICS, false, NULL },
+	{ "/health", R_HEALTH, false, NULL },
+	{ "/health/live", R_LIVE, false, NULL },
+	{ "/api/disconnect", R_CMD, true, "disconnect" },
+	{ "/api/subscribe", R_CMD, true, "subscribe" },
+	{ "/api/unsubscribe", R_CMD, true, "unsubscribe" },
+	{ "/api/channels", R_CMD, false, "channels" },
+	{ "/api/info", R_CMD, false, "info" },
+	{ "/api/presence", R_CMD, false, "presence" },
+	{ "/api/presence_stats", R_CMD, false, "presence_stats" },
+};
+
+/* One command on its way: API thread -> bus (bg_control_post), run
+ * there, and back through the answer ring. */
+struct api_job {
+	struct bg_control_job job;  /* first */
+	struct bg_api *api;
+	uint64_t serial;            /* the waiting connection's */
+	const char *command;        /* static, from routes[] */
+	json_t *args;
+	unsigned int status;        /* bus thread sets: the answer */
+	char *body;
+	size_t len;
+};
 
 struct api_conn {
 	struct bg_api *api;
@@ -70,6 +109,8 @@ struct api_conn {
 	bool paused;              /* reading stopped: output over OUT_HIGH */
 	bool eof;                 /* the client closed its side */
 	uint64_t body_len;        /* S_BODY: bytes still expected in all */
+	const struct route_def *route; /* S_BODY, S_WAIT: the request's */
+	uint64_t serial;          /* S_WAIT: the api_job awaited */
 	char peer[64];            /* for logs only; decides nothing */
 	/* [log] access: the request being answered. */
 	const char *method;       /* static text */
@@ -90,9 +131,12 @@ struct bg_api {
 	/* API thread only. */
 	struct event_base *base;
 	struct evconnlistener *listener;
-	struct event *stop_ev, *resume_ev, *tick_ev;
+	struct event *stop_ev, *resume_ev, *tick_ev, *answer_ev;
 	struct api_conn *conns;
 	time_t last_warn;
+	uint64_t next_serial;
+
+	struct bg_ring *answers;  /* bus -> API (SPSC): done api_jobs */
 };
 
 static bool
@@ -200,89 +244,202 @@ reply_error(struct api_conn *c, unsigned int status, const char *code,
 
 /* ------------------------------------------------------------ routes */
 
-static enum route
+static const struct route_def *
 find_route(const char *path)
 {
-	if (strcmp(path, "/broadcast") == 0)
-		return R_BROADCAST;
-	if (strcmp(path, "/metrics") == 0)
-		return R_METRICS;
-	if (strcmp(path, "/health") == 0)
-		return R_HEALTH;
-	if (strcmp(path, "/health/live") == 0)
-		return R_LIVE;
-	if (strcmp(path, "/api/presence") == 0)
-		return R_PRESENCE;
-	if (strcmp(path, "/api/presence_stats") == 0)
-		return R_PRESENCE_STATS;
-	return R_NONE;
+	for (size_t i = 0; i < BG_ARRAY_LEN(routes); i++)
+		if (strcmp(path, routes[i].path) == 0)
+			return &routes[i];
+	return NULL;
 }
 
-/* The value of name in a query string, %XX-decoded into out; false when
- * absent, undecodable or too long. */
-static bool
-query_arg(const char *query, const char *name, char *out, size_t size)
-{
-	size_t nlen = strlen(name), n = 0;
-	const char *p = query;
+/* ------------------------------------------------ server API commands */
 
-	while (*p != '\0') {
-		const char *end = p + strcspn(p, "&");
-		if ((size_t)(end - p) > nlen && p[nlen] == '=' &&
-		    strncmp(p, name, nlen) == 0) {
-			for (p += nlen + 1; p < end; p++) {
-				unsigned int x;
-				char ch = *p;
-				if (ch == '%') {
-					if (end - p < 3 ||
-					    sscanf(p + 1, "%2x", &x) != 1 ||
-					    !isxdigit((unsigned char)p[1]) ||
-					    !isxdigit((unsigned char)p[2]))
-						return false;
-					ch = (char)x;
-					p += 2;
-				}
-				if (n + 1 >= size)
-					return false;
-				out[n++] = ch;
-			}
-			out[n] = '\0';
-			return true;
-		}
-		p = *end ? end + 1 : end;
+static void
+job_free(struct api_job *j)
+{
+	json_decref(j->args);
+	free(j->body);
+	free(j);
+}
+
+static void
+job_drop(struct bg_control_job *job)
+{
+	job_free((struct api_job *)job);
+}
+
+/* Bus thread: the command is over; back to the API thread. */
+static void
+job_done(struct bg_control *ctl, unsigned int status, json_t *body,
+	 void *arg)
+{
+	struct api_job *j = arg;
+
+	j->status = status;
+	j->body = body ? json_dumps(body, JSON_COMPACT) : NULL;
+	j->len = j->body ? strlen(j->body) : 0;
+	json_decref(body);
+	/* One job per waiting connection: the ring has room for more than
+	 * BG_API_MAX_CONNS. Full anyway: the connection times out. */
+	if (!bg_ring_push(j->api->answers, j))
+		job_free(j);
+}
+
+/* Bus thread. */
+static void
+job_run(struct bg_control *ctl, struct bg_control_job *job)
+{
+	struct api_job *j = (struct api_job *)job;
+
+	bg_cmd_run(ctl, j->command, j->args, job_done, j);
+}
+
+/* Hands the command of c's request to the bus; args stolen. The answer
+ * comes back through on_answers. False when c was freed. */
+static bool
+submit(struct api_conn *c, json_t *args)
+{
+	struct bg_api *a = c->api;
+	struct api_job *j = calloc(1, sizeof(*j));
+
+	if (j == NULL) {
+		json_decref(args);
+		return reply_error(c, 503, "unavailable", "out of memory",
+				   "Retry-After: 1\r\n", false);
 	}
-	return false;
+	j->job.run = job_run;
+	j->job.drop = job_drop;
+	j->api = a;
+	j->serial = ++a->next_serial;
+	j->command = c->route->command;
+	j->args = args;
+	if (bg_control_post(a->srv->control, &j->job) != BG_OK) {
+		job_free(j);
+		return reply_error(c, 503, "unavailable", "the node is busy or "
+				   "stopping", "Retry-After: 1\r\n", false);
+	}
+	c->serial = j->serial;
+	c->state = S_WAIT;
+	arm(c, bg_server_cfg(a->srv)->cluster_query_timeout +
+	    WAIT_SLACK_SECS);
+	return true;
 }
 
-/* GET /api/presence and /api/presence_stats (PROTOCOL.md §10, §11). */
-static bool
-serve_presence(struct api_conn *c, enum route r, const char *query,
-	       bool close)
-{
-	char channel[BG_CHANNEL_MAX + 2];
-	unsigned int status;
-	char *body;
-	size_t len;
-	bool alive;
+static void process(struct api_conn *c);
 
-	if (!query_arg(query, "channel", channel, sizeof(channel)) ||
-	    !bg_proto_channel_valid(channel, strlen(channel)))
-		return reply_error(c, 400, "invalid_channel", "?channel= "
-				   "must be 1-200 printable ASCII bytes "
-				   "without space * # \" \\", NULL, close);
-	status = bg_presence_api(c->api->srv, channel, r == R_PRESENCE_STATS,
-				 &body, &len);
-	if (status == 400)
-		return reply_error(c, 400, "bad_message", "not a presence "
-				   "channel", NULL, close);
-	if (status != 200)
-		return reply_error(c, status == 503 ? 503 : 500,
-				   status == 503 ? "unavailable" : "internal",
-				   "presence did not answer", status == 503 ?
-				   "Retry-After: 1\r\n" : NULL, close);
-	alive = reply(c, 200, JSON_TYPE, body, len, NULL, close);
-	free(body);
-	return alive;
+/* API thread: answers of the bus, to connections still waiting. */
+static void
+on_answers(evutil_socket_t fd, short what, void *arg)
+{
+	struct bg_api *a = arg;
+	struct api_job *j;
+	struct api_conn *c;
+
+	bg_ring_clear(a->answers);
+	do {
+		while ((j = bg_ring_pop(a->answers)) != NULL) {
+			for (c = a->conns; c != NULL; c = c->next)
+				if (c->state == S_WAIT &&
+				    c->serial == j->serial)
+					break;
+			if (c != NULL && reply(c, j->status, JSON_TYPE,
+					       j->body ? j->body : "{}",
+					       j->body ? j->len : 2,
+					       j->status == 503 ?
+					       "Retry-After: 1\r\n" : NULL,
+					       false))
+				process(c); /* pipelined requests */
+			job_free(j);
+		}
+	} while (!bg_ring_sleep(a->answers));
+}
+
+static int
+hexval(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+/* Decodes one form-urlencoded piece (len bytes) into out (NUL-ended);
+ * false on a bad escape, a NUL byte or when it does not fit. */
+static bool
+url_decode(const char *s, size_t len, char *out, size_t size)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		char ch = s[i];
+		if (ch == '+') {
+			ch = ' ';
+		} else if (ch == '%') {
+			int hi, lo;
+			if (i + 2 >= len)
+				return false;
+			hi = hexval(s[i + 1]);
+			lo = hexval(s[i + 2]);
+			if (hi < 0 || lo < 0)
+				return false;
+			ch = (char)(hi << 4 | lo);
+			i += 2;
+		}
+		if (ch == '\0' || n + 1 >= size)
+			return false;
+		out[n++] = ch;
+	}
+	out[n] = '\0';
+	return true;
+}
+
+/* A GET's query string as {NAME: VALUE} (strings; the last of a name
+ * wins); NULL when malformed. */
+static json_t *
+query_args(const char *q)
+{
+	json_t *args = json_object();
+	char name[256], value[1024];
+
+	while (q != NULL && *q != '\0') {
+		const char *end = strchr(q, '&');
+		size_t len = end ? (size_t)(end - q) : strlen(q);
+		const char *eq = memchr(q, '=', len);
+		size_t nlen = eq ? (size_t)(eq - q) : len;
+
+		if (len > 0 &&
+		    (!url_decode(q, nlen, name, sizeof(name)) ||
+		     !url_decode(eq ? eq + 1 : q + len, eq ? len - nlen - 1
+				 : 0, value, sizeof(value)) ||
+		     json_object_set_new(args, name,
+					 json_string(value)) != 0)) {
+			json_decref(args);
+			return NULL;
+		}
+		q = end ? end + 1 : NULL;
+	}
+	return args;
+}
+
+/* A command's POSTed body, parsed (args stolen; jerr: why not): a JSON
+ * object. False when c was freed. */
+static bool
+serve_cmd_body(struct api_conn *c, json_t *args, const json_error_t *jerr)
+{
+	char msg[300];
+
+	if (!json_is_object(args)) {
+		json_decref(args);
+		snprintf(msg, sizeof(msg), "the body must be a JSON object%s%s",
+			 args == NULL ? ": " : "", args == NULL ? jerr->text :
+			 "");
+		return reply_error(c, 400, "bad_message", msg, NULL, false);
+	}
+	return submit(c, args);
 }
 
 static bool
@@ -348,8 +505,10 @@ on_head(struct api_conn *c, char *head, size_t len)
 	const struct bg_config *cfg = bg_server_cfg(c->api->srv);
 	struct bg_httpreq req;
 	char err[160];
+	const struct route_def *def;
 	enum route r;
 	bool body_pending, is_get;
+	json_t *args;
 	unsigned int st;
 
 	static const char *const methods[] = {
@@ -376,17 +535,19 @@ on_head(struct api_conn *c, char *head, size_t len)
 		return reply_error(c, 411, "bad_message", "send the body with "
 				   "a Content-Length; Transfer-Encoding is "
 				   "not supported", NULL, true);
-	r = find_route(req.path);
-	if (r == R_NONE)
+	def = find_route(req.path);
+	if (def == NULL)
 		return reply_error(c, 404, "not_found", "no such endpoint",
 				   NULL, body_pending);
+	r = def->r;
+	c->route = def;
 	is_get = req.method == BG_HTTPREQ_GET ||
 		 req.method == BG_HTTPREQ_HEAD;
-	if (r == R_BROADCAST && req.method != BG_HTTPREQ_POST)
+	if (def->post && req.method != BG_HTTPREQ_POST)
 		return reply_error(c, 405, "bad_message", "method not "
 				   "allowed", "Allow: POST\r\n",
 				   body_pending);
-	if (r != R_BROADCAST && !is_get)
+	if (!def->post && !is_get)
 		return reply_error(c, 405, "bad_message", "method not "
 				   "allowed", "Allow: GET, HEAD\r\n",
 				   body_pending);
@@ -402,9 +563,17 @@ on_head(struct api_conn *c, char *head, size_t len)
 		return reply_error(c, 403, "forbidden", "wrong API key", NULL,
 				   body_pending);
 	}
-	if (r == R_PRESENCE || r == R_PRESENCE_STATS)
-		return serve_presence(c, r, req.query, body_pending);
-	if (r != R_BROADCAST)
+	if (r == R_CMD && !def->post) {
+		if (body_pending)
+			return reply_error(c, 400, "bad_message", "a GET has "
+					   "no body", NULL, true);
+		args = query_args(req.query);
+		if (args == NULL)
+			return reply_error(c, 400, "bad_message", "malformed "
+					   "query string", NULL, false);
+		return submit(c, args);
+	}
+	if (!def->post)
 		return serve_get(c, r, body_pending);
 	if (!req.has_length)
 		return reply_error(c, 411, "bad_message", "Content-Length is "
@@ -412,6 +581,10 @@ on_head(struct api_conn *c, char *head, size_t len)
 	if (req.length > cfg->max_message_size)
 		return reply_error(c, 413, "bad_message", "the body is larger "
 				   "than max_message_size", NULL, true);
+	if (req.length == 0 && r == R_CMD) {
+		json_error_t jerr;
+		return serve_cmd_body(c, json_loadb("", 0, 0, &jerr), &jerr);
+	}
 	if (req.length == 0)
 		return serve_broadcast(c, "", 0);
 	c->state = S_BODY;
@@ -440,6 +613,8 @@ process(struct api_conn *c)
 			evbuffer_drain(in, avail);
 			return;
 		}
+		if (c->state == S_WAIT)
+			return; /* on_answers carries on */
 		if (evbuffer_get_length(out) > OUT_HIGH) {
 			/* Resumed from on_write once it is all sent. */
 			c->paused = true;
@@ -488,6 +663,17 @@ process(struct api_conn *c)
 				return;
 			continue;
 		}
+		/* Drained first: a command's answer may come (and
+		 * process() run again) before this returns. */
+		if (c->route->r == R_CMD) {
+			json_error_t jerr;
+			json_t *args = json_loadb((const char *)p, c->body_len,
+						  0, &jerr);
+			evbuffer_drain(in, c->body_len);
+			if (!serve_cmd_body(c, args, &jerr))
+				return;
+			continue;
+		}
 		if (!serve_broadcast(c, (const char *)p, c->body_len))
 			return;
 		evbuffer_drain(in, c->body_len);
@@ -531,6 +717,11 @@ on_event(struct bufferevent *bev, short what, void *arg)
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
 		/* Half-closed: answer what was sent, then go. */
 		c->eof = true;
+		if (c->state == S_WAIT) {
+			/* The answer is on its way: reply() lingers. */
+			c->keep_alive = false;
+			return;
+		}
 		if (c->state == S_LINGER ||
 		    evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
 			conn_free(c);
@@ -551,6 +742,10 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 	case S_IDLE:
 	case S_LINGER:
 		conn_free(c);
+		return;
+	case S_WAIT:
+		reply_error(c, 503, "unavailable", "the cluster did not "
+			    "answer in time", "Retry-After: 1\r\n", true);
 		return;
 	case S_HEAD:
 	case S_BODY:
@@ -774,9 +969,16 @@ bg_api_new(struct bg_server *srv, char *err, size_t errlen)
 				       a);
 		a->resume_ev = evtimer_new(a->base, on_resume, a);
 		a->tick_ev = event_new(a->base, -1, EV_PERSIST, on_tick, a);
+		a->answers = bg_ring_new(ANSWER_RING, false);
+		if (a->answers != NULL)
+			a->answer_ev = event_new(a->base,
+						 bg_ring_fd(a->answers),
+						 EV_READ | EV_PERSIST,
+						 on_answers, a);
 	}
 	if (a->listener == NULL || a->stop_ev == NULL ||
 	    a->resume_ev == NULL || a->tick_ev == NULL ||
+	    a->answer_ev == NULL || event_add(a->answer_ev, NULL) != 0 ||
 	    event_add(a->stop_ev, NULL) != 0 ||
 	    event_add(a->tick_ev, &(struct timeval){ 1, 0 }) != 0) {
 		snprintf(err, errlen, "API listener: cannot set up its event "
@@ -834,6 +1036,9 @@ bg_api_stop(struct bg_api *a)
 		event_free(a->resume_ev);
 	if (a->tick_ev != NULL)
 		event_free(a->tick_ev);
+	if (a->answer_ev != NULL)
+		event_free(a->answer_ev);
+	a->answer_ev = NULL;
 	event_base_free(a->base);
 	a->base = NULL;
 	a->listener = NULL;
@@ -846,7 +1051,15 @@ bg_api_stop(struct bg_api *a)
 void
 bg_api_free(struct bg_api *a)
 {
+	struct api_job *j;
+
 	bg_api_stop(a);
+	/* The bus is joined: what it answered after the API stopped. */
+	while (a != NULL && a->answers != NULL &&
+	       (j = bg_ring_pop(a->answers)) != NULL)
+		job_free(j);
+	if (a != NULL)
+		bg_ring_free(a->answers);
 	free(a);
 }
 

@@ -326,6 +326,16 @@ bg_conn_begin_close(struct bg_conn *c, uint16_t code)
 }
 
 void
+bg_conn_close_reason(struct bg_conn *c, uint16_t code, const char *reason)
+{
+	if (c->closing)
+		return;
+	free(c->close_reason);
+	c->close_reason = strndup(reason, 123);
+	start_close(c, code, c->close_reason, false);
+}
+
+void
 bg_conn_fail(struct bg_conn *c, uint16_t code, const char *why)
 {
 	if (!c->closing)
@@ -563,6 +573,8 @@ bg_conn_close(struct bg_conn *c)
 	bg_identity_clear(&c->ident);
 	free(c->cookie);
 	c->cookie = NULL;
+	free(c->close_reason);
+	c->close_reason = NULL;
 	c->subs = NULL;
 	c->rx = NULL;
 	c->body = NULL;

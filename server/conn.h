@@ -51,6 +51,8 @@ struct bg_conn {
 	uint16_t peer_code;            /* the client's close code, if it
 	                                  closed first (1005: none given) */
 	const char *close_why;         /* static text for the close frame */
+	char *close_reason;            /* or text of its own (the server API's
+	                                  reason), freed at close */
 
 	char id[BG_ID_MAX + 1];
 	struct bg_chan_sub *id_sub;    /* entry in the worker's id table */
@@ -138,6 +140,11 @@ void bg_conn_begin_close(struct bg_conn *c, uint16_t code);
  * server's (4001, 1001, 1008, 1009, 4002...): drops what is queued, lets
  * the write in progress finish, then closes as bg_conn_begin_close. */
 void bg_conn_fail(struct bg_conn *c, uint16_t code, const char *why);
+
+/* Closes with code and reason (copied; at most 123 bytes are sent) for
+ * the server API (POST /api/disconnect): what is queued goes first. */
+void bg_conn_close_reason(struct bg_conn *c, uint16_t code,
+			  const char *reason);
 
 /* Replies: success (extra members borrowed, may be NULL) answered only
  * when the request has a callbackId; failure as callback or error event;

@@ -488,7 +488,7 @@ char *
 bg_http_metrics(const struct bg_server *srv, size_t *len)
 {
 	struct text t = { 0 };
-	char bus_text[2048];
+	char bus_text[4096];
 
 	t.cap = 4096;
 	t.p = malloc(t.cap);

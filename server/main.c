@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "amqp/bus.h"
+#include "amqp/control.h"
 #include "common/bg.h"
 #include "common/config.h"
 #include "common/log.h"
@@ -28,6 +29,8 @@
 #include "server/acceptor.h"
 #include "server/api.h"
 #include "server/asset.h"
+#include "server/cmd.h"
+#include "server/presence.h"
 #include "server/reload.h"
 #include "server/server.h"
 #include "server/tls.h"
@@ -423,6 +426,9 @@ main(int argc, char **argv)
 	srv.tls = tls;
 	srv.n_workers = cfg.workers;
 	make_node_id(srv.node_id);
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	srv.started_ms = (uint64_t)deadline.tv_sec * 1000 +
+			 (uint64_t)deadline.tv_nsec / 1000000;
 	if (cfg.static_dir[0] != '\0' &&
 	    realpath(cfg.static_dir, srv.static_root) == NULL) {
 		fprintf(stderr, "bagou-server: [http] static_dir '%s': %s\n",
@@ -463,6 +469,13 @@ main(int argc, char **argv)
 		/* No API thread: nothing to wait for in its slot. */
 		srv.cfg_seen[BG_SEEN_API] = UINT64_MAX;
 	}
+	srv.control = bg_control_new(&srv);
+	if (srv.control == NULL)
+		return EXIT_FAILURE;
+	if (bg_cmd_init(srv.control) != BG_OK)
+		return EXIT_FAILURE;
+	if (bg_presence_init(&srv) != BG_OK)
+		return EXIT_FAILURE;
 	srv.bus = bg_bus_new(&srv);
 	if (srv.workers == NULL || srv.bus == NULL)
 		return EXIT_FAILURE;
@@ -563,6 +576,8 @@ main(int argc, char **argv)
 		bg_worker_free(srv.workers[i]);
 	bg_api_free(srv.api);
 	bg_bus_free(srv.bus);
+	bg_control_free(srv.control);
+	bg_presence_free(&srv); /* after the jobs the control plane held */
 	bg_acceptor_free(srv.acceptor);
 	bg_handlers_free();
 	bg_asset_free();

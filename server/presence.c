@@ -24,7 +24,6 @@
 #include "server/presence.h"
 
 #include <jansson.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,12 +44,13 @@
 #define STATE_CHUNK 500          /* entries per presence.state part */
 #define ASK_EVERY_MS 1000        /* state requests per node, at most */
 #define HB_MAX_MS 2000           /* presence.hb period, at most */
+#define TICK_MS 1000             /* bg_presence_tick's period, at most */
 #define PUSH_WAIT_MS 2000        /* a full worker ring, at most */
-#define API_WAIT_MS 1000         /* the bus's answer to the API */
 
-enum op_kind { OP_JOIN, OP_LEAVE, OP_MEMBERS, OP_STATS, OP_API, OP_FLUSH };
+enum op_kind { OP_JOIN, OP_LEAVE, OP_MEMBERS, OP_STATS, OP_FLUSH };
 
-/* A worker's (or the API's) request to the bus thread. */
+/* A worker's request to the bus thread: made by the worker, owned by
+ * the bus once posted. */
 struct op {
 	struct bg_control_job job;       /* first: the control plane's */
 	struct bg_pres *P;               /* immutable */
@@ -58,15 +58,6 @@ struct op {
 	int worker;
 	char client[BG_ID_MAX + 1];
 	char *channel, *user, *info, *cb;
-	/* OP_API: the caller waits on cv; both sides hold a reference. */
-	bool stats;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool done;
-	unsigned int refs;               /* atomic */
-	char *answer;
-	size_t len;
-	unsigned int status;
 };
 
 /* Another node, by its index in the table. Bus thread. */
@@ -117,19 +108,7 @@ op_free(struct op *o)
 	free(o->user);
 	free(o->info);
 	free(o->cb);
-	free(o->answer);
-	if (o->kind == OP_API) {
-		pthread_mutex_destroy(&o->mu);
-		pthread_cond_destroy(&o->cv);
-	}
 	free(o);
-}
-
-static void
-op_unref(struct op *o)
-{
-	if (__atomic_sub_fetch(&o->refs, 1, __ATOMIC_ACQ_REL) == 0)
-		op_free(o);
 }
 
 /* ------------------------------------------------ bus: to the workers */
@@ -469,6 +448,11 @@ bg_presence_tick(struct bg_server *srv)
 	uint64_t timeout = (uint64_t)bg_server_cfg(srv)->presence_timeout *
 			   1000;
 	uint64_t period = timeout / 3 < HB_MAX_MS ? timeout / 3 : HB_MAX_MS;
+	/* This runs at least once a second: a node silent for a second
+	 * less than timeout is dropped within timeout of its last message,
+	 * and it has missed two heartbeats at least by then. */
+	uint64_t silent = timeout > TICK_MS + 2 * period ?
+			  timeout - TICK_MS : 2 * period;
 
 	if (P == NULL)
 		return;
@@ -480,7 +464,7 @@ bg_presence_tick(struct bg_server *srv)
 	}
 	for (int i = 1; i < BG_MEMBERS_MAX_NODES; i++)
 		if (P->peers[i].heard_ms != 0 &&
-		    now - P->peers[i].heard_ms > timeout)
+		    now - P->peers[i].heard_ms > silent)
 			drop_peer(P, i, "is silent");
 	gauges(P);
 }
@@ -578,21 +562,6 @@ answer_query(struct bg_pres *P, struct op *o)
 }
 
 static void
-answer_api(struct bg_pres *P, struct op *o)
-{
-	json_t *body = query(P, o->channel, o->stats);
-
-	pthread_mutex_lock(&o->mu);
-	o->answer = body ? json_dumps(body, JSON_COMPACT) : NULL;
-	o->len = o->answer ? strlen(o->answer) : 0;
-	o->status = o->answer ? 200 : 500;
-	o->done = true;
-	pthread_cond_signal(&o->cv);
-	pthread_mutex_unlock(&o->mu);
-	json_decref(body);
-}
-
-static void
 run_op(struct bg_control *ctl, struct bg_control_job *job)
 {
 	struct op *o = (struct op *)(void *)job;
@@ -614,10 +583,6 @@ run_op(struct bg_control *ctl, struct bg_control_job *job)
 	case OP_STATS:
 		answer_query(P, o);
 		break;
-	case OP_API:
-		answer_api(P, o);
-		op_unref(o);
-		return;
 	}
 	op_free(o);
 }
@@ -627,20 +592,8 @@ drop_op(struct bg_control_job *job)
 {
 	struct op *o = (struct op *)(void *)job;
 
-	switch (o->kind) {
-	case OP_FLUSH:
-		return;
-	case OP_API:
-		pthread_mutex_lock(&o->mu);
-		o->status = 503;
-		o->done = true;
-		pthread_cond_signal(&o->cv);
-		pthread_mutex_unlock(&o->mu);
-		op_unref(o);
-		return;
-	default:
+	if (o->kind != OP_FLUSH)
 		op_free(o);
-	}
 }
 
 /* ----------------------------------------------------------- workers */
@@ -656,7 +609,6 @@ op_new(struct bg_pres *P, enum op_kind kind, const char *channel)
 	o->job.run = run_op;
 	o->job.drop = drop_op;
 	o->kind = kind;
-	o->refs = 1;
 	if ((o->channel = strdup(channel)) == NULL) {
 		free(o);
 		return NULL;
@@ -698,7 +650,7 @@ bg_presence_subscribe(struct bg_conn *c, const struct bg_request *req,
 	if (o != NULL) {
 		o->user = dup_or_null(c->ident.user, &oom);
 		o->info = dup_or_null(c->ident.info, &oom);
-		o->cb = dup_or_null(req->callback_id, &oom);
+		o->cb = dup_or_null(req ? req->callback_id : NULL, &oom);
 		if (oom)
 			op_free(o);
 	}
@@ -803,45 +755,41 @@ bg_presence_register(char *err, size_t errlen)
 	return BG_OK;
 }
 
-/* --------------------------------------------------------------- API */
+/* ------------------------------------------------------- server API */
 
-unsigned int
-bg_presence_api(struct bg_server *srv, const char *channel, bool stats,
-		char **body, size_t *len)
+void
+bg_presence_cmd(struct bg_control *ctl, json_t *args, bool stats,
+		bg_cmd_done_fn done, void *arg)
 {
-	struct op *o;
-	struct timespec until;
-	unsigned int status;
+	struct bg_server *srv = bg_control_server(ctl);
+	struct bg_pres *P = srv->presence;
+	json_t *ch = json_object_get(args, "channel");
+	const char *name = json_string_value(ch);
+	json_t *body;
 
-	*body = NULL;
-	*len = 0;
-	if (!bg_presence_is_channel(bg_server_cfg(srv), channel))
-		return 400;
-	if (srv->control == NULL || (o = op_new(srv->presence, OP_API, channel)) == NULL)
-		return 503;
-	o->stats = stats;
-	o->refs = 2;
-	pthread_mutex_init(&o->mu, NULL);
-	pthread_cond_init(&o->cv, NULL);
-	if (bg_control_post(srv->control, &o->job) != BG_OK) {
-		op_free(o);
-		return 503;
+	if (!json_is_string(ch) ||
+	    !bg_proto_channel_valid(name, json_string_length(ch))) {
+		done(ctl, 400, json_pack("{s:{s:s, s:s}}", "error", "code",
+					 "invalid_channel", "message",
+					 "channel must be 1-200 printable "
+					 "ASCII bytes without space * # \" "
+					 "\\"), arg);
+		return;
 	}
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_sec += API_WAIT_MS / 1000;
-	pthread_mutex_lock(&o->mu);
-	while (!o->done &&
-	       pthread_cond_timedwait(&o->cv, &o->mu, &until) == 0)
-		;
-	status = o->done ? o->status : 503;
-	if (status == 200) {
-		*body = o->answer;
-		*len = o->len;
-		o->answer = NULL;
+	if (!bg_presence_is_channel(bg_server_cfg(srv), name)) {
+		done(ctl, 400, json_pack("{s:{s:s, s:s}}", "error", "code",
+					 "bad_message", "message",
+					 "not a presence channel"), arg);
+		return;
 	}
-	pthread_mutex_unlock(&o->mu);
-	op_unref(o);
-	return status;
+	body = P != NULL ? query(P, name, stats) : NULL;
+	if (body == NULL) {
+		done(ctl, 503, json_pack("{s:{s:s, s:s}}", "error", "code",
+					 "unavailable", "message",
+					 "out of memory"), arg);
+		return;
+	}
+	done(ctl, 200, body, arg);
 }
 
 /* ------------------------------------------------------------- setup */

@@ -15,8 +15,8 @@
  *
  * Threads: bg_presence_init/free on main; bg_presence_subscribe,
  * bg_presence_conn_left and the event handlers on the worker owning the
- * connection; bg_presence_api on any thread but the bus (it waits for
- * the bus); everything else inside presence.c on the bus thread.
+ * connection; bg_presence_metrics on any thread; everything else on the
+ * bus thread.
  */
 #ifndef BG_SERVER_PRESENCE_H
 #define BG_SERVER_PRESENCE_H
@@ -24,8 +24,11 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <jansson.h>
+
 #include "common/config.h"
 #include "common/proto.h"
+#include "server/cmd.h"
 
 struct bg_server;
 struct bg_conn;
@@ -54,9 +57,9 @@ int bg_presence_register(char *err, size_t errlen);
 /*
  * Worker: c (authenticated, allowed, already subscribed locally) joins
  * the presence channel; the bus answers req (members and count, or
- * channel_full, which also drops the local subscription). Any failure
- * to reach the bus drops the local subscription and answers
- * "unavailable".
+ * channel_full, which also drops the local subscription; req NULL: a
+ * server-side subscribe, whose success is silent). Any failure to reach
+ * the bus drops the local subscription and answers "unavailable".
  */
 void bg_presence_subscribe(struct bg_conn *c, const struct bg_request *req,
 			   const char *channel);
@@ -66,15 +69,16 @@ void bg_presence_subscribe(struct bg_conn *c, const struct bg_request *req,
 void bg_presence_conn_left(struct bg_conn *c, const char *channel);
 
 /*
- * Any thread but the bus: the answer of GET /api/presence (stats false)
- * or /api/presence_stats for channel, as a malloc'd JSON body in *body
- * (the caller frees) and an HTTP status: 200, 400 (not a presence
- * channel) or 503 (the bus did not answer within a second).
+ * Bus thread: the server API's "presence" (stats false) and
+ * "presence_stats" commands (server/cmd.c) with args {"channel": C},
+ * answered at once from this node's table through done: 200 with
+ * {"members":[..]} or {"clients":N,"users":M}; 400 invalid_channel or
+ * bad_message (not a presence channel).
  */
-unsigned int bg_presence_api(struct bg_server *srv, const char *channel,
-			     bool stats, char **body, size_t *len);
+void bg_presence_cmd(struct bg_control *ctl, json_t *args, bool stats,
+		     bg_cmd_done_fn done, void *arg);
 
-/* Writes the presence lines of /metrics (members, table bytes, joins,
+/* Writes the presence lines of /metrics (entries, table bytes, joins,
  * leaves, nodes dropped) into buf, snprintf-style; 0 before
  * bg_presence_init. Any thread. */
 int bg_presence_metrics(const struct bg_server *srv, char *buf,

@@ -83,6 +83,11 @@ static const struct field fields[] = {
 	F("[log] file", log_file, K_STR, true),
 	F("[log] format", log_format, K_INT, true),
 	F("[log] access", log_access, K_BOOL, true),
+	/* Read at each use on the bus thread: the next heartbeat, expiry
+	 * check and query take the new values. */
+	F("[cluster] heartbeat", cluster_heartbeat, K_INT, true),
+	F("[cluster] timeout", cluster_timeout, K_INT, true),
+	F("[cluster] query_timeout", cluster_query_timeout, K_INT, true),
 	F("[presence] prefix", presence_prefix, K_STR, false),
 	F("[presence] timeout", presence_timeout, K_INT, true),
 	F("[presence] max_members", presence_max_members, K_INT, true),

@@ -36,6 +36,7 @@ struct bg_bus;
 struct bg_acceptor;
 struct bg_tls;
 struct bg_api;
+struct bg_control;
 struct bg_pres;
 
 /* Close codes counted apart in bg_stats.closes (bg_stat_close); any
@@ -96,6 +97,9 @@ struct bg_server {
 	struct bg_acceptor *acceptor;
 	struct bg_tls *tls;             /* NULL = plain; main reloads it */
 	struct bg_api *api;             /* NULL when api_listen is empty */
+	struct bg_control *control;     /* the cluster control plane
+	                                   (amqp/control.h); made before the
+	                                   bus */
 	struct bg_pres *presence;       /* server/presence.c: immutable once
 	                                   started; its state is the bus
 	                                   thread's */

@@ -316,10 +316,18 @@ forward_reply(struct bg_worker *w, struct bg_conn *c, const char *cb)
 static void
 deliver(struct bg_worker *w, struct bg_msg *m)
 {
-	struct bg_wframe *f = calloc(1, sizeof(*f));
+	struct bg_wframe *f;
 	struct bg_conn *c, *excl;
-	uint64_t seq = ++w->seq;
+	uint64_t seq;
 
+	if (m->target == BG_MSG_TASK) {
+		/* A control-plane task, in order with the broadcasts. */
+		m->task_fn(w, m);
+		bg_msg_unref(m);
+		return;
+	}
+	f = calloc(1, sizeof(*f));
+	seq = ++w->seq;
 	if (f == NULL) {
 		bg_log_error("worker %d: broadcast lost: out of memory",
 			     w->index);
@@ -375,6 +383,8 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 			bg_conn_push(c, f, m->frames[0].data,
 				     m->frames[0].len, true);
 		}
+		break;
+	case BG_MSG_TASK:
 		break;
 	}
 	bg_wframe_unref(f);

@@ -4,14 +4,16 @@ events.py run by `python manage.py bagou` or `python -m bagou.worker`, and
 the Django integration of django-bagou (settings.BAGOU, {% bagou_static %},
 session authentication). See docs/django.md."""
 
+from .api import channels, disconnect, info, subscribe, unsubscribe
 from .conf import configure
-from .exceptions import (BagouError, BroadcastError, ConfigurationError,
-                         EventError)
+from .exceptions import (ApiError, BagouError, BroadcastError,
+                         ConfigurationError, EventError)
 from .presence import presence, presence_stats
 from .publish import broadcast
 
 __version__ = "2.0.0"
 
-__all__ = ["BagouError", "BroadcastError", "ConfigurationError",
-           "EventError", "broadcast", "configure", "presence",
-           "presence_stats", "__version__"]
+__all__ = ["ApiError", "BagouError", "BroadcastError", "ConfigurationError",
+           "EventError", "broadcast", "channels", "configure", "disconnect",
+           "info", "presence", "presence_stats", "subscribe",
+           "unsubscribe", "__version__"]
