@@ -442,3 +442,18 @@ fuzz-run: fuzz
 	    -runs=$(FUZZ_RUNS) -max_len=4096 -timeout=10 \
 	    -rss_limit_mb=2048 -print_final_stats=1 \
 	    -artifact_prefix=$(BUILD)/fuzz-work/$$t-; done
+
+# Presence at scale (tests/integration/presence_long.py, not part of
+# `make test`): 10,000 members (PRESENCE_MEMBERS) in one presence channel
+# on three nodes and one RabbitMQ; prints convergence and node-death
+# times and memory per member. About a minute; run it alone.
+.PHONY: test-presence-long bench-presence
+test-presence-long: $(OUT)/bagou-server
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice /usr/bin/python3 \
+	  -m pytest -s -q -p no:cacheprovider \
+	  tests/integration/presence_long.py
+
+# What presence costs on subscribe/unsubscribe (bench/presence_cost.py).
+bench-presence: $(OUT)/bagou-server
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice /usr/bin/python3 \
+	  bench/presence_cost.py

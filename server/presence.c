@@ -34,6 +34,7 @@
 #include "common/log.h"
 #include "common/msg.h"
 #include "common/members.h"
+#include "common/ring.h"
 #include "handlers/auth.h"
 #include "handlers/handlers.h"
 #include "server/conn.h"
@@ -45,9 +46,11 @@
 #define ASK_EVERY_MS 1000        /* state requests per node, at most */
 #define HB_MAX_MS 2000           /* presence.hb period, at most */
 #define TICK_MS 1000             /* bg_presence_tick's period, at most */
+#define OPS_RING 65536           /* requests in flight to the bus */
+#define LEAVE_WAIT_MS 5000       /* a leave waits this long for room */
 #define PUSH_WAIT_MS 2000        /* a full worker ring, at most */
 
-enum op_kind { OP_JOIN, OP_LEAVE, OP_MEMBERS, OP_STATS, OP_FLUSH };
+enum op_kind { OP_JOIN, OP_LEAVE, OP_MEMBERS, OP_STATS, OP_KICK };
 
 /* A worker's request to the bus thread: made by the worker, owned by
  * the bus once posted. */
@@ -74,12 +77,13 @@ struct bg_pres {
 	/* Bus thread only. */
 	struct bg_members *table;
 	json_t *pending;                 /* delta ops not sent yet */
-	bool flush_posted;
 	uint64_t seq;
 	uint64_t next_hb_ms;
 	const char *exclude;             /* a local join: not told of it */
 	struct peer peers[BG_MEMBERS_MAX_NODES];
-	struct op flush;                 /* the one OP_FLUSH job */
+	struct bg_ring *ops;             /* workers -> bus: struct op * */
+	unsigned int kicked;             /* atomic: kick is posted */
+	struct op kick;                  /* the one OP_KICK job: drain ops */
 	/* Bus writes, any thread reads (/metrics). */
 	uint64_t n_entries, n_bytes, n_joins, n_leaves, n_dropped;
 };
@@ -211,16 +215,6 @@ gauges(struct bg_pres *P)
 
 /* ----------------------------------------------- bus: replication out */
 
-static void
-post_flush(struct bg_pres *P)
-{
-	if (P->flush_posted || P->ctl == NULL)
-		return;
-	/* Runs after the jobs already queued: one delta for all of them. */
-	if (bg_control_post(P->ctl, &P->flush.job) == BG_OK)
-		P->flush_posted = true;
-}
-
 /* This node's count of user in channel changed to count. */
 static void
 queue_delta(struct bg_pres *P, const char *channel, const char *user,
@@ -232,9 +226,7 @@ queue_delta(struct bg_pres *P, const char *channel, const char *user,
 	if (e == NULL || json_array_append_new(P->pending, e) != 0) {
 		/* Peers will see the seq gap and ask for the state. */
 		P->seq++;
-		return;
 	}
-	post_flush(P);
 }
 
 static void
@@ -249,7 +241,6 @@ flush_deltas(struct bg_pres *P)
 {
 	json_t *ops = P->pending;
 
-	P->flush_posted = false;
 	if (json_array_size(ops) == 0)
 		return;
 	P->pending = json_array();
@@ -438,37 +429,6 @@ on_node(struct bg_control *ctl, const char *node, bool up, void *arg)
 		drop_peer(P, idx, "is down");
 }
 
-/* Bus thread, every loop turn (at least once a second): heartbeats, and
- * nodes silent for [presence] timeout dropped. */
-void
-bg_presence_tick(struct bg_server *srv)
-{
-	struct bg_pres *P = srv->presence;
-	uint64_t now = now_ms();
-	uint64_t timeout = (uint64_t)bg_server_cfg(srv)->presence_timeout *
-			   1000;
-	uint64_t period = timeout / 3 < HB_MAX_MS ? timeout / 3 : HB_MAX_MS;
-	/* This runs at least once a second: a node silent for a second
-	 * less than timeout is dropped within timeout of its last message,
-	 * and it has missed two heartbeats at least by then. */
-	uint64_t silent = timeout > TICK_MS + 2 * period ?
-			  timeout - TICK_MS : 2 * period;
-
-	if (P == NULL)
-		return;
-	if (now >= P->next_hb_ms) {
-		P->next_hb_ms = now + period;
-		flush_deltas(P);
-		send_msg(P, json_pack("{s:s, s:I}", "type", "presence.hb",
-				      "seq", (json_int_t)P->seq));
-	}
-	for (int i = 1; i < BG_MEMBERS_MAX_NODES; i++)
-		if (P->peers[i].heard_ms != 0 &&
-		    now - P->peers[i].heard_ms > silent)
-			drop_peer(P, i, "is silent");
-	gauges(P);
-}
-
 /* ----------------------------------------------------- bus: requests */
 
 static void
@@ -562,38 +522,87 @@ answer_query(struct bg_pres *P, struct op *o)
 }
 
 static void
-run_op(struct bg_control *ctl, struct bg_control_job *job)
+run_op(struct bg_pres *P, struct op *o)
 {
-	struct op *o = (struct op *)(void *)job;
-	struct bg_pres *P = o->P;
-
 	switch (o->kind) {
-	case OP_FLUSH:
-		flush_deltas(P);
-		return; /* P->flush is not freed */
 	case OP_JOIN:
 		answer_join(P, o);
-		gauges(P);
 		break;
 	case OP_LEAVE:
 		answer_leave(P, o);
-		gauges(P);
 		break;
 	case OP_MEMBERS:
 	case OP_STATS:
 		answer_query(P, o);
 		break;
+	case OP_KICK:
+		return;
 	}
 	op_free(o);
 }
 
+/* Runs what the workers posted, in order, then sends this batch's
+ * changes to the other nodes as one delta. */
 static void
-drop_op(struct bg_control_job *job)
+drain_ops(struct bg_pres *P)
 {
-	struct op *o = (struct op *)(void *)job;
+	struct op *o;
+	unsigned int n = 0;
 
-	if (o->kind != OP_FLUSH)
-		op_free(o);
+	/* Cleared first: a push after this posts the kick again. */
+	__atomic_store_n(&P->kicked, 0, __ATOMIC_SEQ_CST);
+	while ((o = bg_ring_pop(P->ops)) != NULL) {
+		run_op(P, o);
+		n++;
+	}
+	if (n > 0) {
+		flush_deltas(P);
+		gauges(P);
+	}
+}
+
+static void
+run_kick(struct bg_control *ctl, struct bg_control_job *job)
+{
+	drain_ops(((struct op *)(void *)job)->P);
+}
+
+static void
+drop_kick(struct bg_control_job *job)
+{
+	/* The node stops: what is left in ops is freed with the state. */
+}
+
+/* Bus thread, every loop turn (at least once a second): heartbeats, and
+ * nodes silent for [presence] timeout dropped. */
+void
+bg_presence_tick(struct bg_server *srv)
+{
+	struct bg_pres *P = srv->presence;
+	uint64_t now = now_ms();
+	uint64_t timeout = (uint64_t)bg_server_cfg(srv)->presence_timeout *
+			   1000;
+	uint64_t period = timeout / 3 < HB_MAX_MS ? timeout / 3 : HB_MAX_MS;
+	/* This runs at least once a second: a node silent for a second
+	 * less than timeout is dropped within timeout of its last message,
+	 * and it has missed two heartbeats at least by then. */
+	uint64_t silent = timeout > TICK_MS + 2 * period ?
+			  timeout - TICK_MS : 2 * period;
+
+	if (P == NULL)
+		return;
+	drain_ops(P); /* when a kick could not be posted */
+	if (now >= P->next_hb_ms) {
+		P->next_hb_ms = now + period;
+		flush_deltas(P);
+		send_msg(P, json_pack("{s:s, s:I}", "type", "presence.hb",
+				      "seq", (json_int_t)P->seq));
+	}
+	for (int i = 1; i < BG_MEMBERS_MAX_NODES; i++)
+		if (P->peers[i].heard_ms != 0 &&
+		    now - P->peers[i].heard_ms > silent)
+			drop_peer(P, i, "is silent");
+	gauges(P);
 }
 
 /* ----------------------------------------------------------- workers */
@@ -606,8 +615,6 @@ op_new(struct bg_pres *P, enum op_kind kind, const char *channel)
 	if (o == NULL)
 		return NULL;
 	o->P = P;
-	o->job.run = run_op;
-	o->job.drop = drop_op;
 	o->kind = kind;
 	if ((o->channel = strdup(channel)) == NULL) {
 		free(o);
@@ -616,16 +623,44 @@ op_new(struct bg_pres *P, enum op_kind kind, const char *channel)
 	return o;
 }
 
-/* Posts o from c's worker; false (o freed) when the bus cannot take it. */
+/* Queues o for the bus; false when its ring is full. A request that
+ * finds the ring empty posts the kick job (once: kicked), which drains
+ * the ring on the bus; a kick the control plane cannot take now is
+ * made up by the tick. */
+static bool
+post_op(struct bg_pres *P, struct op *o)
+{
+	if (!bg_ring_push(P->ops, o))
+		return false;
+	if (__atomic_exchange_n(&P->kicked, 1, __ATOMIC_SEQ_CST) == 0 &&
+	    bg_control_post(P->ctl, &P->kick.job) != BG_OK)
+		__atomic_store_n(&P->kicked, 0, __ATOMIC_SEQ_CST);
+	return true;
+}
+
+/* Posts o from c's worker; false (o freed) when the bus cannot take it.
+ * A leave must not be lost: with the ring full it waits for room (the
+ * bus drains it within microseconds unless the node is overloaded),
+ * giving up only when the node stops. */
 static bool
 post_from(struct bg_conn *c, struct op *o)
 {
+	struct bg_pres *P = o->P;
+	long waited_ms = 0;
+
 	o->worker = c->w->index;
 	snprintf(o->client, sizeof(o->client), "%s", c->id);
-	if (bg_control_post(c->w->srv->control, &o->job) == BG_OK)
-		return true;
-	op_free(o);
-	return false;
+	while (!post_op(P, o)) {
+		struct timespec ts = { 0, 1000000 };
+		if (o->kind != OP_LEAVE || c->w->stopping ||
+		    waited_ms >= LEAVE_WAIT_MS) {
+			op_free(o);
+			return false;
+		}
+		nanosleep(&ts, NULL);
+		waited_ms++;
+	}
+	return true;
 }
 
 static char *
@@ -805,11 +840,13 @@ bg_presence_init(struct bg_server *srv)
 	P->ctl = srv->control;
 	P->table = bg_members_new(srv->node_id, on_change, P);
 	P->pending = json_array();
-	P->flush.job.run = run_op;
-	P->flush.job.drop = drop_op;
-	P->flush.kind = OP_FLUSH;
-	P->flush.P = P;
+	P->ops = bg_ring_new(OPS_RING, true);
+	P->kick.job.run = run_kick;
+	P->kick.job.drop = drop_kick;
+	P->kick.kind = OP_KICK;
+	P->kick.P = P;
 	if (P->table == NULL || P->pending == NULL || P->ctl == NULL ||
+	    P->ops == NULL ||
 	    bg_control_on(P->ctl, "presence.delta", on_delta, P) != BG_OK ||
 	    bg_control_on(P->ctl, "presence.hb", on_hb, P) != BG_OK ||
 	    bg_control_on(P->ctl, "presence.state", on_state, P) != BG_OK ||
@@ -823,6 +860,7 @@ oom:
 	if (P != NULL) {
 		bg_members_free(P->table);
 		json_decref(P->pending);
+		bg_ring_free(P->ops);
 		free(P);
 	}
 	return BG_ERR;
@@ -833,8 +871,14 @@ bg_presence_free(struct bg_server *srv)
 {
 	struct bg_pres *P = srv->presence;
 
+	struct op *o;
+
 	if (P == NULL)
 		return;
+	/* The workers and the bus are joined: nothing pushes any more. */
+	while ((o = bg_ring_pop(P->ops)) != NULL)
+		op_free(o);
+	bg_ring_free(P->ops);
 	bg_members_free(P->table);
 	json_decref(P->pending);
 	free(P);
