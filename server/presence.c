@@ -79,6 +79,7 @@ struct bg_pres {
 	json_t *pending;                 /* delta ops not sent yet */
 	uint64_t seq;
 	uint64_t next_hb_ms;
+	uint64_t last_tick_ms;
 	const char *exclude;             /* a local join: not told of it */
 	struct peer peers[BG_MEMBERS_MAX_NODES];
 	struct bg_ring *ops;             /* workers -> bus: struct op * */
@@ -591,6 +592,16 @@ bg_presence_tick(struct bg_server *srv)
 
 	if (P == NULL)
 		return;
+	if (P->last_tick_ms != 0 && now - P->last_tick_ms > 2 * TICK_MS) {
+		/* This bus was busy (full worker rings, a long batch): what
+		 * the others sent meanwhile is still unread, and silence
+		 * counts only while this node listens. */
+		uint64_t deaf = now - P->last_tick_ms - TICK_MS;
+		for (int i = 1; i < BG_MEMBERS_MAX_NODES; i++)
+			if (P->peers[i].heard_ms != 0)
+				P->peers[i].heard_ms += deaf;
+	}
+	P->last_tick_ms = now;
 	drain_ops(P); /* when a kick could not be posted */
 	if (now >= P->next_hb_ms) {
 		P->next_hb_ms = now + period;
