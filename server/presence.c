@@ -432,10 +432,13 @@ on_node(struct bg_control *ctl, const char *node, bool up, void *arg)
 
 /* ----------------------------------------------------- bus: requests */
 
+static void answer_leave(struct bg_pres *P, struct op *o);
+
 static void
 answer_join(struct bg_pres *P, struct op *o)
 {
 	const struct bg_config *cfg = bg_server_cfg(P->srv);
+	const char *old;
 	uint64_t clients, users;
 	uint32_t before, after;
 	json_t *extra;
@@ -443,6 +446,9 @@ answer_join(struct bg_pres *P, struct op *o)
 	char *text;
 	int rc;
 
+	old = bg_members_client_user(P->table, o->channel, o->client);
+	if (old != NULL && strcmp(old, o->user) != 0)
+		answer_leave(P, o); /* re-authenticated as another user */
 	before = bg_members_count(P->table, 0, o->channel, o->user);
 	P->exclude = o->client;
 	rc = bg_members_join(P->table, o->channel, o->client, o->user,
@@ -775,6 +781,29 @@ on_query_event(const struct bg_hook_args *a, enum op_kind kind)
 	return GO_ON;
 }
 
+/* A connection authenticated again (another token, a forwarded auth):
+ * its presence memberships follow its new identity. Channels it may no
+ * longer use are left; in the others it joins again as its new user
+ * (the bus moves it when the user changed, and does nothing when not). */
+static enum bg_code
+on_authenticate(const struct bg_hook_args *a)
+{
+	struct bg_conn *c = a->c;
+	const struct bg_config *cfg = bg_server_cfg(c->w->srv);
+
+	for (uint32_t i = c->n_subs; i-- > 0;) {
+		const char *name = c->subs[i]->chan->name;
+		if (!bg_presence_is_channel(cfg, name))
+			continue;
+		if (c->ident.user == NULL ||
+		    !bg_auth_channel_allowed(&c->ident, name))
+			bg_conn_unsubscribe(c, name, strlen(name));
+		else
+			bg_presence_subscribe(c, NULL, name);
+	}
+	return GO_ON;
+}
+
 static enum bg_code
 on_presence(const struct bg_hook_args *a)
 {
@@ -793,6 +822,7 @@ bg_presence_register(char *err, size_t errlen)
 	static const struct bg_handler handlers[] = {
 		{ BG_ON_EVENT, "presence", NULL, on_presence },
 		{ BG_ON_EVENT, "presence_stats", NULL, on_presence_stats },
+		{ BG_ON_AUTHENTICATE, NULL, NULL, on_authenticate },
 	};
 
 	for (size_t i = 0; i < BG_ARRAY_LEN(handlers); i++)
@@ -826,6 +856,15 @@ bg_presence_cmd(struct bg_control *ctl, json_t *args, bool stats,
 		done(ctl, 400, json_pack("{s:{s:s, s:s}}", "error", "code",
 					 "bad_message", "message",
 					 "not a presence channel"), arg);
+		return;
+	}
+	if (!bg_control_ready(ctl)) {
+		/* As every server API call: the cluster is out of reach,
+		 * and what this node holds may be stale. */
+		done(ctl, 503, json_pack("{s:{s:s, s:s}}", "error", "code",
+					 "unavailable", "message",
+					 "RabbitMQ is not connected: the "
+					 "cluster cannot be reached"), arg);
 		return;
 	}
 	body = P != NULL ? query(P, name, stats) : NULL;

@@ -73,7 +73,7 @@ void bg_presence_conn_left(struct bg_conn *c, const char *channel);
  * "presence_stats" commands (server/cmd.c) with args {"channel": C},
  * answered at once from this node's table through done: 200 with
  * {"members":[..]} or {"clients":N,"users":M}; 400 invalid_channel or
- * bad_message (not a presence channel).
+ * bad_message (not a presence channel); 503 while RabbitMQ is down.
  */
 void bg_presence_cmd(struct bg_control *ctl, json_t *args, bool stats,
 		     bg_cmd_done_fn done, void *arg);

@@ -16,8 +16,8 @@ import time
 import jwt
 import pytest
 
-from support import (HOST, error_code, http_get, recv_json, run, send_json,
-                     ws_connect)
+from support import (error_code, http_get, http_post, metric_sum, run,
+                     send_json, ws_connect)
 from rabbitmq import amqp_server, unique_exchange  # noqa: F401 (fixture)
 
 SECRET = "presence-secret"
@@ -249,10 +249,19 @@ def test_killed_node_leaves_restarted_node_sees(amqp_server):
         for o in (oa, ob):
             await o.event("join", "dan")
         await alike([a, b, d], ["ann", "bob", "dan"])
+        # A node stopped normally says goodbye: its members leave at
+        # once, not after the timeout.
+        t0 = time.monotonic()
+        await asyncio.to_thread(d.stop)
+        for o in (oa, ob):
+            await o.event("leave", "dan", timeout=TIMEOUT)
+        bye_s = time.monotonic() - t0
+        assert bye_s < TIMEOUT - 1, bye_s
         print("\npresence: SIGKILLed node's members left in %.2f s "
               "(timeout %d s); a new node had the state %.2f s after "
-              "it was started (connected to RabbitMQ included)"
-              % (dead_s, TIMEOUT, sync_s))
+              "it was started (connected to RabbitMQ included); a "
+              "stopped node's members left in %.2f s"
+              % (dead_s, TIMEOUT, sync_s, bye_s))
         for x in (oa, ob, od, oc, c2):
             await x.close()
     run(scenario(), timeout=60)
@@ -271,7 +280,8 @@ def cluster_node(amqp_server, like):
 
 def test_errors(server):
     srv = server(config={"auth": {"secret": SECRET},
-                         "presence": {"max_members": 2}})
+                         "channels": {"client_publish": "all"},
+                         "presence": {"max_members": 3}})
 
     async def scenario():
         anon = await Client.open(srv)
@@ -287,13 +297,31 @@ def test_errors(server):
         assert got["error"]["code"] == "forbidden"
         got = await other.call("presence", {"channel": "news"})
         assert got["error"]["code"] == "bad_message"
+        # Publishing to a presence channel needs what subscribing needs.
+        for who in (anon, other):
+            got = await who.call("publish", {"channel": ROOM, "event": "x",
+                                             "data": {}})
+            assert got["error"]["code"] == "not_allowed", got
+        # A server-side subscribe: an anonymous connection cannot be a
+        # member; an authenticated one joins (and is the 3rd member).
+        status, _, body = http_post(srv.api_port, "/api/subscribe",
+                                    {"client": anon.id, "channel": ROOM})
+        assert status == 200, body
+        msg = await anon.wait(lambda m: m.get("event") == "error")
+        assert error_code(msg) == "forbidden"
+        srv_side = await Client.open(srv, "zoe")
+        status, _, body = http_post(srv.api_port, "/api/subscribe",
+                                    {"client": srv_side.id,
+                                     "channel": ROOM})
+        assert status == 200, body
+        await srv_side.wait(lambda m: m.get("event") == "subscribed")
 
         u1 = await Client.open(srv, "u1")
         u2 = await Client.open(srv, "u2")
         u3 = await Client.open(srv, "u3")
         u1b = await Client.open(srv, "u1")
-        assert (await u1.subscribe())["count"] == 1
-        assert (await u2.subscribe())["count"] == 2
+        assert (await u1.subscribe())["count"] == 2
+        assert (await u2.subscribe())["count"] == 3
         got = await u3.subscribe()
         assert got["error"]["code"] == "channel_full", got
         # Refused: not subscribed (the joins of others do not reach it),
@@ -305,14 +333,25 @@ def test_errors(server):
         # Another tab of a member is never refused; resubscribing is
         # idempotent and answers the members again.
         got = await u1b.subscribe()
-        assert got["success"] is True and got["count"] == 2
+        assert got["success"] is True and got["count"] == 3
         got = await u1b.subscribe()
-        assert users(got["members"]) == ["u1", "u2"]
-        assert api_stats(srv) == {"clients": 3, "users": 2}
+        assert users(got["members"]) == ["u1", "u2", "zoe"]
+        assert api_stats(srv) == {"clients": 4, "users": 3}
         await u2.close()
         await u1.event("leave", "u2")
-        assert (await u3.subscribe())["count"] == 2
+        assert (await u3.subscribe())["count"] == 3
         await u1.event("join", "u3")
+        await srv_side.event("join", "u3")
+        # Authenticated again as another user: the membership follows;
+        # with a token that does not allow the channel, it is left.
+        got = await u3.call("authenticate", {"token": token("u9")})
+        assert got["success"] is True
+        await u1.event("leave", "u3")
+        await u1.event("join", "u9")
+        got = await u3.call("authenticate", {"token": token(
+            "u9", channels=["presence-other"])})
+        assert got["success"] is True
+        await u1.event("leave", "u9")
         assert [m for m in u3.msgs if m.get("event") == "presence_join"] \
             == [], "a subscriber is not told of its own join"
 
@@ -328,6 +367,11 @@ def test_errors(server):
         assert api_members(srv, "presence-empty") == []
         assert api_stats(srv, "presence-%65mpty") == {"clients": 0,
                                                       "users": 0}
-        for x in (anon, other, u1, u3, u1b):
+        m = srv.metrics()
+        assert metric_sum(m, "bagou_presence_joins_total") == 5
+        assert metric_sum(m, "bagou_presence_leaves_total") == 3
+        assert metric_sum(m, "bagou_presence_entries") == 2
+        assert metric_sum(m, "bagou_presence_bytes") > 0
+        for x in (anon, other, u1, u3, u1b, srv_side):
             await x.close()
     run(scenario(), timeout=30)
