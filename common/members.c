@@ -231,20 +231,46 @@ bg_members_free(struct bg_members *p)
 int
 bg_members_node(struct bg_members *p, const char *id, bool create)
 {
-	for (int i = 0; i < p->n_nodes; i++)
-		if (strcmp(p->nodes[i], id) == 0)
+	int free_slot = -1;
+
+	for (int i = 0; i < p->n_nodes; i++) {
+		if (p->nodes[i] == NULL) {
+			if (free_slot < 0)
+				free_slot = i;
+		} else if (strcmp(p->nodes[i], id) == 0) {
 			return i;
-	if (!create || p->n_nodes == BG_MEMBERS_MAX_NODES)
+		}
+	}
+	if (!create)
 		return -1;
-	if ((p->nodes[p->n_nodes] = strdup(id)) == NULL)
+	if (free_slot < 0) {
+		if (p->n_nodes == BG_MEMBERS_MAX_NODES)
+			return -1;
+		free_slot = p->n_nodes;
+	}
+	if ((p->nodes[free_slot] = strdup(id)) == NULL)
 		return -1;
-	return p->n_nodes++;
+	if (free_slot == p->n_nodes)
+		p->n_nodes++;
+	return free_slot;
+}
+
+void
+bg_members_forget_node(struct bg_members *p, int node)
+{
+	if (node <= 0 || node >= p->n_nodes || p->nodes[node] == NULL)
+		return;
+	bg_members_drop_node(p, node);
+	free(p->nodes[node]);
+	p->nodes[node] = NULL;
+	p->gen[node] = 0;
 }
 
 const char *
 bg_members_node_id(const struct bg_members *p, int node)
 {
-	return node >= 0 && node < p->n_nodes ? p->nodes[node] : "";
+	return node >= 0 && node < p->n_nodes && p->nodes[node] ?
+	       p->nodes[node] : "";
 }
 
 static struct pchan *

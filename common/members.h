@@ -51,6 +51,12 @@ void bg_members_free(struct bg_members *p);
  * when unknown or the table is full. */
 int bg_members_node(struct bg_members *p, const char *id, bool create);
 
+/* Forgets node (not this node): its entries are removed as by
+ * bg_members_drop_node, and its index may be given to another id.
+ * Nodes get a new id at every start, so a long-lived table must reuse
+ * the slots of the nodes that went. */
+void bg_members_forget_node(struct bg_members *p, int node);
+
 /* The id a node index was interned with. */
 const char *bg_members_node_id(const struct bg_members *p, int node);
 

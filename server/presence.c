@@ -317,6 +317,10 @@ drop_peer(struct bg_pres *P, int idx, const char *why)
 			    (unsigned long long)n);
 	memset(&P->peers[idx], 0, sizeof(P->peers[idx]));
 	bg_stat_add(&P->n_dropped, 1);
+	/* Its id never comes back (a node gets a new one at each start):
+	 * the slot is free for the next one. A message it still sends
+	 * interns it again. */
+	bg_members_forget_node(P->table, idx);
 }
 
 /* The peer a message came from, heard now; NULL for this node's own. */

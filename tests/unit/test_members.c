@@ -262,6 +262,36 @@ test_many(void **state)
 	bg_members_free(t);
 }
 
+/* Nodes come and go with a new id at every start: a forgotten node's
+ * slot is reused, so the table never runs out of them. */
+static void
+test_forget_reuses_slots(void **state)
+{
+	struct log l = { "" };
+	struct bg_members *t = bg_members_new("self", on_change, &l);
+	char id[32];
+	int n;
+
+	for (int i = 0; i < 3 * BG_MEMBERS_MAX_NODES; i++) {
+		snprintf(id, sizeof(id), "node-%d", i);
+		n = bg_members_node(t, id, true);
+		assert_true(n > 0 && n < 3);
+		assert_int_equal(bg_members_set(t, n, "p", id, NULL, 1),
+				 BG_MEMBERS_JOINED);
+		if (i > 0) {
+			snprintf(id, sizeof(id), "node-%d", i - 1);
+			bg_members_forget_node(t, bg_members_node(t, id,
+								  false));
+			assert_int_equal(bg_members_node(t, id, false), -1);
+		}
+	}
+	assert_int_equal(bg_members_entries(t), 1);
+	/* This node is never forgotten. */
+	bg_members_forget_node(t, 0);
+	assert_int_equal(bg_members_node(t, "self", false), 0);
+	bg_members_free(t);
+}
+
 int
 main(void)
 {
@@ -271,6 +301,7 @@ main(void)
 		cmocka_unit_test(test_nodes),
 		cmocka_unit_test(test_state_replaces),
 		cmocka_unit_test(test_many),
+		cmocka_unit_test(test_forget_reuses_slots),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
