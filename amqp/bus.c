@@ -141,7 +141,7 @@ bg_bus_new(struct bg_server *srv)
 			free(b);
 			return NULL;
 		}
-		bg_link_set_control(b->link, on_control, b);
+		bg_link_set_control(b->link, srv->node_id, on_control, b);
 		b->state = STATE_DISCONNECTED;
 	}
 	b->waiting_tail = &b->waiting;

@@ -38,6 +38,7 @@ struct bg_link {
 	/* The control plane (control.h): its exchange, this connection's
 	 * exclusive queue on it, the shared API queue, the callback. */
 	char ctl_exchange[300];
+	char ctl_name[400];              /* the queue name asked for */
 	char ctl_queue[256];
 	char api_queue[300];
 	bg_link_control_fn ctl_fn;
@@ -50,10 +51,13 @@ static bool rpc_ok(struct bg_link *l, const char *what);
 #define API_TAG "bagou-api"
 
 void
-bg_link_set_control(struct bg_link *l, bg_link_control_fn fn, void *arg)
+bg_link_set_control(struct bg_link *l, const char *node,
+		    bg_link_control_fn fn, void *arg)
 {
 	l->ctl_fn = fn;
 	l->ctl_arg = arg;
+	snprintf(l->ctl_name, sizeof(l->ctl_name), "%s.%s", l->ctl_exchange,
+		 node);
 }
 
 /* The control exchange and its queues, consumed without acks (control
@@ -71,8 +75,11 @@ declare_control(struct bg_link *l, bool fresh)
 	if (!rpc_ok(l, "exchange.declare (control)"))
 		return BG_ERR;
 	if (fresh) {
-		q = amqp_queue_declare(l->conn, CHANNEL, amqp_empty_bytes, 0,
-				       0, 1, 0, amqp_empty_table);
+		q = amqp_queue_declare(l->conn, CHANNEL,
+				       strlen(l->ctl_name) <= BG_LINK_MAX_KEY ?
+				       amqp_cstring_bytes(l->ctl_name) :
+				       amqp_empty_bytes, 0, 0, 1, 0,
+				       amqp_empty_table);
 		if (!rpc_ok(l, "queue.declare (control)") || q == NULL)
 			return BG_ERR;
 		snprintf(l->ctl_queue, sizeof(l->ctl_queue), "%.*s",

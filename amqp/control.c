@@ -619,6 +619,12 @@ bg_control_workers(struct bg_control *ctl, bg_control_work_fn work,
 	m->task = t;
 	m->task_fn = task_run;
 	m->task_free = task_free;
+	if (t->remaining == 0) {
+		/* No worker (a test's node): straight to "after". */
+		if (after == NULL || bg_control_post(ctl, &t->job) != BG_OK)
+			bg_msg_unref(m);
+		return BG_OK;
+	}
 	bg_bus_to_workers(ctl->bus, m);
 	return BG_OK;
 }

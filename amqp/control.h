@@ -5,17 +5,18 @@
  * run on every worker in order with broadcasts.
  *
  * Wire: every node publishes to and consumes from the fanout exchange
- * "<[amqp] exchange>.control" (its own exclusive queue, auto-ack: control
- * messages are not held behind broadcasts, and one lost with a link is
- * not resent). A body is a JSON object {"type": T, "node": SENDER, ...};
+ * "<[amqp] exchange>.control" (its own exclusive queue
+ * "<exchange>.control.<node>", auto-ack: control messages are not held
+ * behind broadcasts, and one lost with a link is not resent). A body is a JSON object {"type": T, "node": SENDER, ...};
  * every node, the sender included, receives every message. Standalone
  * ([amqp] url = none), what a node sends comes back to itself only, on
  * the next turn of the bus loop: single-node behaviour is the same.
  *
  * Threads. Everything here runs on the BUS THREAD, the owner of the
  * control state (node table, handlers, pending queries), except:
- * - bg_control_new, bg_control_on, bg_control_on_node: main thread,
- *   before the bus starts (registrations are then immutable);
+ * - bg_control_new, bg_control_on, bg_control_on_node,
+ *   bg_control_on_request: main thread, before the bus starts
+ *   (registrations are then immutable);
  * - bg_control_free: main thread, after the bus and workers stopped;
  * - bg_control_post: any thread;
  * - a bg_control_work_fn: the worker thread it runs on.

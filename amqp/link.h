@@ -92,9 +92,12 @@ typedef void (*bg_link_control_fn)(void *arg, enum bg_link_source src,
 				   const char *reply_to,
 				   const char *correlation_id);
 
-/* Where control-plane deliveries go. Before bg_link_connect. */
-void bg_link_set_control(struct bg_link *l, bg_link_control_fn fn,
-			 void *arg);
+/* Where control-plane deliveries go, and the node's id: its control
+ * queue is "<exchange>.control.<node>" (exclusive; server-named when
+ * that is over 255 bytes), so an operator sees whose it is. Before
+ * bg_link_connect. */
+void bg_link_set_control(struct bg_link *l, const char *node,
+			 bg_link_control_fn fn, void *arg);
 
 /* Publishes body to the control exchange (exchange NULL), or to
  * exchange with routing key key, with correlation_id (may be NULL).
