@@ -80,6 +80,7 @@ struct bg_pres {
 	uint64_t seq;
 	uint64_t next_hb_ms;
 	uint64_t last_tick_ms;
+	bool standalone;                 /* [amqp] url = none: no peers */
 	const char *exclude;             /* a local join: not told of it */
 	struct peer peers[BG_MEMBERS_MAX_NODES];
 	struct bg_ring *ops;             /* workers -> bus: struct op * */
@@ -221,9 +222,12 @@ static void
 queue_delta(struct bg_pres *P, const char *channel, const char *user,
 	    const char *info, uint32_t count)
 {
-	json_t *e = json_pack("[s, s, s?, I]", channel, user, info,
-			      (json_int_t)count);
+	json_t *e;
 
+	if (P->standalone)
+		return; /* nobody to tell */
+	e = json_pack("[s, s, s?, I]", channel, user, info,
+		      (json_int_t)count);
 	if (e == NULL || json_array_append_new(P->pending, e) != 0) {
 		/* Peers will see the seq gap and ask for the state. */
 		P->seq++;
@@ -284,8 +288,11 @@ dump_entry(void *arg, const char *channel, const char *user,
 static void
 send_state(struct bg_pres *P)
 {
-	struct dump d = { .P = P, .entries = json_array() };
+	struct dump d = { .P = P };
 
+	if (P->standalone)
+		return;
+	d.entries = json_array();
 	flush_deltas(P);
 	bg_members_each(P->table, 0, dump_entry, &d);
 	send_part(&d, true);
@@ -613,7 +620,7 @@ bg_presence_tick(struct bg_server *srv)
 	}
 	P->last_tick_ms = now;
 	drain_ops(P); /* when a kick could not be posted */
-	if (now >= P->next_hb_ms) {
+	if (now >= P->next_hb_ms && !P->standalone) {
 		P->next_hb_ms = now + period;
 		flush_deltas(P);
 		send_msg(P, json_pack("{s:s, s:I}", "type", "presence.hb",
@@ -892,6 +899,7 @@ bg_presence_init(struct bg_server *srv)
 		goto oom;
 	P->srv = srv;
 	P->ctl = srv->control;
+	P->standalone = bg_config_standalone(bg_server_cfg(srv));
 	P->table = bg_members_new(srv->node_id, on_change, P);
 	P->pending = json_array();
 	P->ops = bg_ring_new(OPS_RING, true);
