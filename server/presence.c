@@ -69,6 +69,7 @@ struct peer {
 	uint64_t heard_ms;               /* 0: not heard (or dropped) */
 	uint64_t asked_ms;
 	bool synced;                     /* a whole state was applied */
+	bool in_state;                   /* its part 0 came, not its last */
 };
 
 struct bg_pres {
@@ -406,15 +407,22 @@ on_state(struct bg_control *ctl, const char *node, json_t *msg, void *arg)
 
 	if ((peer = heard(P, node, &idx)) == NULL)
 		return;
-	if (json_integer_value(json_object_get(msg, "part")) == 0)
+	if (json_integer_value(json_object_get(msg, "part")) == 0) {
 		bg_members_mark(P->table, idx);
-	apply_entries(P, idx, json_object_get(msg, "entries"));
-	if (json_is_true(json_object_get(msg, "last"))) {
-		bg_members_sweep(P->table, idx);
-		peer->seq = (uint64_t)json_integer_value(
-			json_object_get(msg, "seq"));
-		peer->synced = true;
+		peer->in_state = true;
 	}
+	apply_entries(P, idx, json_object_get(msg, "entries"));
+	if (!json_is_true(json_object_get(msg, "last")))
+		return;
+	if (!peer->in_state) {
+		/* Its first part was lost with a link: not a whole state. */
+		ask_state(P, node, peer);
+		return;
+	}
+	bg_members_sweep(P->table, idx);
+	peer->seq = (uint64_t)json_integer_value(json_object_get(msg, "seq"));
+	peer->synced = true;
+	peer->in_state = false;
 }
 
 static void
