@@ -18,7 +18,8 @@ import pytest
 
 from support import (error_code, http_get, http_post, metric_sum, run,
                      send_json, ws_connect)
-from rabbitmq import amqp_server, unique_exchange  # noqa: F401 (fixture)
+from rabbitmq import (Publisher, amqp_server,  # noqa: F401 (fixture)
+                      unique_exchange)
 
 SECRET = "presence-secret"
 TIMEOUT = 3          # [presence] timeout of the clusters below
@@ -375,3 +376,50 @@ def test_errors(server):
         for x in (anon, other, u1, u3, u1b, srv_side):
             await x.close()
     run(scenario(), timeout=30)
+
+
+def test_control_garbage_and_a_ghost_node(amqp_server, rabbitmq):
+    """The control exchange is the broker's to protect: what comes on it
+    is not trusted to be well formed. Malformed presence messages change
+    nothing; a node that sent one state and then nothing is a node that
+    died: its member joins, then leaves within the timeout."""
+    exchange = unique_exchange("bagou-presence")
+    srv = amqp_server(config={"auth": {"secret": SECRET},
+                              "presence": {"timeout": TIMEOUT}},
+                      exchange=exchange)
+    pub = Publisher(rabbitmq, exchange="")
+
+    async def scenario():
+        obs = await Client.open(srv, "obs")
+        await obs.subscribe()
+        ctl = exchange + ".control"
+        for body in (
+                {"type": "presence.delta", "node": "feed", "seq": "x",
+                 "ops": [[1, 2, 3, 4], "x", None,
+                         [ROOM, "evil", None, -1],
+                         [ROOM, "evil", None, 2 ** 40]]},
+                {"type": "presence.delta", "node": "feed", "ops": {}},
+                {"type": "presence.state", "node": "feed", "part": "a",
+                 "entries": 7},
+                {"type": "presence.hb", "node": "feed", "seq": []},
+                {"type": "presence.ask", "node": "feed", "to": 3},
+                {"type": "presence.state", "node": "ghostnode",
+                 "seq": 0, "part": 0, "last": True,
+                 "entries": [[ROOM, "ghost", '{"x":1}', 2]]}):
+            await asyncio.to_thread(pub.publish, body, "", ctl)
+        got = await obs.event("join", "ghost")
+        assert got["data"] == {"user": "ghost", "info": {"x": 1}}
+        assert users(await asyncio.to_thread(api_members, srv)) == [
+            "ghost", "obs"]
+        assert await asyncio.to_thread(api_stats, srv) == {
+            "clients": 3, "users": 2}
+        t0 = time.monotonic()
+        await obs.event("leave", "ghost", timeout=TIMEOUT + 3)
+        assert time.monotonic() - t0 < TIMEOUT + 1.5
+        assert obs.events("join", "evil") == []
+        assert users(await asyncio.to_thread(api_members, srv)) == ["obs"]
+        await obs.close()
+    try:
+        run(scenario(), timeout=30)
+    finally:
+        pub.close()
