@@ -11,7 +11,8 @@ connection receives, so none is cut as a slow consumer. Then:
   convergence of 10,000 joins);
 - the 10,001st user gets channel_full, a member's second tab does not;
 - one node is SIGKILLed: the other two drop its members within
-  [presence] timeout (timed);
+  [presence] timeout (timed); a node started then gets the state of
+  the two others (timed);
 - memory: the member table's own bytes per member (bagou_presence_bytes)
   and the whole RSS growth per member connection, per node.
 
@@ -192,15 +193,23 @@ def test_ten_thousand_members(amqp_server):
         gone = len(range(2, MEMBERS, 3))
         wait_users(nodes[:2], MEMBERS - gone, timeout=TIMEOUT + 60)
         kill_s = time.monotonic() - t0
-        assert bodies and members_body(nodes[0]) == members_body(nodes[1])
+        assert members_body(nodes[0]) == members_body(nodes[1])
+        # A node started now gets the whole state from the two others.
+        t0 = time.monotonic()
+        late = amqp_server(config=cfg, exchange=exchange)
+        wait_users([late], MEMBERS - gone, timeout=60)
+        late_s = time.monotonic() - t0
+        assert members_body(late) == members_body(nodes[0])
+        nodes.append(late)
         per_node = MEMBERS / 3
         print("\npresence-long: %d members: connected in %.1f s; every "
               "node had all of them %.1f s after the first subscribe; "
               "%d members of a SIGKILLed node gone everywhere in %.1f s "
-              "(timeout %d s); %.1f MB of events read"
+              "(timeout %d s); a node started then had the %d others "
+              "%.1f s after its start; %.1f MB of events read"
               % (MEMBERS, connect_s, join_s, gone, kill_s, TIMEOUT,
-                 drain.bytes / 1e6))
-        for i, n in enumerate(nodes):
+                 MEMBERS - gone, late_s, drain.bytes / 1e6))
+        for i, n in enumerate(nodes[:3]):
             print("  node %d: member table %.0f bytes per member (%d "
                   "entries known); RSS +%.1f KB per member connection"
                   % (i, table[i] / MEMBERS, MEMBERS,
