@@ -659,6 +659,12 @@ bg_bus_publish(struct bg_bus *b, struct bg_msg *m)
 	return bg_ring_push(b->outbox, m) ? BG_OK : BG_AGAIN;
 }
 
+bool
+bg_bus_stopping(const struct bg_bus *b)
+{
+	return __atomic_load_n(&b->stopping, __ATOMIC_RELAXED) != 0;
+}
+
 const char *
 bg_bus_state(const struct bg_bus *b)
 {

@@ -29,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "amqp/bus.h"
 #include "amqp/control.h"
 #include "common/bg.h"
 #include "common/log.h"
@@ -48,7 +49,7 @@
 #define TICK_MS 1000             /* bg_presence_tick's period, at most */
 #define OPS_RING 65536           /* requests in flight to the bus */
 #define LEAVE_WAIT_MS 5000       /* a leave waits this long for room */
-#define PUSH_WAIT_MS 2000        /* a full worker ring, at most */
+#define STUCK_MS 2000            /* a full worker ring: logged */
 
 enum op_kind { OP_JOIN, OP_LEAVE, OP_MEMBERS, OP_STATS, OP_KICK };
 
@@ -120,8 +121,9 @@ op_free(struct op *o)
 
 /* ------------------------------------------------ bus: to the workers */
 
-/* Hands m (one reference, taken over) to worker i, waiting a little
- * while its ring is full. */
+/* Hands m to worker i (taking a reference of its own), waiting while
+ * its ring is full, as the bus does for broadcasts: a presence event is
+ * never dropped while the node runs. */
 static void
 push_worker(struct bg_server *srv, int i, struct bg_msg *m)
 {
@@ -130,17 +132,19 @@ push_worker(struct bg_server *srv, int i, struct bg_msg *m)
 	bg_msg_ref(m);
 	while (!bg_worker_deliver(srv->workers[i], m)) {
 		struct timespec ts = { 0, wait_ns };
-		if (waited >= (long)PUSH_WAIT_MS * 1000000) {
-			static struct bg_log_throttle throttle =
-				BG_LOG_THROTTLE("presence: messages lost", 5);
-			bg_log_throttled(&throttle, BG_LOG_WARN, "presence: "
-					 "worker %d's ring stayed full; a "
-					 "presence message was lost", i);
+		if (bg_bus_stopping(srv->bus)) {
 			bg_msg_unref(m);
 			return;
 		}
+		if ((waited += wait_ns) >= (long)STUCK_MS * 1000000) {
+			static struct bg_log_throttle throttle =
+				BG_LOG_THROTTLE("presence: full rings", 5);
+			bg_log_throttled(&throttle, BG_LOG_WARN, "presence: "
+					 "worker %d's ring has been full for "
+					 "%d s", i, STUCK_MS / 1000);
+			waited = 0;
+		}
 		nanosleep(&ts, NULL);
-		waited += wait_ns;
 		if (wait_ns < 1000000)
 			wait_ns *= 2;
 	}
