@@ -343,10 +343,34 @@ entry_remove(struct bg_members *p, struct pchan *ch, struct puser *u,
 	return BG_MEMBERS_SAME;
 }
 
-/* Adds or updates; the first info given for an entry stays. */
+/* Replaces e's info with info (not NULL). -1 when out of memory (e
+ * unchanged). */
+static int
+info_replace(struct bg_members *p, struct node_ent *e, const char *info)
+{
+	char *copy;
+
+	if (strcmp(e->info, info) == 0)
+		return 0;
+	if (strcmp(info, EMPTY_INFO) == 0)
+		copy = (char *)EMPTY_INFO;
+	else if ((copy = strdup(info)) == NULL)
+		return -1;
+	if (e->info != EMPTY_INFO) {
+		p->bytes -= strlen(e->info) + 1;
+		free(e->info);
+	}
+	if (copy != EMPTY_INFO)
+		p->bytes += strlen(copy) + 1;
+	e->info = copy;
+	return 0;
+}
+
+/* Adds or updates; an entry keeps its first info unless replace (and
+ * info is not NULL). */
 static int
 entry_set(struct bg_members *p, int node, const char *channel,
-	  const char *user, const char *info, uint32_t count)
+	  const char *user, const char *info, uint32_t count, bool replace)
 {
 	struct pchan *ch = chan_find(p, channel);
 	struct puser *u = ch ? user_find(ch, user) : NULL;
@@ -358,6 +382,8 @@ entry_set(struct bg_members *p, int node, const char *channel,
 		return e != NULL ? entry_remove(p, ch, u, e) :
 		       BG_MEMBERS_SAME;
 	if (e != NULL) {
+		if (replace && info != NULL && info_replace(p, e, info) != 0)
+			return -1;
 		ch->clients = ch->clients - e->count + count;
 		e->count = count;
 		e->gen = p->gen[node];
@@ -419,7 +445,7 @@ bg_members_set(struct bg_members *p, int node, const char *channel,
 {
 	if (node < 0 || node >= p->n_nodes)
 		return -1;
-	return entry_set(p, node, channel, user, info, count);
+	return entry_set(p, node, channel, user, info, count, true);
 }
 
 /* "CHANNEL CLIENT" into buf (at least 2 * 256 bytes). */
@@ -464,11 +490,12 @@ bg_members_join(struct bg_members *p, const char *channel,
 	pc = ent_new(p, sizeof(*pc), key, h);
 	if (pc == NULL)
 		return -1;
-	rc = entry_set(p, 0, channel, user, info, e ? e->count + 1 : 1);
+	rc = entry_set(p, 0, channel, user, info, e ? e->count + 1 : 1,
+		       false);
 	if (rc < 0 || hmap_add(p, &p->clients, &pc->h) != BG_OK) {
 		if (rc >= 0) /* undo the count, quietly: nobody saw it */
 			entry_set(p, 0, channel, user, info,
-				  e ? e->count - 1 : 0);
+				  e ? e->count - 1 : 0, false);
 		ent_free(p, sizeof(*pc), &pc->h);
 		return -1;
 	}
@@ -596,7 +623,7 @@ drop_pairs(struct bg_members *p, struct pairs *ps, int node, uint64_t *n)
 	for (size_t i = 0; i < ps->n; i++) {
 		if (ps->v[i].channel != NULL && ps->v[i].user != NULL &&
 		    entry_set(p, node, ps->v[i].channel, ps->v[i].user, NULL,
-			      0) >= 0)
+			      0, false) >= 0)
 			(*n)++;
 		free(ps->v[i].channel);
 		free(ps->v[i].user);
@@ -645,6 +672,17 @@ bg_members_count(const struct bg_members *p, int node, const char *channel,
 	const struct node_ent *e = u ? node_find(u, node) : NULL;
 
 	return e ? e->count : 0;
+}
+
+const char *
+bg_members_info(const struct bg_members *p, int node, const char *channel,
+		const char *user)
+{
+	const struct pchan *ch = chan_find(p, channel);
+	const struct puser *u = ch ? user_find(ch, user) : NULL;
+	const struct node_ent *e = u ? node_find(u, node) : NULL;
+
+	return e ? e->info : NULL;
 }
 
 const char *

@@ -79,8 +79,9 @@ int bg_members_leave(struct bg_members *p, const char *channel,
 
 /*
  * Another node's state: user has count connections in channel on node
- * (an absolute value: 0 removes the entry), info as for join. Returns
- * SAME, JOINED or LEFT, or -1 on allocation failure.
+ * (an absolute value: 0 removes the entry), info as for join; a given
+ * info replaces the entry's (that node says what it is). Returns SAME,
+ * JOINED or LEFT, or -1 on allocation failure.
  */
 int bg_members_set(struct bg_members *p, int node, const char *channel,
 		    const char *user, const char *info, uint32_t count);
@@ -106,6 +107,11 @@ void bg_members_each(const struct bg_members *p, int node,
 /* How many connections node counts for user in channel (0: none). */
 uint32_t bg_members_count(const struct bg_members *p, int node,
 			  const char *channel, const char *user);
+
+/* The info node holds for user in channel (JSON text), or NULL when it
+ * has no entry. Valid until the table next changes. */
+const char *bg_members_info(const struct bg_members *p, int node,
+			    const char *channel, const char *user);
 
 /* The user this node's connection client joined channel as, or NULL
  * when it is not in it. Valid until the table next changes. */

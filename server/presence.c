@@ -479,7 +479,8 @@ answer_join(struct bg_pres *P, struct op *o)
 	P->exclude = NULL;
 	after = bg_members_count(P->table, 0, o->channel, o->user);
 	if (after != before)
-		queue_delta(P, o->channel, o->user, o->info, after);
+		queue_delta(P, o->channel, o->user, bg_members_info(P->table,
+			    0, o->channel, o->user), after);
 	if (rc == BG_MEMBERS_FULL || rc < 0) {
 		char msg[96];
 		snprintf(msg, sizeof(msg), rc < 0 ? "out of memory" :
@@ -518,7 +519,8 @@ answer_leave(struct bg_pres *P, struct op *o)
 	bg_members_leave(P->table, o->channel, o->client);
 	after = bg_members_count(P->table, 0, o->channel, u);
 	if (after != before)
-		queue_delta(P, o->channel, u, NULL, after);
+		queue_delta(P, o->channel, u, bg_members_info(P->table, 0,
+			    o->channel, u), after);
 	free(u);
 }
 

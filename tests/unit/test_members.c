@@ -152,6 +152,18 @@ test_nodes(void **state)
 	assert_string_equal(s, "[{\"user\":\"bob\",\"info\":{\"on\":\"a\"}},"
 			    "{\"user\":\"carol\",\"info\":{}}]");
 	free(s);
+	/* Another node's entry takes the info that node gives (it is
+	 * the one that knows); this node's keeps its first. */
+	assert_int_equal(bg_members_set(t, c, "p", "carol", "{\"v\":2}", 1),
+			 BG_MEMBERS_SAME);
+	assert_string_equal(bg_members_info(t, c, "p", "carol"),
+			    "{\"v\":2}");
+	assert_int_equal(bg_members_join(t, "p", "x2", "bob", "{\"v\":3}",
+					 0), BG_MEMBERS_SAME);
+	assert_string_equal(bg_members_info(t, 0, "p", "bob"),
+			    "{\"on\":\"b\"}");
+	assert_null(bg_members_info(t, c, "p", "bob"));
+	assert_int_equal(bg_members_leave(t, "p", "x2"), BG_MEMBERS_SAME);
 	/* Absolute counts: a repeated value changes nothing. */
 	assert_int_equal(bg_members_set(t, a, "p", "bob", NULL, 1),
 			 BG_MEMBERS_SAME);
@@ -162,7 +174,7 @@ test_nodes(void **state)
 	assert_string_equal(l.text, "+p/bob +p/carol ");
 	s = members_text(t, "p");
 	assert_string_equal(s, "[{\"user\":\"bob\",\"info\":{\"on\":\"b\"}},"
-			    "{\"user\":\"carol\",\"info\":{}}]");
+			    "{\"user\":\"carol\",\"info\":{\"v\":2}}]");
 	free(s);
 	/* Node c dies: carol leaves. */
 	assert_int_equal(bg_members_drop_node(t, c), 1);
