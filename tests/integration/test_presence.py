@@ -14,7 +14,6 @@ import json
 import time
 
 import jwt
-import pytest
 
 from support import (error_code, http_get, http_post, metric_sum, run,
                      send_json, ws_connect)
