@@ -516,3 +516,19 @@ bench-peers: deps all bench-peers-deps
 	  BAGOU_BENCH=$(abspath $(OUT)/bagou-bench) \
 	  PEERS_MODULES=$(abspath $(PEERS_DIR))/node_modules \
 	  $(BENCH_PEERS_ARGS) /usr/bin/python3 bench/peers/run.py
+
+
+# Presence at scale (tests/integration/presence_long.py, not part of
+# `make test`): 10,000 members (PRESENCE_MEMBERS) in one presence channel
+# on three nodes and one RabbitMQ; prints convergence and node-death
+# times and memory per member. About a minute; run it alone.
+.PHONY: test-presence-long bench-presence
+test-presence-long: $(OUT)/bagou-server
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice /usr/bin/python3 \
+	  -m pytest -s -q -p no:cacheprovider \
+	  tests/integration/presence_long.py
+
+# What presence costs on subscribe/unsubscribe (bench/presence_cost.py).
+bench-presence: $(OUT)/bagou-server
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice /usr/bin/python3 \
+	  bench/presence_cost.py

@@ -53,6 +53,7 @@
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/ring.h"
+#include "server/presence.h"
 #include "server/server.h"
 #include "server/worker.h"
 
@@ -1364,6 +1365,7 @@ amqp_loop(struct bg_bus *b)
 		/* Control messages, jobs and timers, up or down (it may take
 		 * the link down). */
 		ctl_ms = bg_control_service(b->ctl);
+		bg_presence_tick(b->srv);
 		now = now_ms();
 		/* Up: wake at least once a second for heartbeats. Down:
 		 * leave the outbox alone until the next attempt. */
@@ -1450,6 +1452,7 @@ bus_main(void *arg)
 		/* Once a second at least: a replaced config waits for it. */
 		bg_server_quiescent(b->srv, BG_SEEN_BUS);
 		timeout = bg_control_service(b->ctl);
+		bg_presence_tick(b->srv);
 		if (poll(fds, 3, timeout) < 0) {
 			if (errno != EINTR)
 				bg_log_errno("bus: poll()");
@@ -1590,6 +1593,12 @@ bg_bus_publish(struct bg_bus *b, struct bg_msg *m)
 		return BG_BUS_BUSY;
 	}
 	return bg_ring_push(b->outbox, m) ? BG_OK : BG_AGAIN;
+}
+
+bool
+bg_bus_stopping(const struct bg_bus *b)
+{
+	return __atomic_load_n(&b->stopping, __ATOMIC_RELAXED) != 0;
 }
 
 const char *

@@ -73,6 +73,10 @@ const struct bg_history *bg_bus_history(const struct bg_bus *b);
  * are refused and deliveries from RabbitMQ held. Any thread. */
 bool bg_bus_congested(const struct bg_bus *b);
 
+/* True once bg_bus_stop was called: a loop on the bus thread that waits
+ * for a full worker ring gives up. Any thread. */
+bool bg_bus_stopping(const struct bg_bus *b);
+
 /* Writes the bus's /metrics lines (publish failures, channel reopens,
  * backpressure) into buf, snprintf-style. Any thread. */
 int bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size);

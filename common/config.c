@@ -115,6 +115,9 @@ bg_config_defaults(struct bg_config *cfg)
 	cfg->history_ttl = 300;
 	strcpy(cfg->history_stream, "bagou.history");
 	cfg->history_max_age = 3600;
+	strcpy(cfg->presence_prefix, "presence-");
+	cfg->presence_timeout = 15;
+	cfg->presence_max_members = 10000;
 }
 
 /*
@@ -838,6 +841,11 @@ static const struct key keys[] = {
 	  STR(history_stream) },
 	{ "history", "max_age", parse_int, OFF(history_max_age), 1,
 	  31536000 },
+	{ "presence", "prefix", parse_str, OFF(presence_prefix),
+	  STR(presence_prefix) },
+	{ "presence", "timeout", parse_int, OFF(presence_timeout), 1, 3600 },
+	{ "presence", "max_members", parse_int, OFF(presence_max_members),
+	  1, 10000000 },
 };
 
 static const struct key *

@@ -133,6 +133,11 @@ struct bg_config {
 	char history_stream[BG_CONFIG_STR]; /* RabbitMQ stream queue,
 	                                    "bagou.history" */
 	int history_max_age;             /* s the stream keeps, 3600 */
+	/* [presence] */
+	char presence_prefix[BG_CONFIG_STR]; /* "presence-"; "" = none */
+	int presence_timeout;            /* s before a silent node's members
+	                                    leave, 15 */
+	int presence_max_members;        /* users per channel, 10000 */
 };
 
 /* Fills every field with its documented default. */

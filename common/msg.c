@@ -157,6 +157,7 @@ msg_free(struct bg_msg *m)
 		m->task_free(m->task);
 	if (m->hist != NULL)
 		m->hist_free(m->hist);
+	free(m->unsubscribe);
 	free(m);
 }
 

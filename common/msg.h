@@ -83,6 +83,9 @@ struct bg_msg {
 	                                (amqp/history.h), freed with the
 	                                message by hist_free; or NULL */
 	void (*hist_free)(void *);
+	char *unsubscribe;           /* a reply to clients: drop their
+	                                subscription to this channel first
+	                                (presence: channel_full), or NULL */
 };
 
 /*

@@ -15,6 +15,7 @@
 #include "handlers/history.h"
 #include "handlers/modules.h"
 #include "server/conn.h"
+#include "server/presence.h"
 #include "server/worker.h"
 
 #define GO_ON BG_CODE_COUNT
@@ -56,6 +57,13 @@ is_private(const struct bg_conn *c, const char *channel)
 	       strncmp(channel, prefix, strlen(prefix)) == 0;
 }
 
+/* Presence channels (PROTOCOL.md §10) need what private ones need. */
+static bool
+is_presence(const struct bg_conn *c, const char *channel)
+{
+	return bg_presence_is_channel(bg_server_cfg(c->w->srv), channel);
+}
+
 static enum bg_code
 on_subscribe(const struct bg_hook_args *a)
 {
@@ -78,15 +86,22 @@ on_subscribe(const struct bg_hook_args *a)
 		return GO_ON;
 	}
 	if (bg_conn_is_subscribed(c, name, len)) {
-		reply_channel(c, req, name); /* idempotent */
+		if (is_presence(c, name)) /* the bus has the member list */
+			bg_presence_subscribe(c, req, name);
+		else
+			reply_channel(c, req, name); /* idempotent */
 		return GO_ON;
 	}
-	if (is_private(c, name) &&
+	if ((is_private(c, name) || is_presence(c, name)) &&
 	    (c->ident.user == NULL ||
 	     !bg_auth_channel_allowed(&c->ident, name))) {
+		bool pres = is_presence(c, name);
 		bg_conn_reply_error(c, req, BG_CODE_FORBIDDEN,
-				    c->ident.user == NULL ?
-				    "private channel: authenticate first" :
+				    c->ident.user == NULL ? (pres ?
+				    "presence channel: authenticate first" :
+				    "private channel: authenticate first") :
+				    pres ? "presence channel: not in your "
+				    "token's channels" :
 				    "private channel: not in your token's "
 				    "channels");
 		return GO_ON;
@@ -107,7 +122,9 @@ on_subscribe(const struct bg_hook_args *a)
 		bg_conn_reply_error(c, req, code, "subscribe failed");
 		return GO_ON;
 	}
-	if (bg_history_match(bg_bus_history(c->w->srv->bus), name)) {
+	if (is_presence(c, name)) {
+		bg_presence_subscribe(c, req, name); /* the bus answers */
+	} else if (bg_history_match(bg_bus_history(c->w->srv->bus), name)) {
 		/* Answered by the bus, with the position (history.c). */
 		if (bg_history_subscribe(c, req, name, len, &pos) != BG_OK) {
 			bg_conn_unsubscribe(c, name, len);
@@ -216,7 +233,8 @@ on_publish(const struct bg_hook_args *a)
 	if (cfg->client_publish == BG_PUBLISH_NONE ||
 	    (cfg->client_publish == BG_PUBLISH_SUBSCRIBED &&
 	     !bg_conn_is_subscribed(c, name, len)) ||
-	    (is_private(c, name) && (c->ident.user == NULL ||
+	    ((is_private(c, name) || is_presence(c, name)) &&
+	     (c->ident.user == NULL ||
 	     !bg_auth_channel_allowed(&c->ident, name)))) {
 		bg_conn_reply_error(c, req, BG_CODE_NOT_ALLOWED,
 				    "publishing to this channel is not "
@@ -319,5 +337,5 @@ bg_builtin_register(char *err, size_t errlen)
 	for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++)
 		if (bg_handlers_register(&builtins[i], err, errlen) != BG_OK)
 			return BG_ERR;
-	return BG_OK;
+	return bg_presence_register(err, errlen);
 }

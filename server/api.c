@@ -81,6 +81,8 @@ static const struct route_def routes[] = {
 	{ "/api/channels", R_CMD, false, "channels" },
 	{ "/api/info", R_CMD, false, "info" },
 	{ "/api/history", R_HISTORY, false, NULL },
+	{ "/api/presence", R_CMD, false, "presence" },
+	{ "/api/presence_stats", R_CMD, false, "presence_stats" },
 };
 
 /* One command on its way: API thread -> bus (bg_control_post), run

@@ -31,6 +31,7 @@
 #include "handlers/handlers.h"
 #include "server/conn.h"
 #include "server/http.h"
+#include "server/presence.h"
 #include "server/server.h"
 #include "server/worker.h"
 
@@ -261,6 +262,14 @@ subscribe_one(struct bg_conn *c, const json_t *args)
 		acknowledge(c, "subscribed", name);
 		return;
 	}
+	/* A presence member is a user (PROTOCOL.md, presence channels). */
+	if (bg_presence_is_channel(bg_server_cfg(c->w->srv), name) &&
+	    c->ident.user == NULL) {
+		bg_conn_reply_error(c, NULL, BG_CODE_FORBIDDEN, "server-side "
+				    "subscribe: a presence channel needs an "
+				    "authenticated connection");
+		return;
+	}
 	code = bg_handlers_run(BG_ON_SUBSCRIBE, &hook);
 	if (code != BG_CODE_COUNT) {
 		bg_conn_reply_error(c, NULL, code, "server-side subscribe "
@@ -277,6 +286,8 @@ subscribe_one(struct bg_conn *c, const json_t *args)
 		return;
 	}
 	acknowledge(c, "subscribed", name);
+	if (bg_presence_is_channel(bg_server_cfg(c->w->srv), name))
+		bg_presence_subscribe(c, NULL, name); /* joins, silently */
 	bg_forward_lifecycle(c, BG_FORWARD_SUBSCRIBE, "subscribe", name);
 }
 
@@ -542,6 +553,13 @@ bg_cmd_run(struct bg_control *ctl, const char *command, json_t *args,
 	char why[200];
 	json_t *norm;
 
+	/* Presence is replicated to every node: this one answers alone,
+	 * from its own table, RabbitMQ up or not (server/presence.c). */
+	if (json_is_object(args) && (strcmp(command, "presence") == 0 ||
+				     strcmp(command, "presence_stats") == 0)) {
+		bg_presence_cmd(ctl, args, command[8] == '_', done, arg);
+		return;
+	}
 	if (cmd == NULL) {
 		fail(ctl, done, arg, 404, "not_found", "no such command");
 		return;

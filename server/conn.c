@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "handlers/forward.h"
 #include "handlers/handlers.h"
+#include "server/presence.h"
 #include "server/worker.h"
 
 #define ABUSE_CLOSE_MS 10000   /* rate-limited this long: close 1008 */
@@ -488,6 +489,7 @@ drop_sub(struct bg_conn *c, struct bg_chan_sub **slot)
 	struct bg_chan_sub *s = *slot;
 
 	*slot = c->subs[--c->n_subs];
+	bg_presence_conn_left(c, s->chan->name);
 	c->budget.subs -= bg_budget_sub_cost(s->chan->name_len);
 	c->w->freed_since_trim += bg_budget_sub_cost(s->chan->name_len);
 	if (s->chan->n_subs == 1) /* its last local subscriber */

@@ -27,6 +27,7 @@
 #include "server/acceptor.h"
 #include "server/asset.h"
 #include "server/conn.h"
+#include "server/presence.h"
 #include "server/worker.h"
 
 #define JSON_TYPE "application/json"
@@ -526,6 +527,8 @@ bg_http_metrics(const struct bg_server *srv, size_t *len)
 	metric(&t, "bagou_amqp_reconnects_total", "counter",
 	       "Reconnections to RabbitMQ.", bg_bus_reconnects(srv->bus));
 	if (bg_bus_metrics(srv->bus, bus_text, sizeof(bus_text)) > 0)
+		text_add(&t, "%s", bus_text);
+	if (bg_presence_metrics(srv, bus_text, sizeof(bus_text)) > 0)
 		text_add(&t, "%s", bus_text);
 	metric(&t, "bagou_http_requests_total", "counter",
 	       "Plain HTTP requests served, on both listeners.",

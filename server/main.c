@@ -31,6 +31,7 @@
 #include "server/asset.h"
 #include "server/evmem.h"
 #include "server/cmd.h"
+#include "server/presence.h"
 #include "server/reload.h"
 #include "server/server.h"
 #include "server/tls.h"
@@ -476,6 +477,8 @@ main(int argc, char **argv)
 		return EXIT_FAILURE;
 	if (bg_cmd_init(srv.control) != BG_OK)
 		return EXIT_FAILURE;
+	if (bg_presence_init(&srv) != BG_OK)
+		return EXIT_FAILURE;
 	srv.bus = bg_bus_new(&srv);
 	if (srv.workers == NULL || srv.bus == NULL)
 		return EXIT_FAILURE;
@@ -577,6 +580,7 @@ main(int argc, char **argv)
 	bg_api_free(srv.api);
 	bg_bus_free(srv.bus);
 	bg_control_free(srv.control);
+	bg_presence_free(&srv); /* after the jobs the control plane held */
 	bg_acceptor_free(srv.acceptor);
 	bg_handlers_free();
 	bg_asset_free();

@@ -96,6 +96,9 @@ static const struct field fields[] = {
 	F("[history] ttl", history_ttl, K_INT, false),
 	F("[history] stream", history_stream, K_STR, false),
 	F("[history] max_age", history_max_age, K_INT, false),
+	F("[presence] prefix", presence_prefix, K_STR, false),
+	F("[presence] timeout", presence_timeout, K_INT, true),
+	F("[presence] max_members", presence_max_members, K_INT, true),
 };
 
 static void

@@ -37,6 +37,7 @@ struct bg_acceptor;
 struct bg_tls;
 struct bg_api;
 struct bg_control;
+struct bg_pres;
 
 /* Close codes counted apart in bg_stats.closes (bg_stat_close); any
  * other code is counted in the last slot, "other". */
@@ -99,6 +100,9 @@ struct bg_server {
 	struct bg_control *control;     /* the cluster control plane
 	                                   (amqp/control.h); made before the
 	                                   bus */
+	struct bg_pres *presence;       /* server/presence.c: immutable once
+	                                   started; its state is the bus
+	                                   thread's */
 	uint64_t started_ms;            /* CLOCK_REALTIME at start */
 	char static_root[4096];         /* realpath of [http] static_dir */
 };

@@ -628,6 +628,13 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 			 * authenticate: the connection is now that user. */
 			if (m->auth != NULL && !c->closing)
 				bg_conn_apply_auth(c, m->auth);
+			/* A presence subscribe the bus refused. */
+			if (m->unsubscribe != NULL) {
+				bg_conn_unsubscribe(c, m->unsubscribe,
+						    strlen(m->unsubscribe));
+				bg_stat_add(&w->stats.client_errors[
+					BG_CODE_CHANNEL_FULL], 1);
+			}
 			bg_conn_push(c, f, m->frames[0].data,
 				     m->frames[0].len, true);
 		}

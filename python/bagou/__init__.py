@@ -9,11 +9,12 @@ from .conf import configure
 from .exceptions import (ApiError, BagouError, BroadcastError,
                          ConfigurationError, EventError)
 from .history import HistoryError, history
+from .presence import presence, presence_stats
 from .publish import broadcast
 
 __version__ = "2.0.0"
 
 __all__ = ["ApiError", "BagouError", "BroadcastError", "ConfigurationError",
            "EventError", "HistoryError", "broadcast", "channels", "configure",
-           "disconnect", "history", "info", "subscribe", "unsubscribe",
-           "__version__"]
+           "disconnect", "history", "info", "presence", "presence_stats",
+           "subscribe", "unsubscribe", "__version__"]

@@ -248,6 +248,10 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("channels", help="channels and subscriber counts")
     c.add_argument("--prefix", default="")
     sub.add_parser("info", help="the live nodes")
+    for name in ("presence", "presence_stats"):
+        sub.add_parser(name, help="members (or their counts) of a "
+                       "presence channel").add_argument("--channel",
+                                                        required=True)
     return p
 
 

@@ -1360,6 +1360,36 @@ test_history_keys(void **state)
 			 "[history] stream: must not be empty");
 }
 
+/* [presence] prefix, timeout and max_members (issue 13 item 1). */
+static void
+test_presence_keys(void **state)
+{
+	struct bg_config cfg;
+	char err[256] = "";
+
+	(void)state;
+	bg_config_defaults(&cfg);
+	assert_string_equal(cfg.presence_prefix, "presence-");
+	assert_int_equal(cfg.presence_timeout, 15);
+	assert_int_equal(cfg.presence_max_members, 10000);
+	assert_int_equal(load_text(&cfg,
+		"[presence]\n"
+		"prefix = here-\n"
+		"timeout = 3\n"
+		"max_members = 2\n", err, sizeof(err)), BG_OK);
+	assert_string_equal(cfg.presence_prefix, "here-");
+	assert_int_equal(cfg.presence_timeout, 3);
+	assert_int_equal(cfg.presence_max_members, 2);
+	assert_int_equal(bg_config_set(&cfg, "presence", "prefix", "", err,
+				       sizeof(err)), BG_OK);
+	assert_string_equal(cfg.presence_prefix, "");
+	expect_set_error("presence", "timeout", "0", "[presence] timeout: "
+			 "expected an integer from 1 to 3600, got '0'");
+	expect_set_error("presence", "max_members", "0", "[presence] "
+			 "max_members: expected an integer from 1 to "
+			 "10000000, got '0'");
+}
+
 int
 main(void)
 {
@@ -1399,6 +1429,7 @@ main(void)
 		cmocka_unit_test(test_reload_keys),
 		cmocka_unit_test(test_log_format_access),
 		cmocka_unit_test(test_history_keys),
+		cmocka_unit_test(test_presence_keys),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
