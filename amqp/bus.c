@@ -470,16 +470,19 @@ hist_serve(struct bg_bus *b, struct bg_msg *m)
 static void
 hist_retry(struct bg_bus *b, bool force)
 {
-	struct bg_hist_req **p = &b->deferred, *r;
+	struct bg_hist_req **p = &b->deferred, *r, *next;
 	uint64_t now = now_ms();
 
 	while ((r = *p) != NULL) {
+		/* Read first: once answered, r may be freed (by a worker,
+		 * or by the answered callback's reference drop). */
+		next = r->next_wait;
 		/* Late while catching up: a gap, never a hole. */
 		if (!hist_try(b, r, force || now >= r->wait_until_ms)) {
 			p = &r->next_wait;
 			continue;
 		}
-		*p = r->next_wait;
+		*p = next;
 	}
 }
 

@@ -6,7 +6,11 @@
  * (the store is the bus thread's alone, amqp/history.h), so it comes
  * after every broadcast published before it; the bus answers it when it
  * can (at once, after catching up with the stream, after reading the
- * stream back) and calls on_answered. Nothing here waits.
+ * stream back) and calls on_answered, maybe in the middle of handling a
+ * delivery: the answer goes out from a control-plane job, on a later
+ * turn of the bus loop (a reply published on the API queue may find
+ * the link broken; that must not happen inside a delivery). Nothing
+ * here waits.
  */
 #include "server/cmd_history.h"
 
@@ -18,14 +22,18 @@
 #include "amqp/bus.h"
 #include "amqp/control.h"
 #include "amqp/history.h"
+#include "common/bg.h"
 #include "common/proto.h"
 #include "server/server.h"
 
-/* A request on its way: whom to tell. */
+/* A request on its way: whom to tell, and then the answer. */
 struct ask {
+	struct bg_control_job job;  /* first */
 	struct bg_control *ctl;
 	bg_cmd_done_fn done;
 	void *arg;
+	unsigned int status;
+	json_t *body;
 };
 
 static void
@@ -85,19 +93,42 @@ answer(const struct bg_hist_req *r)
 	return o;
 }
 
-/* The bus answered r: back to whoever asked. */
+static void
+ask_run(struct bg_control *ctl, struct bg_control_job *job)
+{
+	struct ask *a = (struct ask *)job;
+
+	a->done(ctl, a->status, a->body, a->arg);
+	free(a);
+}
+
+/* The node stopped first. */
+static void
+ask_drop(struct bg_control_job *job)
+{
+	struct ask *a = (struct ask *)job;
+
+	json_decref(a->body);
+	free(a);
+}
+
+/* The bus answered r: back to whoever asked, from a job. */
 static void
 on_answered(struct bg_hist_req *r, void *arg)
 {
 	struct ask *a = arg;
-	json_t *body = r->unavailable ? NULL : answer(r);
 
-	if (body == NULL)
-		fail(a->ctl, a->done, a->arg, 503, "unavailable",
-		     "out of memory");
-	else
-		a->done(a->ctl, 200, body, a->arg);
-	free(a);
+	a->body = r->unavailable ? NULL : answer(r);
+	a->status = 200;
+	if (a->body == NULL) {
+		a->status = 503;
+		a->body = json_pack("{s:{s:s,s:s}}", "error", "code",
+				    "unavailable", "message", "out of memory");
+	}
+	a->job.run = ask_run;
+	a->job.drop = ask_drop;
+	if (bg_control_post(a->ctl, &a->job) != BG_OK)
+		ask_run(a->ctl, &a->job); /* stopping: at once */
 }
 
 void
@@ -169,7 +200,9 @@ bg_cmd_history(struct bg_control *ctl, json_t *args, bg_cmd_done_fn done,
 		fail(ctl, done, arg, 503, "unavailable", "out of memory");
 		return;
 	}
-	*a = (struct ask){ ctl, done, arg };
+	a->ctl = ctl;
+	a->done = done;
+	a->arg = arg;
 	r = bg_hist_req_of(m);
 	r->worker = -1;
 	r->limit = limit > UINT32_MAX ? UINT32_MAX : (uint32_t)limit;
