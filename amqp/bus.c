@@ -398,17 +398,21 @@ now_ms(void)
 
 /* Sends an answered request back: into the asking worker's ring, in
  * order with the broadcasts (what follows it there came after it), or
- * to the API thread waiting on it. Takes m. */
+ * to the server API's callback. Takes m. */
 static void
 hist_reply(struct bg_bus *b, struct bg_msg *m)
 {
 	struct bg_hist_req *r = bg_hist_req_of(m);
 	struct bg_server *srv = b->srv;
 	long wait_ns = 20000;
+	void *arg;
 
 	if (r->kind == BG_HIST_API || r->worker < 0 ||
 	    r->worker >= srv->n_workers) {
-		sem_post(&r->done);
+		arg = r->arg;
+		r->arg = NULL; /* answered: not forgotten */
+		if (r->kind == BG_HIST_API && r->answered != NULL)
+			r->answered(r, arg);
 		bg_msg_unref(m);
 		return;
 	}
@@ -467,16 +471,19 @@ hist_serve(struct bg_bus *b, struct bg_msg *m)
 static void
 hist_retry(struct bg_bus *b, bool force)
 {
-	struct bg_hist_req **p = &b->deferred, *r;
+	struct bg_hist_req **p = &b->deferred, *r, *next;
 	uint64_t now = now_ms();
 
 	while ((r = *p) != NULL) {
+		/* Read first: once answered, r may be freed (by a worker,
+		 * or by the answered callback's reference drop). */
+		next = r->next_wait;
 		/* Late while catching up: a gap, never a hole. */
 		if (!hist_try(b, r, force || now >= r->wait_until_ms)) {
 			p = &r->next_wait;
 			continue;
 		}
-		*p = r->next_wait;
+		*p = next;
 	}
 }
 

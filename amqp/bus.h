@@ -56,11 +56,12 @@ void bg_bus_free(struct bg_bus *b);
 int bg_bus_publish(struct bg_bus *b, struct bg_msg *m);
 
 /*
- * Any worker thread, or the API thread: queues a history request
- * (m->hist, amqp/history.h) for the bus, behind what was published
- * before it; the bus answers it into the asking worker's ring (or posts
- * the API thread). Never refused for congestion. BG_OK (reference taken
- * over), or BG_AGAIN (stopping, the outbox full: "unavailable").
+ * Any worker thread, or the bus thread itself (the server API's history
+ * command): queues a history request (m->hist, amqp/history.h) for the
+ * bus, behind what was published before it; the bus answers it into the
+ * asking worker's ring (or calls the request's answered callback).
+ * Never refused for congestion. BG_OK (reference taken over), or
+ * BG_AGAIN (stopping, the outbox full: "unavailable").
  */
 int bg_bus_request(struct bg_bus *b, struct bg_msg *m);
 

@@ -81,7 +81,8 @@ req_free(void *p)
 	free(r->pubs);
 	free(r->channel);
 	free(r->callback_id);
-	sem_destroy(&r->done);
+	if (r->arg != NULL && r->forget != NULL)
+		r->forget(r->arg);
 	free(r);
 }
 
@@ -91,7 +92,7 @@ bg_hist_req_new(enum bg_hist_kind kind, const char *channel)
 	struct bg_msg *m = bg_msg_new(BG_MSG_CLIENTS, 0);
 	struct bg_hist_req *r = calloc(1, sizeof(*r));
 
-	if (m == NULL || r == NULL || sem_init(&r->done, 0, 0) != 0) {
+	if (m == NULL || r == NULL) {
 		bg_msg_unref(m);
 		free(r);
 		return NULL;

@@ -13,12 +13,13 @@
  * the asker fills it and hands the message to bg_bus_request; the bus
  * answers it in place and pushes the same message into the asking
  * worker's broadcast ring, in order with the live broadcasts, so what
- * follows the answer in the ring is exactly what came after it.
+ * follows the answer in the ring is exactly what came after it. The
+ * server API's history command (server/cmd_history.c) asks the same
+ * way from the bus thread and is called back there (answered).
  */
 #ifndef BG_HISTORY_H
 #define BG_HISTORY_H
 
-#include <semaphore.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -47,7 +48,7 @@ struct bg_hist_pub {
 enum bg_hist_kind {
 	BG_HIST_SUBSCRIBE,   /* a subscribe (with or without "recover") */
 	BG_HIST_HISTORY,     /* the history event */
-	BG_HIST_API,         /* GET /api/history (API thread waits) */
+	BG_HIST_API,         /* the server API's history command */
 };
 
 struct bg_hist_req {
@@ -77,8 +78,13 @@ struct bg_hist_req {
 	struct bg_hist_pub *pubs;        /* oldest first, references */
 	uint32_t n_pubs;
 
-	/* BG_HIST_API: the bus posts once answered. */
-	sem_t done;
+	/* BG_HIST_API, set by the asker: answered(r, arg) on the bus
+	 * thread once r is answered (the bus drops its reference after);
+	 * when r is freed unanswered (the node stopped first), forget(arg)
+	 * instead. */
+	void (*answered)(struct bg_hist_req *r, void *arg);
+	void (*forget)(void *arg);
+	void *arg;
 };
 
 /* A message carrying a fresh request (refs = 1), or NULL (no memory). */

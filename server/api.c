@@ -45,7 +45,6 @@
 #include "common/log.h"
 #include "common/ring.h"
 #include "server/cmd.h"
-#include "server/api_history.h"
 #include "server/http.h"
 #include "server/server.h"
 
@@ -56,8 +55,10 @@
 
 #define ANSWER_RING 4096       /* bus -> API: answers of commands */
 #define WAIT_SLACK_SECS 3       /* past [cluster] query_timeout: 503 */
+/* History may wait 3 s for the stream, then read it back for 5 s. */
+#define HISTORY_WAIT_SECS 10
 
-enum route { R_BROADCAST, R_METRICS, R_HEALTH, R_LIVE, R_CMD, R_HISTORY };
+enum route { R_BROADCAST, R_METRICS, R_HEALTH, R_LIVE, R_CMD };
 enum state { S_IDLE, S_HEAD, S_BODY, S_WAIT, S_LINGER };
 
 /* The API listener's endpoints. R_CMD rows are the server API of
@@ -80,7 +81,7 @@ static const struct route_def routes[] = {
 	{ "/api/unsubscribe", R_CMD, true, "unsubscribe" },
 	{ "/api/channels", R_CMD, false, "channels" },
 	{ "/api/info", R_CMD, false, "info" },
-	{ "/api/history", R_HISTORY, false, NULL },
+	{ "/api/history", R_CMD, false, "history" },
 	{ "/api/presence", R_CMD, false, "presence" },
 	{ "/api/presence_stats", R_CMD, false, "presence_stats" },
 };
@@ -316,15 +317,17 @@ submit(struct api_conn *c, json_t *args)
 	j->serial = ++a->next_serial;
 	j->command = c->route->command;
 	j->args = args;
+	/* Not j's after the post: the bus may have answered (and freed
+	 * it) already. */
+	c->serial = j->serial;
 	if (bg_control_post(a->srv->control, &j->job) != BG_OK) {
 		job_free(j);
 		return reply_error(c, 503, "unavailable", "the node is busy or "
 				   "stopping", "Retry-After: 1\r\n", false);
 	}
-	c->serial = j->serial;
 	c->state = S_WAIT;
-	arm(c, bg_server_cfg(a->srv)->cluster_query_timeout +
-	    WAIT_SLACK_SECS);
+	arm(c, strcmp(c->route->command, "history") == 0 ? HISTORY_WAIT_SECS :
+	    bg_server_cfg(a->srv)->cluster_query_timeout + WAIT_SLACK_SECS);
 	return true;
 }
 
@@ -445,7 +448,7 @@ serve_cmd_body(struct api_conn *c, json_t *args, const json_error_t *jerr)
 }
 
 static bool
-serve_get(struct api_conn *c, enum route r, bool close, const char *query)
+serve_get(struct api_conn *c, enum route r, bool close)
 {
 	char body[384];
 	unsigned int status;
@@ -453,16 +456,6 @@ serve_get(struct api_conn *c, enum route r, bool close, const char *query)
 	char *text;
 	bool alive;
 
-	if (r == R_HISTORY) {
-		text = bg_api_history(c->api->srv, query, &status, &n);
-		if (text == NULL)
-			return reply_error(c, 500, "internal", "out of memory",
-					   NULL, true);
-		alive = reply(c, status, JSON_TYPE, text, n, status == 503 ?
-			      "Retry-After: 1\r\n" : NULL, close);
-		free(text);
-		return alive;
-	}
 	if (r == R_METRICS) {
 		text = bg_http_metrics(c->api->srv, &n);
 		if (text == NULL)
@@ -586,7 +579,7 @@ on_head(struct api_conn *c, char *head, size_t len)
 		return submit(c, args);
 	}
 	if (!def->post)
-		return serve_get(c, r, body_pending, req.query);
+		return serve_get(c, r, body_pending);
 	if (!req.has_length)
 		return reply_error(c, 411, "bad_message", "Content-Length is "
 				   "required", NULL, true);

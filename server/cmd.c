@@ -11,13 +11,15 @@
  *
  * The query waits [cluster] query_timeout for the nodes that were live
  * when it started and answers from those that did; "missing" lists the
- * others. GET /api/info needs no query: heartbeats carry every node's
- * stats.
+ * others. GET /api/info and /api/history need no query: heartbeats carry
+ * every node's stats, and every node's history store sees every
+ * broadcast (cmd_history.c).
  *
  * To add a command: a row in `commands` (validate fills the args every
  * node gets; work runs on each worker; the rest is shared).
  */
 #include "server/cmd.h"
+#include "server/cmd_history.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,12 +53,17 @@ typedef json_t *(*validate_fn)(const json_t *args, const char **code,
  * for channels). */
 typedef json_t *(*work_fn)(struct bg_worker *w, const json_t *args);
 
+/* A command this node answers alone, from args (borrowed). */
+typedef void (*local_fn)(struct bg_control *ctl, json_t *args,
+			 bg_cmd_done_fn done, void *arg);
+
 struct cmd {
 	const char *name;       /* in the API: /api/<name> */
 	const char *type;       /* control message: "api.<name>" */
 	const char *counted;    /* the answer's count member, or NULL */
-	validate_fn validate;   /* NULL: no query (info) */
+	validate_fn validate;   /* NULL: no query (local) */
 	work_fn work;
+	local_fn local;         /* without validate: info, history */
 };
 
 /* ---------------------------------------------------------- answers */
@@ -344,16 +351,20 @@ work_channels(struct bg_worker *w, const json_t *args)
 	return out;
 }
 
+static void run_info(struct bg_control *ctl, json_t *args,
+		     bg_cmd_done_fn done, void *arg);
+
 static const struct cmd commands[] = {
 	{ "disconnect", "api.disconnect", "disconnected",
-	  validate_disconnect, work_disconnect },
+	  validate_disconnect, work_disconnect, NULL },
 	{ "subscribe", "api.subscribe", "subscribed",
-	  validate_subscription, work_subscribe },
+	  validate_subscription, work_subscribe, NULL },
 	{ "unsubscribe", "api.unsubscribe", "unsubscribed",
-	  validate_subscription, work_unsubscribe },
+	  validate_subscription, work_unsubscribe, NULL },
 	{ "channels", "api.channels", NULL, validate_channels,
-	  work_channels },
-	{ "info", NULL, NULL, NULL, NULL },
+	  work_channels, NULL },
+	{ "info", NULL, NULL, NULL, NULL, run_info },
+	{ "history", NULL, NULL, NULL, NULL, bg_cmd_history },
 };
 
 static const struct cmd *
@@ -528,7 +539,8 @@ on_gathered(struct bg_control *ctl, json_t *answers, json_t *missing,
 }
 
 static void
-run_info(struct bg_control *ctl, bg_cmd_done_fn done, void *arg)
+run_info(struct bg_control *ctl, json_t *args, bg_cmd_done_fn done,
+	 void *arg)
 {
 	const struct bg_nodes *t = bg_control_nodes(ctl);
 	json_t *nodes = json_array();
@@ -575,7 +587,7 @@ bg_cmd_run(struct bg_control *ctl, const char *command, json_t *args,
 		return;
 	}
 	if (cmd->validate == NULL) {
-		run_info(ctl, done, arg);
+		cmd->local(ctl, args, done, arg);
 		return;
 	}
 	norm = cmd->validate(args, &code, why, sizeof(why));
@@ -674,7 +686,7 @@ on_request(struct bg_control *ctl, const char *body, size_t len,
 		json_decref(req);
 		fail(ctl, amqp_done, r, 400, "bad_message", "\"command\" must "
 		     "name a command (disconnect, subscribe, unsubscribe, "
-		     "channels, info)");
+		     "channels, info, history)");
 		return;
 	}
 	command = json_incref(command);

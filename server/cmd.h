@@ -28,7 +28,7 @@ int bg_cmd_init(struct bg_control *ctl);
 
 /*
  * Runs command (a name of the table in cmd.c: "disconnect", "subscribe",
- * "unsubscribe", "channels", "info") with args (borrowed; a JSON object:
+ * "unsubscribe", "channels", "info", "history") with args (borrowed; a JSON object:
  * the POST body, or the query parameters of a GET) and calls done exactly
  * once, maybe before returning. An unknown command is a 404.
  */

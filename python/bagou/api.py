@@ -1,7 +1,8 @@
 """The server API of bagou-server (docs/PROTOCOL.md "Server API"), from
 Python and from a shell (`bagou-api`): disconnect connections, subscribe
-and unsubscribe them server-side, list channels, list the nodes; every
-call cluster-wide.
+and unsubscribe them server-side, list channels, list the nodes, read a
+channel's history (bagou.history(), in bagou.history); every call
+cluster-wide.
 
 With a broker in the settings (AMQP_BROKER_URL, the default), a call is a
 request on RabbitMQ's default exchange to the queue "<EXCHANGE>.api",
@@ -252,11 +253,24 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help="members (or their counts) of a "
                        "presence channel").add_argument("--channel",
                                                         required=True)
+    h = sub.add_parser("history", help="a history channel's publications, "
+                       "oldest first (the latest, or those after a "
+                       "position)")
+    h.add_argument("--channel", required=True)
+    h.add_argument("--limit", type=int, help="at most this many (default "
+                   "50, clamped to [history] size)")
+    h.add_argument("--since-epoch", help="with --since-offset: the "
+                   "publications after this position")
+    h.add_argument("--since-offset", type=int)
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    opts = _parser().parse_args(argv)
+    parser = _parser()
+    opts = parser.parse_args(argv)
+    if opts.command == "history" and \
+            (opts.since_epoch is None) != (opts.since_offset is None):
+        parser.error("--since-epoch and --since-offset go together")
     src: Dict[str, Any] = {key: os.environ[var]
                            for var, key in conf.ENV_KEYS.items()
                            if os.environ.get(var, "") != ""}
@@ -273,7 +287,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     conf.configure(**src)
     args = {k: v for k, v in vars(opts).items()
             if k in ("client", "user", "channel", "code", "reason",
-                     "prefix") and v not in (None, "")}
+                     "prefix", "limit", "since_epoch", "since_offset")
+            and v is not None and v != ""}
     try:
         doc = call(opts.command, opts.timeout, **args)
     except ApiError as e:

@@ -191,6 +191,48 @@ def test_history_limits_since_api_and_private(server):
         assert d["error"]["code"] and d["error"]["message"]
 
 
+def test_api_history_pending_does_not_block_the_api(server):
+    """A history request the bus cannot answer yet (the next position of
+    this epoch, not reached: it waits up to 3 s for it) is answered
+    asynchronously: the API listener serves /api/info and /metrics
+    meanwhile; the answer comes once the position is reached."""
+    import select
+    import socket
+    import time
+    srv = server(HIST)
+    post(srv, "chat", 1)
+    st, d = api_history(srv, "channel=chat")
+    assert st == 200
+    s = socket.create_connection(("127.0.0.1", srv.api_port), timeout=10)
+    try:
+        t0 = time.monotonic()
+        s.sendall(b"GET /api/history?channel=chat&since_epoch=%s"
+                  b"&since_offset=%d HTTP/1.1\r\nHost: x\r\n"
+                  b"Connection: close\r\n\r\n"
+                  % (d["epoch"].encode(), d["offset"] + 1))
+        for path in ("/api/info", "/metrics", "/api/info"):
+            status, _, _ = srv.api_get(path)
+            assert status == 200, path
+        assert time.monotonic() - t0 < 2.0
+        # The history request is still waiting (nothing to read yet).
+        assert select.select([s], [], [], 0)[0] == []
+        post(srv, "chat", 2)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    assert time.monotonic() - t0 < 2.5
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), data
+    got = json.loads(body)
+    assert "gap" not in got and got["publications"] == [], got
+    assert got["offset"] == d["offset"] + 1
+
+
 def test_recover_while_broadcasts_flow_multi_worker(server):
     """Recovery racing live traffic (4 workers, a publisher that never
     stops): every broadcast after the position exactly once, in order,

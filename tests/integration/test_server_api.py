@@ -8,6 +8,7 @@ import json
 import re
 import signal
 import time
+import urllib.parse
 import uuid
 
 import pytest
@@ -182,11 +183,11 @@ def amqp_api(rabbitmq):
 
 def http_call(srv, command, args, key=None):
     """(status, body) of command over HTTP: POST with a JSON body, or
-    GET with query parameters for channels and info."""
-    if command in ("channels", "info"):
+    GET with query parameters for channels, info and history."""
+    if command in ("channels", "info", "history"):
         path = "/api/" + command
         if args:
-            path += "?" + "&".join("%s=%s" % kv for kv in args.items())
+            path += "?" + urllib.parse.urlencode(args)
         return api(srv, "GET", path, key=key)
     return api(srv, "POST", "/api/" + command, args, key=key)
 
@@ -374,7 +375,8 @@ def test_broker_down_503(server):
     for command, args in [("disconnect", {"user": "1"}),
                           ("subscribe", {"user": "1", "channel": "c"}),
                           ("unsubscribe", {"user": "1", "channel": "c"}),
-                          ("channels", {}), ("info", {})]:
+                          ("channels", {}), ("info", {}),
+                          ("history", {"channel": "chat"})]:
         st, doc = http_call(srv, command, args)
         assert st == 503 and doc["error"]["code"] == "unavailable", doc
 
@@ -407,6 +409,101 @@ def test_standalone_loopback(server):
     nodes = info(srv)
     assert len(nodes) == 1 and nodes[0]["node"] == node_id(srv)
     assert nodes[0]["version"]
+
+
+# ------------------------------------------------------------ history
+
+@pytest.mark.parametrize("form", ["http", "amqp"])
+def test_history_command(amqp_server, amqp_api, form):
+    """history over HTTP and over the API queue: the same answers and
+    the same errors. Broadcasts go through one node and are read from
+    another (the stream's positions are the cluster's)."""
+    exchange = unique_exchange("bagou-api-hist")
+    cfg = config({"http": {"api_key": KEY},
+                  "history": {"channels": "^(chat|private-chat)",
+                              "size": "5", "stream": exchange + ".history"}})
+    a = amqp_server(config=cfg, exchange=exchange)
+    b = amqp_server(config=cfg, exchange=exchange)
+    if form == "http":
+        def call(key=KEY, **args):
+            return http_call(a, "history", args, key=key)
+    else:
+        amqp = amqp_api(exchange)
+
+        def call(key=KEY, **args):
+            return amqp_call(amqp, "history", args, key=key)
+
+    def expect(result, status, code):
+        st, doc = result
+        assert st == status and doc["error"]["code"] == code, (st, doc)
+        assert doc["error"]["message"]
+
+    headers = {"Authorization": "Bearer " + KEY}
+    for i in range(7):
+        b.broadcast({"event": "m", "channel": "chat", "data": i},
+                    headers=headers)
+    b.broadcast({"event": "m", "channel": "private-chat", "data": "p"},
+                headers=headers)
+    wait_for(lambda: call(channel="private-chat")[1].get(
+        "publications", [{}])[-1:] == [{"event": "m", "channel":
+                                         "private-chat", "data": "p",
+                                         "offset": ANY}],
+             timeout=10, what="the node to read the broadcasts")
+    st, d = call(channel="chat")
+    assert st == 200 and d["success"] is True and "gap" not in d, d
+    assert [p["data"] for p in d["publications"]] == [2, 3, 4, 5, 6]
+    offs = [p["offset"] for p in d["publications"]]
+    assert offs == sorted(offs) and d["offset"] > offs[-1]
+    epoch = d["epoch"]
+    st, d = call(channel="chat", limit=2)
+    assert st == 200 and [p["data"] for p in d["publications"]] == [5, 6]
+    st, d = call(channel="chat", limit=2, since_epoch=epoch,
+                 since_offset=offs[1])
+    assert st == 200 and "gap" not in d, d
+    assert [p["data"] for p in d["publications"]] == [4, 5]
+    # Older than memory keeps (size 5): read back from the stream.
+    st, d = call(channel="chat", limit=2, since_epoch=epoch,
+                 since_offset=0)
+    assert st == 200 and "gap" not in d, d
+    assert [p["data"] for p in d["publications"]] == [0, 1]
+    st, d = call(channel="chat", limit=1, since_epoch="other",
+                 since_offset=offs[1])
+    assert st == 200 and d["gap"] is True, d
+    assert [p["data"] for p in d["publications"]] == [6]
+    st, d = call(channel="chat", limit=0)
+    assert st == 200 and d["publications"] == [] and d["epoch"] == epoch
+    for args, status, code in (
+            ({"channel": "nohist"}, 404, "not_found"),
+            ({"channel": "a b"}, 400, "invalid_channel"),
+            ({}, 400, "invalid_channel"),
+            ({"channel": "chat", "limit": -1}, 400, "bad_message"),
+            ({"channel": "chat", "limit": "x"}, 400, "bad_message"),
+            ({"channel": "chat", "limit": 1.5}, 400, "bad_message"),
+            ({"channel": "chat", "since_epoch": "e"}, 400, "bad_message"),
+            ({"channel": "chat", "since_offset": 1}, 400, "bad_message"),
+            ({"channel": "chat", "since_epoch": "e",
+              "since_offset": 2 ** 53}, 400, "bad_message"),
+            ({"channel": "chat", "since_epoch": "e" * 65,
+              "since_offset": 1}, 400, "bad_message"),
+            ({"channel": "chat", "bogus": 1}, 400, "bad_message")):
+        expect(call(**args), status, code)
+    expect(call(key=None, channel="chat"), 401, "unauthorized")
+    expect(call(key="wrong", channel="chat"), 403, "forbidden")
+    if form == "amqp":
+        for bad in ({"since_offset": "1e3", "since_epoch": "e"},
+                    {"channel": 5}, {"limit": [1]}):
+            expect(call(**dict({"channel": "chat"}, **bad)), 400,
+                   "invalid_channel" if "channel" in bad else
+                   "bad_message")
+    assert call(channel="chat")[0] == 200
+
+
+class _Any:
+    def __eq__(self, other):
+        return True
+
+
+ANY = _Any()
 
 
 async def wait_for_info(srv, **want):
