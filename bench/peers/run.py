@@ -27,7 +27,9 @@ Environment (defaults in brackets):
 Writes OUT/results.json (every run), OUT/table.md (the medians) and the
 logs of every server and bench run under OUT/logs/.  `run.py --table
 OUT/results.json` prints the table of an earlier run again.  Exit status 0 when
-every run produced a result, 1 otherwise (the table says which failed).
+every Bagou run produced a result, 1 otherwise; a peer that fails a scenario
+(Tornado+Pika losing most of the flood, say) is a result, marked (!) in the
+table, not a failure of the benchmark.
 """
 
 import json
@@ -602,7 +604,7 @@ def main():
         else:
             broker = Broker()
     results = {}
-    failed = 0
+    failed = bagou_failed = 0
     t0 = time.monotonic()
     try:
         for rnd in range(ROUNDS):
@@ -619,6 +621,7 @@ def main():
                         continue
                     if not ok(r):
                         failed += 1
+                        bagou_failed += peer == "bagou"
                     results.setdefault(scen, {}).setdefault(
                         peer, []).append(r)
                     log("round %d %-8s %-8s %s" % (
@@ -646,7 +649,7 @@ def main():
     if failed:
         log("%d run(s) did not exit 0 (marked (!)); logs in %s"
             % (failed, LOGS))
-    return 1 if failed else 0
+    return 1 if bagou_failed else 0
 
 
 CONFIG = None
