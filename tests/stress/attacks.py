@@ -146,12 +146,16 @@ def reset_all(socks):
         s.close()
 
 
-def reset_storm(port, pid, n, rounds, settle_timeout=60.0, fd_slack=20):
+def reset_storm(port, pid, n, rounds, settle_timeout=60.0, fd_slack=20,
+                rss_watch=0.0):
     """n connections opened then reset, rounds times. Returns
     {"base": stats before, "rounds": [{"open_s", "fds_peak",
     "rss_peak_kb", "fds_after", "rss_after_kb", "settle_s"}]}; each
     round waits (up to settle_timeout) for the server's fds to come back
-    within fd_slack of the base."""
+    within fd_slack of the base. With rss_watch seconds, each round then
+    samples RSS every 0.5 s that long ("rss_curve_kb", the last one also
+    "rss_settled_kb"): the workers trim freed memory once the closes
+    stop, a second or two after the fds are back."""
     base = proc_stats(pid)
     out = []
     for _ in range(rounds):
@@ -167,6 +171,13 @@ def reset_storm(port, pid, n, rounds, settle_timeout=60.0, fd_slack=20):
                     "fds_after": after["fds"],
                     "rss_after_kb": after["rss_kb"],
                     "settle_s": round(time.monotonic() - t1, 2)})
+        if rss_watch > 0:
+            curve = [after["rss_kb"]]
+            for _ in range(int(rss_watch / 0.5)):
+                time.sleep(0.5)
+                curve.append(proc_stats(pid)["rss_kb"])
+            out[-1]["rss_curve_kb"] = curve
+            out[-1]["rss_settled_kb"] = curve[-1]
     return {"base": base, "rounds": out}
 
 

@@ -65,7 +65,7 @@ def do_reset(srv, args, report):
     pid = srv.proc.pid
     with Canary(srv.port) as canary:
         res = reset_storm(srv.port, pid, args.conns, args.rounds,
-                          settle_timeout=120)
+                          settle_timeout=120, rss_watch=3.0)
     canary_verdict(canary, report)
     report["reset"] = res
     base = res["base"]
@@ -73,12 +73,16 @@ def do_reset(srv, args, report):
         check(r["fds_after"] <= base["fds"] + 20,
               "round %d: fds %d, base %d" % (i, r["fds_after"],
                                              base["fds"]), report)
-    first = res["rounds"][0]["rss_after_kb"]
-    last = res["rounds"][-1]["rss_after_kb"]
+    # RSS 3 s after the fds are back (the workers have trimmed by then).
+    first = res["rounds"][0]["rss_settled_kb"]
+    last = res["rounds"][-1]["rss_settled_kb"]
     check(last <= first + 16 * 1024,
           "RSS grew %d KiB from round 1 to %d" % (last - first,
                                                    len(res["rounds"])),
           report)
+    check(last <= base["rss_kb"] + 8 * 1024,
+          "RSS %d KiB 3 s after round %d, base %d" % (
+              last, len(res["rounds"]), base["rss_kb"]), report)
 
 
 def do_slow(srv, args, report):
