@@ -47,6 +47,9 @@ struct bg_worker {
 	int index;                     /* immutable */
 	struct bg_server *srv;         /* immutable */
 	pthread_t thread;              /* main */
+	pthread_t owner;               /* the worker's own thread: it
+	                                  writes it first, before anything
+	                                  can reach it; bg_assert_owner */
 	sem_t ready;                   /* worker posts once set up */
 	int ready_rc;                  /* worker writes before posting */
 	struct bg_ring *inbox;         /* acceptor -> worker: bg_sock * */
