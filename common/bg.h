@@ -27,6 +27,21 @@
  * AMQP routing key when forwarded, and those end at 255 bytes. */
 #define BG_EVENT_MAX    128
 
+/* Adds n to an owner-written counter (bg_stats, the bus's, the
+ * control plane's). Owner thread only. */
+static inline void
+bg_stat_add(uint64_t *counter, uint64_t n)
+{
+	__atomic_store_n(counter, *counter + n, __ATOMIC_RELAXED);
+}
+
+/* Reads a counter from any thread. */
+static inline uint64_t
+bg_stat_get(const uint64_t *counter)
+{
+	return __atomic_load_n(counter, __ATOMIC_RELAXED);
+}
+
 /*
  * Debug builds (those without NDEBUG, i.e. every build of the Makefile)
  * abort unless the calling thread is `owner`, the pthread_t an object's
