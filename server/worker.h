@@ -4,7 +4,9 @@
  *
  * Only the worker's own thread touches its connections, tables and lws
  * context. Other threads reach it only through bg_worker_adopt (acceptor),
- * bg_worker_deliver (bus), bg_worker_stop (main) and its counters.
+ * bg_worker_deliver (the bus, through the server's bus sink,
+ * server/sink.c), bg_worker_stop (main) and its counters. Its
+ * worker-only functions assert the calling thread (bg_assert_owner).
  */
 #ifndef BG_WORKER_H
 #define BG_WORKER_H
