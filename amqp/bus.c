@@ -122,6 +122,8 @@ struct bg_bus {
 	unsigned int stopping;      /* atomic */
 	unsigned int quiet;         /* atomic: no new connection attempts */
 	pthread_t thread;
+	pthread_t owner;            /* the bus thread: it writes it first,
+	                               before anything reaches it */
 	bool started;
 	uint64_t broadcasts;        /* bus writes, any reads */
 	uint64_t rejected;          /* bus writes, any reads */
@@ -396,23 +398,14 @@ now_ms(void)
  * without its marker. */
 #define CATCH_UP_MAX_MS 30000
 
-/* Sends an answered request back: into the asking worker's ring, in
- * order with the broadcasts (what follows it there came after it), or
- * to the API thread waiting on it. Takes m. */
+/* Pushes m (its reference taken over) into worker i's ring, waiting
+ * while the ring is full; dropped when the bus stops meanwhile. */
 static void
-hist_reply(struct bg_bus *b, struct bg_msg *m)
+to_worker(struct bg_bus *b, int i, struct bg_msg *m)
 {
-	struct bg_hist_req *r = bg_hist_req_of(m);
-	const struct bg_bus_sink *sk = &b->sink;
 	long wait_ns = 20000;
 
-	if (r->kind == BG_HIST_API || r->worker < 0 ||
-	    r->worker >= sk->n_workers) {
-		sem_post(&r->done);
-		bg_msg_unref(m);
-		return;
-	}
-	while (!sk->deliver(sk->arg, r->worker, m)) {
+	while (!b->sink.deliver(b->sink.arg, i, m)) {
 		struct timespec ts = { 0, wait_ns };
 		if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 			bg_msg_unref(m);
@@ -422,6 +415,37 @@ hist_reply(struct bg_bus *b, struct bg_msg *m)
 		if (wait_ns < 1000000)
 			wait_ns *= 2;
 	}
+}
+
+/* Sends an answered request back: into the asking worker's ring, in
+ * order with the broadcasts (what follows it there came after it), or
+ * to the API thread waiting on it. Takes m. */
+static void
+hist_reply(struct bg_bus *b, struct bg_msg *m)
+{
+	struct bg_hist_req *r = bg_hist_req_of(m);
+
+	if (r->kind == BG_HIST_API || r->worker < 0 ||
+	    r->worker >= b->sink.n_workers) {
+		sem_post(&r->done);
+		bg_msg_unref(m);
+		return;
+	}
+	to_worker(b, r->worker, m);
+}
+
+/* A job (m->job_fn): run here, then its answer, if it has one, to the
+ * asking worker, in order with the broadcasts. Takes m. */
+static void
+job_serve(struct bg_bus *b, struct bg_msg *m)
+{
+	m->job_fn(m);
+	if (m->answer_fn == NULL || m->reply_worker < 0 ||
+	    m->reply_worker >= b->sink.n_workers) {
+		bg_msg_unref(m);
+		return;
+	}
+	to_worker(b, m->reply_worker, m);
 }
 
 static void rb_enqueue(struct bg_bus *b, struct bg_hist_req *r,
@@ -1210,6 +1234,10 @@ hand_on(struct bg_bus *b, struct bg_msg *m, unsigned int tries)
 	const char *why = NULL;
 	int rc;
 
+	if (m->job_fn != NULL) {
+		job_serve(b, m);
+		return true;
+	}
 	if (m->hist != NULL) {
 		hist_serve(b, m);
 		return true;
@@ -1286,6 +1314,7 @@ drain_outbox(struct bg_bus *b)
 void
 bg_bus_to_workers(struct bg_bus *b, struct bg_msg *m)
 {
+	bg_assert_owner(b->owner);
 	/* Behind held deliveries: the workers see one order. */
 	if (b->waiting != NULL)
 		wait_delivery(b, m, 0, 0, false);
@@ -1305,6 +1334,7 @@ bg_bus_send_raw(struct bg_bus *b, const char *exchange, const char *key,
 {
 	int rc;
 
+	bg_assert_owner(b->owner);
 	if (b->link == NULL)
 		return BG_ERR;
 	if (!bg_link_up(b->link))
@@ -1438,6 +1468,7 @@ bus_main(void *arg)
 	};
 	int timeout;
 
+	b->owner = pthread_self();
 	pthread_setname_np(pthread_self(), "bg-bus");
 	bg_control_attach(b->ctl, b);
 	if (b->link != NULL) {

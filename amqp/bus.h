@@ -103,10 +103,11 @@ int bg_bus_publish(struct bg_bus *b, struct bg_msg *m);
 
 /*
  * Any worker thread, or the API thread: queues a history request
- * (m->hist, amqp/history.h) for the bus, behind what was published
- * before it; the bus answers it into the asking worker's ring (or posts
- * the API thread). Never refused for congestion. BG_OK (reference taken
- * over), or BG_AGAIN (stopping, the outbox full: "unavailable").
+ * (m->hist, common/histreq.h) or a job (m->job_fn, common/msg.h) for the
+ * bus, behind what was published before it; the bus answers it into the
+ * asking worker's ring (or posts the API thread). Never refused for
+ * congestion. BG_OK (reference taken over), or BG_AGAIN (stopping, the
+ * outbox full: "unavailable").
  */
 int bg_bus_request(struct bg_bus *b, struct bg_msg *m);
 

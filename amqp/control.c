@@ -80,6 +80,10 @@ struct bg_control {
 	bg_control_request_fn request_fn;
 	void *request_arg;
 
+	pthread_t owner;            /* the bus thread, once attached */
+	bool attached;              /* bus thread writes, then only reads:
+	                               owner is set (bg_assert_owner) */
+
 	/* Immutable once the bus is made (bg_control_use_bus). */
 	struct bg_bus *bus;
 
@@ -92,6 +96,13 @@ struct bg_control {
 	uint64_t n_live;            /* bus writes, any reads: table size */
 	uint64_t n_queries;         /* bus writes, any reads */
 };
+
+/* Bus-thread functions: debug builds check the caller once the bus
+ * thread has attached (before, only the main thread runs). */
+#define OWNED(ctl) do { \
+	if ((ctl)->attached) \
+		bg_assert_owner((ctl)->owner); \
+} while (0)
 
 static uint64_t
 now_ms(void)
@@ -264,6 +275,7 @@ bg_control_request(struct bg_control *ctl, const void *body, size_t len,
 {
 	struct inmsg *m = enqueue(ctl, body, len);
 
+	OWNED(ctl);
 	if (m == NULL)
 		return;
 	m->request = true;
@@ -275,6 +287,7 @@ int
 bg_control_reply(struct bg_control *ctl, const char *reply_to,
 		 const char *correlation_id, const char *body, size_t len)
 {
+	OWNED(ctl);
 	if (standalone(ctl))
 		return BG_ERR;
 	return bg_bus_send_raw(ctl->bus, "", reply_to, body, len,
@@ -293,6 +306,7 @@ bg_control_send(struct bg_control *ctl, json_t *msg)
 	char *body;
 	int rc;
 
+	OWNED(ctl);
 	if (!json_is_object(msg) ||
 	    json_object_set_new(msg, "node",
 				json_string(ctl->sink.node_id)) != 0) {
@@ -391,6 +405,7 @@ bg_control_nodes(struct bg_control *ctl)
 {
 	json_t *stats = bg_control_stats(ctl);
 
+	OWNED(ctl);
 	bg_nodes_heard(ctl->nodes, ctl->sink.node_id, stats, now_ms());
 	json_decref(stats);
 	return ctl->nodes;
@@ -419,6 +434,8 @@ bg_control_use_bus(struct bg_control *ctl, struct bg_bus *bus)
 void
 bg_control_attach(struct bg_control *ctl, struct bg_bus *bus)
 {
+	ctl->owner = pthread_self();
+	ctl->attached = true;
 	ctl->bus = bus;
 	heartbeat(ctl);
 	bg_stat_add(&ctl->n_live, 1);
@@ -429,6 +446,7 @@ bg_control_attach(struct bg_control *ctl, struct bg_bus *bus)
 void
 bg_control_link_up(struct bg_control *ctl)
 {
+	OWNED(ctl);
 	/* The others learn of us now, not a heartbeat later. */
 	heartbeat(ctl);
 }
@@ -480,6 +498,7 @@ bg_control_query(struct bg_control *ctl, json_t *msg, int timeout_ms,
 	struct query *q = calloc(1, sizeof(*q));
 	const struct bg_nodes *nodes = bg_control_nodes(ctl);
 
+	OWNED(ctl);
 	if (q == NULL || !json_is_object(msg)) {
 		free(q);
 		json_decref(msg);
@@ -508,6 +527,7 @@ int
 bg_control_answer_to(struct bg_control *ctl, const char *node,
 		     uint64_t query_id, json_t *data)
 {
+	OWNED(ctl);
 	return bg_control_send(ctl, json_pack("{s:s,s:s,s:I,s:o}", "type",
 					      "answer", "to", node, "query",
 					      (json_int_t)query_id, "data",
@@ -520,6 +540,7 @@ bg_control_answer(struct bg_control *ctl, const json_t *query, json_t *data)
 	json_t *node = json_object_get(query, "node");
 	json_t *id = json_object_get(query, "query");
 
+	OWNED(ctl);
 	if (!json_is_string(node) || !json_is_integer(id)) {
 		json_decref(data);
 		return BG_ERR;
@@ -551,6 +572,7 @@ on_answer(struct bg_control *ctl, const char *node, json_t *msg)
 void
 bg_control_bye(struct bg_control *ctl)
 {
+	OWNED(ctl);
 	__atomic_store_n(&ctl->stopping, 1, __ATOMIC_RELAXED);
 	if (!standalone(ctl) && bg_control_ready(ctl))
 		bg_control_send(ctl, json_pack("{s:s}", "type", "bye"));
@@ -609,6 +631,7 @@ bg_control_workers(struct bg_control *ctl, bg_control_work_fn work,
 	struct task *t = calloc(1, sizeof(*t));
 	struct bg_msg *m = t ? bg_msg_new(BG_MSG_TASK, 0) : NULL;
 
+	OWNED(ctl);
 	if (m == NULL) {
 		free(t);
 		return BG_ERR;
@@ -640,6 +663,7 @@ bg_control_workers(struct bg_control *ctl, bg_control_work_fn work,
 void
 bg_control_deliver(struct bg_control *ctl, const void *body, size_t len)
 {
+	OWNED(ctl);
 	enqueue(ctl, body, len);
 }
 
@@ -699,6 +723,7 @@ bg_control_service(struct bg_control *ctl)
 	uint64_t now, wake;
 	int n = 0;
 
+	OWNED(ctl);
 	bg_ring_clear(ctl->jobs);
 	do {
 		while ((job = bg_ring_pop(ctl->jobs)) != NULL)

@@ -157,6 +157,8 @@ msg_free(struct bg_msg *m)
 		m->task_free(m->task);
 	if (m->hist != NULL)
 		m->hist_free(m->hist);
+	if (m->job_free != NULL)
+		m->job_free(m->job_data);
 	free(m);
 }
 

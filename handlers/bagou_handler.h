@@ -213,6 +213,26 @@ int bg_h_publish(struct bg_conn *c, struct bg_msg *m);
  */
 int bg_h_post(struct bg_conn *c, struct bg_msg *m);
 
+/* A job's parts (bg_h_post_job): on_bus runs on the bus thread, where
+ * the bus's own state (e.g. the cluster's, DESIGN.md) may be read and
+ * the answer written into m (its job_data); on_answer runs on the
+ * asking worker and takes the reference it is given (bg_msg_unref). */
+typedef void (*bg_h_job_fn)(struct bg_msg *m);
+typedef void (*bg_h_answer_fn)(struct bg_worker *w, struct bg_msg *m);
+
+/*
+ * Posts a job to the bus (m: e.g. bg_msg_new(BG_MSG_CLIENTS, 0) with its
+ * job_data and job_free set): on_bus runs on the bus thread behind what
+ * was published before it; then, when on_answer is not NULL, m comes
+ * back to c's worker in order with the live broadcasts (what follows it
+ * in the ring came after it: hold a subscription with bg_h_hold meanwhile
+ * to answer a subscribe from there), and on_answer runs there; find the
+ * client again with bg_h_find (it may have gone). BG_OK (reference taken
+ * over), or BG_AGAIN (stopping, outbox full: answer "unavailable").
+ */
+int bg_h_post_job(struct bg_conn *c, struct bg_msg *m, bg_h_job_fn on_bus,
+		  bg_h_answer_fn on_answer);
+
 /* The index of c's worker (what a posted request names to come back). */
 int bg_h_worker_index(const struct bg_conn *c);
 

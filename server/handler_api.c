@@ -279,6 +279,17 @@ bg_h_post(struct bg_conn *c, struct bg_msg *m)
 }
 
 int
+bg_h_post_job(struct bg_conn *c, struct bg_msg *m, bg_h_job_fn on_bus,
+	      bg_h_answer_fn on_answer)
+{
+	OWNED(c);
+	m->job_fn = on_bus;
+	m->answer_fn = on_answer;
+	m->reply_worker = c->w->index;
+	return bg_bus_request(c->w->srv->bus, m);
+}
+
+int
 bg_h_worker_index(const struct bg_conn *c)
 {
 	OWNED(c);

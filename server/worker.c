@@ -580,6 +580,12 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 		bg_msg_unref(m);
 		return;
 	}
+	if (m->answer_fn != NULL) {
+		/* A job's answer (bg_h_post_job), in order with the
+		 * broadcasts. */
+		m->answer_fn(w, m);
+		return;
+	}
 	if (m->hist != NULL) {
 		/* A history answer, in order with the broadcasts. */
 		bg_history_answered(w, m);
