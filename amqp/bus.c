@@ -1394,6 +1394,8 @@ amqp_loop(struct bg_bus *b)
 		/* Control messages, jobs and timers, up or down (it may take
 		 * the link down). */
 		ctl_ms = bg_control_service(b->ctl);
+		if (b->sink.tick != NULL)
+			b->sink.tick(b->sink.arg);
 		now = now_ms();
 		/* Up: wake at least once a second for heartbeats. Down:
 		 * leave the outbox alone until the next attempt. */
@@ -1481,6 +1483,8 @@ bus_main(void *arg)
 		/* Once a second at least: a replaced config waits for it. */
 		b->sink.quiescent(b->sink.arg);
 		timeout = bg_control_service(b->ctl);
+		if (b->sink.tick != NULL)
+			b->sink.tick(b->sink.arg);
 		if (poll(fds, 3, timeout) < 0) {
 			if (errno != EINTR)
 				bg_log_errno("bus: poll()");

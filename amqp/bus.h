@@ -62,6 +62,10 @@ struct bg_bus_sink {
 	bool (*congested)(void *arg, int i);
 	/* Any thread: one of worker i's counters. */
 	uint64_t (*stat)(void *arg, int i, enum bg_sink_stat which);
+	/* Bus thread, every turn of its loop (at least once a second),
+	 * after the control plane's service: the server's own bus-thread
+	 * state (timers). NULL: nothing to do. */
+	void (*tick)(void *arg);
 };
 
 /* Creates the bus (outbox ring) over sink (copied) and the control

@@ -4,7 +4,8 @@
  * struct bg_bus_sink records what the bus hands each "worker". A
  * broadcast reaches the workers that want it (counted); a job runs on
  * the bus thread and its answer comes back to the asking worker only; a
- * job without an answer is freed there.
+ * job without an answer is freed there; the server's tick runs on
+ * every loop turn.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -31,6 +32,7 @@ static unsigned int n_got[WORKERS];      /* atomic */
 static unsigned int counted[WORKERS];    /* atomic */
 static pthread_t job_thread;
 static unsigned int jobs_run, jobs_freed; /* atomic */
+static unsigned int ticks;               /* atomic */
 
 static const struct bg_config *
 fake_cfg(void *arg)
@@ -80,11 +82,17 @@ fake_stat(void *arg, int i, enum bg_sink_stat which)
 	return 0;
 }
 
+static void
+fake_tick(void *arg)
+{
+	__atomic_add_fetch(&ticks, 1, __ATOMIC_RELAXED);
+}
+
 static const struct bg_bus_sink sink = {
 	.n_workers = WORKERS, .node_id = "node000000000000",
 	.cfg = fake_cfg, .quiescent = fake_quiescent, .wants = fake_wants,
 	.deliver = fake_deliver, .count = fake_count,
-	.congested = fake_congested, .stat = fake_stat,
+	.congested = fake_congested, .stat = fake_stat, .tick = fake_tick,
 };
 
 struct fixture {
@@ -102,7 +110,7 @@ setup(void **state)
 	memset(got, 0, sizeof(got));
 	memset(n_got, 0, sizeof(n_got));
 	memset(counted, 0, sizeof(counted));
-	jobs_run = jobs_freed = 0;
+	jobs_run = jobs_freed = ticks = 0;
 	f->ctl = bg_control_new(&sink, NULL);
 	assert_non_null(f->ctl);
 	f->bus = bg_bus_new(&sink, f->ctl);
@@ -240,10 +248,20 @@ test_job_without_answer_is_freed_on_the_bus(void **state)
 		assert_int_equal(n_got[i], 0);
 }
 
+/* The server's tick runs on every turn of the bus loop, even idle (at
+ * least once a second). */
+static void
+test_tick_runs_every_turn(void **state)
+{
+	assert_true(wait_for(&ticks, 2));
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_tick_runs_every_turn,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(
 			test_broadcast_reaches_the_workers_that_want_it,
 			setup, teardown),
