@@ -195,7 +195,8 @@ run: deps all
 # The integration suite runs once, against the ASan+UBSan build (make
 # test-integration runs it against the plain one); the memory-sensitive
 # files also run against the plain build.
-test: test-packages deps all test-unit test-fuzz test-integration-asan \
+test: test-packages deps all check-includes test-unit test-fuzz \
+      test-integration-asan \
       test-integration-memory test-js test-sanitizers test-promises
 	@echo "make test: all suites passed"
 
@@ -532,3 +533,11 @@ test-presence-long: $(OUT)/bagou-server
 bench-presence: $(OUT)/bagou-server
 	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice /usr/bin/python3 \
 	  bench/presence_cost.py
+
+
+# The layering of docs/DESIGN.md: handlers/ sees the server only through
+# handlers/bagou_handler.h, amqp/ only through the bus sink; neither
+# includes server/ (nor each other), common/ includes only common/.
+.PHONY: check-includes
+check-includes:
+	$(Q)sh tests/check_includes.sh

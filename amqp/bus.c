@@ -20,7 +20,7 @@
  * sent first on the next link, at most PUBLISH_TRIES times in all.
  *
  * Backpressure (DESIGN.md): while a worker is congested
- * (bg_worker_congested: most of its connections backed up, or the
+ * (the sink's congested: most of its connections backed up, or the
  * broadcasts handed to it not yet fanned out worth half a queue), a
  * broadcast given to bg_bus_publish is refused with BG_BUS_BUSY, and
  * deliveries from RabbitMQ are held here unacked instead of fanned out,
@@ -53,9 +53,6 @@
 #include "common/log.h"
 #include "common/proto.h"
 #include "common/ring.h"
-#include "server/presence.h"
-#include "server/server.h"
-#include "server/worker.h"
 
 #define OUTBOX_SIZE 65536
 #define BACKOFF_MIN_MS 100
@@ -118,13 +115,15 @@ struct binding {
 enum { STATE_DISABLED, STATE_DISCONNECTED, STATE_CONNECTED };
 
 struct bg_bus {
-	struct bg_server *srv;      /* immutable */
-	struct bg_control *ctl;     /* immutable: srv->control */
+	struct bg_bus_sink sink;    /* immutable: the server's side */
+	struct bg_control *ctl;     /* immutable */
 	struct bg_ring *outbox;     /* workers -> bus */
 	int stop_efd;               /* immutable */
 	unsigned int stopping;      /* atomic */
 	unsigned int quiet;         /* atomic: no new connection attempts */
 	pthread_t thread;
+	pthread_t owner;            /* the bus thread: it writes it first,
+	                               before anything reaches it */
 	bool started;
 	uint64_t broadcasts;        /* bus writes, any reads */
 	uint64_t rejected;          /* bus writes, any reads */
@@ -194,6 +193,9 @@ struct bg_bus {
 	uint32_t rb_n, rb_cap;
 };
 
+/* The configuration in force (the sink's; never kept past a turn). */
+#define CFG(b) ((b)->sink.cfg((b)->sink.arg))
+
 /* A control-plane delivery, from inside bg_link_service: queued for
  * bg_control_service, which may use the link. */
 static void
@@ -210,30 +212,30 @@ on_control(void *arg, enum bg_link_source src, const void *body, size_t len,
 }
 
 struct bg_bus *
-bg_bus_new(struct bg_server *srv)
+bg_bus_new(const struct bg_bus_sink *sink, struct bg_control *ctl)
 {
 	struct bg_bus *b = calloc(1, sizeof(*b));
 
 	if (b == NULL)
 		return NULL;
-	b->srv = srv;
-	b->ctl = srv->control;
+	b->sink = *sink;
+	b->ctl = ctl;
+	bg_control_use_bus(ctl, b);
 	b->state = STATE_DISABLED;
-	if (!bg_config_standalone(bg_server_cfg(srv))) {
+	if (!bg_config_standalone(CFG(b))) {
 		char err[512];
-		b->link = bg_link_new(bg_server_cfg(srv), err, sizeof(err));
+		b->link = bg_link_new(CFG(b), err, sizeof(err));
 		if (b->link == NULL) {
 			bg_log_error("%s", err);
 			free(b);
 			return NULL;
 		}
-		bg_link_set_control(b->link, srv->node_id, on_control, b);
+		bg_link_set_control(b->link, sink->node_id, on_control, b);
 		b->state = STATE_DISCONNECTED;
 		/* With history, broadcasts come from the stream (bound with
 		 * '#'): the node queue needs no channel bindings. */
-		bool per_channel = !bg_server_cfg(srv)->amqp_bind_all &&
-				   bg_server_cfg(srv)->history_channels[0] ==
-				   '\0';
+		bool per_channel = !CFG(b)->amqp_bind_all &&
+				   CFG(b)->history_channels[0] == '\0';
 		if (per_channel) {
 			b->bind_buckets = 256;
 			b->bind_tab = calloc(b->bind_buckets,
@@ -244,7 +246,7 @@ bg_bus_new(struct bg_server *srv)
 		b->own_prefix_len = (size_t)snprintf(b->own_prefix,
 						     sizeof(b->own_prefix),
 						     "bagou:%s:",
-						     srv->node_id);
+						     sink->node_id);
 		if (b->own == NULL || (per_channel &&
 		    (b->bind_tab == NULL || b->interest == NULL))) {
 			bg_log_error("bus: out of memory");
@@ -256,7 +258,7 @@ bg_bus_new(struct bg_server *srv)
 			return NULL;
 		}
 	}
-	b->hist = bg_history_new(bg_server_cfg(srv));
+	b->hist = bg_history_new(CFG(b));
 	if (b->hist == NULL) {
 		bg_link_free(b->link);
 		free(b);
@@ -345,19 +347,19 @@ own_take(struct bg_bus *b, const char *mid, size_t len)
 static void
 fan_out(struct bg_bus *b, struct bg_msg *m)
 {
-	struct bg_server *srv = b->srv;
+	const struct bg_bus_sink *sk = &b->sink;
 	bool is_broadcast = m->target != BG_MSG_BOUND &&
 			    m->target != BG_MSG_TASK;
 
 	bg_msg_hash(m); /* ours alone until pushed */
-	for (int i = 0; i < srv->n_workers; i++) {
+	for (int i = 0; i < sk->n_workers; i++) {
 		long wait_ns = 20000;
 
 		/* A worker none of whose clients m concerns is not woken. */
-		if (!bg_worker_wants(srv->workers[i], m))
+		if (!sk->wants(sk->arg, i, m))
 			continue;
 		bg_msg_ref(m);
-		while (!bg_worker_deliver(srv->workers[i], m)) {
+		while (!sk->deliver(sk->arg, i, m)) {
 			struct timespec ts = { 0, wait_ns };
 			if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 				bg_msg_unref(m);
@@ -368,7 +370,7 @@ fan_out(struct bg_bus *b, struct bg_msg *m)
 				wait_ns *= 2;
 		}
 		if (is_broadcast)
-			bg_stat_add(&srv->workers[i]->bcasts_in, 1);
+			sk->count(sk->arg, i);
 	}
 done:
 	if (is_broadcast)
@@ -396,27 +398,14 @@ now_ms(void)
  * without its marker. */
 #define CATCH_UP_MAX_MS 30000
 
-/* Sends an answered request back: into the asking worker's ring, in
- * order with the broadcasts (what follows it there came after it), or
- * to the server API's callback. Takes m. */
+/* Pushes m (its reference taken over) into worker i's ring, waiting
+ * while the ring is full; dropped when the bus stops meanwhile. */
 static void
-hist_reply(struct bg_bus *b, struct bg_msg *m)
+to_worker(struct bg_bus *b, int i, struct bg_msg *m)
 {
-	struct bg_hist_req *r = bg_hist_req_of(m);
-	struct bg_server *srv = b->srv;
 	long wait_ns = 20000;
-	void *arg;
 
-	if (r->kind == BG_HIST_API || r->worker < 0 ||
-	    r->worker >= srv->n_workers) {
-		arg = r->arg;
-		r->arg = NULL; /* answered: not forgotten */
-		if (r->kind == BG_HIST_API && r->answered != NULL)
-			r->answered(r, arg);
-		bg_msg_unref(m);
-		return;
-	}
-	while (!bg_worker_deliver(srv->workers[r->worker], m)) {
+	while (!b->sink.deliver(b->sink.arg, i, m)) {
 		struct timespec ts = { 0, wait_ns };
 		if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 			bg_msg_unref(m);
@@ -426,6 +415,41 @@ hist_reply(struct bg_bus *b, struct bg_msg *m)
 		if (wait_ns < 1000000)
 			wait_ns *= 2;
 	}
+}
+
+/* Sends an answered request back: into the asking worker's ring, in
+ * order with the broadcasts (what follows it there came after it), or
+ * to the server API's callback. Takes m. */
+static void
+hist_reply(struct bg_bus *b, struct bg_msg *m)
+{
+	struct bg_hist_req *r = bg_hist_req_of(m);
+	void *arg;
+
+	if (r->kind == BG_HIST_API || r->worker < 0 ||
+	    r->worker >= b->sink.n_workers) {
+		arg = r->arg;
+		r->arg = NULL; /* answered: not forgotten */
+		if (r->kind == BG_HIST_API && r->answered != NULL)
+			r->answered(r, arg);
+		bg_msg_unref(m);
+		return;
+	}
+	to_worker(b, r->worker, m);
+}
+
+/* A job (m->job_fn): run here, then its answer, if it has one, to the
+ * asking worker, in order with the broadcasts. Takes m. */
+static void
+job_serve(struct bg_bus *b, struct bg_msg *m)
+{
+	m->job_fn(m);
+	if (m->answer_fn == NULL || m->reply_worker < 0 ||
+	    m->reply_worker >= b->sink.n_workers) {
+		bg_msg_unref(m);
+		return;
+	}
+	to_worker(b, m->reply_worker, m);
 }
 
 static void rb_enqueue(struct bg_bus *b, struct bg_hist_req *r,
@@ -593,7 +617,7 @@ rb_delivery(struct bg_bus *b, const void *body, size_t len, uint64_t tag)
 	}
 	b->rb_next = pos + 1;
 	if (!bg_link_delivery_note(b->link) && pos <= b->rb_target &&
-	    len <= bg_server_cfg(b->srv)->max_message_size &&
+	    len <= CFG(b)->max_message_size &&
 	    (m = bg_proto_broadcast_text(body, len, NULL, &code, err,
 					 sizeof(err))) != NULL) {
 		idx = bg_history_frame_for(b->hist, m, pos, r->channel);
@@ -647,7 +671,7 @@ hist_tick(struct bg_bus *b)
 	 * later finds one in its catch-up window. */
 	if (b->stream && !b->catching_up && bg_link_up(b->link) &&
 	    now >= b->epoch_ms) {
-		b->epoch_ms = now + (uint64_t)bg_server_cfg(b->srv)->
+		b->epoch_ms = now + (uint64_t)CFG(b)->
 			      history_ttl * 500;
 		bg_link_publish_epoch(b->link, bg_history_epoch(b->hist));
 	}
@@ -657,9 +681,8 @@ bool
 bg_bus_congested(const struct bg_bus *b)
 {
 	/* A worker not created yet (start-up) holds nothing. */
-	for (int i = 0; i < b->srv->n_workers; i++)
-		if (b->srv->workers[i] != NULL &&
-		    bg_worker_congested(b->srv->workers[i]))
+	for (int i = 0; i < b->sink.n_workers; i++)
+		if (b->sink.congested(b->sink.arg, i))
 			return true;
 	return false;
 }
@@ -1083,7 +1106,7 @@ on_delivery(void *arg, const void *body, size_t len, uint64_t tag,
 	enum bg_code code;
 	struct bg_msg *m;
 	char err[200];
-	size_t max = bg_server_cfg(b->srv)->max_message_size;
+	size_t max = CFG(b)->max_message_size;
 	uint64_t pos = b->stream ? bg_link_delivery_pos(b->link) : 0;
 	int kind = b->stream ? bg_link_delivery_kind(b->link)
 			     : BG_LINK_BROADCAST;
@@ -1218,6 +1241,10 @@ hand_on(struct bg_bus *b, struct bg_msg *m, unsigned int tries)
 	const char *why = NULL;
 	int rc;
 
+	if (m->job_fn != NULL) {
+		job_serve(b, m);
+		return true;
+	}
 	if (m->hist != NULL) {
 		hist_serve(b, m);
 		return true;
@@ -1294,6 +1321,7 @@ drain_outbox(struct bg_bus *b)
 void
 bg_bus_to_workers(struct bg_bus *b, struct bg_msg *m)
 {
+	bg_assert_owner(b->owner);
 	/* Behind held deliveries: the workers see one order. */
 	if (b->waiting != NULL)
 		wait_delivery(b, m, 0, 0, false);
@@ -1313,6 +1341,7 @@ bg_bus_send_raw(struct bg_bus *b, const char *exchange, const char *key,
 {
 	int rc;
 
+	bg_assert_owner(b->owner);
 	if (b->link == NULL)
 		return BG_ERR;
 	if (!bg_link_up(b->link))
@@ -1336,7 +1365,7 @@ amqp_loop(struct bg_bus *b)
 	int timeout, n, ctl_ms;
 
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
-		bg_server_quiescent(b->srv, BG_SEEN_BUS);
+		b->sink.quiescent(b->sink.arg);
 		now = now_ms();
 		/* The workers' channel news, and lingering bindings. */
 		if (bg_link_up(b->link) &&
@@ -1372,7 +1401,8 @@ amqp_loop(struct bg_bus *b)
 		/* Control messages, jobs and timers, up or down (it may take
 		 * the link down). */
 		ctl_ms = bg_control_service(b->ctl);
-		bg_presence_tick(b->srv);
+		if (b->sink.tick != NULL)
+			b->sink.tick(b->sink.arg);
 		now = now_ms();
 		/* Up: wake at least once a second for heartbeats. Down:
 		 * leave the outbox alone until the next attempt. */
@@ -1447,6 +1477,7 @@ bus_main(void *arg)
 	};
 	int timeout;
 
+	b->owner = pthread_self();
 	pthread_setname_np(pthread_self(), "bg-bus");
 	bg_control_attach(b->ctl, b);
 	if (b->link != NULL) {
@@ -1457,9 +1488,10 @@ bus_main(void *arg)
 	}
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 		/* Once a second at least: a replaced config waits for it. */
-		bg_server_quiescent(b->srv, BG_SEEN_BUS);
+		b->sink.quiescent(b->sink.arg);
 		timeout = bg_control_service(b->ctl);
-		bg_presence_tick(b->srv);
+		if (b->sink.tick != NULL)
+			b->sink.tick(b->sink.arg);
 		if (poll(fds, 3, timeout) < 0) {
 			if (errno != EINTR)
 				bg_log_errno("bus: poll()");
@@ -1674,14 +1706,12 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 	if (k < 0)
 		return k;
 	n += k;
-	for (int i = 0; i < b->srv->n_workers && n >= 0 && (size_t)n < size;
+	for (int i = 0; i < b->sink.n_workers && n >= 0 && (size_t)n < size;
 	     i++) {
-		if (b->srv->workers[i] == NULL)
-			continue;
 		k = snprintf(buf + n, size - (size_t)n,
 			     "bagou_worker_broadcasts_total{worker=\"%d\"} "
-			     "%llu\n", i, (unsigned long long)bg_stat_get(
-				     &b->srv->workers[i]->bcasts_in));
+			     "%llu\n", i, (unsigned long long)b->sink.stat(
+				     b->sink.arg, i, BG_SINK_BCASTS_IN));
 		if (k < 0)
 			return k;
 		n += k;
@@ -1691,11 +1721,8 @@ bg_bus_metrics(const struct bg_bus *b, char *buf, size_t size)
 	buf += n;
 	size -= (size_t)n;
 
-	for (int i = 0; i < b->srv->n_workers; i++)
-		if (b->srv->workers[i] != NULL)
-			backed_up += __atomic_load_n(
-				&b->srv->workers[i]->backed_up,
-				__ATOMIC_RELAXED);
+	for (int i = 0; i < b->sink.n_workers; i++)
+		backed_up += b->sink.stat(b->sink.arg, i, BG_SINK_BACKED_UP);
 	k = snprintf(buf, size,
 		"# HELP bagou_amqp_publish_failures_total Messages this "
 		"node could not publish to RabbitMQ, dropped, by reason.\n"

@@ -5,6 +5,10 @@
  *
  * Producers (workers: POST /broadcast, client publish) call bg_bus_publish
  * from any worker thread; the bus thread alone pushes into worker rings.
+ *
+ * The bus never sees the server: it hands messages to the interface the
+ * server registers at start (struct bg_bus_sink, server/sink.c), so
+ * amqp/ includes no server/ header (docs/DESIGN.md, layering).
  */
 #ifndef BG_BUS_H
 #define BG_BUS_H
@@ -14,14 +18,60 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "common/config.h"
 #include "common/msg.h"
 
-struct bg_server;
-
 struct bg_bus;
+struct bg_control;
 
-/* Creates the bus (outbox ring); NULL on failure, logged. Main thread. */
-struct bg_bus *bg_bus_new(struct bg_server *srv);
+/* What the sink's stat reports of one worker. */
+enum bg_sink_stat {
+	BG_SINK_BCASTS_IN,     /* broadcasts handed to it (sink count) */
+	BG_SINK_BACKED_UP,     /* its connections backed up now */
+	BG_SINK_CONNECTIONS,   /* its open connections */
+	BG_SINK_SUBSCRIPTIONS, /* its subscriptions */
+};
+
+/*
+ * The server's side of the bus: where messages go and what the bus and
+ * the control plane read of the node. Filled by the main thread before
+ * the bus and control are made (they copy it); immutable afterwards.
+ * Worker numbers go from 0 to n_workers - 1; a worker not made yet
+ * (start-up) wants nothing, is not congested and counts 0.
+ */
+struct bg_bus_sink {
+	void *arg;             /* passed back to every function */
+	int n_workers;
+	const char *node_id;   /* this node's id, for the life of the bus */
+	uint64_t started_ms;   /* CLOCK_REALTIME ms at start (uptime) */
+	/* Any thread: the configuration in force, never kept past the
+	 * current callback or loop turn (server/server.h). */
+	const struct bg_config *(*cfg)(void *arg);
+	/* Bus thread: it holds no configuration read before this point
+	 * (at least once a second). */
+	void (*quiescent)(void *arg);
+	/* Bus thread: false when m certainly concerns no client of
+	 * worker i (its channel filter). */
+	bool (*wants)(void *arg, int i, const struct bg_msg *m);
+	/* Bus thread: hands one reference of m to worker i's ring; false
+	 * when the ring is full (the reference stays with the bus). */
+	bool (*deliver)(void *arg, int i, struct bg_msg *m);
+	/* Bus thread: one broadcast more was handed to worker i. */
+	void (*count)(void *arg, int i);
+	/* Any thread: worker i is congested (backpressure). */
+	bool (*congested)(void *arg, int i);
+	/* Any thread: one of worker i's counters. */
+	uint64_t (*stat)(void *arg, int i, enum bg_sink_stat which);
+	/* Bus thread, every turn of its loop (at least once a second),
+	 * after the control plane's service: the server's own bus-thread
+	 * state (timers). NULL: nothing to do. */
+	void (*tick)(void *arg);
+};
+
+/* Creates the bus (outbox ring) over sink (copied) and the control
+ * plane ctl (made before); NULL on failure, logged. Main thread. */
+struct bg_bus *bg_bus_new(const struct bg_bus_sink *sink,
+			  struct bg_control *ctl);
 
 /* Starts the thread. BG_OK or BG_ERR. Main thread. */
 int bg_bus_start(struct bg_bus *b);
@@ -57,11 +107,12 @@ int bg_bus_publish(struct bg_bus *b, struct bg_msg *m);
 
 /*
  * Any worker thread, or the bus thread itself (the server API's history
- * command): queues a history request (m->hist, amqp/history.h) for the
- * bus, behind what was published before it; the bus answers it into the
- * asking worker's ring (or calls the request's answered callback).
- * Never refused for congestion. BG_OK (reference taken over), or
- * BG_AGAIN (stopping, the outbox full: "unavailable").
+ * command): queues a history request (m->hist, common/histreq.h) or a
+ * job (m->job_fn, common/msg.h) for the bus, behind what was published
+ * before it; the bus answers it into the asking worker's ring (or calls
+ * the request's answered callback). Never refused for congestion. BG_OK
+ * (reference taken over), or BG_AGAIN (stopping, the outbox full:
+ * "unavailable").
  */
 int bg_bus_request(struct bg_bus *b, struct bg_msg *m);
 

@@ -20,8 +20,6 @@
 #include "common/log.h"
 #include "common/msg.h"
 #include "common/ring.h"
-#include "server/server.h"
-#include "server/worker.h"
 
 #define JOB_RING 4096
 /* Messages handled in one service call before the loop polls again. */
@@ -69,7 +67,8 @@ struct task {
 };
 
 struct bg_control {
-	struct bg_server *srv;      /* immutable */
+	struct bg_server *srv;      /* immutable: opaque, for callers */
+	struct bg_bus_sink sink;    /* immutable: the server's side */
 	struct bg_ring *jobs;       /* any thread -> bus (MPSC) */
 	unsigned int stopping;      /* atomic */
 
@@ -81,8 +80,14 @@ struct bg_control {
 	bg_control_request_fn request_fn;
 	void *request_arg;
 
-	/* Bus thread only. */
+	pthread_t owner;            /* the bus thread, once attached */
+	bool attached;              /* bus thread writes, then only reads:
+	                               owner is set (bg_assert_owner) */
+
+	/* Immutable once the bus is made (bg_control_use_bus). */
 	struct bg_bus *bus;
+
+	/* Bus thread only. */
 	struct bg_nodes *nodes;
 	struct inmsg *in_head, **in_tail;
 	struct query *queries;
@@ -91,6 +96,13 @@ struct bg_control {
 	uint64_t n_live;            /* bus writes, any reads: table size */
 	uint64_t n_queries;         /* bus writes, any reads */
 };
+
+/* Bus-thread functions: debug builds check the caller once the bus
+ * thread has attached (before, only the main thread runs). */
+#define OWNED(ctl) do { \
+	if ((ctl)->attached) \
+		bg_assert_owner((ctl)->owner); \
+} while (0)
 
 static uint64_t
 now_ms(void)
@@ -102,13 +114,14 @@ now_ms(void)
 }
 
 struct bg_control *
-bg_control_new(struct bg_server *srv)
+bg_control_new(const struct bg_bus_sink *sink, struct bg_server *srv)
 {
 	struct bg_control *ctl = calloc(1, sizeof(*ctl));
 
 	if (ctl == NULL)
 		return NULL;
 	ctl->srv = srv;
+	ctl->sink = *sink;
 	ctl->jobs = bg_ring_new(JOB_RING, true);
 	ctl->nodes = bg_nodes_new();
 	ctl->in_tail = &ctl->in_head;
@@ -215,7 +228,7 @@ bg_control_post(struct bg_control *ctl, struct bg_control_job *job)
 const char *
 bg_control_self(const struct bg_control *ctl)
 {
-	return ctl->srv->node_id;
+	return ctl->sink.node_id;
 }
 
 struct bg_server *
@@ -235,7 +248,7 @@ bg_control_fd(const struct bg_control *ctl)
 static bool
 standalone(const struct bg_control *ctl)
 {
-	return bg_config_standalone(bg_server_cfg(ctl->srv));
+	return bg_config_standalone(ctl->sink.cfg(ctl->sink.arg));
 }
 
 /* Queues a body to be handled in bg_control_service. */
@@ -262,6 +275,7 @@ bg_control_request(struct bg_control *ctl, const void *body, size_t len,
 {
 	struct inmsg *m = enqueue(ctl, body, len);
 
+	OWNED(ctl);
 	if (m == NULL)
 		return;
 	m->request = true;
@@ -273,6 +287,7 @@ int
 bg_control_reply(struct bg_control *ctl, const char *reply_to,
 		 const char *correlation_id, const char *body, size_t len)
 {
+	OWNED(ctl);
 	if (standalone(ctl))
 		return BG_ERR;
 	return bg_bus_send_raw(ctl->bus, "", reply_to, body, len,
@@ -282,7 +297,7 @@ bg_control_reply(struct bg_control *ctl, const char *reply_to,
 bool
 bg_control_ready(const struct bg_control *ctl)
 {
-	return standalone(ctl) || bg_bus_connected(ctl->srv->bus);
+	return standalone(ctl) || bg_bus_connected(ctl->bus);
 }
 
 int
@@ -291,9 +306,10 @@ bg_control_send(struct bg_control *ctl, json_t *msg)
 	char *body;
 	int rc;
 
+	OWNED(ctl);
 	if (!json_is_object(msg) ||
 	    json_object_set_new(msg, "node",
-				json_string(ctl->srv->node_id)) != 0) {
+				json_string(ctl->sink.node_id)) != 0) {
 		json_decref(msg);
 		return BG_ERR;
 	}
@@ -316,23 +332,21 @@ bg_control_send(struct bg_control *ctl, json_t *msg)
 json_t *
 bg_control_stats(struct bg_control *ctl)
 {
-	struct bg_server *srv = ctl->srv;
+	const struct bg_bus_sink *sk = &ctl->sink;
 	uint64_t conns = 0, subs = 0;
 	struct timespec ts;
 	uint64_t now;
 
-	for (int i = 0; i < srv->n_workers; i++) {
-		if (srv->workers[i] == NULL)
-			continue;
-		conns += bg_stat_get(&srv->workers[i]->stats.connections);
-		subs += bg_stat_get(&srv->workers[i]->stats.subscriptions);
+	for (int i = 0; i < sk->n_workers; i++) {
+		conns += sk->stat(sk->arg, i, BG_SINK_CONNECTIONS);
+		subs += sk->stat(sk->arg, i, BG_SINK_SUBSCRIPTIONS);
 	}
 	clock_gettime(CLOCK_REALTIME, &ts);
 	now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 	return json_pack("{s:I,s:I,s:I,s:s}", "connections",
 			 (json_int_t)conns, "subscriptions", (json_int_t)subs,
-			 "uptime", (json_int_t)(now > srv->started_ms ?
-				(now - srv->started_ms) / 1000 : 0),
+			 "uptime", (json_int_t)(now > sk->started_ms ?
+				(now - sk->started_ms) / 1000 : 0),
 			 "version", BG_VERSION);
 }
 
@@ -379,7 +393,7 @@ static void
 heard(struct bg_control *ctl, const char *node, json_t *stats)
 {
 	if (bg_nodes_heard(ctl->nodes, node, stats, now_ms()) &&
-	    strcmp(node, ctl->srv->node_id) != 0) {
+	    strcmp(node, ctl->sink.node_id) != 0) {
 		node_event(ctl, node, true);
 		/* It learns of us now, not a heartbeat later. */
 		ctl->next_beat_ms = 0;
@@ -391,7 +405,8 @@ bg_control_nodes(struct bg_control *ctl)
 {
 	json_t *stats = bg_control_stats(ctl);
 
-	bg_nodes_heard(ctl->nodes, ctl->srv->node_id, stats, now_ms());
+	OWNED(ctl);
+	bg_nodes_heard(ctl->nodes, ctl->sink.node_id, stats, now_ms());
 	json_decref(stats);
 	return ctl->nodes;
 }
@@ -401,7 +416,7 @@ heartbeat(struct bg_control *ctl)
 {
 	json_t *stats = bg_control_stats(ctl);
 
-	heard(ctl, ctl->srv->node_id, stats);
+	heard(ctl, ctl->sink.node_id, stats);
 	if (standalone(ctl)) {
 		json_decref(stats);
 		return;
@@ -411,18 +426,27 @@ heartbeat(struct bg_control *ctl)
 }
 
 void
+bg_control_use_bus(struct bg_control *ctl, struct bg_bus *bus)
+{
+	ctl->bus = bus;
+}
+
+void
 bg_control_attach(struct bg_control *ctl, struct bg_bus *bus)
 {
+	ctl->owner = pthread_self();
+	ctl->attached = true;
 	ctl->bus = bus;
 	heartbeat(ctl);
 	bg_stat_add(&ctl->n_live, 1);
-	ctl->next_beat_ms = now_ms() + (uint64_t)bg_server_cfg(ctl->srv)->
-			    cluster_heartbeat * 1000;
+	ctl->next_beat_ms = now_ms() + (uint64_t)ctl->sink.cfg(
+			    ctl->sink.arg)->cluster_heartbeat * 1000;
 }
 
 void
 bg_control_link_up(struct bg_control *ctl)
 {
+	OWNED(ctl);
 	/* The others learn of us now, not a heartbeat later. */
 	heartbeat(ctl);
 }
@@ -474,6 +498,7 @@ bg_control_query(struct bg_control *ctl, json_t *msg, int timeout_ms,
 	struct query *q = calloc(1, sizeof(*q));
 	const struct bg_nodes *nodes = bg_control_nodes(ctl);
 
+	OWNED(ctl);
 	if (q == NULL || !json_is_object(msg)) {
 		free(q);
 		json_decref(msg);
@@ -502,6 +527,7 @@ int
 bg_control_answer_to(struct bg_control *ctl, const char *node,
 		     uint64_t query_id, json_t *data)
 {
+	OWNED(ctl);
 	return bg_control_send(ctl, json_pack("{s:s,s:s,s:I,s:o}", "type",
 					      "answer", "to", node, "query",
 					      (json_int_t)query_id, "data",
@@ -514,6 +540,7 @@ bg_control_answer(struct bg_control *ctl, const json_t *query, json_t *data)
 	json_t *node = json_object_get(query, "node");
 	json_t *id = json_object_get(query, "query");
 
+	OWNED(ctl);
 	if (!json_is_string(node) || !json_is_integer(id)) {
 		json_decref(data);
 		return BG_ERR;
@@ -531,7 +558,7 @@ on_answer(struct bg_control *ctl, const char *node, json_t *msg)
 	struct query *q;
 
 	if (!json_is_string(to) || !json_is_integer(id) ||
-	    strcmp(json_string_value(to), ctl->srv->node_id) != 0)
+	    strcmp(json_string_value(to), ctl->sink.node_id) != 0)
 		return;
 	for (q = ctl->queries; q != NULL; q = q->next)
 		if (q->id == (uint64_t)json_integer_value(id))
@@ -545,6 +572,7 @@ on_answer(struct bg_control *ctl, const char *node, json_t *msg)
 void
 bg_control_bye(struct bg_control *ctl)
 {
+	OWNED(ctl);
 	__atomic_store_n(&ctl->stopping, 1, __ATOMIC_RELAXED);
 	if (!standalone(ctl) && bg_control_ready(ctl))
 		bg_control_send(ctl, json_pack("{s:s}", "type", "bye"));
@@ -603,6 +631,7 @@ bg_control_workers(struct bg_control *ctl, bg_control_work_fn work,
 	struct task *t = calloc(1, sizeof(*t));
 	struct bg_msg *m = t ? bg_msg_new(BG_MSG_TASK, 0) : NULL;
 
+	OWNED(ctl);
 	if (m == NULL) {
 		free(t);
 		return BG_ERR;
@@ -615,7 +644,7 @@ bg_control_workers(struct bg_control *ctl, bg_control_work_fn work,
 	t->after = after;
 	t->free_arg = free_arg;
 	t->arg = arg;
-	t->remaining = (unsigned int)ctl->srv->n_workers;
+	t->remaining = (unsigned int)ctl->sink.n_workers;
 	m->task = t;
 	m->task_fn = task_run;
 	m->task_free = task_free;
@@ -634,6 +663,7 @@ bg_control_workers(struct bg_control *ctl, bg_control_work_fn work,
 void
 bg_control_deliver(struct bg_control *ctl, const void *body, size_t len)
 {
+	OWNED(ctl);
 	enqueue(ctl, body, len);
 }
 
@@ -661,7 +691,7 @@ dispatch(struct bg_control *ctl, const char *body, size_t len)
 	t = json_string_value(type);
 	n = json_string_value(node);
 	if (strcmp(t, "bye") == 0) {
-		if (strcmp(n, ctl->srv->node_id) != 0 &&
+		if (strcmp(n, ctl->sink.node_id) != 0 &&
 		    bg_nodes_remove(ctl->nodes, n))
 			on_expired(n, ctl);
 		json_decref(msg);
@@ -686,13 +716,14 @@ dispatch(struct bg_control *ctl, const char *body, size_t len)
 int
 bg_control_service(struct bg_control *ctl)
 {
-	const struct bg_config *cfg = bg_server_cfg(ctl->srv);
+	const struct bg_config *cfg = ctl->sink.cfg(ctl->sink.arg);
 	struct bg_control_job *job;
 	struct query *q, *next;
 	struct inmsg *m;
 	uint64_t now, wake;
 	int n = 0;
 
+	OWNED(ctl);
 	bg_ring_clear(ctl->jobs);
 	do {
 		while ((job = bg_ring_pop(ctl->jobs)) != NULL)
@@ -718,7 +749,7 @@ bg_control_service(struct bg_control *ctl)
 				    1000;
 	}
 	bg_nodes_expire(ctl->nodes, now, (uint64_t)cfg->cluster_timeout *
-			1000, ctl->srv->node_id, on_expired, ctl);
+			1000, ctl->sink.node_id, on_expired, ctl);
 	for (q = ctl->queries; q != NULL; q = next) {
 		next = q->next;
 		if (q->deadline_ms <= now)

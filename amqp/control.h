@@ -86,10 +86,14 @@ struct bg_control_job {
 
 /* ------------------------------------------------------ main thread */
 
-/* The control plane of srv (reads [cluster] and [amqp] exchange); NULL
- * when out of memory. Before the bus is made (bg_bus_new finds it in
- * srv->control). */
-struct bg_control *bg_control_new(struct bg_server *srv);
+struct bg_bus_sink;
+
+/* The control plane of the node sink describes (copied; it reads
+ * [cluster] and [amqp] exchange through it); srv is kept, opaque, for
+ * bg_control_server. NULL when out of memory. Before the bus is made
+ * (bg_bus_new is given it). */
+struct bg_control *bg_control_new(const struct bg_bus_sink *sink,
+				  struct bg_server *srv);
 
 /* Drops pending jobs and queries (without their callbacks) and frees.
  * NULL is fine. After the bus and the workers are joined. */
@@ -197,6 +201,10 @@ json_t *bg_control_stats(struct bg_control *ctl);
 /* ------------------------------------------- bus.c's side (bus thread) */
 
 struct bg_bus;
+
+/* The bus that carries ctl's messages (bg_bus_new, main thread, before
+ * any thread starts). */
+void bg_control_use_bus(struct bg_control *ctl, struct bg_bus *bus);
 
 /* The bus is ready to carry messages (called once, before its loop). */
 void bg_control_attach(struct bg_control *ctl, struct bg_bus *bus);

@@ -23,7 +23,6 @@
 
 #include "common/log.h"
 #include "common/proto.h"
-#include "server/server.h"
 
 struct hchan {
 	struct hchan *next;          /* hash chain */
@@ -67,47 +66,6 @@ hash_name(const char *s)
 	for (; *s; s++)
 		h = (h ^ (uint8_t)*s) * 16777619u;
 	return h;
-}
-
-/* ------------------------------------------------------------ requests */
-
-static void
-req_free(void *p)
-{
-	struct bg_hist_req *r = p;
-
-	for (uint32_t i = 0; i < r->n_pubs; i++)
-		bg_msg_unref(r->pubs[i].m);
-	free(r->pubs);
-	free(r->channel);
-	free(r->callback_id);
-	if (r->arg != NULL && r->forget != NULL)
-		r->forget(r->arg);
-	free(r);
-}
-
-struct bg_msg *
-bg_hist_req_new(enum bg_hist_kind kind, const char *channel)
-{
-	struct bg_msg *m = bg_msg_new(BG_MSG_CLIENTS, 0);
-	struct bg_hist_req *r = calloc(1, sizeof(*r));
-
-	if (m == NULL || r == NULL) {
-		bg_msg_unref(m);
-		free(r);
-		return NULL;
-	}
-	m->hist = r;
-	m->hist_free = req_free;
-	r->kind = kind;
-	r->self = m;
-	r->limit = BG_HIST_DEFAULT_LIMIT;
-	r->channel = strdup(channel);
-	if (r->channel == NULL) {
-		bg_msg_unref(m);
-		return NULL;
-	}
-	return m;
 }
 
 /* --------------------------------------------------------------- store */
@@ -520,17 +478,6 @@ bg_history_metrics(const struct bg_history *h, char *buf, size_t size)
 		"bagou_history_bytes %llu\n",
 		(unsigned long long)bg_stat_get(&h->kept),
 		(unsigned long long)bg_stat_get(&h->kept_bytes));
-}
-
-const char *
-bg_hist_pub_json(const struct bg_hist_pub *p, size_t *len)
-{
-	const struct bg_msg_frame *f = &p->m->frames[p->frame];
-	uint8_t l7 = f->data[1] & 0x7f;
-	size_t hdr = l7 < 126 ? 2 : l7 == 126 ? 4 : 10;
-
-	*len = f->len - hdr;
-	return (const char *)f->data + hdr;
 }
 
 int

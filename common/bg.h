@@ -4,6 +4,8 @@
 #ifndef BG_BG_H
 #define BG_BG_H
 
+#include <assert.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -24,5 +26,33 @@
 /* Longest event name a client may send (PROTOCOL.md §3): it becomes an
  * AMQP routing key when forwarded, and those end at 255 bytes. */
 #define BG_EVENT_MAX    128
+
+/* Adds n to an owner-written counter (bg_stats, the bus's, the
+ * control plane's). Owner thread only. */
+static inline void
+bg_stat_add(uint64_t *counter, uint64_t n)
+{
+	__atomic_store_n(counter, *counter + n, __ATOMIC_RELAXED);
+}
+
+/* Reads a counter from any thread. */
+static inline uint64_t
+bg_stat_get(const uint64_t *counter)
+{
+	return __atomic_load_n(counter, __ATOMIC_RELAXED);
+}
+
+/*
+ * Debug builds (those without NDEBUG, i.e. every build of the Makefile)
+ * abort unless the calling thread is `owner`, the pthread_t an object's
+ * owning thread recorded for itself (e.g. a worker's w->owner). At the
+ * entry of every function that has an owning thread (STYLE.md).
+ */
+#ifndef NDEBUG
+#define bg_assert_owner(owner) \
+	assert(pthread_equal(pthread_self(), (owner)))
+#else
+#define bg_assert_owner(owner) ((void)0)
+#endif
 
 #endif

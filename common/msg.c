@@ -158,6 +158,8 @@ msg_free(struct bg_msg *m)
 	if (m->hist != NULL)
 		m->hist_free(m->hist);
 	free(m->unsubscribe);
+	if (m->job_free != NULL)
+		m->job_free(m->job_data);
 	free(m);
 }
 

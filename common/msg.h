@@ -86,6 +86,17 @@ struct bg_msg {
 	char *unsubscribe;           /* a reply to clients: drop their
 	                                subscription to this channel first
 	                                (presence: channel_full), or NULL */
+	/* Not a broadcast: a job for the bus (bg_h_post_job, bg_bus_request).
+	 * job_fn runs on the bus thread, in outbox order; then, when
+	 * answer_fn is set, the message goes back to worker reply_worker's
+	 * ring, in order with its broadcasts (as history answers do), and
+	 * answer_fn runs on that worker, taking the ring's reference.
+	 * job_data is freed with the message by job_free (if set). */
+	void (*job_fn)(struct bg_msg *m);
+	void (*answer_fn)(struct bg_worker *w, struct bg_msg *m);
+	int reply_worker;
+	void *job_data;
+	void (*job_free)(void *job_data);
 };
 
 /*

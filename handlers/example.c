@@ -1,31 +1,32 @@
 /*
  * example.c - a small compiled-in handler module, the model to copy
- * (docs/handlers.md): the "whoami" event answers the client's id, user and
- * channels, and an on_subscribe hook keeps "readonly-" channels for
- * authenticated users. Worker threads.
+ * (docs/handlers.md). It sees the server only through the handler API
+ * (handlers/bagou_handler.h): the "whoami" event answers the client's
+ * id, user and channels, and an on_subscribe hook keeps "readonly-"
+ * channels for authenticated users. Worker threads.
  */
 #include <string.h>
 
-#include "handlers/handlers.h"
+#include "handlers/bagou_handler.h"
 #include "handlers/modules.h"
-#include "server/conn.h"
 
 static enum bg_code
 whoami(const struct bg_hook_args *a)
 {
 	struct bg_conn *c = a->c;
+	const char *user = bg_h_user(c);
 	json_t *chans = json_array(), *extra;
 
-	for (uint32_t i = 0; i < c->n_subs; i++)
+	for (uint32_t i = 0; i < bg_h_channel_count(c); i++)
 		json_array_append_new(chans,
-				      json_string(c->subs[i]->chan->name));
-	extra = json_pack("{s:s, s:o, s:o}", "id", c->id, "user",
-			  c->ident.user ? json_string(c->ident.user) :
-			  json_null(), "channels", chans);
+				      json_string(bg_h_channel(c, i)));
+	extra = json_pack("{s:s, s:o, s:o}", "id", bg_h_id(c), "user",
+			  user ? json_string(user) : json_null(),
+			  "channels", chans);
 	if (a->req->callback_id != NULL)
-		bg_conn_reply_ok(c, a->req, extra);
+		bg_h_reply_ok(c, a->req, extra);
 	else
-		bg_conn_send_event(c, "whoami", extra);
+		bg_h_send_event(c, "whoami", extra);
 	json_decref(extra);
 	return BG_CODE_COUNT;
 }
@@ -34,7 +35,7 @@ whoami(const struct bg_hook_args *a)
 static enum bg_code
 readonly_needs_user(const struct bg_hook_args *a)
 {
-	return a->c->ident.user != NULL ? BG_CODE_COUNT : BG_CODE_FORBIDDEN;
+	return bg_h_user(a->c) != NULL ? BG_CODE_COUNT : BG_CODE_FORBIDDEN;
 }
 
 int
@@ -45,7 +46,7 @@ bg_example_register(char *err, size_t errlen)
 		{ BG_ON_SUBSCRIBE, NULL, "^readonly-", readonly_needs_user },
 	};
 
-	for (size_t i = 0; i < sizeof(handlers) / sizeof(handlers[0]); i++)
+	for (size_t i = 0; i < BG_ARRAY_LEN(handlers); i++)
 		if (bg_handlers_register(&handlers[i], err, errlen) != BG_OK)
 			return BG_ERR;
 	return BG_OK;

@@ -1,34 +1,33 @@
 /*
  * forward.c - builds forwarded events: the client's id, node, user,
  * channels and store travel with each one, so the application can answer
- * without asking back. Worker threads.
+ * without asking back. Worker threads; built on the handler API alone.
  */
 #include "handlers/forward.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "amqp/bus.h"
 #include "common/log.h"
-#include "server/conn.h"
-#include "server/worker.h"
+#include "handlers/bagou_handler.h"
 
 static json_t *
 client_object(struct bg_conn *c)
 {
 	json_t *chans = json_array(), *o, *info = NULL;
+	json_t *store = bg_h_store_get(c);
+	const char *user = bg_h_user(c);
 
-	for (uint32_t i = 0; chans != NULL && i < c->n_subs; i++)
+	for (uint32_t i = 0; chans != NULL && i < bg_h_channel_count(c); i++)
 		json_array_append_new(chans,
-				      json_string(c->subs[i]->chan->name));
-	if (c->ident.info != NULL)
-		info = json_loads(c->ident.info, 0, NULL);
-	o = json_pack("{s:s, s:s, s:o, s:o?, s:o, s:o}", "id", c->id,
-		      "node", c->w->srv->node_id, "user",
-		      c->ident.user ? json_string(c->ident.user) : json_null(),
+				      json_string(bg_h_channel(c, i)));
+	if (bg_h_user_info(c) != NULL)
+		info = json_loads(bg_h_user_info(c), 0, NULL);
+	o = json_pack("{s:s, s:s, s:o, s:o?, s:o, s:o}", "id", bg_h_id(c),
+		      "node", bg_h_node(c), "user",
+		      user ? json_string(user) : json_null(),
 		      "info", info, "channels", chans ? chans : json_array(),
-		      "store", c->store ? json_incref(c->store) :
-		      json_object());
+		      "store", store ? json_incref(store) : json_object());
 	return o;
 }
 
@@ -56,8 +55,9 @@ forward(struct bg_conn *c, const char *event, json_t *data,
 	if (callback_id != NULL)
 		json_object_set_new(body, "callbackId",
 				    json_string(callback_id));
-	if (with_cookie && c->cookie != NULL)
-		json_object_set_new(body, "cookie", json_string(c->cookie));
+	if (with_cookie && bg_h_cookie(c) != NULL)
+		json_object_set_new(body, "cookie",
+				    json_string(bg_h_cookie(c)));
 	if (lifecycle)
 		json_object_set_new(body, "lifecycle", json_true());
 	text = json_dumps(body, JSON_COMPACT);
@@ -70,15 +70,12 @@ forward(struct bg_conn *c, const char *event, json_t *data,
 	}
 	m->body = text;
 	m->body_len = strlen(text);
-	rc = bg_bus_publish(c->w->srv->bus, m);
+	rc = bg_h_publish(c, m);
 	if (rc != BG_OK) {
 		bg_msg_unref(m);
 		return rc;
 	}
-	bg_stat_add(&c->w->stats.forwarded_events, 1);
-	if (callback_id != NULL)
-		bg_fwd_pending_add(c->w->fwd_pending, c->id, callback_id,
-				   bg_mono_us());
+	bg_h_forwarded(c, callback_id);
 	return rc;
 }
 
@@ -91,16 +88,23 @@ bg_forward_request(struct bg_conn *c, const struct bg_request *req,
 	case BG_OK:
 		return; /* the application owes the callback now */
 	case BG_ERR:
-		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE,
-				    "this event cannot be forwarded (too "
-				    "large for RabbitMQ)");
+		bg_h_reply_error(c, req, BG_CODE_BAD_MESSAGE,
+				 "this event cannot be forwarded (too "
+				 "large for RabbitMQ)");
 		return;
 	default:
-		bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
-				    "the application cannot be reached "
-				    "(RabbitMQ is down)");
+		bg_h_reply_error(c, req, BG_CODE_UNAVAILABLE,
+				 "the application cannot be reached "
+				 "(RabbitMQ is down)");
 		return;
 	}
+}
+
+int
+bg_h_forward(struct bg_conn *c, const char *event, json_t *data,
+	     const char *callback_id)
+{
+	return forward(c, event, data, callback_id, false, false);
 }
 
 int
@@ -116,7 +120,7 @@ bg_forward_lifecycle(struct bg_conn *c, unsigned int bit, const char *event,
 {
 	json_t *data;
 
-	if (!(bg_server_cfg(c->w->srv)->forward_lifecycle & bit))
+	if (!(bg_h_config(c)->forward_lifecycle & bit))
 		return;
 	data = channel ? json_pack("{s:s}", "channel", channel) :
 			 json_object();
@@ -128,7 +132,7 @@ void
 bg_forward_lifecycle_data(struct bg_conn *c, unsigned int bit,
 			  const char *event, json_t *data)
 {
-	if (!(bg_server_cfg(c->w->srv)->forward_lifecycle & bit))
+	if (!(bg_h_config(c)->forward_lifecycle & bit))
 		return;
 	if (forward(c, event, data, NULL, false, true) != BG_OK) {
 		/* A node stopping with many clients would otherwise log one
@@ -137,7 +141,7 @@ bg_forward_lifecycle_data(struct bg_conn *c, unsigned int bit,
 			BG_LOG_THROTTLE("lifecycle events not forwarded", 1);
 		bg_log_throttled(&throttle, BG_LOG_WARN, "'%s' of client %s "
 				 "not forwarded: RabbitMQ is unreachable",
-				 event, c->id);
+				 event, bg_h_id(c));
 	}
 }
 
@@ -146,14 +150,14 @@ bg_forward_authenticated(struct bg_conn *c)
 {
 	json_t *user, *data;
 
-	if (!(bg_server_cfg(c->w->srv)->forward_lifecycle &
+	if (!(bg_h_config(c)->forward_lifecycle &
 	      BG_FORWARD_AUTHENTICATE) ||
-	    c->ident.user == NULL)
+	    bg_h_user(c) == NULL)
 		return;
-	user = json_pack("{s:s}", "id", c->ident.user);
-	if (user != NULL && c->ident.info != NULL)
+	user = json_pack("{s:s}", "id", bg_h_user(c));
+	if (user != NULL && bg_h_user_info(c) != NULL)
 		json_object_set_new(user, "info",
-				    json_loads(c->ident.info, 0, NULL));
+				    json_loads(bg_h_user_info(c), 0, NULL));
 	data = json_pack("{s:o}", "user", user ? user : json_null());
 	if (data != NULL)
 		bg_forward_lifecycle_data(c, BG_FORWARD_AUTHENTICATE,

@@ -1,6 +1,7 @@
 /*
  * history.c - subscribe on history channels, the history event, and the
- * bus's answers (handlers/history.h). Worker threads.
+ * bus's answers (handlers/history.h). Worker threads; built on the
+ * handler API alone (the request's format is common/histreq.h).
  *
  * The ordering argument (docs/DESIGN.md, history): a subscription is
  * made at once but held; the request goes to the bus through the same
@@ -17,11 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "amqp/bus.h"
-#include "amqp/history.h"
-#include "handlers/auth.h"
-#include "server/conn.h"
-#include "server/worker.h"
+#include "common/histreq.h"
+#include "handlers/bagou_handler.h"
 
 #define GO_ON BG_CODE_COUNT
 
@@ -66,8 +64,8 @@ new_request(struct bg_conn *c, enum bg_hist_kind kind, const char *name,
 	if (m == NULL)
 		return NULL;
 	r = bg_hist_req_of(m);
-	r->worker = c->w->index;
-	snprintf(r->client, sizeof(r->client), "%s", c->id);
+	r->worker = bg_h_worker_index(c);
+	snprintf(r->client, sizeof(r->client), "%s", bg_h_id(c));
 	if (req->callback_id != NULL &&
 	    (r->callback_id = strdup(req->callback_id)) == NULL) {
 		bg_msg_unref(m);
@@ -84,12 +82,11 @@ new_request(struct bg_conn *c, enum bg_hist_kind kind, const char *name,
 int
 bg_history_subscribe(struct bg_conn *c, const struct bg_request *req,
 		     const char *name, size_t len,
-		     const struct bg_hist_pos *pos)
+		     const struct bg_hist_pos *pos, json_t *answer)
 {
-	struct bg_chan_sub *s = bg_conn_find_sub(c, name, len);
 	struct bg_msg *m;
 
-	if (s == NULL)
+	if (!bg_h_subscribed(c, name, len))
 		return BG_ERR;
 	m = new_request(c, BG_HIST_SUBSCRIBE, name, req, pos);
 	if (m == NULL)
@@ -97,22 +94,15 @@ bg_history_subscribe(struct bg_conn *c, const struct bg_request *req,
 	if (++next_hold == 0)
 		next_hold = 1;
 	bg_hist_req_of(m)->hold = next_hold;
-	s->hold = next_hold;
-	if (bg_bus_request(c->w->srv->bus, m) != BG_OK) {
-		s->hold = 0;
+	if (answer != NULL && json_object_size(answer) > 0)
+		bg_hist_req_of(m)->answer = json_incref(answer);
+	bg_h_hold(c, name, len, next_hold);
+	if (bg_h_post(c, m) != BG_OK) {
+		bg_h_hold(c, name, len, 0);
 		bg_msg_unref(m);
 		return BG_ERR;
 	}
 	return BG_OK;
-}
-
-static bool
-is_private(const struct bg_conn *c, const char *channel)
-{
-	const char *prefix = bg_server_cfg(c->w->srv)->private_prefix;
-
-	return prefix[0] != '\0' &&
-	       strncmp(channel, prefix, strlen(prefix)) == 0;
 }
 
 enum bg_code
@@ -123,62 +113,56 @@ bg_history_on_event(const struct bg_hook_args *a)
 	json_t *ch = json_object_get(req->data, "channel");
 	json_t *lim = json_object_get(req->data, "limit");
 	struct bg_hist_pos pos;
-	const char *name;
+	const char *name, *refusal;
 	struct bg_msg *m;
 	char err[160];
 
 	if (!json_is_string(ch) ||
 	    !bg_proto_channel_valid(json_string_value(ch),
 				    json_string_length(ch))) {
-		bg_conn_reply_error(c, req, BG_CODE_INVALID_CHANNEL,
-				    "data.channel must be 1-200 printable "
-				    "ASCII bytes without space * # \" \\");
+		bg_h_reply_error(c, req, BG_CODE_INVALID_CHANNEL,
+				 "data.channel must be 1-200 printable "
+				 "ASCII bytes without space * # \" \\");
 		return GO_ON;
 	}
 	name = json_string_value(ch);
 	if (lim != NULL && !json_is_null(lim) &&
 	    (!json_is_integer(lim) || json_integer_value(lim) < 0)) {
-		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE,
-				    "data.limit must be an integer from 0 "
-				    "(larger values are clamped to [history] "
-				    "size)");
+		bg_h_reply_error(c, req, BG_CODE_BAD_MESSAGE,
+				 "data.limit must be an integer from 0 "
+				 "(larger values are clamped to [history] "
+				 "size)");
 		return GO_ON;
 	}
 	if (bg_history_parse_pos(req->data, "since", &pos, err,
 				 sizeof(err)) != BG_OK) {
-		bg_conn_reply_error(c, req, BG_CODE_BAD_MESSAGE, err);
+		bg_h_reply_error(c, req, BG_CODE_BAD_MESSAGE, err);
 		return GO_ON;
 	}
-	if (is_private(c, name) &&
-	    (c->ident.user == NULL ||
-	     !bg_auth_channel_allowed(&c->ident, name))) {
-		bg_conn_reply_error(c, req, BG_CODE_FORBIDDEN,
-				    c->ident.user == NULL ?
-				    "private channel: authenticate first" :
-				    "private channel: not in your token's "
-				    "channels");
+	if ((refusal = bg_h_private_refusal(c, name)) != NULL) {
+		bg_h_reply_error(c, req, BG_CODE_FORBIDDEN, refusal);
 		return GO_ON;
 	}
-	if (!bg_history_match(bg_bus_history(c->w->srv->bus), name)) {
-		bg_conn_reply_error(c, req, BG_CODE_NOT_ALLOWED,
-				    "this channel keeps no history ([history] "
-				    "channels)");
+	if (!bg_h_history_kept(c, name)) {
+		bg_h_reply_error(c, req, BG_CODE_NOT_ALLOWED,
+				 "this channel keeps no history ([history] "
+				 "channels)");
 		return GO_ON;
 	}
 	m = new_request(c, BG_HIST_HISTORY, name, req, &pos);
 	if (m == NULL) {
-		bg_conn_reply_error(c, req, BG_CODE_INTERNAL, "out of memory");
+		bg_h_reply_error(c, req, BG_CODE_INTERNAL, "out of memory");
 		return GO_ON;
 	}
 	if (lim != NULL && json_is_integer(lim))
 		bg_hist_req_of(m)->limit =
 			json_integer_value(lim) > UINT32_MAX ? UINT32_MAX :
 			(uint32_t)json_integer_value(lim);
-	if (bg_bus_request(c->w->srv->bus, m) != BG_OK) {
+	if (bg_h_post(c, m) != BG_OK) {
 		bg_msg_unref(m);
-		bg_conn_reply_error(c, req, BG_CODE_UNAVAILABLE,
-				    "history is unavailable (the node is "
-				    "stopping or busy); retry later");
+		bg_h_reply_error(c, req, BG_CODE_UNAVAILABLE,
+				 "history is unavailable (the node is "
+				 "stopping or busy); retry later");
 	}
 	return GO_ON;
 }
@@ -187,7 +171,8 @@ bg_history_on_event(const struct bg_hook_args *a)
 static bool
 excluded(const struct bg_hist_pub *p, const struct bg_conn *c)
 {
-	return p->m->exclude != NULL && strcmp(p->m->exclude, c->id) == 0;
+	return p->m->exclude != NULL &&
+	       strcmp(p->m->exclude, bg_h_id(c)) == 0;
 }
 
 /* The missed publications, queued before anything live. */
@@ -196,22 +181,11 @@ replay(struct bg_conn *c, const struct bg_hist_req *r)
 {
 	for (uint32_t i = 0; i < r->n_pubs; i++) {
 		const struct bg_hist_pub *p = &r->pubs[i];
-		struct bg_wframe *f;
 
 		if (excluded(p, c))
 			continue;
-		f = calloc(1, sizeof(*f));
-		if (f == NULL) {
-			bg_conn_fail(c, 1011, "out of memory");
-			return;
-		}
-		f->refs = 1;
-		f->msg = p->m;
-		bg_msg_ref(p->m);
-		bg_conn_push(c, f, p->m->frames[p->frame].data,
-			     p->m->frames[p->frame].len, true);
-		bg_wframe_unref(f);
-		if (c->closing)
+		bg_h_send_frame(c, p->m, p->frame);
+		if (bg_h_closing(c))
 			return;
 	}
 }
@@ -238,11 +212,12 @@ bg_history_answered(struct bg_worker *w, struct bg_msg *m)
 {
 	struct bg_hist_req *r = bg_hist_req_of(m);
 	struct bg_request req = { .callback_id = r->callback_id };
-	struct bg_conn *c = bg_worker_conn(w, r->client);
-	struct bg_chan_sub *s;
+	struct bg_conn *c = bg_h_find(w, r->client);
+	size_t len = strlen(r->channel);
+	uint32_t held;
 	json_t *extra;
 
-	if (c == NULL || c->closing) {
+	if (c == NULL || bg_h_closing(c)) {
 		bg_msg_unref(m);
 		return;
 	}
@@ -250,20 +225,22 @@ bg_history_answered(struct bg_worker *w, struct bg_msg *m)
 			  r->cur_epoch, "offset", (json_int_t)r->top);
 	if (r->kind == BG_HIST_SUBSCRIBE) {
 		req.event = "subscribe";
-		s = bg_conn_find_sub(c, r->channel, strlen(r->channel));
+		held = bg_h_held(c, r->channel, len);
 		/* Unsubscribed meanwhile, or subscribed again (a newer hold
 		 * answers that one): no replay, a gap if one was asked. */
-		if (s == NULL || s->hold != r->hold)
+		if (held != r->hold)
 			r->recovered = false;
 		else
 			replay(c, r);
-		if (s != NULL && s->hold == r->hold)
-			s->hold = 0;
+		if (held == r->hold)
+			bg_h_hold(c, r->channel, len, 0);
 		if (r->has_pos && extra != NULL)
 			json_object_set_new(extra, "recovered",
 					    json_boolean(r->recovered));
-		if (!c->closing)
-			bg_conn_reply_ok(c, &req, extra);
+		if (r->answer != NULL && extra != NULL)
+			json_object_update_missing(extra, r->answer);
+		if (!bg_h_closing(c))
+			bg_h_reply_ok(c, &req, extra);
 	} else {
 		req.event = "history";
 		if (extra != NULL) {
@@ -274,10 +251,10 @@ bg_history_answered(struct bg_worker *w, struct bg_msg *m)
 						    json_true());
 		}
 		if (r->unavailable)
-			bg_conn_reply_error(c, &req, BG_CODE_UNAVAILABLE,
-					    "history: out of memory");
+			bg_h_reply_error(c, &req, BG_CODE_UNAVAILABLE,
+					 "history: out of memory");
 		else
-			bg_conn_reply_ok(c, &req, extra);
+			bg_h_reply_ok(c, &req, extra);
 	}
 	json_decref(extra);
 	bg_msg_unref(m);

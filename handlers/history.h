@@ -14,10 +14,7 @@
 
 #include "common/msg.h"
 #include "common/proto.h"
-#include "handlers/handlers.h"
-
-struct bg_conn;
-struct bg_worker;
+#include "handlers/bagou_handler.h"
 
 /* A position as the client names it: {"epoch": E, "offset": N}. */
 struct bg_hist_pos {
@@ -39,18 +36,20 @@ int bg_history_parse_pos(json_t *data, const char *field,
  * passed): its subscription is held (it skips live broadcasts) and the
  * bus is asked for the position and, with pos given, the missed
  * publications; the answer replays them, releases the hold and answers
- * req (bg_history_answered). BG_OK, or BG_ERR when the bus cannot take
- * the request (the caller undoes the subscription: "unavailable").
+ * req (bg_history_answered) with the members of answer (borrowed, may
+ * be NULL: what the BG_ON_SUBSCRIBE hooks added) beside the server's.
+ * BG_OK, or BG_ERR when the bus cannot take the request (the caller
+ * undoes the subscription: "unavailable").
  */
 int bg_history_subscribe(struct bg_conn *c, const struct bg_request *req,
 			 const char *name, size_t len,
-			 const struct bg_hist_pos *pos);
+			 const struct bg_hist_pos *pos, json_t *answer);
 
 /* The history event (registered with the built-ins). */
 enum bg_code bg_history_on_event(const struct bg_hook_args *a);
 
 /* A history answer popped from w's broadcast ring (m->hist): acts on it
- * and drops m. */
+ * and drops m. w's thread (the worker calls it). */
 void bg_history_answered(struct bg_worker *w, struct bg_msg *m);
 
 #endif

@@ -11,5 +11,8 @@
 
 int bg_builtin_register(char *err, size_t errlen);
 int bg_example_register(char *err, size_t errlen);
+/* Presence's client events (server/presence.c: presence is the bus's
+ * table, so its module lives with the server). */
+int bg_presence_register(char *err, size_t errlen);
 
 #endif

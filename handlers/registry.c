@@ -3,8 +3,9 @@
  * Filled on the main thread at start-up, read-only afterwards. regexec
  * on a shared compiled regex is thread-safe in glibc, but through one
  * lock per regex: each worker compiles its own copies
- * (bg_handlers_worker_regexes), so subscribes on different workers never
- * wait for each other.
+ * (bg_handlers_worker_regexes, kept in a thread-local pointer), so
+ * subscribes on different workers never wait for each other. Sees the
+ * server through the handler API alone.
  */
 #include "handlers/handlers.h"
 
@@ -16,8 +17,6 @@
 #include "common/bg.h"
 #include "handlers/forward.h"
 #include "handlers/modules.h"
-#include "server/conn.h"
-#include "server/worker.h"
 
 #define MAX_HANDLERS 256
 
@@ -30,9 +29,14 @@ struct entry {
 static struct entry table[MAX_HANDLERS];
 static int n_entries;
 
+/* The calling worker's own copies of the regexes (indexed like table),
+ * or NULL: the shared ones. */
+static __thread regex_t *own_re;
+
 /* Compiled-in modules, in registration order (built-ins first). */
 static int (*const modules[])(char *, size_t) = {
 	bg_builtin_register,
+	bg_presence_register,
 	bg_example_register,
 };
 
@@ -100,6 +104,7 @@ bg_handlers_worker_regexes(void)
 			return NULL;
 		}
 	}
+	own_re = res;
 	return res;
 }
 
@@ -108,6 +113,8 @@ bg_handlers_worker_regexes_free(void *p)
 {
 	regex_t *res = p;
 
+	if (own_re == res)
+		own_re = NULL;
 	/* regfree is safe on the zeroed and the failed ones too. */
 	for (int i = 0; res != NULL && i < n_entries; i++)
 		if (table[i].has_re)
@@ -121,18 +128,16 @@ bg_handlers_worker_regexes_free(void *p)
 static bool
 matches(const struct entry *e, const struct bg_hook_args *a)
 {
-	const regex_t *re = &e->re;
-	const regex_t *own = a->c != NULL && a->c->w != NULL ?
-			     a->c->w->handler_re : NULL;
+	const regex_t *re = own_re != NULL ? &own_re[e - table] : &e->re;
+	uint32_t n;
 
 	if (!e->has_re)
 		return true;
-	if (own != NULL)
-		re = &own[e - table];
 	if (a->channel != NULL)
 		return regexec(re, a->channel, 0, NULL, 0) == 0;
-	for (uint32_t i = 0; i < a->c->n_subs; i++)
-		if (regexec(re, a->c->subs[i]->chan->name, 0, NULL, 0) == 0)
+	n = bg_h_channel_count(a->c);
+	for (uint32_t i = 0; i < n; i++)
+		if (regexec(re, bg_h_channel(a->c, i), 0, NULL, 0) == 0)
 			return true;
 	return false;
 }
@@ -160,20 +165,20 @@ bg_handlers_dispatch(struct bg_conn *c, const struct bg_request *req)
 			return;
 		}
 	}
-	if (bg_server_cfg(c->w->srv)->forward_exchange[0] != '\0') {
+	if (bg_h_config(c)->forward_exchange[0] != '\0') {
 		/* Lifecycle names are the server's to send: a client must
 		 * not fake its own open or close to the application. */
 		if (strcmp(req->event, "open") == 0 ||
 		    strcmp(req->event, "close") == 0) {
-			bg_conn_reply_error(c, req, BG_CODE_UNKNOWN_EVENT,
-					    "'open' and 'close' are reserved "
-					    "for the server");
+			bg_h_reply_error(c, req, BG_CODE_UNKNOWN_EVENT,
+					 "'open' and 'close' are reserved "
+					 "for the server");
 			return;
 		}
 		bg_forward_request(c, req, false);
 		return;
 	}
-	bg_conn_reply_ok(c, req, NULL); /* the original Bagou ack */
+	bg_h_reply_ok(c, req, NULL); /* the original Bagou ack */
 }
 
 enum bg_code

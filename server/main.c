@@ -34,6 +34,7 @@
 #include "server/presence.h"
 #include "server/reload.h"
 #include "server/server.h"
+#include "server/sink.h"
 #include "server/tls.h"
 #include "server/worker.h"
 
@@ -314,6 +315,7 @@ main(int argc, char **argv)
 	struct bg_cli_override ov[8];
 	struct bg_reload rl = { 0 };
 	struct bg_server srv;
+	struct bg_bus_sink sink;
 	struct bg_tls *tls = NULL;
 	const char *path = DEFAULT_CONFIG;
 	bool path_given = false, check_only = false;
@@ -472,14 +474,15 @@ main(int argc, char **argv)
 		/* No API thread: nothing to wait for in its slot. */
 		srv.cfg_seen[BG_SEEN_API] = UINT64_MAX;
 	}
-	srv.control = bg_control_new(&srv);
+	bg_server_sink(&srv, &sink);
+	srv.control = bg_control_new(&sink, &srv);
 	if (srv.control == NULL)
 		return EXIT_FAILURE;
 	if (bg_cmd_init(srv.control) != BG_OK)
 		return EXIT_FAILURE;
 	if (bg_presence_init(&srv) != BG_OK)
 		return EXIT_FAILURE;
-	srv.bus = bg_bus_new(&srv);
+	srv.bus = bg_bus_new(&sink, srv.control);
 	if (srv.workers == NULL || srv.bus == NULL)
 		return EXIT_FAILURE;
 	for (int i = 0; i < cfg.workers; i++) {

@@ -28,6 +28,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "common/bg.h"
 #include "common/config.h"
 #include "common/proto.h"
 
@@ -137,20 +138,6 @@ bg_server_quiescent(struct bg_server *srv, int slot)
 
 	/* Release: this thread's earlier reads of a config come before it. */
 	__atomic_store_n(&srv->cfg_seen[slot], gen, __ATOMIC_RELEASE);
-}
-
-/* Adds n to an owner-written counter. Owner thread only. */
-static inline void
-bg_stat_add(uint64_t *counter, uint64_t n)
-{
-	__atomic_store_n(counter, *counter + n, __ATOMIC_RELAXED);
-}
-
-/* Reads a counter from any thread. */
-static inline uint64_t
-bg_stat_get(const uint64_t *counter)
-{
-	return __atomic_load_n(counter, __ATOMIC_RELAXED);
 }
 
 /* Records one observation of us microseconds. Owner thread only. */

@@ -348,6 +348,7 @@ bg_worker_hold_reply(struct bg_worker *w, struct bg_conn *c,
 {
 	struct bg_held_reply *r = malloc(sizeof(*r)), **pp = &w->held;
 
+	bg_assert_owner(w->owner);
 	if (r == NULL) {
 		bg_conn_send_json(c, json, len); /* late binding: rare */
 		return;
@@ -381,6 +382,7 @@ bg_worker_drop_replies(struct bg_worker *w, struct bg_conn *c)
 {
 	struct bg_held_reply **pp = &w->held, *r;
 
+	bg_assert_owner(w->owner);
 	while ((r = *pp) != NULL) {
 		if (r->c != c) {
 			pp = &r->next;
@@ -395,6 +397,7 @@ bg_worker_drop_replies(struct bg_worker *w, struct bg_conn *c)
 void
 bg_worker_chan_added(struct bg_worker *w, struct bg_chan *ch)
 {
+	bg_assert_owner(w->owner);
 	filter_add(w, slot1(ch->hash), 1);
 	filter_add(w, slot2(ch->hash), 1);
 	if (bg_bus_binds(w->srv->bus)) {
@@ -406,6 +409,7 @@ bg_worker_chan_added(struct bg_worker *w, struct bg_chan *ch)
 void
 bg_worker_chan_removed(struct bg_worker *w, struct bg_chan *ch)
 {
+	bg_assert_owner(w->owner);
 	filter_add(w, slot1(ch->hash), (uint32_t)-1);
 	filter_add(w, slot2(ch->hash), (uint32_t)-1);
 	if (bg_bus_binds(w->srv->bus)) {
@@ -491,6 +495,7 @@ bg_worker_id_add(struct bg_worker *w, struct bg_conn *c)
 {
 	uint32_t i;
 
+	bg_assert_owner(w->owner);
 	if ((w->ids_n + 1) * 2 > w->ids_cap &&
 	    !ids_resize(w, w->ids_cap ? w->ids_cap * 2 : 64))
 		return false;
@@ -507,6 +512,7 @@ bg_worker_id_del(struct bg_worker *w, struct bg_conn *c)
 {
 	uint32_t mask = w->ids_cap - 1, i, j, k;
 
+	bg_assert_owner(w->owner);
 	if (w->ids_cap == 0)
 		return;
 	for (i = id_home(w, c->num); w->ids[i] != c; i = (i + 1) & mask)
@@ -535,6 +541,7 @@ bg_worker_conn(struct bg_worker *w, const char *id)
 	unsigned long long n;
 	long idx;
 
+	bg_assert_owner(w->owner);
 	if (w->ids_cap == 0 || strncmp(id, w->srv->node_id, nl) != 0 ||
 	    id[nl] != '-')
 		return NULL;
@@ -585,6 +592,12 @@ deliver(struct bg_worker *w, struct bg_msg *m)
 		/* A control-plane task, in order with the broadcasts. */
 		m->task_fn(w, m);
 		bg_msg_unref(m);
+		return;
+	}
+	if (m->answer_fn != NULL) {
+		/* A job's answer (bg_h_post_job), in order with the
+		 * broadcasts. */
+		m->answer_fn(w, m);
 		return;
 	}
 	if (m->hist != NULL) {
@@ -975,6 +988,7 @@ worker_main(void *arg)
 	char name[16];
 	int rc;
 
+	w->owner = pthread_self();
 	snprintf(name, sizeof(name), "bg-worker-%d", w->index);
 	pthread_setname_np(pthread_self(), name);
 	rc = setup(w);

@@ -4,7 +4,9 @@
  *
  * Only the worker's own thread touches its connections, tables and lws
  * context. Other threads reach it only through bg_worker_adopt (acceptor),
- * bg_worker_deliver (bus), bg_worker_stop (main) and its counters.
+ * bg_worker_deliver (the bus, through the server's bus sink,
+ * server/sink.c), bg_worker_stop (main) and its counters. Its
+ * worker-only functions assert the calling thread (bg_assert_owner).
  */
 #ifndef BG_WORKER_H
 #define BG_WORKER_H
@@ -47,6 +49,9 @@ struct bg_worker {
 	int index;                     /* immutable */
 	struct bg_server *srv;         /* immutable */
 	pthread_t thread;              /* main */
+	pthread_t owner;               /* the worker's own thread: it
+	                                  writes it first, before anything
+	                                  can reach it; bg_assert_owner */
 	sem_t ready;                   /* worker posts once set up */
 	int ready_rc;                  /* worker writes before posting */
 	struct bg_ring *inbox;         /* acceptor -> worker: bg_sock * */

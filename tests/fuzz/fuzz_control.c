@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "server/cmd.h"
 #include "server/server.h"
+#include "server/sink.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static struct bg_config cfg;
 	static uint64_t seen[8];
 	struct bg_server srv;
+	struct bg_bus_sink sink;
 	struct bg_control *ctl;
 
 	if (size == 0)
@@ -40,7 +42,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	srv.cfg = &cfg;
 	srv.cfg_seen = seen;
 	strcpy(srv.node_id, "0123456789abcdef");
-	ctl = bg_control_new(&srv);
+	bg_server_sink(&srv, &sink);
+	ctl = bg_control_new(&sink, &srv);
 	CHECK(ctl != NULL);
 	CHECK(bg_cmd_init(ctl) == BG_OK);
 	bg_control_attach(ctl, NULL);

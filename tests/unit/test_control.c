@@ -18,6 +18,7 @@
 #include "common/bg.h"
 #include "common/config.h"
 #include "server/server.h"
+#include "server/sink.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -44,13 +45,15 @@ static int
 setup(void **state)
 {
 	struct fixture *f = calloc(1, sizeof(*f));
+	struct bg_bus_sink sink;
 
 	bg_config_defaults(&f->cfg);
 	strcpy(f->cfg.amqp_url, "none");
 	f->srv.cfg = &f->cfg;
 	f->srv.cfg_seen = f->seen;
 	strcpy(f->srv.node_id, "self000000000000");
-	f->ctl = bg_control_new(&f->srv);
+	bg_server_sink(&f->srv, &sink);
+	f->ctl = bg_control_new(&sink, &f->srv);
 	assert_non_null(f->ctl);
 	*state = f;
 	return 0;

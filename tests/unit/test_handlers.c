@@ -4,7 +4,8 @@
  * the compiled-in table after bg_handlers_init, bg_handlers_free, and
  * bg_handlers_run / bg_handlers_dispatch where they need no live
  * connection (a zeroed struct bg_conn, subscriptions from a real
- * channel table). Every test leaves the table empty.
+ * channel table), the subscribe answer hooks may fill, and the handler
+ * API's owner-thread assertion. Every test leaves the table empty.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -16,6 +17,13 @@
 #include "common/chan.h"
 #include "handlers/handlers.h"
 #include "server/conn.h"
+#include "server/worker.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -395,10 +403,86 @@ test_dispatch_to_registered_event(void **state)
 	assert_ptr_equal(seen_req, &req);
 }
 
+/* A subscribe hook adds members to the answer through a->answer. */
+static enum bg_code
+hook_adds_answer(const struct bg_hook_args *a)
+{
+	calls_a++;
+	json_object_set_new(a->answer, "seats", json_integer(3));
+	return BG_CODE_COUNT;
+}
+
+static void
+test_subscribe_hook_adds_to_answer(void **state)
+{
+	struct bg_conn c;
+	struct bg_hook_args a = { .c = &c, .channel = "room-1" };
+	char err[256];
+
+	memset(&c, 0, sizeof(c));
+	a.answer = json_object();
+	assert_int_equal(reg(BG_ON_SUBSCRIBE, NULL, "^room-",
+			     hook_adds_answer, err, sizeof(err)), BG_OK);
+	assert_int_equal(bg_handlers_run(BG_ON_SUBSCRIBE, &a),
+			 BG_CODE_COUNT);
+	assert_int_equal(calls_a, 1);
+	assert_int_equal(json_integer_value(json_object_get(a.answer,
+							    "seats")), 3);
+	json_decref(a.answer);
+}
+
+static void *
+note_self(void *arg)
+{
+	*(pthread_t *)arg = pthread_self();
+	return NULL;
+}
+
+/* Debug builds: the handler API called off the connection's worker
+ * thread aborts (bg_assert_owner); on it, it answers. */
+static void
+test_api_asserts_owner_thread(void **state)
+{
+	struct bg_worker *w = calloc(1, sizeof(*w));
+	struct bg_conn c;
+	pthread_t other;
+	int status;
+	pid_t pid;
+
+	assert_non_null(w);
+	memset(&c, 0, sizeof(c));
+	strcpy(c.id, "n-0-1");
+	c.w = w;
+	w->owner = pthread_self();
+	assert_string_equal(bg_h_id(&c), "n-0-1");
+	assert_int_equal(pthread_create(&other, NULL, note_self,
+					&w->owner), 0);
+	assert_int_equal(pthread_join(other, NULL), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		/* No core file, no assertion text in the test's output. */
+		struct rlimit no_core = { 0, 0 };
+
+		setrlimit(RLIMIT_CORE, &no_core);
+		if (freopen("/dev/null", "w", stderr) == NULL)
+			_exit(3);
+		(void)bg_h_id(&c);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFSIGNALED(status));
+	assert_int_equal(WTERMSIG(status), SIGABRT);
+	free(w);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(
+			test_subscribe_hook_adds_to_answer, reset, reset),
+		cmocka_unit_test(test_api_asserts_owner_thread),
 		cmocka_unit_test_setup_teardown(test_bad_regex_names_pattern,
 						reset, reset),
 		cmocka_unit_test_setup_teardown(test_err_truncated_safely,
