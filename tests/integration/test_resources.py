@@ -72,6 +72,8 @@ def test_max_connections_default_from_rlimit(server):
 def test_max_connections_counts_silent_sockets(server):
     srv = server({"server": {"max_connections": 5},
                   "limits": {"max_handshakes": 0, "max_per_address": 0}})
+    # The fixture's start-up probes of /health/live must have left.
+    wait_for(lambda: admitted(srv) == 0, what="no socket counted")
     socks = [raw_socket(srv) for _ in range(5)]
     try:
         # Let the acceptor take them all (asked on the API listener: a
