@@ -83,6 +83,7 @@ describe("positions and recovery (protocol fake)", function () {
     f.publish("h-news", "message", {n: 1});
     f.publish("h-news", "message", {n: 2});
     await T.waitFor(function () { return got.length === 2; }, 3000, "2");
+    assert.deepEqual(got, [1, 2]);
     assert.deepEqual(ws.position("h-news"), {epoch: "epoch-1", offset: 4});
     assert.equal(ws.position("plain"), null);
     await ws.subscribe("plain");
@@ -204,18 +205,19 @@ describe("recovery cut short (protocol fake)", function () {
     f.publish("h-news", "message", {n: 1});
     await T.waitFor(function () { return got.length === 1; }, 3000, "1");
     // The first reconnection replays 2 but never answers: held, not
-    // delivered, and the connection drops.
+    // delivered (a message sent after it is), and the connection drops.
+    const sentinel = [];
+    ws.on("sentinel", function () { sentinel.push(1); });
     f.hold = function (msg, c) {
       if (msg.event !== "subscribe") return false;
       f.send(c, f.log.get("h-news")[1]);
+      f.send(c, {event: "sentinel", channel: "other", data: {}});
       return true;
     };
     f.drop();
     f.publish("h-news", "message", {n: 2});
-    await T.waitFor(function () {
-      return f.received("subscribe").length === 2;
-    }, 3000, "first re-subscribe");
-    await T.sleep(50);
+    await T.waitFor(function () { return sentinel.length === 1; }, 3000,
+                    "the sentinel after the replay");
     assert.deepEqual(got, [1]);
     f.hold = null;
     f.drop();
