@@ -11,6 +11,8 @@
  * set) never subscribes: its connect event, callbacks and end go to
  * bench_pub.c, and any tick it gets anyway is only counted (pub_ticks).  Complete frames are parsed straight from one
  * static read buffer, so an idle connection holds no buffer at all.
+ * With --proto socketio the same connections speak Socket.IO 4 over the
+ * engine.io 4 WebSocket transport instead (sio_message()).
  * Runs only on the bench's single loop thread.
  */
 #include "bench.h"
