@@ -367,6 +367,8 @@ $(VENV)/bin/python:
 	$(Q)$(MAKE) --no-print-directory python-packages
 	$(Q)/usr/bin/python3 -m venv --system-site-packages $(VENV)
 
+# tests/python on 2 xdist workers, whole files each (a broker per worker).
+PY_JOBS ?= -n 2 --dist loadfile
 test-python: $(OUT)/bagou-server $(VENV)/bin/python $(DJANGO42)/django/__init__.py
 	@echo "  MYPY   python/bagou"
 	$(Q)cd python && /usr/bin/python3 -m mypy \
@@ -377,11 +379,11 @@ test-python: $(OUT)/bagou-server $(VENV)/bin/python $(DJANGO42)/django/__init__.
 	@echo "  PYTEST tests/python (Debian's Django 3.2)"
 	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) BAGOU_EXPECT_DJANGO=3.2 \
 	  BAGOU_EXPECT_INSTALLED=1 \
-	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/python
+	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PY_JOBS) tests/python
 	@echo "  PYTEST tests/python (Django 4.2 from bookworm-backports)"
 	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) BAGOU_EXPECT_DJANGO=4.2 \
 	  BAGOU_EXPECT_INSTALLED=1 PYTHONPATH=$(abspath $(DJANGO42)) \
-	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider tests/python
+	  $(VENV)/bin/python -m pytest -q -p no:cacheprovider $(PY_JOBS) tests/python
 
 # The minified client the server embeds (js/dist/bagou.min.js and its
 # map), rebuilt with the pinned terser after editing js/bagou.js; the
