@@ -484,8 +484,11 @@ bench-cost: $(OUT)/bagou-server $(BUILD)/malloc_count.so
 
 
 # History (issue 10), the long run: 1,000 clients reconnecting at once to
-# another node after theirs was SIGKILLed (tests/integration/
+# another node after theirs was SIGKILLed, and a three-node RabbitMQ
+# cluster losing a broker node while clients resume (tests/integration/
 # test_history_long.py; sized by HISTORY_LONG_CLIENTS, _RATE, _MISSED).
+# About a minute on the plain build; part of make test.
+test: test-history-long
 .PHONY: test-history-long
 test-history-long: $(OUT)/bagou-server
 	cd tests/integration && HISTORY_LONG_RUN=1 \
