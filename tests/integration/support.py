@@ -193,13 +193,15 @@ class Server:
                 "--amqp-url", "none", "--log-level", "info"] + api + \
             self.extra_args
 
-    def start(self):
+    def start(self, port=None):
+        """Starts the server on a free port, or on port (a restart that
+        pages already point at)."""
         binary = server_binary()
         if not os.access(binary, os.X_OK):
             raise ServerError("no server binary at %s (set BAGOU_BIN)"
                               % binary)
         for attempt in range(3):
-            self.port = free_port()
+            self.port = port or free_port()
             if self.api_listen is None:
                 self.api_port = free_port()
                 while self.api_port == self.port:
@@ -220,7 +222,7 @@ class Server:
                 # Another process took the port between free_port() and
                 # the bind: try another port, nothing else.
                 if rc is not None and "in use" in self.log().lower() \
-                        and attempt < 2:
+                        and attempt < 2 and port is None:
                     continue
                 raise
         raise ServerError("unreachable")

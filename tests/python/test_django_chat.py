@@ -24,8 +24,11 @@ def chat(tmp_path, rabbitmq, exchanges, amqp_server):
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail("no %s: apt-get install chromium" % CHROMIUM)
     bx, ex = exchanges
+    # As the example's bagou.ini: rooms keep history.
     srv = amqp_server(config=forwarding(ex, "open,close,subscribe,"
-                                        "unsubscribe"), exchange=bx)
+                                        "unsubscribe",
+                                        history={"channels": "^room-"}),
+                      exchange=bx)
     env = {"DJANGO_SETTINGS_MODULE": "chatsite.settings",
            "CHAT_DB": str(tmp_path / "chat.sqlite3"),
            "BAGOU_AMQP_URL": rabbitmq.url, "BAGOU_EXCHANGE": bx,
@@ -75,10 +78,10 @@ def lines(page):
                      ".map(d => d.className + '|' + d.textContent)")
 
 
-async def wait_line(page, text):
+async def wait_line(page, text, timeout=15.0):
     await page.wait("Array.from(document.querySelectorAll('#log div'))"
                     ".some(d => d.className + '|' + d.textContent === %s)"
-                    % json.dumps(text))
+                    % json.dumps(text), timeout=timeout)
 
 
 async def say(page, text, button="send"):
@@ -125,6 +128,50 @@ def test_two_users_chat(chat):
             await browser.close()
 
     run(scenario(), timeout=120)
+
+
+def test_page_survives_a_server_restart(chat):
+    """The rooms keep history (the example's bagou.ini): a line posted
+    while bagou-server is down (SIGKILL) reaches both open pages once,
+    after bagou.js reconnected and resumed the room by itself; the page's
+    code is the django-bagou one, unchanged."""
+    srv, base = chat
+    post = ("fetch(POST_URL, {method: 'POST', body: new URLSearchParams("
+            "{text: %s}), headers: {'X-CSRFToken': CSRF}, "
+            "credentials: 'same-origin'}).then(r => r.status)")
+
+    async def scenario():
+        browser = await Browser().start()
+        try:
+            alice = await login(browser, base, "alice")
+            bob = await login(browser, base, "bob")
+            await say(alice, "before the restart")
+            for page in (alice, bob):
+                await wait_line(page, "msg|alice: before the restart")
+            srv.signal(9)
+            srv.wait_exit(10)
+            # Saved and broadcast by the view while no node runs: the
+            # stream keeps it.
+            assert await bob.eval(post % json.dumps("while down")) == 200
+            srv.start(port=srv.port)  # where the pages reconnect
+            srv.wait_amqp("connected", timeout=15.0)
+            for page in (alice, bob):
+                await wait_line(page, "msg|bob: while down", timeout=40)
+                await page.wait("document.body.getAttribute('data-ready')"
+                                " === '1'", timeout=30)
+            # Live again after the resume; then each line once.
+            await say(alice, "after the restart")
+            for page in (alice, bob):
+                await wait_line(page, "msg|alice: after the restart")
+                got = await lines(page)
+                for text in ("msg|alice: before the restart",
+                             "msg|bob: while down",
+                             "msg|alice: after the restart"):
+                    assert got.count(text) == 1, (text, got)
+        finally:
+            await browser.close()
+
+    run(scenario(), timeout=150)
 
 
 def test_run_sh(tmp_path, rabbitmq):
