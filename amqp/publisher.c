@@ -45,21 +45,19 @@ bg_link_publish(struct bg_link *l, const struct bg_msg *m, const char **why)
 	return bg_link_publish_id(l, m, NULL, why);
 }
 
-int
-bg_link_publish_id(struct bg_link *l, const struct bg_msg *m,
-		   const char *mid, const char **why)
+/* Publishes body with a JSON content type and, when given, a message-id
+ * or a correlation-id. BG_OK; BG_LINK_REFUSED when rabbitmq-c refused it
+ * while encoding (nothing went out; *why says why); BG_ERR when the link
+ * failed (it is reset). what names the kind in the log. */
+static int
+publish(struct bg_link *l, const char *exchange, const char *key,
+	const void *body, size_t len, const char *mid, const char *corr,
+	const char *what, const char **why)
 {
 	amqp_basic_properties_t props;
-	const char *exchange = bg_link_exchange(l);
-	amqp_bytes_t body;
+	amqp_bytes_t b;
 	int rc;
 
-	if (!bg_link_up(l))
-		return BG_ERR;
-	if ((*why = bg_link_check(m)) != NULL)
-		return BG_LINK_REFUSED;
-	if (m->forward_key != NULL)
-		exchange = bg_link_forward_exchange(l);
 	memset(&props, 0, sizeof(props));
 	props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG;
 	props.content_type = amqp_cstring_bytes("application/json");
@@ -67,49 +65,9 @@ bg_link_publish_id(struct bg_link *l, const struct bg_msg *m,
 		props._flags |= AMQP_BASIC_MESSAGE_ID_FLAG;
 		props.message_id = amqp_cstring_bytes(mid);
 	}
-	body.bytes = m->body;
-	body.len = m->body_len;
-	rc = amqp_basic_publish(bg_link_conn(l), 1,
-				amqp_cstring_bytes(exchange),
-				amqp_cstring_bytes(routing_key(m)), 0, 0,
-				&props, body);
-	switch (rc) {
-	case AMQP_STATUS_OK:
-		return BG_OK;
-	case AMQP_STATUS_BAD_AMQP_DATA:
-	case AMQP_STATUS_TABLE_TOO_BIG:
-	case AMQP_STATUS_NO_MEMORY:
-		/* Refused while encoding: nothing went out. */
-		*why = amqp_error_string2(rc);
-		return BG_LINK_REFUSED;
-	default:
-		bg_log_warn("amqp: publish failed: %s",
-			    amqp_error_string2(rc));
-		bg_link_reset(l);
-		return BG_ERR;
-	}
-}
-
-int
-bg_link_publish_raw(struct bg_link *l, const char *exchange, const char *key,
-		    const void *body, size_t len, const char *correlation_id)
-{
-	amqp_basic_properties_t props;
-	amqp_bytes_t b;
-	int rc;
-
-	if (!bg_link_up(l))
-		return BG_ERR;
-	if (strlen(key) > BG_LINK_MAX_KEY || len > BG_LINK_MAX_BODY)
-		return BG_LINK_REFUSED;
-	if (exchange == NULL)
-		exchange = bg_link_control_exchange(l);
-	memset(&props, 0, sizeof(props));
-	props._flags = AMQP_BASIC_CONTENT_TYPE_FLAG;
-	props.content_type = amqp_cstring_bytes("application/json");
-	if (correlation_id != NULL) {
+	if (corr != NULL) {
 		props._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
-		props.correlation_id = amqp_cstring_bytes(correlation_id);
+		props.correlation_id = amqp_cstring_bytes(corr);
 	}
 	b.bytes = (void *)body;
 	b.len = len;
@@ -122,11 +80,45 @@ bg_link_publish_raw(struct bg_link *l, const char *exchange, const char *key,
 	case AMQP_STATUS_BAD_AMQP_DATA:
 	case AMQP_STATUS_TABLE_TOO_BIG:
 	case AMQP_STATUS_NO_MEMORY:
+		/* Refused while encoding: nothing went out. */
+		*why = amqp_error_string2(rc);
 		return BG_LINK_REFUSED;
 	default:
-		bg_log_warn("amqp: publish (control) failed: %s",
+		bg_log_warn("amqp: publish%s failed: %s", what,
 			    amqp_error_string2(rc));
 		bg_link_reset(l);
 		return BG_ERR;
 	}
+}
+
+int
+bg_link_publish_id(struct bg_link *l, const struct bg_msg *m,
+		   const char *mid, const char **why)
+{
+	const char *exchange = bg_link_exchange(l);
+
+	if (!bg_link_up(l))
+		return BG_ERR;
+	if ((*why = bg_link_check(m)) != NULL)
+		return BG_LINK_REFUSED;
+	if (m->forward_key != NULL)
+		exchange = bg_link_forward_exchange(l);
+	return publish(l, exchange, routing_key(m), m->body, m->body_len, mid,
+		       NULL, "", why);
+}
+
+int
+bg_link_publish_raw(struct bg_link *l, const char *exchange, const char *key,
+		    const void *body, size_t len, const char *correlation_id)
+{
+	const char *why;
+
+	if (!bg_link_up(l))
+		return BG_ERR;
+	if (strlen(key) > BG_LINK_MAX_KEY || len > BG_LINK_MAX_BODY)
+		return BG_LINK_REFUSED;
+	if (exchange == NULL)
+		exchange = bg_link_control_exchange(l);
+	return publish(l, exchange, key, body, len, NULL, correlation_id,
+		       " (control)", &why);
 }

@@ -121,6 +121,12 @@ const char *bg_h_private_refusal(const struct bg_conn *c,
 
 /* --------------------------------------------------------- channels */
 
+/* The channel a request names in data.channel, validated (PROTOCOL.md
+ * channel names), with its length in *len; NULL after answering req
+ * with invalid_channel. */
+const char *bg_h_channel_arg(struct bg_conn *c, const struct bg_request *req,
+			     size_t *len);
+
 /* The client's subscriptions: count, and the name of the i-th. */
 uint32_t bg_h_channel_count(const struct bg_conn *c);
 const char *bg_h_channel(const struct bg_conn *c, uint32_t i);

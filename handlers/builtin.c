@@ -17,24 +17,6 @@
 
 #define GO_ON BG_CODE_COUNT
 
-/* The channel named by data.channel, validated; NULL after replying. */
-static const char *
-channel_arg(struct bg_conn *c, const struct bg_request *req, size_t *len)
-{
-	json_t *ch = json_object_get(req->data, "channel");
-
-	if (!json_is_string(ch) ||
-	    !bg_proto_channel_valid(json_string_value(ch),
-				    json_string_length(ch))) {
-		bg_h_reply_error(c, req, BG_CODE_INVALID_CHANNEL,
-				 "data.channel must be 1-200 printable "
-				 "ASCII bytes without space * # \" \\");
-		return NULL;
-	}
-	*len = json_string_length(ch);
-	return json_string_value(ch);
-}
-
 static void
 reply_channel(struct bg_conn *c, const struct bg_request *req,
 	      const char *channel)
@@ -71,7 +53,7 @@ on_subscribe(const struct bg_hook_args *a)
 	size_t len;
 	bool added;
 
-	if ((name = channel_arg(c, req, &len)) == NULL)
+	if ((name = bg_h_channel_arg(c, req, &len)) == NULL)
 		return GO_ON;
 	if (bg_history_parse_pos(req->data, "recover", &pos, err,
 				 sizeof(err)) != BG_OK) {
@@ -148,7 +130,7 @@ on_unsubscribe(const struct bg_hook_args *a)
 	const char *name;
 	size_t len;
 
-	if ((name = channel_arg(c, a->req, &len)) == NULL)
+	if ((name = bg_h_channel_arg(c, a->req, &len)) == NULL)
 		return GO_ON;
 	if (bg_h_subscribed(c, name, len)) {
 		bg_h_unsubscribe(c, name, len);
@@ -218,7 +200,7 @@ on_publish(const struct bg_hook_args *a)
 				 "publish data must be an object");
 		return GO_ON;
 	}
-	if ((name = channel_arg(c, req, &len)) == NULL)
+	if ((name = bg_h_channel_arg(c, req, &len)) == NULL)
 		return GO_ON;
 	refusal = bg_h_private_refusal(c, name);
 	if (cfg->client_publish == BG_PUBLISH_NONE ||

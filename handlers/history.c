@@ -110,22 +110,15 @@ bg_history_on_event(const struct bg_hook_args *a)
 {
 	struct bg_conn *c = a->c;
 	const struct bg_request *req = a->req;
-	json_t *ch = json_object_get(req->data, "channel");
 	json_t *lim = json_object_get(req->data, "limit");
 	struct bg_hist_pos pos;
 	const char *name, *refusal;
 	struct bg_msg *m;
 	char err[160];
+	size_t len;
 
-	if (!json_is_string(ch) ||
-	    !bg_proto_channel_valid(json_string_value(ch),
-				    json_string_length(ch))) {
-		bg_h_reply_error(c, req, BG_CODE_INVALID_CHANNEL,
-				 "data.channel must be 1-200 printable "
-				 "ASCII bytes without space * # \" \\");
+	if ((name = bg_h_channel_arg(c, req, &len)) == NULL)
 		return GO_ON;
-	}
-	name = json_string_value(ch);
 	if (lim != NULL && !json_is_null(lim) &&
 	    (!json_is_integer(lim) || json_integer_value(lim) < 0)) {
 		bg_h_reply_error(c, req, BG_CODE_BAD_MESSAGE,

@@ -114,6 +114,25 @@ bg_h_private_refusal(const struct bg_conn *c, const char *channel)
 	return NULL;
 }
 
+const char *
+bg_h_channel_arg(struct bg_conn *c, const struct bg_request *req,
+		 size_t *len)
+{
+	json_t *ch = json_object_get(req->data, "channel");
+
+	OWNED(c);
+	if (!json_is_string(ch) ||
+	    !bg_proto_channel_valid(json_string_value(ch),
+				    json_string_length(ch))) {
+		bg_h_reply_error(c, req, BG_CODE_INVALID_CHANNEL,
+				 "data.channel must be 1-200 printable "
+				 "ASCII bytes without space * # \" \\");
+		return NULL;
+	}
+	*len = json_string_length(ch);
+	return json_string_value(ch);
+}
+
 uint32_t
 bg_h_channel_count(const struct bg_conn *c)
 {
