@@ -12,7 +12,7 @@ bg_budget_sub_cost(size_t name_len)
 size_t
 bg_budget_used(const struct bg_budget *b, size_t queued)
 {
-	return b->subs + b->store + b->rx + queued;
+	return (size_t)b->subs + b->store + b->rx + queued;
 }
 
 bool

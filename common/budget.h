@@ -14,16 +14,19 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* What one subscription costs besides its name: the channel and
  * subscription records and the array slots that point at them. */
 #define BG_BUDGET_SUB_COST 128
 
+/* 32 bits each: max_connection_memory is at most 1 GiB and nothing
+ * charged is let past it. */
 struct bg_budget {
-	size_t limit;           /* max_connection_memory */
-	size_t subs;            /* sum of bg_budget_sub_cost */
-	size_t store;           /* the store's JSON bytes */
-	size_t rx;              /* reassembly buffer capacity */
+	uint32_t limit;         /* max_connection_memory */
+	uint32_t subs;          /* sum of bg_budget_sub_cost */
+	uint32_t store;         /* the store's JSON bytes */
+	uint32_t rx;            /* reassembly buffer capacity */
 };
 
 /* The charge of one subscription to a name of name_len bytes. */

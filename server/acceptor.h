@@ -34,10 +34,10 @@ struct bg_sock {
 	bool handshake;                /* counted in handshakes */
 	bool adopting;                 /* worker: inside lws's adoption */
 	bool released;                 /* counts given back */
+	bool listed;                   /* in the worker's list */
 	struct lws *wsi;               /* worker */
 	uint64_t deadline_ms;          /* worker: handshake deadline */
 	struct bg_sock *prev, *next;   /* worker's list, by deadline */
-	bool listed;
 };
 
 #define BG_SOCK_MAGIC 0x6b636f73u

@@ -167,6 +167,9 @@ start_close(struct bg_conn *c, uint16_t code, const char *why, bool drop)
 		__atomic_add_fetch(&c->w->closing_conns, 1, __ATOMIC_RELAXED);
 	c->closing = true;
 	c->close_code = code;
+	if (c->close_why_owned && c->close_why != why)
+		free((char *)c->close_why);
+	c->close_why_owned = false;
 	c->close_why = why;
 	if (drop)
 		q_clear(c);
@@ -360,9 +363,10 @@ bg_conn_close_reason(struct bg_conn *c, uint16_t code, const char *reason)
 {
 	if (c->closing)
 		return;
-	free(c->close_reason);
-	c->close_reason = strndup(reason, 123);
-	start_close(c, code, c->close_reason, false);
+	char *why = strndup(reason, 123);
+
+	start_close(c, code, why, false);
+	c->close_why_owned = why != NULL;
 }
 
 void
@@ -567,7 +571,7 @@ bg_conn_open(struct bg_conn *c, struct bg_worker *w, struct lws *wsi)
 	c->num = ++w->next_client;
 	n = snprintf(c->id, sizeof(c->id), "%s-%d-%llu", w->srv->node_id,
 		     w->index, (unsigned long long)c->num);
-	if (n < 0 || !bg_worker_id_add(w, c))
+	if (n < 0 || (size_t)n >= sizeof(c->id) || !bg_worker_id_add(w, c))
 		return BG_ERR;
 	c->next = w->conns;
 	if (w->conns != NULL)
@@ -628,19 +632,20 @@ bg_conn_close(struct bg_conn *c)
 	q_clear(c);
 	free(c->subs);
 	free(c->rx);
-	free(c->body);
+	free(c->post);
 	json_decref(c->store);
 	bg_identity_clear(&c->ident);
 	free(c->cookie);
 	c->cookie = NULL;
-	free(c->close_reason);
-	c->close_reason = NULL;
+	if (c->close_why_owned)
+		free((char *)c->close_why);
+	c->close_why_owned = false;
+	c->close_why = NULL;
 	c->subs = NULL;
 	c->rx = NULL;
-	c->body = NULL;
+	c->post = NULL;
 	c->store = NULL;
 	c->n_subs = c->cap_subs = 0;
-	c->rx_len = c->rx_cap = 0;
 	memset(&c->budget, 0, sizeof(c->budget));
 }
 
@@ -809,9 +814,9 @@ bg_conn_arm_timer(struct bg_conn *c)
 
 	if (c->ident.exp > 0)
 		at_ms = now + (c->ident.exp - (int64_t)time(NULL)) * 1000;
-	if (c->rx_deadline_ms > 0 &&
-	    (at_ms == 0 || (int64_t)c->rx_deadline_ms < at_ms))
-		at_ms = (int64_t)c->rx_deadline_ms;
+	if (c->rx != NULL && c->rx->deadline_ms > 0 &&
+	    (at_ms == 0 || (int64_t)c->rx->deadline_ms < at_ms))
+		at_ms = (int64_t)c->rx->deadline_ms;
 	if (at_ms == 0) {
 		lws_set_timer_usecs(c->wsi, LWS_SET_TIMER_USEC_CANCEL);
 		return;

@@ -50,26 +50,39 @@ struct bg_out {
 	uint32_t len;
 };
 
+/* The longest id bg_conn_open makes: a 16-character node id, a worker
+ * index below 1024 and a 64-bit counter, "NODE-WORKER-N". */
+#define BG_CONN_ID_MAX (16 + 1 + 4 + 1 + 20)
+
+/* A POST /broadcast body on the public listener, while it arrives. */
+struct bg_post {
+	size_t len, cap;
+	char data[];                   /* cap + 1 bytes */
+};
+
+/* A message arriving in pieces (across lws callbacks, or in fragments):
+ * at most [limits] max_message_size, 64 MiB, long. */
+struct bg_rx {
+	uint64_t deadline_ms;          /* monotonic; 0 = not fragmented */
+	uint32_t len, cap;             /* data's bytes so far, and room */
+	uint32_t frames;               /* its frames so far (fragments) */
+	char data[];
+};
+
+/* Ordered so that no field leaves a hole: an idle connection holds one of
+ * these (docs/DESIGN.md, memory per idle connection), so every 16 bytes
+ * of it count at 10,000 connections. */
 struct bg_conn {
 	struct lws *wsi;
 	struct bg_worker *w;
 	struct bg_conn *prev, *next;   /* worker's list */
 	struct bg_conn *dirty_next;    /* worker's flush list */
-	bool established;              /* connect sent, in lists */
-	bool closing;                  /* close_code will be sent */
-	bool close_sent;               /* handed to lws: only the ack left */
-	bool in_dirty;
-	bool want_write;               /* lws_callback_on_writable pending */
-	uint16_t close_code;
-	uint16_t peer_code;            /* the client's close code, if it
-	                                  closed first (1005: none given) */
-	const char *close_why;         /* static text for the close frame */
-	char *close_reason;            /* or text of its own (the server API's
-	                                  reason), freed at close */
-
-	char id[BG_ID_MAX + 1];
+	const char *close_why;         /* text for the close frame: static,
+	                                  or the server API's reason (copied,
+	                                  close_why_owned, freed at close) */
 	uint64_t num;                  /* N of its id NODE-WORKER-N: the
 	                                  key of the worker's id map */
+	char id[BG_CONN_ID_MAX + 1 + 5];  /* + 5: to a multiple of 8 */
 	struct bg_chan_sub **subs;     /* this connection's subscriptions */
 	uint32_t n_subs, cap_subs;
 	json_t *store;                 /* object, or NULL while empty */
@@ -84,26 +97,30 @@ struct bg_conn {
 	uint64_t last_drop_ms;
 	uint64_t last_seq;             /* last broadcast delivered */
 
-	/* Incoming message being reassembled across fragments. */
-	char *rx;
-	size_t rx_len, rx_cap;
-	uint32_t rx_frames;            /* its frames so far (fragments) */
-	uint64_t rx_deadline_ms;       /* monotonic; 0 = not fragmented */
+	/* Incoming message being reassembled, or NULL (most of the time). */
+	struct bg_rx *rx;
+	uint16_t close_code;
+	uint16_t peer_code;            /* the client's close code, if it
+	                                  closed first (1005: none given) */
 
 	/* Outbound queue: a ring of entries, bounded in bytes. */
 	struct bg_out *q;
 	uint32_t q_head, q_count, q_cap;
-	size_t q_bytes;
+	bool established;              /* connect sent, in lists */
+	bool closing;                  /* close_code will be sent */
+	bool close_sent;               /* handed to lws: only the ack left */
+	bool close_why_owned;
+	bool in_dirty;
+	bool want_write;               /* lws_callback_on_writable pending */
 	bool backed_up;                /* counted in w->backed_up */
+	size_t q_bytes;
 	uint64_t backed_ms;            /* backed up: last queue progress */
 
 	/* Memory charged against [limits] max_connection_memory. */
 	struct bg_budget budget;
 
 	/* HTTP request state (connections that never upgrade). */
-	char *body;
-	size_t body_len, body_cap;
-	bool is_broadcast;
+	struct bg_post *post;          /* a POST /broadcast body, or NULL */
 	uint64_t http_start_us;        /* bg_mono_us at the request's head,
 	                                  for [log] access */
 };

@@ -828,7 +828,7 @@ check_auth(struct bg_worker *w, struct lws *wsi, bool *answered)
 }
 
 /*
- * Takes c->body and answers the POST, then closes the connection
+ * Takes c->post and answers the POST, then closes the connection
  * ("Connection: close"). libwebsockets 4.1 mis-frames HTTP/1.1 requests
  * pipelined behind a POST body (the next request's head is delivered as the
  * following body and the worker spins), so a POST never shares its
@@ -838,18 +838,18 @@ check_auth(struct bg_worker *w, struct lws *wsi, bool *answered)
 static int
 finish_broadcast(struct bg_worker *w, struct lws *wsi, struct bg_conn *c)
 {
-	char *body = c->body;
-	size_t len = c->body_len, n = 0;
+	struct bg_post *post = c->post;
+	size_t n = 0;
 	char out[2048];
 	unsigned int status;
 
-	c->body = NULL;
-	c->body_len = c->body_cap = 0;
-	c->is_broadcast = false;
+	c->post = NULL;
 	lws_set_timer_usecs(wsi, LWS_SET_TIMER_USEC_CANCEL);
-	status = bg_http_broadcast(w->srv, &w->stats, body, len, out,
+	status = bg_http_broadcast(w->srv, &w->stats,
+				   post != NULL ? post->data : "",
+				   post != NULL ? post->len : 0, out,
 				   sizeof(out), &n);
-	free(body);
+	free(post);
 	return respond(wsi, status, JSON_TYPE, out, n, true);
 }
 
@@ -880,12 +880,12 @@ start_post(struct bg_worker *w, struct lws *wsi, struct bg_conn *c,
 				     "larger than max_message_size", true);
 	if (n == 0)
 		return finish_broadcast(w, wsi, c);
-	c->body = malloc(n + 1);
-	if (c->body == NULL)
+	free(c->post);
+	c->post = malloc(sizeof(*c->post) + n + 1);
+	if (c->post == NULL)
 		return -1;
-	c->body_len = 0;
-	c->body_cap = n;
-	c->is_broadcast = true;
+	c->post->len = 0;
+	c->post->cap = n;
 	/* lws restarts its own timeout at every body chunk, so a trickle
 	 * would hold the connection forever: the body gets one deadline. */
 	lws_set_timer_usecs(wsi, (lws_usec_t)
@@ -897,11 +897,10 @@ start_post(struct bg_worker *w, struct lws *wsi, struct bg_conn *c,
 int
 bg_http_body_timeout(struct bg_worker *w, struct lws *wsi, struct bg_conn *c)
 {
-	if (c == NULL || !c->is_broadcast)
+	if (c == NULL || c->post == NULL)
 		return 0;
-	free(c->body);
-	c->body = NULL;
-	c->is_broadcast = false;
+	free(c->post);
+	c->post = NULL;
 	return respond_error(wsi, 408, "timeout", "the request body did not "
 			     "arrive within [http] body_timeout", true);
 }
@@ -965,22 +964,21 @@ bg_http_callback(struct bg_worker *w, struct lws *wsi, int reason,
 		return respond_error(wsi, 404, "not_found", "no such "
 				     "endpoint", false);
 	case LWS_CALLBACK_HTTP_BODY:
-		if (!c->is_broadcast || c->body_len + len > c->body_cap)
+		if (c->post == NULL || c->post->len + len > c->post->cap)
 			return respond_error(wsi, 413, "bad_message", "the "
 					     "body is larger than "
 					     "max_message_size", true);
-		memcpy(c->body + c->body_len, in, len);
-		c->body_len += len;
+		memcpy(c->post->data + c->post->len, in, len);
+		c->post->len += len;
 		return 0;
 	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-		if (!c->is_broadcast)
+		if (c->post == NULL)
 			return -1;
 		return finish_broadcast(w, wsi, c);
 	case LWS_CALLBACK_CLOSED_HTTP:
 	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
-		free(c->body);
-		c->body = NULL;
-		c->is_broadcast = false;
+		free(c->post);
+		c->post = NULL;
 		return 0;
 	}
 	return 0;

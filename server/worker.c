@@ -108,21 +108,67 @@ mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Makes room for cap bytes of message in c->rx (allocated if need be),
+ * charged to the connection's budget. 0, or the close code. */
+static uint16_t
+rx_reserve(struct bg_conn *c, size_t cap)
+{
+	size_t max = bg_server_cfg(c->w->srv)->max_message_size;
+	size_t had = c->rx != NULL ? c->rx->cap : 0;
+	struct bg_rx *rx;
+
+	if (c->rx != NULL && cap <= had)
+		return 0;
+	if (cap > 0 && cap < 1024)
+		cap = 1024;
+	if (cap > max)
+		cap = max;
+	if (cap > had && !bg_conn_budget_allows(c, cap - had))
+		return 1009;
+	rx = realloc(c->rx, sizeof(*rx) + cap);
+	if (rx == NULL)
+		return 1011;
+	if (c->rx == NULL)
+		*rx = (struct bg_rx){ 0 };
+	rx->cap = (uint32_t)cap;
+	c->rx = rx;
+	c->budget.rx = (uint32_t)cap;
+	return 0;
+}
+
+/* Takes the message in progress away from c (NULL if none); the caller
+ * frees it and then zeroes c->budget.rx (the buffer stays charged while
+ * the message is handled, as a subscribe it makes counts it). A
+ * fragmented message's deadline goes with it. */
+static struct bg_rx *
+rx_take(struct bg_conn *c)
+{
+	struct bg_rx *rx = c->rx;
+
+	c->rx = NULL;
+	if (rx != NULL && rx->frames > 0)
+		bg_conn_arm_timer(c);
+	return rx;
+}
+
 /* A frame of a fragmented message ended (not the last one): bounds the
  * message in frames and in time. 0, or the close code. */
 static uint16_t
 on_fragment(struct bg_conn *c)
 {
 	const struct bg_config *cfg = bg_server_cfg(c->w->srv);
+	uint16_t code;
 
-	if (c->rx_frames++ == 0) {
-		c->rx_deadline_ms = mono_ms() +
-				    (uint64_t)cfg->fragment_timeout * 1000;
+	if ((code = rx_reserve(c, 0)) != 0)
+		return code;
+	if (c->rx->frames++ == 0) {
+		c->rx->deadline_ms = mono_ms() +
+				     (uint64_t)cfg->fragment_timeout * 1000;
 		bg_conn_arm_timer(c);
 	}
-	if (c->rx_frames >= (uint32_t)cfg->max_fragments)
+	if (c->rx->frames >= (uint32_t)cfg->max_fragments)
 		return 1009;
-	if (mono_ms() >= c->rx_deadline_ms)
+	if (mono_ms() >= c->rx->deadline_ms)
 		return 1008;
 	return 0;
 }
@@ -134,6 +180,8 @@ on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 	size_t remaining = lws_remaining_packet_payload(wsi);
 	bool final = lws_is_final_fragment(wsi);
 	bool complete = final && remaining == 0;
+	size_t have = c->rx != NULL ? c->rx->len : 0;
+	struct bg_rx *rx;
 	uint16_t code;
 
 	if (!c->established || c->closing)
@@ -141,52 +189,39 @@ on_receive(struct bg_conn *c, struct lws *wsi, const char *in, size_t len)
 	bg_stat_add(&c->w->stats.bytes_received, len);
 	if (lws_frame_is_binary(wsi))
 		return fail(c, 1003, "binary frames are not supported");
-	if (c->rx_len + len + remaining > max)
+	if (have + len + remaining > max)
 		return fail(c, 1009, "message too big");
-	if (remaining == 0 && !final && (code = on_fragment(c)) != 0)
+	if (remaining == 0 && !final && (code = on_fragment(c)) != 0) {
+		if (code == 1011)
+			return close_with(wsi, 1011, "out of memory");
 		return fail(c, code, code == 1009 ? "too many fragments" :
 			    "fragmented message too slow");
-	if (complete && c->rx_len == 0) {
-		if (c->rx_frames > 0) {
-			c->rx_frames = 0;
-			c->rx_deadline_ms = 0;
-			bg_conn_arm_timer(c);
-		}
+	}
+	if (complete && have == 0) {
+		free(rx_take(c));
+		c->budget.rx = 0;
 		bg_conn_receive(c, in, len); /* the common case: no copy */
 		return 0;
 	}
-	if (len > 0 && c->rx_len + len > c->rx_cap) {
-		size_t cap = c->rx_len + len + remaining;
-		char *rx;
-		if (cap < 1024)
-			cap = 1024;
-		if (cap > max)
-			cap = max;
-		if (!bg_conn_budget_allows(c, cap - c->rx_cap))
-			return fail(c, 1009, "message too big for the "
-				    "connection's memory budget");
-		rx = realloc(c->rx, cap);
-		if (rx == NULL)
+	if (len > 0 && (code = rx_reserve(c, have + len + remaining)) != 0) {
+		if (code == 1011)
 			return close_with(wsi, 1011, "out of memory");
-		c->rx = rx;
-		c->rx_cap = cap;
-		c->budget.rx = cap;
+		return fail(c, 1009, "message too big for the connection's "
+			    "memory budget");
 	}
-	if (len > 0)
-		memcpy(c->rx + c->rx_len, in, len);
-	c->rx_len += len;
+	if (len > 0) {
+		memcpy(c->rx->data + have, in, len);
+		c->rx->len += (uint32_t)len;
+	}
 	if (!complete)
 		return 0;
-	if (c->rx_frames > 0) {
-		c->rx_frames = 0;
-		c->rx_deadline_ms = 0;
-		bg_conn_arm_timer(c);
-	}
-	bg_conn_receive(c, c->rx, c->rx_len);
 	/* Idle connections keep no buffer: most messages need none. */
-	free(c->rx);
-	c->rx = NULL;
-	c->rx_len = c->rx_cap = 0;
+	rx = rx_take(c);
+	if (rx != NULL)
+		bg_conn_receive(c, rx->data, rx->len);
+	else
+		bg_conn_receive(c, in, len);
+	free(rx);
 	c->budget.rx = 0;
 	return 0;
 }
@@ -254,13 +289,14 @@ callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
 		on_established(c, wsi);
 		return 0;
 	case LWS_CALLBACK_TIMER:
-		if (c != NULL && c->is_broadcast)
+		if (c != NULL && c->post != NULL)
 			return bg_http_body_timeout(w, wsi, c);
 		if (c == NULL || !c->established || c->closing)
 			return 0;
 		if (bg_conn_expired(c))
 			return fail(c, 4002, "token expired");
-		if (c->rx_deadline_ms > 0 && mono_ms() >= c->rx_deadline_ms)
+		if (c->rx != NULL && c->rx->deadline_ms > 0 &&
+		    mono_ms() >= c->rx->deadline_ms)
 			return fail(c, 1008, "fragmented message too slow");
 		bg_conn_arm_timer(c);
 		return 0;
