@@ -114,8 +114,20 @@ struct binding {
 
 enum { STATE_DISABLED, STATE_DISCONNECTED, STATE_CONNECTED };
 
+/* Fan-outs in a batch after which the workers owed a wake-up get it
+ * even though the batch goes on (a long batch must not hold them). */
+#define WAKE_EVERY 32
+
 struct bg_bus {
 	struct bg_bus_sink sink;    /* immutable: the server's side */
+	/* Bus thread: workers owed a wake-up by fan_out, given once at the
+	 * end of the batch of messages being handed on (give_wakes), so
+	 * that a worker holding subscribers of several of them wakes once
+	 * for all. */
+	uint64_t wake_bits[BG_WORKERS_MAX / 64];
+	bool wakes_owed;
+	unsigned int batch;         /* > 0: inside a batch */
+	unsigned int batch_fanouts; /* fan-outs since the last give_wakes */
 	struct bg_control *ctl;     /* immutable */
 	struct bg_ring *outbox;     /* workers -> bus */
 	int stop_efd;               /* immutable */
@@ -343,6 +355,70 @@ own_take(struct bg_bus *b, const char *mid, size_t len)
 	return m;
 }
 
+/* Wakes the workers fan_out left a wake-up to. */
+static void
+give_wakes(struct bg_bus *b)
+{
+	b->batch_fanouts = 0;
+	if (!b->wakes_owed)
+		return;
+	b->wakes_owed = false;
+	for (int k = 0; k < BG_WORKERS_MAX / 64; k++) {
+		uint64_t bits = b->wake_bits[k];
+
+		b->wake_bits[k] = 0;
+		while (bits != 0) {
+			b->sink.wake(b->sink.arg, k * 64 + __builtin_ctzll(bits));
+			bits &= bits - 1;
+		}
+	}
+}
+
+/* A batch of messages handed on (the outbox, a read from the broker):
+ * the wake-ups their fan-outs owe are given at its end. */
+static void
+batch_begin(struct bg_bus *b)
+{
+	b->batch++;
+}
+
+static void
+batch_end(struct bg_bus *b)
+{
+	if (--b->batch == 0)
+		give_wakes(b);
+}
+
+/* Pushes m (its reference taken over) into worker i's ring, waiting
+ * while the ring is full; the wake-up it may owe the worker is left to
+ * give_wakes. false when the bus stops meanwhile: m is dropped. */
+static bool
+to_worker(struct bg_bus *b, int i, struct bg_msg *m)
+{
+	long wait_ns = 20000;
+	bool wake = false;
+
+	while (!b->sink.deliver(b->sink.arg, i, m, &wake)) {
+		struct timespec ts = { 0, wait_ns };
+		if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
+			bg_msg_unref(m);
+			return false;
+		}
+		/* A full ring's worker may be owed its wake-up. */
+		give_wakes(b);
+		nanosleep(&ts, NULL);
+		if (wait_ns < 1000000)
+			wait_ns *= 2;
+	}
+	if (wake) {
+		b->wake_bits[i / 64] |= UINT64_C(1) << (i % 64);
+		b->wakes_owed = true;
+	}
+	if (b->batch == 0 || ++b->batch_fanouts >= WAKE_EVERY)
+		give_wakes(b);
+	return true;
+}
+
 /* Hands m to every worker, waiting while a ring is full. */
 static void
 fan_out(struct bg_bus *b, struct bg_msg *m)
@@ -353,26 +429,15 @@ fan_out(struct bg_bus *b, struct bg_msg *m)
 
 	bg_msg_hash(m); /* ours alone until pushed */
 	for (int i = 0; i < sk->n_workers; i++) {
-		long wait_ns = 20000;
-
 		/* A worker none of whose clients m concerns is not woken. */
 		if (!sk->wants(sk->arg, i, m))
 			continue;
 		bg_msg_ref(m);
-		while (!sk->deliver(sk->arg, i, m)) {
-			struct timespec ts = { 0, wait_ns };
-			if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
-				bg_msg_unref(m);
-				goto done;
-			}
-			nanosleep(&ts, NULL);
-			if (wait_ns < 1000000)
-				wait_ns *= 2;
-		}
+		if (!to_worker(b, i, m))
+			break;
 		if (is_broadcast)
 			sk->count(sk->arg, i);
 	}
-done:
 	if (is_broadcast)
 		bg_stat_add(&b->broadcasts, 1);
 	bg_msg_unref(m);
@@ -397,25 +462,6 @@ now_ms(void)
 /* Longest catch-up on the stream at start before the node goes live
  * without its marker. */
 #define CATCH_UP_MAX_MS 30000
-
-/* Pushes m (its reference taken over) into worker i's ring, waiting
- * while the ring is full; dropped when the bus stops meanwhile. */
-static void
-to_worker(struct bg_bus *b, int i, struct bg_msg *m)
-{
-	long wait_ns = 20000;
-
-	while (!b->sink.deliver(b->sink.arg, i, m)) {
-		struct timespec ts = { 0, wait_ns };
-		if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
-			bg_msg_unref(m);
-			return;
-		}
-		nanosleep(&ts, NULL);
-		if (wait_ns < 1000000)
-			wait_ns *= 2;
-	}
-}
 
 /* Sends an answered request back: into the asking worker's ring, in
  * order with the broadcasts (what follows it there came after it), or
@@ -863,6 +909,8 @@ take_interest(struct bg_bus *b)
 
 	if (b->interest == NULL)
 		return true;
+	/* Binding waits on the broker: the workers go first. */
+	give_wakes(b);
 	bg_ring_clear(b->interest);
 	do {
 		while ((r = bg_ring_pop(b->interest)) != NULL) {
@@ -1255,6 +1303,8 @@ hand_on(struct bg_bus *b, struct bg_msg *m, unsigned int tries)
 		fan_out(b, m);
 		return true;
 	}
+	/* Publishing may wait on the broker: the workers go first. */
+	give_wakes(b);
 	if (m->forward_key == NULL) {
 		/* Marked, so that it is known when it comes back. */
 		char mid[64];
@@ -1292,7 +1342,7 @@ hand_on(struct bg_bus *b, struct bg_msg *m, unsigned int tries)
 
 /* Drains what workers queued, in push order, in either mode. */
 static void
-drain_outbox(struct bg_bus *b)
+drain_outbox_batch(struct bg_bus *b)
 {
 	struct bg_msg *m;
 
@@ -1316,6 +1366,14 @@ drain_outbox(struct bg_bus *b)
 				return;
 		}
 	} while (!bg_ring_sleep(b->outbox));
+}
+
+static void
+drain_outbox(struct bg_bus *b)
+{
+	batch_begin(b);
+	drain_outbox_batch(b);
+	batch_end(b);
 }
 
 void
@@ -1362,7 +1420,7 @@ amqp_loop(struct bg_bus *b)
 {
 	struct pollfd fds[5];
 	uint64_t now;
-	int timeout, n, ctl_ms;
+	int timeout, n, ctl_ms, rc;
 
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 		b->sink.quiescent(b->sink.arg);
@@ -1447,7 +1505,10 @@ amqp_loop(struct bg_bus *b)
 		release_waiting(b, false);
 		if (!bg_link_up(b->link))
 			continue;
-		if (bg_link_service(b->link, on_delivery, b) != BG_OK) {
+		batch_begin(b);
+		rc = bg_link_service(b->link, on_delivery, b);
+		batch_end(b);
+		if (rc != BG_OK) {
 			link_lost(b);
 			continue;
 		}
@@ -1600,12 +1661,57 @@ bg_bus_free(struct bg_bus *b)
 	free(b);
 }
 
+/* A producer thread's batch (bg_bus_batch_begin/end): the outbox
+ * wake-up its pushes owe the bus, given once at the batch's end. */
+static __thread unsigned int prod_batch;
+static __thread struct bg_bus *prod_owed;
+
+static int
+outbox_push(struct bg_bus *b, struct bg_msg *m)
+{
+	bool wake = false;
+
+	if (!bg_ring_push_defer(b->outbox, m, &wake)) {
+		/* Full: the bus must not sleep on what is there. */
+		if (prod_owed == b) {
+			prod_owed = NULL;
+			bg_ring_wake(b->outbox);
+		}
+		return BG_AGAIN;
+	}
+	if (!wake)
+		return BG_OK;
+	if (prod_batch > 0 && (prod_owed == NULL || prod_owed == b)) {
+		prod_owed = b;
+		return BG_OK;
+	}
+	bg_ring_wake(b->outbox);
+	return BG_OK;
+}
+
+void
+bg_bus_batch_begin(void)
+{
+	prod_batch++;
+}
+
+void
+bg_bus_batch_end(void)
+{
+	struct bg_bus *b = prod_owed;
+
+	if (--prod_batch > 0 || b == NULL)
+		return;
+	prod_owed = NULL;
+	bg_ring_wake(b->outbox);
+}
+
 int
 bg_bus_request(struct bg_bus *b, struct bg_msg *m)
 {
 	if (__atomic_load_n(&b->stopping, __ATOMIC_RELAXED))
 		return BG_AGAIN;
-	return bg_ring_push(b->outbox, m) ? BG_OK : BG_AGAIN;
+	return outbox_push(b, m);
 }
 
 const struct bg_history *
@@ -1631,7 +1737,7 @@ bg_bus_publish(struct bg_bus *b, struct bg_msg *m)
 		__atomic_add_fetch(&b->busy, 1, __ATOMIC_RELAXED);
 		return BG_BUS_BUSY;
 	}
-	return bg_ring_push(b->outbox, m) ? BG_OK : BG_AGAIN;
+	return outbox_push(b, m);
 }
 
 bool

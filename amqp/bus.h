@@ -54,8 +54,12 @@ struct bg_bus_sink {
 	 * worker i (its channel filter). */
 	bool (*wants)(void *arg, int i, const struct bg_msg *m);
 	/* Bus thread: hands one reference of m to worker i's ring; false
-	 * when the ring is full (the reference stays with the bus). */
-	bool (*deliver)(void *arg, int i, struct bg_msg *m);
+	 * when the ring is full (the reference stays with the bus). Sets
+	 * *wake when the worker may be asleep: the bus then owes it a
+	 * wake(), which it gives once per batch (bg_ring_push_defer). */
+	bool (*deliver)(void *arg, int i, struct bg_msg *m, bool *wake);
+	/* Bus thread: wakes worker i after deliver set *wake. */
+	void (*wake)(void *arg, int i);
 	/* Bus thread: one broadcast more was handed to worker i. */
 	void (*count)(void *arg, int i);
 	/* Any thread: worker i is congested (backpressure). */
@@ -115,6 +119,17 @@ int bg_bus_publish(struct bg_bus *b, struct bg_msg *m);
  * "unavailable").
  */
 int bg_bus_request(struct bg_bus *b, struct bg_msg *m);
+
+/*
+ * A producer thread's batch: between begin and end, what the thread
+ * queues with bg_bus_publish or bg_bus_request wakes the bus once, at
+ * the end, instead of at the first push (a thread that hands on several
+ * messages in one turn of its loop lets the bus take them as one batch,
+ * and the bus then wakes each worker once for all of them). The thread
+ * must not wait on anything inside the batch. Nests; per thread.
+ */
+void bg_bus_batch_begin(void);
+void bg_bus_batch_end(void);
 
 struct bg_history;
 

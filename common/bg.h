@@ -19,6 +19,9 @@
 
 #define BG_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
+/* Most [server] workers (a multiple of 64: the bus keeps a bitmap). */
+#define BG_WORKERS_MAX 1024
+
 /* Longest client id, channel name and callbackId (PROTOCOL.md §3, §4). */
 #define BG_ID_MAX        64
 #define BG_CHANNEL_MAX  200

@@ -762,7 +762,7 @@ parse_regex(const struct key *k, struct bg_config *cfg, const char *v,
 
 static const struct key keys[] = {
 	{ "server", "listen", parse_listen, 0, 0, 0 },
-	{ "server", "workers", parse_int, OFF(workers), 0, 1024 },
+	{ "server", "workers", parse_int, OFF(workers), 0, BG_WORKERS_MAX },
 	{ "server", "path", parse_path, OFF(path), STR(path) },
 	{ "server", "max_connections", parse_int, OFF(max_connections),
 	  0, 10000000 },

@@ -66,7 +66,7 @@ bg_ring_free(struct bg_ring *r)
 }
 
 bool
-bg_ring_push(struct bg_ring *r, void *p)
+bg_ring_push_defer(struct bg_ring *r, void *p, bool *wake)
 {
 	bool ok;
 
@@ -78,14 +78,33 @@ bg_ring_push(struct bg_ring *r, void *p)
 	if (!ok)
 		return false;
 	/* A locked read-modify-write orders the push before the flag read
-	 * (a full barrier, and one TSan understands, unlike a fence). */
+	 * (a full barrier, and one TSan understands, unlike a fence). The
+	 * producer that takes the flag owes the consumer its wake-up. */
 	if (__atomic_fetch_add(&r->sleeping, 0, __ATOMIC_SEQ_CST) &&
-	    __atomic_exchange_n(&r->sleeping, 0, __ATOMIC_SEQ_CST)) {
-		uint64_t one = 1;
-		/* EAGAIN means the counter is already non-zero: fine. */
-		if (write(r->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-			return true;
-	}
+	    __atomic_exchange_n(&r->sleeping, 0, __ATOMIC_SEQ_CST))
+		*wake = true;
+	return true;
+}
+
+void
+bg_ring_wake(struct bg_ring *r)
+{
+	uint64_t one = 1;
+
+	/* EAGAIN means the counter is already non-zero: fine. */
+	if (write(r->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+		return;
+}
+
+bool
+bg_ring_push(struct bg_ring *r, void *p)
+{
+	bool wake = false;
+
+	if (!bg_ring_push_defer(r, p, &wake))
+		return false;
+	if (wake)
+		bg_ring_wake(r);
 	return true;
 }
 

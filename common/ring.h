@@ -45,6 +45,17 @@ void bg_ring_free(struct bg_ring *r);
  */
 bool bg_ring_push(struct bg_ring *r, void *p);
 
+/*
+ * Producer: as bg_ring_push, but a wake-up the consumer needs is left to
+ * the caller: *wake is set to true, and the caller must call
+ * bg_ring_wake(r) before it waits on anything (so that one wake-up can
+ * cover a batch of pushes). *wake is left alone otherwise.
+ */
+bool bg_ring_push_defer(struct bg_ring *r, void *p, bool *wake);
+
+/* Producer: the wake-up bg_ring_push_defer left to the caller. */
+void bg_ring_wake(struct bg_ring *r);
+
 /* Consumer: the oldest item, or NULL when empty. */
 void *bg_ring_pop(struct bg_ring *r);
 

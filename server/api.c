@@ -39,6 +39,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "amqp/bus.h"
 #include "amqp/control.h"
 #include "common/bg.h"
 #include "common/httpreq.h"
@@ -901,8 +902,20 @@ api_main(void *arg)
 	struct bg_api *a = arg;
 
 	pthread_setname_np(pthread_self(), "bg-api");
-	if (event_base_dispatch(a->base) < 0)
-		bg_log_error("API: event loop failed");
+	/* A turn of the loop at a time: the broadcasts of every request
+	 * that turn served reach the bus as one batch. */
+	for (;;) {
+		int rc;
+
+		bg_bus_batch_begin();
+		rc = event_base_loop(a->base, EVLOOP_ONCE);
+		bg_bus_batch_end();
+		if (rc < 0)
+			bg_log_error("API: event loop failed");
+		if (rc != 0 || event_base_got_break(a->base) ||
+		    event_base_got_exit(a->base))
+			break;
+	}
 	return NULL;
 }
 

@@ -38,9 +38,15 @@ sink_wants(void *arg, int i, const struct bg_msg *m)
 }
 
 static bool
-sink_deliver(void *arg, int i, struct bg_msg *m)
+sink_deliver(void *arg, int i, struct bg_msg *m, bool *wake)
 {
-	return bg_worker_deliver(worker(arg, i), m);
+	return bg_worker_deliver_defer(worker(arg, i), m, wake);
+}
+
+static void
+sink_wake(void *arg, int i)
+{
+	bg_worker_wake(worker(arg, i));
 }
 
 static void
@@ -96,6 +102,7 @@ bg_server_sink(struct bg_server *srv, struct bg_bus_sink *sink)
 		.quiescent = sink_quiescent,
 		.wants = sink_wants,
 		.deliver = sink_deliver,
+		.wake = sink_wake,
 		.count = sink_count,
 		.congested = sink_congested,
 		.stat = sink_stat,

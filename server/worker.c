@@ -1117,16 +1117,34 @@ bg_worker_adopt(struct bg_worker *w, struct bg_sock *s)
 }
 
 bool
-bg_worker_deliver(struct bg_worker *w, struct bg_msg *m)
+bg_worker_deliver_defer(struct bg_worker *w, struct bg_msg *m, bool *wake)
 {
 	/* Counted before the push: the worker subtracts once it pops. */
 	__atomic_add_fetch(&w->bcast_bytes, m->frames[0].len,
 			   __ATOMIC_RELAXED);
-	if (bg_ring_push(w->bcast, m))
+	if (bg_ring_push_defer(w->bcast, m, wake))
 		return true;
 	__atomic_sub_fetch(&w->bcast_bytes, m->frames[0].len,
 			   __ATOMIC_RELAXED);
 	return false;
+}
+
+void
+bg_worker_wake(struct bg_worker *w)
+{
+	bg_ring_wake(w->bcast);
+}
+
+bool
+bg_worker_deliver(struct bg_worker *w, struct bg_msg *m)
+{
+	bool wake = false;
+
+	if (!bg_worker_deliver_defer(w, m, &wake))
+		return false;
+	if (wake)
+		bg_worker_wake(w);
+	return true;
 }
 
 bool

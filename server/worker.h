@@ -172,6 +172,13 @@ struct bg_conn *bg_worker_conn(struct bg_worker *w, const char *id);
 
 bool bg_worker_deliver(struct bg_worker *w, struct bg_msg *m);
 
+/* bg_worker_deliver whose wake-up is left to the caller: *wake is set
+ * when w may be asleep, and the caller then calls bg_worker_wake(w)
+ * before it waits on anything (bg_ring_push_defer). Bus thread. */
+bool bg_worker_deliver_defer(struct bg_worker *w, struct bg_msg *m,
+			     bool *wake);
+void bg_worker_wake(struct bg_worker *w);
+
 /* Any thread: true while more than [limits] backpressure percent of the
  * worker's connections are backed up (queue over half of
  * max_queued_bytes), or the broadcasts handed to it and not yet fanned

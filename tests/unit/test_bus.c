@@ -29,6 +29,7 @@
 static struct bg_config cfg;
 static struct bg_msg *got[WORKERS][4];   /* bus writes, test reads */
 static unsigned int n_got[WORKERS];      /* atomic */
+static unsigned int n_wakes[WORKERS];    /* atomic */
 static unsigned int counted[WORKERS];    /* atomic */
 static pthread_t job_thread;
 static unsigned int jobs_run, jobs_freed; /* atomic */
@@ -53,7 +54,7 @@ fake_wants(void *arg, int i, const struct bg_msg *m)
 }
 
 static bool
-fake_deliver(void *arg, int i, struct bg_msg *m)
+fake_deliver(void *arg, int i, struct bg_msg *m, bool *wake)
 {
 	unsigned int n = __atomic_load_n(&n_got[i], __ATOMIC_ACQUIRE);
 
@@ -61,7 +62,14 @@ fake_deliver(void *arg, int i, struct bg_msg *m)
 		return false;
 	got[i][n] = m;
 	__atomic_store_n(&n_got[i], n + 1, __ATOMIC_RELEASE);
+	*wake = true;
 	return true;
+}
+
+static void
+fake_wake(void *arg, int i)
+{
+	__atomic_add_fetch(&n_wakes[i], 1, __ATOMIC_RELEASE);
 }
 
 static void
@@ -91,7 +99,7 @@ fake_tick(void *arg)
 static const struct bg_bus_sink sink = {
 	.n_workers = WORKERS, .node_id = "node000000000000",
 	.cfg = fake_cfg, .quiescent = fake_quiescent, .wants = fake_wants,
-	.deliver = fake_deliver, .count = fake_count,
+	.deliver = fake_deliver, .wake = fake_wake, .count = fake_count,
 	.congested = fake_congested, .stat = fake_stat, .tick = fake_tick,
 };
 
@@ -109,6 +117,7 @@ setup(void **state)
 	strcpy(cfg.amqp_url, "none");
 	memset(got, 0, sizeof(got));
 	memset(n_got, 0, sizeof(n_got));
+	memset(n_wakes, 0, sizeof(n_wakes));
 	memset(counted, 0, sizeof(counted));
 	jobs_run = jobs_freed = ticks = 0;
 	f->ctl = bg_control_new(&sink, NULL);
@@ -168,6 +177,31 @@ test_broadcast_reaches_the_workers_that_want_it(void **state)
 	assert_int_equal(__atomic_load_n(&counted[1], __ATOMIC_RELAXED), 1);
 	assert_int_equal(n_got[2], 0);
 	assert_int_equal(counted[2], 0);
+}
+
+/* A producer's batch reaches the bus as one batch, and the bus wakes
+ * each worker once for all of it instead of once per message. */
+static void
+test_batch_wakes_each_worker_once(void **state)
+{
+	struct fixture *f = *state;
+
+	bg_bus_batch_begin();
+	for (int k = 0; k < 4; k++) {
+		struct bg_msg *m = bg_msg_new(BG_MSG_ALL, 0);
+		assert_non_null(m);
+		assert_int_equal(bg_bus_publish(f->bus, m), BG_OK);
+	}
+	/* Nothing reaches the bus before the batch ends. */
+	assert_int_equal(__atomic_load_n(&n_got[0], __ATOMIC_ACQUIRE), 0);
+	bg_bus_batch_end();
+	assert_true(wait_for(&n_got[0], 4));
+	assert_true(wait_for(&n_got[1], 4));
+	/* One wake-up each, or two if the bus woke on its own (a timer) in
+	 * the middle of the drain; one per message would be 4. */
+	assert_in_range(__atomic_load_n(&n_wakes[0], __ATOMIC_ACQUIRE), 1, 2);
+	assert_in_range(__atomic_load_n(&n_wakes[1], __ATOMIC_ACQUIRE), 1, 2);
+	assert_int_equal(__atomic_load_n(&n_wakes[2], __ATOMIC_ACQUIRE), 0);
 }
 
 static void
@@ -265,6 +299,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(
 			test_broadcast_reaches_the_workers_that_want_it,
 			setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_batch_wakes_each_worker_once, setup, teardown),
 		cmocka_unit_test_setup_teardown(
 			test_job_runs_on_the_bus_and_answers_its_worker,
 			setup, teardown),

@@ -197,6 +197,42 @@ test_sleep_semantics(void **state)
 	}
 }
 
+/* bg_ring_push_defer leaves the one wake-up a sleeping consumer needs
+ * to its caller: nothing is written until bg_ring_wake. */
+static void
+test_deferred_wakeup(void **state)
+{
+	for (int mp = 0; mp <= 1; mp++) {
+		struct bg_ring *r = bg_ring_new(8, mp);
+		bool wake = false;
+
+		assert_true(bg_ring_push_defer(r, item(1), &wake));
+		assert_true(wake);              /* the consumer was asleep */
+		assert_false(fd_readable(r));   /* ... and is not woken yet */
+		wake = false;
+		assert_true(bg_ring_push_defer(r, item(2), &wake));
+		assert_false(wake);             /* already owed: once only */
+		bg_ring_wake(r);
+		assert_int_equal(fd_take(r), 1);
+
+		/* A full ring: false, and no wake-up claimed. */
+		while (bg_ring_pop(r) != NULL)
+			;
+		assert_true(bg_ring_sleep(r));
+		for (uintptr_t i = 3; i < 10; i++) {
+			wake = false;
+			assert_true(bg_ring_push_defer(r, item(i), &wake));
+			assert_true(wake == (i == 3));
+		}
+		wake = false;
+		assert_false(bg_ring_push_defer(r, item(10), &wake));
+		assert_false(wake);
+		bg_ring_wake(r);
+		assert_int_equal(fd_take(r), 1);
+		bg_ring_free(r);
+	}
+}
+
 static void
 test_wakeup_eventfd(void **state)
 {
@@ -477,6 +513,7 @@ main(void)
 		cmocka_unit_test(test_capacity),
 		cmocka_unit_test(test_capacity_rounding),
 		cmocka_unit_test(test_sleep_semantics),
+		cmocka_unit_test(test_deferred_wakeup),
 		cmocka_unit_test(test_wakeup_eventfd),
 		cmocka_unit_test(test_spsc_threaded),
 		cmocka_unit_test(test_spsc_threaded_tiny_ring),
