@@ -476,12 +476,19 @@ TEST_PKGS  += python3-pytest-xdist
 
 # What one broadcast costs the server (allocations and CPU), HTTP and
 # AMQP paths (bench/broadcast_cost.py; needs RabbitMQ for the second).
-.PHONY: bench-cost
+.PHONY: bench-cost bench-workers
 $(BUILD)/malloc_count.so: bench/tools/malloc_count.c
 	$(Q)$(CC) -O2 -shared -fPIC -o $@ $< -pthread
 bench-cost: $(OUT)/bagou-server $(BUILD)/malloc_count.so
 	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) nice \
 	  /usr/bin/python3 bench/broadcast_cost.py
+
+# --workers 16 against --workers 2 on the many-channel load (issue 12,
+# item 2): deliveries/s and server CPU per delivery, interleaved rounds.
+bench-workers: $(OUT)/bagou-server $(OUT)/bagou-bench
+	$(Q)BAGOU_BIN=$(abspath $(OUT)/bagou-server) \
+	  BAGOU_BENCH=$(abspath $(OUT)/bagou-bench) \
+	  /usr/bin/python3 bench/workers.py
 
 
 # History (issue 10), the long run: 1,000 clients reconnecting at once to
