@@ -114,8 +114,9 @@ struct binding {
 
 enum { STATE_DISABLED, STATE_DISCONNECTED, STATE_CONNECTED };
 
-/* Fan-outs in a batch after which the workers owed a wake-up get it
- * even though the batch goes on (a long batch must not hold them). */
+/* Broadcasts fanned out in a batch after which the workers owed a
+ * wake-up get it even though the batch goes on (a long batch must not
+ * hold them). */
 #define WAKE_EVERY 32
 
 struct bg_bus {
@@ -127,7 +128,8 @@ struct bg_bus {
 	uint64_t wake_bits[BG_WORKERS_MAX / 64];
 	bool wakes_owed;
 	unsigned int batch;         /* > 0: inside a batch */
-	unsigned int batch_fanouts; /* fan-outs since the last give_wakes */
+	unsigned int batch_fanouts; /* messages fanned out since the last
+	                               give_wakes */
 	struct bg_control *ctl;     /* immutable */
 	struct bg_ring *outbox;     /* workers -> bus */
 	int stop_efd;               /* immutable */
@@ -390,10 +392,11 @@ batch_end(struct bg_bus *b)
 }
 
 /* Pushes m (its reference taken over) into worker i's ring, waiting
- * while the ring is full; the wake-up it may owe the worker is left to
- * give_wakes. false when the bus stops meanwhile: m is dropped. */
+ * while the ring is full. The wake-up it may owe the worker is noted
+ * for give_wakes (fan_out gives it per batch); other callers give it
+ * at once. false when the bus stops meanwhile: m is dropped. */
 static bool
-to_worker(struct bg_bus *b, int i, struct bg_msg *m)
+push_worker(struct bg_bus *b, int i, struct bg_msg *m)
 {
 	long wait_ns = 20000;
 	bool wake = false;
@@ -414,9 +417,17 @@ to_worker(struct bg_bus *b, int i, struct bg_msg *m)
 		b->wake_bits[i / 64] |= UINT64_C(1) << (i % 64);
 		b->wakes_owed = true;
 	}
-	if (b->batch == 0 || ++b->batch_fanouts >= WAKE_EVERY)
-		give_wakes(b);
 	return true;
+}
+
+/* push_worker for an answer (history, a job's): woken at once. */
+static bool
+to_worker(struct bg_bus *b, int i, struct bg_msg *m)
+{
+	bool ok = push_worker(b, i, m);
+
+	give_wakes(b);
+	return ok;
 }
 
 /* Hands m to every worker, waiting while a ring is full. */
@@ -433,7 +444,7 @@ fan_out(struct bg_bus *b, struct bg_msg *m)
 		if (!sk->wants(sk->arg, i, m))
 			continue;
 		bg_msg_ref(m);
-		if (!to_worker(b, i, m))
+		if (!push_worker(b, i, m))
 			break;
 		if (is_broadcast)
 			sk->count(sk->arg, i);
@@ -441,6 +452,8 @@ fan_out(struct bg_bus *b, struct bg_msg *m)
 	if (is_broadcast)
 		bg_stat_add(&b->broadcasts, 1);
 	bg_msg_unref(m);
+	if (b->batch == 0 || ++b->batch_fanouts >= WAKE_EVERY)
+		give_wakes(b);
 }
 
 static uint64_t
@@ -577,6 +590,8 @@ rb_grow(struct bg_bus *b)
 static void
 rb_begin(struct bg_bus *b, struct bg_hist_req *r, uint64_t floor)
 {
+	/* It waits on the broker: the workers go first. */
+	give_wakes(b);
 	b->rb_req = r;
 	b->rb_target = floor;
 	b->rb_next = r->offset + 1;
@@ -615,6 +630,8 @@ rb_finish(struct bg_bus *b, bool complete)
 	struct bg_hist_req *r = b->rb_req;
 	uint64_t asked = r->offset;
 
+	/* It waits on the broker: the workers go first. */
+	give_wakes(b);
 	b->rb_req = NULL;
 	bg_link_readback_stop(b->link);
 	if (complete) {
@@ -909,7 +926,7 @@ take_interest(struct bg_bus *b)
 
 	if (b->interest == NULL)
 		return true;
-	/* Binding waits on the broker: the workers go first. */
+	/* Binding writes to the broker's socket: the workers go first. */
 	give_wakes(b);
 	bg_ring_clear(b->interest);
 	do {
@@ -1091,6 +1108,8 @@ new_epoch(struct bg_bus *b)
 {
 	char epoch[BG_HIST_EPOCH_MAX + 1];
 
+	/* It waits on the broker: the workers go first. */
+	give_wakes(b);
 	snprintf(epoch, sizeof(epoch), "s%08x%08x", (unsigned)time(NULL),
 		 (unsigned)rand_r(&b->seed));
 	bg_history_set_epoch(b->hist, epoch);
@@ -1290,10 +1309,13 @@ hand_on(struct bg_bus *b, struct bg_msg *m, unsigned int tries)
 	int rc;
 
 	if (m->job_fn != NULL) {
+		/* Jobs and history may wait on the broker: workers first. */
+		give_wakes(b);
 		job_serve(b, m);
 		return true;
 	}
 	if (m->hist != NULL) {
+		give_wakes(b);
 		hist_serve(b, m);
 		return true;
 	}
@@ -1505,9 +1527,10 @@ amqp_loop(struct bg_bus *b)
 		release_waiting(b, false);
 		if (!bg_link_up(b->link))
 			continue;
-		batch_begin(b);
+		/* Not a batch: reading may wait on the broker (a channel
+		 * reopened, the stream read back), so deliveries wake their
+		 * workers at once. */
 		rc = bg_link_service(b->link, on_delivery, b);
-		batch_end(b);
 		if (rc != BG_OK) {
 			link_lost(b);
 			continue;
@@ -1693,6 +1716,17 @@ void
 bg_bus_batch_begin(void)
 {
 	prod_batch++;
+}
+
+void
+bg_bus_batch_flush(void)
+{
+	struct bg_bus *b = prod_owed;
+
+	if (b == NULL)
+		return;
+	prod_owed = NULL;
+	bg_ring_wake(b->outbox);
 }
 
 void

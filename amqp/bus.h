@@ -131,6 +131,12 @@ int bg_bus_request(struct bg_bus *b, struct bg_msg *m);
 void bg_bus_batch_begin(void);
 void bg_bus_batch_end(void);
 
+/* Inside a batch, before work that may take a while (a large body, a
+ * query): gives the wake-up owed so far, the batch goes on. Only the
+ * thread that took the outbox's wake-up can give it: the others'
+ * pushes wait for it. */
+void bg_bus_batch_flush(void);
+
 struct bg_history;
 
 /* The history store, for bg_history_match (any thread). */

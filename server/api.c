@@ -51,6 +51,9 @@
 
 #define JSON_TYPE "application/json"
 #define OUT_HIGH (1024 * 1024)   /* stop reading above this much output */
+/* A broadcast body over this flushes the turn's batch first (its parse
+ * takes a while; api_main). */
+#define BATCH_BODY_MAX (64 * 1024)
 #define LINGER_SECS 2
 #define PAUSE_MS 100             /* accept paused after EMFILE */
 
@@ -547,6 +550,10 @@ on_head(struct api_conn *c, char *head, size_t len)
 				   NULL, body_pending);
 	r = def->r;
 	c->route = def;
+	/* Only broadcasts batch their wake-up (api_main): before anything
+	 * else, the turn's broadcasts go. */
+	if (r != R_BROADCAST)
+		bg_bus_batch_flush();
 	is_get = req.method == BG_HTTPREQ_GET ||
 		 req.method == BG_HTTPREQ_HEAD;
 	if (def->post && req.method != BG_HTTPREQ_POST)
@@ -662,6 +669,10 @@ process(struct api_conn *c)
 		/* S_BODY */
 		if (avail < c->body_len)
 			return;
+		/* What this turn queued must not wait for slow work: the
+		 * workers' own publishes wait on the same wake-up. */
+		if (c->body_len > BATCH_BODY_MAX)
+			bg_bus_batch_flush();
 		p = evbuffer_pullup(in, (ev_ssize_t)c->body_len);
 		if (p == NULL) {
 			if (!reply_error(c, 500, "internal", "out of memory",

@@ -408,7 +408,8 @@ main(int argc, char **argv)
 	log_config_path(path, path_given || access(path, F_OK) == 0);
 	if (cfg.workers == 0) {
 		long n = sysconf(_SC_NPROCESSORS_ONLN);
-		cfg.workers = n > 0 ? (int)n : 1;
+		cfg.workers = n <= 0 ? 1 : n > BG_WORKERS_MAX ?
+			      BG_WORKERS_MAX : (int)n;
 	}
 	rl.nofile = raise_fd_limit();
 	set_limits(&cfg, rl.nofile);

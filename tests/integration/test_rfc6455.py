@@ -478,6 +478,18 @@ def test_truncated_utf8_at_message_end_closes_1007(srv):
         ws.close()
 
 
+def test_utf8_cut_before_an_empty_final_fragment_closes_1007(srv):
+    """8.1: the message ends inside a UTF-8 sequence even when its last
+    fragment is empty."""
+    ws = connect(srv)
+    try:
+        ws.send_frame(OP_TEXT, b'{"event":"ping","data":"\xe2\x82', fin=False)
+        ws.send_frame(OP_CONT, b"", fin=True)
+        expect_close(ws, 1007)
+    finally:
+        ws.close()
+
+
 # ------------------------------------------------ section 7: close frames
 
 def test_close_empty_payload(srv):
