@@ -17,8 +17,8 @@ import pytest
 
 from rabbitmq import (AmqpServer, amqp_server, publisher,  # noqa: F401
                       unique_exchange)
-from support import (metric_sum, recv_json, run, subscribe, wait_for,
-                     ws_connect)
+from support import (metric_sum, recv_json, run, stop_servers, subscribe,
+                     wait_for, ws_connect)
 
 
 class Proxy:
@@ -102,10 +102,17 @@ def proxied(request, tmp_path, rabbitmq):
                      config={"amqp": {"exchange": exchange}}, workers=2,
                      name="bagou%d" % len(started))
     started.append(srv)
-    srv.start()
-    srv.wait_amqp("connected", timeout=15.0)
-    yield srv, proxy, exchange
-    proxy.close()
+    try:
+        srv.start()
+        srv.wait_amqp("connected", timeout=15.0)
+        yield srv, proxy, exchange
+    finally:
+        # Stopped here (and checked: a clean exit, no sanitizer report):
+        # no factory fixture owns this server.
+        try:
+            stop_servers([srv])
+        finally:
+            proxy.close()
 
 
 def test_node_gets_only_its_channels(proxied, publisher):
