@@ -33,6 +33,10 @@ function client(options, protocols) {
 async function opened(options, protocols) {
   const ws = client(options, protocols);
   await T.within(ws.once("open"), 5000, "open");
+  // The server's connect event too: a test that mutes the socket next
+  // counts what it holds, and a connect event coming after the open
+  // would be one more.
+  await T.waitFor(function () { return ws.id; }, 5000, "connect");
   return ws;
 }
 
