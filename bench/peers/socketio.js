@@ -14,6 +14,7 @@
 
 const http = require('http');
 const { Server } = require('socket.io');
+const { apiHandler } = require('./http_api');
 
 const port = Number(process.argv[2]);
 
@@ -27,33 +28,11 @@ function broadcast(body) {
 		msg.data === undefined ? {} : msg.data);
 }
 
+const api = apiHandler(broadcast, () => io.engine.clientsCount);
 const server = http.createServer((req, res) => {
 	if (req.url.startsWith('/socket.io/'))
 		return;		// engine.io answers these
-	if (req.method === 'GET' && req.url === '/health') {
-		res.writeHead(200, { 'Content-Type': 'application/json' });
-		res.end(JSON.stringify({ connections: io.engine.clientsCount }));
-		return;
-	}
-	if (req.method !== 'POST' || req.url !== '/broadcast') {
-		res.writeHead(404);
-		res.end();
-		return;
-	}
-	const parts = [];
-	req.on('data', (c) => parts.push(c));
-	req.on('end', () => {
-		try {
-			broadcast(Buffer.concat(parts).toString());
-		} catch (e) {
-			res.writeHead(400, { 'Content-Type':
-				'application/json' });
-			res.end('{"success":false}');
-			return;
-		}
-		res.writeHead(202, { 'Content-Type': 'application/json' });
-		res.end('{"success":true}');
-	});
+	api(req, res);
 });
 server.keepAliveTimeout = 60000;
 

@@ -10,6 +10,7 @@
 
 const http = require('http');
 const { WebSocketServer } = require('ws');
+const { apiHandler } = require('./http_api');
 
 const port = Number(process.argv[2]);
 const channels = new Map();	// channel -> Set of sockets
@@ -37,32 +38,8 @@ function broadcast(body) {
 	}
 }
 
-const server = http.createServer((req, res) => {
-	if (req.method === 'GET' && req.url === '/health') {
-		res.writeHead(200, { 'Content-Type': 'application/json' });
-		res.end(JSON.stringify({ connections: wss.clients.size }));
-		return;
-	}
-	if (req.method !== 'POST' || req.url !== '/broadcast') {
-		res.writeHead(404);
-		res.end();
-		return;
-	}
-	const parts = [];
-	req.on('data', (c) => parts.push(c));
-	req.on('end', () => {
-		try {
-			broadcast(Buffer.concat(parts).toString());
-		} catch (e) {
-			res.writeHead(400, { 'Content-Type':
-				'application/json' });
-			res.end('{"success":false}');
-			return;
-		}
-		res.writeHead(202, { 'Content-Type': 'application/json' });
-		res.end('{"success":true}');
-	});
-});
+const server = http.createServer(apiHandler(broadcast,
+	() => wss.clients.size));
 server.keepAliveTimeout = 60000;
 
 const wss = new WebSocketServer({ server, perMessageDeflate: false,

@@ -159,6 +159,20 @@ def test_upgrade_during_shutdown_answered_503(server):
         stuck.close()
 
 
+
+def stalled_subscribers(srv, channel, n):
+    """n raw connections with a 4 KiB receive buffer, subscribed to
+    channel, that then read nothing (slow consumers)."""
+    stalled = [RawWS(HOST, srv.port, rcvbuf=4096) for _ in range(n)]
+    for ws in stalled:
+        op, _ = ws.recv_message()
+        assert op == OP_TEXT
+        ws.send_text(json.dumps({"event": "subscribe", "callbackId": "s",
+                                 "data": {"channel": channel}}))
+        op, payload = ws.recv_message()
+        assert json.loads(payload)["data"]["success"] is True, payload
+    return stalled
+
 def test_client_publish_unavailable_under_backpressure(server):
     """PROTOCOL.md §8 Backpressure: while a worker is congested, a
     client publish is answered unavailable ("the server is busy
@@ -174,14 +188,7 @@ def test_client_publish_unavailable_under_backpressure(server):
                   "limits": {"rate": 0, "max_queued_bytes": 8 << 20,
                              "max_connection_memory": 16 << 20}},
                  workers=1)
-    stalled = [RawWS(HOST, srv.port, rcvbuf=4096) for _ in range(2)]
-    for ws in stalled:
-        op, _ = ws.recv_message()
-        assert op == OP_TEXT
-        ws.send_text(json.dumps({"event": "subscribe", "callbackId": "s",
-                                 "data": {"channel": "flood"}}))
-        op, payload = ws.recv_message()
-        assert json.loads(payload)["data"]["success"] is True, payload
+    stalled = stalled_subscribers(srv, "flood", 2)
 
     async def scenario():
         pub, _ = await ws_connect(srv)
@@ -375,14 +382,7 @@ def test_forwarded_event_not_refused_under_backpressure(amqp_server,
                       workers=1, exchange=bx)
     events = publisher(fx)
     tap = events.tap("#")
-    stalled = [RawWS(HOST, srv.port, rcvbuf=4096) for _ in range(2)]
-    for ws in stalled:
-        op, _ = ws.recv_message()
-        assert op == OP_TEXT
-        ws.send_text(json.dumps({"event": "subscribe", "callbackId": "s",
-                                 "data": {"channel": "flood"}}))
-        op, payload = ws.recv_message()
-        assert json.loads(payload)["data"]["success"] is True, payload
+    stalled = stalled_subscribers(srv, "flood", 2)
 
     async def scenario():
         app, _ = await ws_connect(srv)
