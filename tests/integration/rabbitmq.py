@@ -107,6 +107,15 @@ def _port_pair():
     raise BrokerError("no two free ports")
 
 
+PORT_TAKEN = ("eaddrinuse", "dist_port_already_used")
+
+
+def _port_taken(error):
+    """True when a broker's start failed only because a port it was
+    given was bound by someone else in the meantime."""
+    return any(marker in error for marker in PORT_TAKEN)
+
+
 class RabbitMQ:
     """One private broker. url/port/node are set once started."""
 
@@ -196,12 +205,15 @@ class RabbitMQ:
     def start(self, timeout=START_TIMEOUT):
         """Starts the broker; when one of its free ports was taken by
         another process between choosing and binding it (other test runs
-        on this machine), starts again on new ports, at most 3 times."""
+        on this machine, or any client's outgoing connection: the ports
+        come from the ephemeral range), starts again on new ports, at
+        most 3 times. The AMQP listener says eaddrinuse; the Erlang
+        distribution port says dist_port_already_used."""
         for attempt in range(3):
             try:
                 return self._start_once(timeout)
             except BrokerError as e:
-                if "eaddrinuse" not in str(e) or attempt == 2:
+                if not _port_taken(str(e)) or attempt == 2:
                     raise
                 self._stopped = False
                 self.proc = self.epmd = None

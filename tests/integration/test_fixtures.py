@@ -47,3 +47,37 @@ def test_expected_exit_can_be_declared(tmp_path):
     wait_for(lambda: not srv.alive(), what="the server gone")
     srv.expected_exit = (-signal.SIGKILL,)
     assert srv.ended_problems() == []
+
+
+def test_broker_starts_again_when_its_dist_port_was_taken(tmp_path,
+                                                          monkeypatch):
+    """A port chosen free may be bound by anyone before the broker binds
+    it (CI once lost the serial pass this way: "could not bind to
+    distribution port"); the broker then starts on new ports."""
+    import socket
+
+    import rabbitmq
+    from support import HOST, free_port
+
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind((HOST, 0))
+    holder.listen(1)
+    taken = holder.getsockname()[1]
+    pairs = []
+    real_pair = rabbitmq._port_pair
+
+    def first_pair_collides():
+        pair = (free_port(), taken) if not pairs else real_pair()
+        pairs.append(pair)
+        return pair
+
+    monkeypatch.setattr(rabbitmq, "_port_pair", first_pair_collides)
+    broker = rabbitmq.RabbitMQ(base_dir=str(tmp_path))
+    try:
+        broker.start()
+        assert len(pairs) == 2, pairs
+        assert broker.dist_port != taken
+        assert broker.try_login()
+    finally:
+        broker.stop()
+        holder.close()
