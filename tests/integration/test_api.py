@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -491,6 +492,39 @@ def test_public_port_has_no_metrics(server):
     assert srv.get("/metrics")[0] == 404
     assert srv.get("/metrics", headers=BEARER)[0] == 404
     assert srv.api_get("/metrics", headers=BEARER)[0] == 200
+
+
+def test_answers_a_slow_reader_whole_and_in_order(server):
+    """An answer goes to the socket at once when nothing waits before it,
+    and the rest is queued: a client that sends many requests and reads
+    nothing for a while (its socket buffers fill, the node stops reading
+    it) still gets every answer whole, in order."""
+    srv = server()
+    n = 3000
+    reqs = b"".join(request_bytes("GET", "/metrics") if i % 2 else
+                    request_bytes("POST", "/broadcast", {
+                        "event": "slow", "channel": "slow", "data": i})
+                    for i in range(n))
+    c = RawHTTP(srv.api_port, timeout=20.0)
+    try:
+        sender = threading.Thread(target=c.send, args=(reqs,))
+        sender.start()
+        time.sleep(1.0)           # nothing read: the answers pile up
+        sizes = set()
+        for i in range(n):
+            status, headers, body = c.read_response()
+            if i % 2:
+                assert status == 200 and b"bagou_" in body, (i, status)
+                assert int(headers["content-length"]) == len(body)
+                sizes.add(len(body))
+            else:
+                assert status == 202, (i, status, body)
+        sender.join(timeout=20)
+        assert not sender.is_alive()
+        assert min(sizes) > 1000, sizes  # big enough to fill the buffers
+    finally:
+        c.close()
+    assert srv.api_get("/health/live")[0] == 200
 
 
 @pytest.mark.parametrize("port_name", ["api_port", "port"])
