@@ -158,7 +158,9 @@ bg_control_free(struct bg_control *ctl)
 		free(m);
 	}
 	while ((q = ctl->queries) != NULL) {
+		/* The node stopped first: its asker frees what it holds. */
 		ctl->queries = q->next;
+		q->done(NULL, q->answers, q->expect, q->arg);
 		query_free(q);
 	}
 	for (size_t i = 0; i < ctl->n_handlers; i++)

@@ -63,7 +63,9 @@ typedef void (*bg_control_node_fn)(struct bg_control *ctl, const char *node,
 /* A query (bg_control_query) is over: answers is an object {NODE:
  * DATA} of the nodes that answered in time, missing an array of the
  * node ids that were live when it was sent and did not (both borrowed,
- * valid during the call). Called exactly once. Bus thread. */
+ * valid during the call). Called exactly once. Bus thread; or, when the
+ * node stopped before the query was over, from bg_control_free with ctl
+ * NULL (and every node missing): free what arg holds, send nothing. */
 typedef void (*bg_control_done_fn)(struct bg_control *ctl, json_t *answers,
 				   json_t *missing, void *arg);
 

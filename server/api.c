@@ -334,13 +334,20 @@ job_drop(struct bg_control_job *job)
 	job_free((struct api_job *)job);
 }
 
-/* Bus thread: the command is over; back to the API thread. */
+/* Bus thread: the command is over; back to the API thread. (Main thread
+ * with ctl NULL: the node stopped first.) */
 static void
 job_done(struct bg_control *ctl, unsigned int status, json_t *body,
 	 void *arg)
 {
 	struct api_job *j = arg;
 
+	if (ctl == NULL) {
+		/* Stopped first: no thread left to answer on. */
+		json_decref(body);
+		job_free(j);
+		return;
+	}
 	j->status = status;
 	j->body = body ? json_dumps(body, JSON_COMPACT) : NULL;
 	j->len = j->body ? strlen(j->body) : 0;

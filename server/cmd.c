@@ -501,6 +501,14 @@ on_gathered(struct bg_control *ctl, json_t *answers, json_t *missing,
 	const char *node;
 	char msg[300];
 
+	if (ctl == NULL) {
+		fail(NULL, g->done, g->arg, 503, "unavailable", "the node "
+		     "stopped before the nodes answered");
+		json_decref(g->args);
+		free(g);
+		return;
+	}
+
 	json_object_foreach(answers, node, v) {
 		t = add_counts(sum, v);
 		json_decref(sum);
@@ -632,7 +640,7 @@ amqp_done(struct bg_control *ctl, unsigned int status, json_t *body,
 	json_object_set_new(body, "status", json_integer(status));
 	text = json_dumps(body, JSON_COMPACT);
 	json_decref(body);
-	if (r->reply_to != NULL && text != NULL &&
+	if (ctl != NULL && r->reply_to != NULL && text != NULL &&
 	    bg_control_reply(ctl, r->reply_to, r->corr, text,
 			     strlen(text)) != BG_OK)
 		bg_log_warn("API queue: answer to %s lost (RabbitMQ link "

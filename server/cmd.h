@@ -18,7 +18,9 @@ struct bg_control;
 
 /* A command is over: status is an HTTP status (200, 400, 404, 503...);
  * body (stolen) the JSON answer, {"error":{"code","message"}} on an
- * error. Bus thread. */
+ * error. Bus thread; or, when the node stopped before the command was
+ * over, the main thread at teardown with ctl NULL and a 503: free what
+ * arg holds, send nothing (no thread is left to carry it). */
 typedef void (*bg_cmd_done_fn)(struct bg_control *ctl, unsigned int status,
 			       json_t *body, void *arg);
 

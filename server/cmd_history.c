@@ -102,13 +102,26 @@ ask_run(struct bg_control *ctl, struct bg_control_job *job)
 	free(a);
 }
 
-/* The node stopped first. */
+/* The node stopped first, with the answer on its way: the asker frees
+ * what it holds. */
 static void
 ask_drop(struct bg_control_job *job)
 {
 	struct ask *a = (struct ask *)job;
 
-	json_decref(a->body);
+	a->done(NULL, a->status, a->body, a->arg);
+	free(a);
+}
+
+/* The node stopped before the bus answered (the request is freed
+ * unanswered at teardown). */
+static void
+ask_forget(void *arg)
+{
+	struct ask *a = arg;
+
+	fail(NULL, a->done, a->arg, 503, "unavailable", "the node stopped "
+	     "before answering");
 	free(a);
 }
 
@@ -213,7 +226,7 @@ bg_cmd_history(struct bg_control *ctl, json_t *args, bg_cmd_done_fn done,
 		r->offset = offset;
 	}
 	r->answered = on_answered;
-	r->forget = free;
+	r->forget = ask_forget;
 	r->arg = a;
 	if (bg_bus_request(srv->bus, m) != BG_OK) {
 		r->arg = NULL;

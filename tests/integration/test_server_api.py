@@ -108,6 +108,44 @@ def test_nodes_see_each_other_and_a_killed_one_leaves(amqp_server):
     assert time.monotonic() - t0 < 1.0
 
 
+def test_stop_while_queries_wait_ends_cleanly(amqp_server, amqp_api):
+    """SIGTERM while cluster queries wait for a node that does not answer
+    (SIGSTOPped, still live): the node ends cleanly and gives back what
+    each waiting request held, asked over HTTP or over AMQP (under ASan
+    a leak makes the exit status say so). The link going down ends the
+    queries with every node missing before the control plane is freed;
+    a query still open then is ended there (bg_control_free)."""
+    import select
+    import socket
+    exchange, (asker, frozen) = cluster(
+        amqp_server, n=2, extra={"cluster": {"query_timeout": 30}})
+    amqp = amqp_api(exchange)
+    frozen.signal(signal.SIGSTOP)
+    try:
+        s = socket.create_connection(("127.0.0.1", asker.api_port),
+                                     timeout=10)
+        try:
+            s.sendall(b"GET /api/channels HTTP/1.1\r\nHost: x\r\n\r\n")
+            # Two over AMQP: the API queue has both nodes as consumers.
+            for _ in range(2):
+                amqp.ch.basic_publish("", amqp.queue, json.dumps(
+                    {"command": "channels"}).encode(),
+                    amqp.pika.BasicProperties(
+                        reply_to="amq.rabbitmq.reply-to",
+                        correlation_id=uuid.uuid4().hex))
+            wait_for(lambda: asker.metrics()[
+                "bagou_cluster_queries_total"] >= 2, timeout=2,
+                what="the HTTP and an AMQP query under way")
+            # Still waiting for the frozen node.
+            assert select.select([s], [], [], 0)[0] == []
+            asker.stop()
+        finally:
+            s.close()
+        assert asker.ended_problems() == []
+    finally:
+        frozen.signal(signal.SIGCONT)
+
+
 # ------------------------------------------------------------ helpers
 
 SECRET = "server-api-test-secret"
