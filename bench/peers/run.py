@@ -119,11 +119,16 @@ def http_get(port, path, timeout=2.0):
         return r.read().decode()
 
 
-def proc_stat(pid):
-    """(cpu seconds user+system, rss bytes) of a live process."""
+def proc_cpu(pid):
+    """(user, system) cpu seconds of a live process."""
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / TICK
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def proc_stat(pid):
+    """(cpu seconds user+system, rss bytes) of a live process."""
+    cpu = sum(proc_cpu(pid))
     with open("/proc/%d/status" % pid) as f:
         for line in f:
             if line.startswith("VmRSS:"):
@@ -198,6 +203,9 @@ class Server:
     def stat(self):
         return proc_stat(self.p.pid)
 
+    def cpu(self):
+        return proc_cpu(self.p.pid)
+
     def stop(self):
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGTERM)
@@ -216,13 +224,19 @@ def bench(tag, args, ready=None, on_ready=None, timeout=300):
     err = open(os.path.join(LOGS, tag + ".err"), "w")
     if ready and os.path.exists(ready):
         os.unlink(ready)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.Popen([BENCH] + args + ["--quiet"], stdout=out,
                          stderr=err, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     seen = False
+    at_ready = None
     while p.poll() is None:
         if ready and not seen and os.path.exists(ready):
             seen = True
+            try:
+                at_ready = sum(proc_cpu(p.pid))
+            except OSError:
+                pass
             if on_ready:
                 on_ready()
         if time.monotonic() > deadline:
@@ -231,11 +245,18 @@ def bench(tag, args, ready=None, on_ready=None, timeout=300):
         time.sleep(0.01)
     out.close()
     err.close()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = None
     with open(out.name) as f:
         for line in f:
             if line.startswith("{"):
                 res = json.loads(line)
+    if res is not None and at_ready is not None:
+        # The client's CPU over the measured part: all it used (the
+        # only child reaped meanwhile) less what it had used at ready.
+        res["client_cpu_s"] = (after.ru_utime + after.ru_stime -
+                               before.ru_utime - before.ru_stime -
+                               at_ready)
     return res, p.returncode
 
 
@@ -251,10 +272,10 @@ def run_fanout(srv, tag, clients, duration, rate=0.0, channels=1,
     if channels > 1 and rate == 0:
         args += ["--window", "256"]
     res, rc = bench(tag, args, ready,
-                    lambda: cpu.__setitem__("t0", srv.stat()[0]))
+                    lambda: cpu.__setitem__("t0", srv.cpu()))
     if res is None:
         return {"exit": rc}
-    cpu1 = srv.stat()[0]
+    cpu1 = srv.cpu()
     r = {"exit": rc, "deliv_s": res["delivered_per_s"],
          "bcast_s": res["broadcasts_per_s"], "lost": res["lost"],
          "expected": res["expected"],
@@ -263,8 +284,14 @@ def run_fanout(srv, tag, clients, duration, rate=0.0, channels=1,
          "max": res["max_ms"], "subscribed": res["subscribed"],
          "deliveries": res["deliveries"]}
     if "t0" in cpu and res["deliveries"]:
-        r["cpu_s"] = cpu1 - cpu["t0"]
-        r["cpu_us_per_delivery"] = r["cpu_s"] * 1e6 / res["deliveries"]
+        n = res["deliveries"]
+        r["cpu_s"] = sum(cpu1) - sum(cpu["t0"])
+        r["cpu_us_per_delivery"] = r["cpu_s"] * 1e6 / n
+        # The split: the server's kernel time, and the load client's
+        # CPU (it shares the two cores: deliveries/s follow the sum).
+        r["sys_us_per_delivery"] = (cpu1[1] - cpu["t0"][1]) * 1e6 / n
+        if "client_cpu_s" in res:
+            r["client_us_per_delivery"] = res["client_cpu_s"] * 1e6 / n
     return r
 
 
@@ -558,6 +585,33 @@ def rounds_table(peers, scens, results):
     return "\n".join(lines) + "\n"
 
 
+def split_table(peers, scens, results):
+    """Where the CPU of a delivery goes (medians): the server's user and
+    kernel time, and the load client's. Fan-out and many channels."""
+    rows = [sc for sc in scens if sc in ("fanout", "channels")]
+    if not rows:
+        return ""
+    lines = ["| CPU per delivery: server user + kernel; load client | "
+             + " | ".join(PEER_NAMES[p] for p in peers) + " |",
+             "|---" * (len(peers) + 1) + "|"]
+    for sc in rows:
+        cells = []
+        for p in peers:
+            good = [r for r in results.get(sc, {}).get(p) or []
+                    if r and r.get("exit") in (0, 3)
+                    and r.get("sys_us_per_delivery") is not None
+                    and r.get("client_us_per_delivery") is not None]
+            if not good:
+                cells.append("n/a")
+                continue
+            tot = med(good, "cpu_us_per_delivery")
+            ker = med(good, "sys_us_per_delivery")
+            cells.append("%.1f + %.1f; %.1f µs" % (
+                tot - ker, ker, med(good, "client_us_per_delivery")))
+        lines.append("| %s | %s |" % (sc, " | ".join(cells)))
+    return "\n".join(lines) + "\n"
+
+
 def rerender(path):
     """--table RESULTS.json: the table of an earlier run, again."""
     with open(path) as f:
@@ -565,7 +619,9 @@ def rerender(path):
     S.update(saved["meta"]["sizes"])
     args = (saved["meta"]["peers"], saved["meta"]["scenarios"],
             saved["results"])
-    sys.stdout.write(table(*args) + "\n" + rounds_table(*args))
+    split = split_table(*args)
+    sys.stdout.write(table(*args) + "\n" + rounds_table(*args)
+                     + ("\n" + split if split else ""))
     return 0
 
 
@@ -638,8 +694,9 @@ def main():
             "cpus": os.cpu_count()}
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
+    split = split_table(peers, scens, results)
     t = table(peers, scens, results) + "\n" + rounds_table(
-        peers, scens, results)
+        peers, scens, results) + ("\n" + split if split else "")
     with open(os.path.join(OUT, "table.md"), "w") as f:
         f.write(t)
     print()
