@@ -524,7 +524,9 @@ hist_try(struct bg_bus *b, struct bg_hist_req *r, bool late)
 
 	if (b->catching_up && !late)
 		return false;
+	/* No read-back once stopping: it would wait on the broker. */
 	if (b->stream && !b->catching_up && bg_link_up(b->link) &&
+	    !__atomic_load_n(&b->stopping, __ATOMIC_RELAXED) &&
 	    bg_history_behind_memory(b->hist, r, &floor)) {
 		rb_enqueue(b, r, floor);
 		return true;
@@ -568,6 +570,19 @@ hist_retry(struct bg_bus *b, bool force)
 		}
 		*p = next;
 	}
+}
+
+/* The node stops: the other nodes hear "bye", open queries end with
+ * what came, and deferred history requests are answered as they are
+ * (their answers leave at once: the control plane is stopping; one
+ * older than memory gets what memory holds, with its gap). Only a
+ * request reading the stream back already is left unanswered; it is
+ * ended at teardown (common/histreq.h, forget). */
+static void
+stop_answering(struct bg_bus *b)
+{
+	bg_control_bye(b->ctl);
+	hist_retry(b, true);
 }
 
 /* ------------------------------------------------ reading back */
@@ -1521,7 +1536,7 @@ amqp_loop(struct bg_bus *b)
 			/* The workers are joined: publish what they left. */
 			if (bg_link_up(b->link))
 				drain_outbox(b);
-			bg_control_bye(b->ctl);
+			stop_answering(b);
 			break;
 		}
 		release_waiting(b, false);
@@ -1582,7 +1597,7 @@ bus_main(void *arg)
 			continue;
 		}
 		if (fds[1].revents) {
-			bg_control_bye(b->ctl);
+			stop_answering(b);
 			break;
 		}
 		drain_outbox(b);

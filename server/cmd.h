@@ -18,9 +18,11 @@ struct bg_control;
 
 /* A command is over: status is an HTTP status (200, 400, 404, 503...);
  * body (stolen) the JSON answer, {"error":{"code","message"}} on an
- * error. Bus thread; or, when the node stopped before the command was
- * over, the main thread at teardown with ctl NULL and a 503: free what
- * arg holds, send nothing (no thread is left to carry it). */
+ * error. Bus thread; or, when the node stopped before the answer could
+ * be given, the main thread at teardown with ctl NULL: free what arg
+ * holds, send nothing (no thread is left to carry it). status and body
+ * are then the answer that could not be given, or a 503 when there was
+ * none. */
 typedef void (*bg_cmd_done_fn)(struct bg_control *ctl, unsigned int status,
 			       json_t *body, void *arg);
 

@@ -112,9 +112,9 @@ def test_stop_while_queries_wait_ends_cleanly(amqp_server, amqp_api):
     """SIGTERM while cluster queries wait for a node that does not answer
     (SIGSTOPped, still live): the node ends cleanly and gives back what
     each waiting request held, asked over HTTP or over AMQP (under ASan
-    a leak makes the exit status say so). The link going down ends the
-    queries with every node missing before the control plane is freed;
-    a query still open then is ended there (bg_control_free)."""
+    a leak makes the exit status say so). The bus's "bye" ends them,
+    with every node missing, before the control plane is freed (a query
+    still open at the free: tests/unit/test_control.c)."""
     import select
     import socket
     exchange, (asker, frozen) = cluster(
@@ -450,6 +450,44 @@ def test_standalone_loopback(server):
 
 
 # ------------------------------------------------------------ history
+
+def test_history_waiting_at_stop_is_answered_over_amqp(amqp_server,
+                                                       amqp_api):
+    """A history request over the API queue that waits for a position
+    not reached yet is answered when the node stops, as it would be when
+    its wait is over, not dropped: the asker is not left to time out
+    (queries, likewise, end with what came)."""
+    exchange = unique_exchange("bagou-api-hist-stop")
+    node = amqp_server(config=config({
+        "history": {"channels": "^chat", "size": "5",
+                    "stream": exchange + ".history"}}), exchange=exchange)
+    amqp = amqp_api(exchange)
+    node.broadcast({"event": "m", "channel": "chat", "data": 1})
+    wait_for(lambda: amqp_call(amqp, "history", {"channel": "chat"})[1]
+             .get("publications", [])[-1:] != [], timeout=10,
+             what="the node to read its broadcast back")
+    st, d = amqp_call(amqp, "history", {"channel": "chat"})
+    assert st == 200, d
+    corr = uuid.uuid4().hex
+    amqp.ch.basic_publish("", amqp.queue, json.dumps({
+        "command": "history", "channel": "chat", "since_epoch": d["epoch"],
+        "since_offset": d["offset"] + 1}).encode(),
+        amqp.pika.BasicProperties(reply_to="amq.rabbitmq.reply-to",
+                                  correlation_id=corr))
+    amqp.conn.process_data_events(time_limit=0.5)
+    assert corr not in amqp.answers      # it waits (up to 3 s)
+    node.stop()
+    deadline = time.monotonic() + 5
+    while corr not in amqp.answers and time.monotonic() < deadline:
+        amqp.conn.process_data_events(time_limit=0.05)
+    ans = amqp.answers.pop(corr)
+    # As when its 3 s are over: the latest, with a gap (the position
+    # named was not reached here, so nothing says what follows it).
+    assert ans["status"] == 200 and ans["gap"] is True, ans
+    assert [p["data"] for p in ans["publications"]] == [1], ans
+    assert ans["offset"] == d["offset"], ans
+    assert node.ended_problems() == []
+
 
 @pytest.mark.parametrize("form", ["http", "amqp"])
 def test_history_command(amqp_server, amqp_api, form):
