@@ -266,6 +266,47 @@ test_query(void **state)
 	json_decref(r.missing);
 }
 
+struct stopped_record {
+	int calls;
+	bool ctl_null;
+	size_t missing;
+};
+
+static void
+on_done_stopped(struct bg_control *ctl, json_t *answers, json_t *missing,
+		void *arg)
+{
+	struct stopped_record *r = arg;
+
+	r->calls++;
+	r->ctl_null = ctl == NULL;
+	r->missing = json_array_size(missing);
+}
+
+/* A query still open when the control plane is freed (no bye: the bus
+ * never ran, or stopped without it) is ended there, once, with ctl NULL
+ * and every node missing, so its asker frees what it holds. */
+static void
+test_query_open_at_free(void **state)
+{
+	struct fixture *f = *state;
+	struct stopped_record r = { 0 };
+
+	bg_control_on(f->ctl, "t.q", on_query_msg, NULL);
+	bg_control_attach(f->ctl, NULL);
+	deliver(f->ctl, "{\"type\":\"heartbeat\",\"node\":\"mute\"}");
+	bg_control_service(f->ctl);
+	assert_int_equal(bg_control_query(f->ctl, json_pack("{s:s}", "type",
+			 "t.q"), 60000, on_done_stopped, &r), BG_OK);
+	bg_control_service(f->ctl);
+	assert_int_equal(r.calls, 0);   /* waits for "mute" */
+	bg_control_free(f->ctl);
+	f->ctl = NULL;
+	assert_int_equal(r.calls, 1);
+	assert_true(r.ctl_null);
+	assert_int_equal(r.missing, 2); /* self and mute, as asked */
+}
+
 struct counted_job {
 	struct bg_control_job job;
 	int *ran;
@@ -328,6 +369,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_nodes_up_and_bye, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_query, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_query_open_at_free, setup,
+						teardown),
 		cmocka_unit_test_setup_teardown(test_jobs_from_another_thread,
 						setup, teardown),
 	};
