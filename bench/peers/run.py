@@ -290,6 +290,7 @@ def run_fanout(srv, tag, clients, duration, rate=0.0, channels=1,
         # The split: the server's kernel time, and the load client's
         # CPU (it shares the two cores: deliveries/s follow the sum).
         r["sys_us_per_delivery"] = (cpu1[1] - cpu["t0"][1]) * 1e6 / n
+        r["user_us_per_delivery"] = (cpu1[0] - cpu["t0"][0]) * 1e6 / n
         if "client_cpu_s" in res:
             r["client_us_per_delivery"] = res["client_cpu_s"] * 1e6 / n
     return r
@@ -604,10 +605,14 @@ def split_table(peers, scens, results):
             if not good:
                 cells.append("n/a")
                 continue
-            tot = med(good, "cpu_us_per_delivery")
-            ker = med(good, "sys_us_per_delivery")
+            for r in good:         # results.json of before user_us
+                r.setdefault("user_us_per_delivery",
+                             r["cpu_us_per_delivery"] -
+                             r["sys_us_per_delivery"])
             cells.append("%.1f + %.1f; %.1f µs" % (
-                tot - ker, ker, med(good, "client_us_per_delivery")))
+                med(good, "user_us_per_delivery"),
+                med(good, "sys_us_per_delivery"),
+                med(good, "client_us_per_delivery")))
         lines.append("| %s | %s |" % (sc, " | ".join(cells)))
     return "\n".join(lines) + "\n"
 
