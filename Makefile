@@ -188,8 +188,8 @@ $(OUT)/tests/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/replay.c $(LIB_OBJ)
 
 # ---------------------------------------------------------------- run
 run: deps all
-	@echo "Bagou on http://127.0.0.1:9000, API on 127.0.0.1:9001" \
-	      "(standalone; Ctrl-C stops it)"
+	@echo "Bagou standalone on $${BAGOU_SERVER_LISTEN:-0.0.0.0:9000}," \
+	      "API on $${BAGOU_HTTP_API_LISTEN:-127.0.0.1:9001}; Ctrl-C stops it"
 	$(Q)exec ./$(OUT)/bagou-server --config etc/bagou.ini --amqp-url none
 
 # ---------------------------------------------------------------- tests
