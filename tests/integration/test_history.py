@@ -191,25 +191,34 @@ def test_history_limits_since_api_and_private(server):
         assert d["error"]["code"] and d["error"]["message"]
 
 
+def waiting_history_request(srv, headers=b""):
+    """Publishes one broadcast on chat, then sends GET /api/history for the
+    position after it (not reached: the node waits up to 3 s for it) on a
+    raw connection. (that socket, the history answer before it, the
+    monotonic time it was sent)."""
+    import socket
+    import time
+    post(srv, "chat", 1)
+    st, d = api_history(srv, "channel=chat")
+    assert st == 200
+    s = socket.create_connection(("127.0.0.1", srv.api_port), timeout=10)
+    sent = time.monotonic()
+    s.sendall(b"GET /api/history?channel=chat&since_epoch=%s"
+              b"&since_offset=%d HTTP/1.1\r\nHost: x\r\n%s\r\n"
+              % (d["epoch"].encode(), d["offset"] + 1, headers))
+    return s, d, sent
+
+
 def test_api_history_pending_does_not_block_the_api(server):
     """A history request the bus cannot answer yet (the next position of
     this epoch, not reached: it waits up to 3 s for it) is answered
     asynchronously: the API listener serves /api/info and /metrics
     meanwhile; the answer comes once the position is reached."""
     import select
-    import socket
     import time
     srv = server(HIST)
-    post(srv, "chat", 1)
-    st, d = api_history(srv, "channel=chat")
-    assert st == 200
-    s = socket.create_connection(("127.0.0.1", srv.api_port), timeout=10)
+    s, d, t0 = waiting_history_request(srv, b"Connection: close\r\n")
     try:
-        t0 = time.monotonic()
-        s.sendall(b"GET /api/history?channel=chat&since_epoch=%s"
-                  b"&since_offset=%d HTTP/1.1\r\nHost: x\r\n"
-                  b"Connection: close\r\n\r\n"
-                  % (d["epoch"].encode(), d["offset"] + 1))
         for path in ("/api/info", "/metrics", "/api/info"):
             status, _, _ = srv.api_get(path)
             assert status == 200, path
@@ -238,17 +247,10 @@ def test_stop_while_a_history_request_waits_ends_cleanly(server):
     node ends at once and cleanly, and the waiting request's memory is
     given back (it leaked before: under ASan the exit status said so)."""
     import select
-    import socket
     import time
     srv = server(HIST)
-    post(srv, "chat", 1)
-    st, d = api_history(srv, "channel=chat")
-    assert st == 200
-    s = socket.create_connection(("127.0.0.1", srv.api_port), timeout=10)
+    s, _, _ = waiting_history_request(srv)
     try:
-        s.sendall(b"GET /api/history?channel=chat&since_epoch=%s"
-                  b"&since_offset=%d HTTP/1.1\r\nHost: x\r\n\r\n"
-                  % (d["epoch"].encode(), d["offset"] + 1))
         time.sleep(0.3)
         # Still waiting on the bus (nothing to read yet).
         assert select.select([s], [], [], 0)[0] == []

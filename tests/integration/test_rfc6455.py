@@ -468,26 +468,25 @@ def test_invalid_utf8_fails_fast_across_fragments(srv, bad):
         ws.close()
 
 
-def test_truncated_utf8_at_message_end_closes_1007(srv):
+def utf8_cut_at_message_end(srv, first, last):
     ws = connect(srv)
     try:
-        ws.send_frame(OP_TEXT, b'{"event":"ping","data":"', fin=False)
-        ws.send_frame(OP_CONT, b"\xf0\x9f\x98", fin=True)
+        ws.send_frame(OP_TEXT, first, fin=False)
+        ws.send_frame(OP_CONT, last, fin=True)
         expect_close(ws, 1007)
     finally:
         ws.close()
+
+
+def test_truncated_utf8_at_message_end_closes_1007(srv):
+    utf8_cut_at_message_end(srv, b'{"event":"ping","data":"',
+                            b"\xf0\x9f\x98")
 
 
 def test_utf8_cut_before_an_empty_final_fragment_closes_1007(srv):
     """8.1: the message ends inside a UTF-8 sequence even when its last
     fragment is empty."""
-    ws = connect(srv)
-    try:
-        ws.send_frame(OP_TEXT, b'{"event":"ping","data":"\xe2\x82', fin=False)
-        ws.send_frame(OP_CONT, b"", fin=True)
-        expect_close(ws, 1007)
-    finally:
-        ws.close()
+    utf8_cut_at_message_end(srv, b'{"event":"ping","data":"\xe2\x82', b"")
 
 
 # ------------------------------------------------ section 7: close frames
