@@ -1457,7 +1457,7 @@ amqp_loop(struct bg_bus *b)
 {
 	struct pollfd fds[5];
 	uint64_t now;
-	int timeout, n, ctl_ms, rc;
+	int timeout, n, ctl_ms;
 
 	while (!__atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
 		b->sink.quiescent(b->sink.arg);
@@ -1545,8 +1545,7 @@ amqp_loop(struct bg_bus *b)
 		/* Not a batch: reading may wait on the broker (a channel
 		 * reopened, the stream read back), so deliveries wake their
 		 * workers at once. */
-		rc = bg_link_service(b->link, on_delivery, b);
-		if (rc != BG_OK) {
+		if (bg_link_service(b->link, on_delivery, b) != BG_OK) {
 			link_lost(b);
 			continue;
 		}
@@ -1747,12 +1746,8 @@ bg_bus_batch_flush(void)
 void
 bg_bus_batch_end(void)
 {
-	struct bg_bus *b = prod_owed;
-
-	if (--prod_batch > 0 || b == NULL)
-		return;
-	prod_owed = NULL;
-	bg_ring_wake(b->outbox);
+	if (--prod_batch == 0)
+		bg_bus_batch_flush();
 }
 
 int
