@@ -74,6 +74,7 @@ RABBIT_BIN = "/usr/lib/rabbitmq/bin"
 START_TIMEOUT = 60.0          # seconds until the broker accepts logins
 CTL_TIMEOUT = 60.0            # one rabbitmqctl call
 STOP_TIMEOUT = 20.0           # `rabbitmqctl stop` before SIGKILL
+TLS_LISTENER_TIMEOUT = 15.0   # after the first login, to its log line
 
 
 class BrokerError(Exception):
@@ -229,12 +230,7 @@ class RabbitMQ:
                                     dir=self.base_dir)
         self.port, self.dist_port = _port_pair()
         if self.tls:
-            for _ in range(20):
-                self.tls_port = free_port()
-                if self.tls_port not in (self.port, self.dist_port):
-                    break
-            else:
-                raise BrokerError("no free port for the TLS listener")
+            self.tls_port = self._pick_tls_port()
         self.node = "bagou-test-%d@localhost" % self.port
         self.url = "amqp://guest:guest@%s:%d/" % (HOST, self.port)
         self._write_files()
@@ -252,11 +248,37 @@ class RabbitMQ:
             start_new_session=True)
         try:
             self.wait_ready(timeout)
+            if self.tls:
+                self._wait_tls_listener()
         except BrokerError:
             self.stop()
             raise
         return self
 
+    def _pick_tls_port(self):
+        for _ in range(20):
+            port = free_port()
+            if port not in (self.port, self.dist_port):
+                return port
+        raise BrokerError("no free port for the TLS listener")
+
+    def _wait_tls_listener(self, timeout=TLS_LISTENER_TIMEOUT):
+        """The broker takes AMQP logins even when its TLS listener could
+        not bind (it logs the failure and runs on): once it is ready, its
+        log must say the TLS listener started. A port taken meanwhile
+        raises with eaddrinuse, so start() tries new ports."""
+        started = "started TLS (SSL) listener on %s:%d" % (HOST,
+                                                           self.tls_port)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log()
+            if started in text:
+                return
+            if "eaddrinuse" in text:
+                raise BrokerError("the TLS listener's port %d was taken "
+                                  "(eaddrinuse)\n%s" % (self.tls_port, text))
+            time.sleep(0.1)
+        # Not in the log (another wording): the caller's handshake says.
     def _start_epmd(self):
         """A private epmd on a free loopback port, listening before the
         broker starts (else erl would start a daemon epmd of its own)."""

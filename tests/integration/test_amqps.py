@@ -330,3 +330,35 @@ def test_amqps_with_a_missing_ca_file(tls_server, tls_broker, tmp_path):
                for ln in lines), lines
     assert srv.stop() == 0, "exit status %s\n%s" % (srv.returncode,
                                                     srv.log())
+
+
+def test_tls_broker_starts_again_when_its_tls_port_was_taken(
+        tmp_path, monkeypatch):
+    """The broker takes AMQP logins even when its TLS listener could not
+    bind a port taken meanwhile (CI once lost test_amqps this way: "no TLS
+    handshake"); the fixture sees it in the log and starts the broker
+    again on new ports."""
+    certs = make_certs(str(tmp_path))
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind((HOST, 0))
+    holder.listen(1)
+    taken = holder.getsockname()[1]
+    picked = []
+    real_pick = RabbitMQ._pick_tls_port
+
+    def first_pick_collides(self):
+        port = taken if not picked else real_pick(self)
+        picked.append(port)
+        return port
+
+    monkeypatch.setattr(RabbitMQ, "_pick_tls_port", first_pick_collides)
+    broker = RabbitMQ(tls={"cacertfile": certs["ca"],
+                           "certfile": certs["cert"],
+                           "keyfile": certs["key"]})
+    try:
+        broker.start(timeout=BROKER_START_TIMEOUT)
+        assert len(picked) == 2 and broker.tls_port != taken, picked
+        assert tls_handshake(broker.tls_port, certs["ca"])
+    finally:
+        broker.stop()
+        holder.close()
