@@ -160,6 +160,8 @@ struct bg_bus {
 	unsigned int attempt;       /* failed connects in a row */
 	uint64_t next_try_ms;
 	bool ever_connected;
+	unsigned int first_try_done; /* atomic: the first connection attempt
+	                                ended (or there is no link) */
 	unsigned int seed;
 	struct own_msg *own;        /* ring of OWN_MAX, oldest at own_head */
 	uint32_t own_head, own_count;
@@ -1492,6 +1494,8 @@ amqp_loop(struct bg_bus *b)
 			} else {
 				schedule_retry(b);
 			}
+			__atomic_store_n(&b->first_try_done, 1,
+					 __ATOMIC_RELEASE);
 		}
 		/* Control messages, jobs and timers, up or down (it may take
 		 * the link down). */
@@ -1955,6 +1959,21 @@ bg_bus_wants_body(const struct bg_bus *b)
 	/* RabbitMQ republishes it; the history store frames it again with
 	 * its offset. */
 	return b->link != NULL || bg_history_on(b->hist);
+}
+
+bool
+bg_bus_wait_first_try(const struct bg_bus *b, int timeout_ms)
+{
+	struct timespec ts = { 0, 2000000 };   /* 2 ms */
+
+	if (b->link == NULL)
+		return true;
+	for (int waited = 0; waited < timeout_ms; waited += 2) {
+		if (__atomic_load_n(&b->first_try_done, __ATOMIC_ACQUIRE))
+			return true;
+		nanosleep(&ts, NULL);
+	}
+	return __atomic_load_n(&b->first_try_done, __ATOMIC_ACQUIRE) != 0;
 }
 
 bool

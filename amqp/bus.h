@@ -179,6 +179,13 @@ uint64_t bg_bus_rejected(const struct bg_bus *b);
 uint64_t bg_bus_reconnects(const struct bg_bus *b);
 bool bg_bus_connected(const struct bg_bus *b);
 
+/* Main thread, at start-up, once the bus runs: waits (at most
+ * timeout_ms) until its first attempt to reach RabbitMQ has ended, in
+ * success or failure, so that the first clients find the link up when
+ * the broker is there. true at once without a link (standalone); false
+ * when the attempt took longer (a broker that does not answer). */
+bool bg_bus_wait_first_try(const struct bg_bus *b, int timeout_ms);
+
 /* ---- for the control plane (amqp/control.c), bus thread only ---- */
 
 /* Hands m (a task or a broadcast; its reference taken over) to every

@@ -137,6 +137,8 @@ load_config(struct bg_config *cfg, const char *path, bool path_given,
 /* The systemd watchdog's health check (any thread): every worker's loop
  * ticked (once a second) within the last WORKER_STALL_MS. */
 #define WORKER_STALL_MS 10000
+/* At start, how long clients wait for the first attempt to reach RabbitMQ. */
+#define FIRST_TRY_WAIT_MS 2000
 
 static bool
 workers_alive(void *arg)
@@ -494,8 +496,16 @@ main(int argc, char **argv)
 			return EXIT_FAILURE;
 		}
 	}
-	if (bg_bus_start(srv.bus) != BG_OK ||
-	    bg_acceptor_start(srv.acceptor) != BG_OK ||
+	if (bg_bus_start(srv.bus) != BG_OK)
+		return EXIT_FAILURE;
+	/* Clients come once RabbitMQ is reached (or could not be): a page
+	 * reconnecting to a restarted node must not find its forwarded
+	 * authenticate refused "unavailable" for the link's first 50 ms. */
+	if (!bg_bus_wait_first_try(srv.bus, FIRST_TRY_WAIT_MS))
+		bg_log_warn("amqp: RabbitMQ not reached within %d ms; serving "
+			    "meanwhile (forwarded events are refused until it "
+			    "is)", FIRST_TRY_WAIT_MS);
+	if (bg_acceptor_start(srv.acceptor) != BG_OK ||
 	    (srv.api != NULL && bg_api_start(srv.api) != BG_OK))
 		return EXIT_FAILURE;
 	bg_log_info("bagou-server %s listening on %s:%d (%d workers, node "

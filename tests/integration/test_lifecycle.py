@@ -205,3 +205,36 @@ def test_sigterm_exits_in_time_while_broker_hangs(server):
         assert elapsed < 5.0, elapsed
     finally:
         silent.close()
+
+
+def test_first_clients_find_the_link_up(tmp_path, rabbitmq):
+    """At start the node serves once its first attempt to reach RabbitMQ
+    has ended: the very first request it answers already says
+    "amqp": "connected" (before, clients that came in the link's first
+    tens of milliseconds had their forwarded events refused
+    "unavailable": a page reconnecting to a restarted node stayed
+    unauthenticated)."""
+    import http.client
+    import subprocess
+    from rabbitmq import AmqpServer
+    from support import free_port, http_get
+    srv = AmqpServer(str(tmp_path), rabbitmq.url, name="first")
+    srv.port, srv.api_port = free_port(), free_port()
+    srv._log = open(srv.log_path, "ab")
+    srv.proc = subprocess.Popen(srv.argv(), stdin=subprocess.DEVNULL,
+                                stdout=srv._log, stderr=subprocess.STDOUT)
+    try:
+        first = None
+        deadline = time.monotonic() + 30
+        while first is None and time.monotonic() < deadline:
+            assert srv.proc.poll() is None, srv.log()
+            try:
+                _, _, body = http_get(srv.port, "/health", timeout=2.0)
+                first = json.loads(body)
+            except (OSError, http.client.HTTPException):
+                time.sleep(0.002)
+        assert first is not None, srv.log()
+        assert first["amqp"] == "connected", first
+    finally:
+        srv.stop()
+    assert srv.ended_problems() == []
